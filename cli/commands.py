@@ -1,0 +1,3 @@
+"""Pipeline commands (add-class, segment, inspect, …) registered on the main app."""
+
+from __future__ import annotations

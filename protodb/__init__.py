@@ -1,0 +1,28 @@
+"""protodb: training-free open-vocabulary segmentation (OVDiff) as a persistent prototype database.
+
+>>> import protodb
+>>> db = protodb.open("./my-protos")          # creates the catalog on first use
+>>> db.info()["schema_revision"]
+'0001'
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from protodb.errors import InvalidInput, NotFound, ProtoDBError, SchemaMismatch  # noqa: E402
+
+
+def open(path=None, *, catalog_url=None, create=True):  # noqa: A001 - mirrors builtins.open on purpose
+    """Open (and on first use create) a prototype database.
+
+    path: folder holding the catalog (``catalog.sqlite``), vectors and artifacts; defaults to
+    ``$PROTODB_HOME`` or ``~/.protodb``. catalog_url: any SQLAlchemy URL (PostgreSQL for teams);
+    defaults to ``$PROTODB_CATALOG_URL`` or the SQLite file in ``path``.
+    """
+    from protodb.api import ProtoDB
+
+    return ProtoDB(path, catalog_url=catalog_url, create=create)
+
+
+__all__ = ["open", "ProtoDBError", "NotFound", "SchemaMismatch", "InvalidInput", "__version__"]

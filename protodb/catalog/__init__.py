@@ -1,0 +1,1 @@
+"""SQL catalog: ORM schema, engines, migrations and queries."""

@@ -1,0 +1,141 @@
+"""Catalog connections: engines with the right SQLite pragmas, and schema-revision checks.
+
+Opening a catalog never leaves it half-created: the first open of an empty database runs the
+migrations under a lock (a file lock for SQLite, an advisory lock for PostgreSQL), so concurrent
+first opens do not race. A catalog at another revision than this code's head is refused with one
+line that names the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+
+from protodb.catalog import migrate
+from protodb.errors import ProtoDBError, SchemaMismatch
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_PG_LOCK_KEY = 0x70726F746F  # "proto": advisory lock id for migrations
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as err:
+        raise ProtoDBError(
+            f"no database driver for {parsed.get_backend_name()} ({err.name}); "
+            "run: pip install 'protodb[postgres]'"
+        ) from err
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Hold an exclusive, cross-process lock for schema creation/upgrade."""
+    if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if not db or db == ":memory:":
+            yield
+            return
+        lock_path = Path(db).with_name(Path(db).name + ".migrate.lock")
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                conn.commit()
+    else:
+        yield
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The catalog's alembic revision, or None for an empty database."""
+    insp = inspect(engine)
+    if not insp.has_table("alembic_version"):
+        return None
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows[0] if rows else None
+
+
+def is_empty(engine: Engine) -> bool:
+    return not inspect(engine).get_table_names()
+
+
+def ensure_schema(engine: Engine, *, create: bool = True) -> str:
+    """Create an empty catalog at head, or check an existing one is at head. Returns the revision."""
+    head = migrate.head_revision()
+    rev = current_revision(engine)
+    if rev == head:
+        return rev
+    if rev is None and create:
+        with migration_lock(engine):
+            rev = current_revision(engine)  # someone else may have created it meanwhile
+            if rev is None:
+                if not is_empty(engine):
+                    raise SchemaMismatch(
+                        f"{safe_url(engine)} holds tables but no protodb schema revision; "
+                        "point --db/--catalog at an empty or protodb database"
+                    )
+                migrate.upgrade(engine, "head")
+                rev = current_revision(engine)
+        if rev == head:
+            return rev
+    if rev is None:
+        raise SchemaMismatch(f"no protodb catalog at {safe_url(engine)}; run: protodb init")
+    if rev not in migrate.known_revisions():
+        raise SchemaMismatch(
+            f"catalog revision {rev} is newer than this protodb knows (head {head}); "
+            "upgrade protodb: pip install -U protodb"
+        )
+    raise SchemaMismatch(
+        f"catalog is at schema revision {rev}, this protodb needs {head}; run: protodb db upgrade"
+    )
+
+
+def safe_url(engine_or_url) -> str:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+def env_catalog_url() -> str | None:
+    return os.environ.get("PROTODB_CATALOG_URL") or None

@@ -1,0 +1,319 @@
+"""Thing/stuff labels for class names.
+
+OVDiff treats "stuff" classes (amorphous regions and materials: sky, grass, road) differently from
+"things" (countable objects: boat, person). This module decides which one a class name is, and
+records how it decided, so the catalog can keep the provenance (source, model, prompt, raw answer):
+
+1. a manual override ("thing" / "stuff") always wins (``source="manual"``);
+2. otherwise an LLM behind any OpenAI-compatible chat-completions endpoint is asked, when one is
+   configured (``PROTODB_LLM_BASE_URL`` + ``PROTODB_LLM_MODEL``, optional ``PROTODB_LLM_API_KEY``),
+   (``source="llm"``);
+3. otherwise, or when the LLM fails, a built-in lexicon of the stuff classes of COCO-Stuff, PASCAL
+   Context, ADE20K, Cityscapes and CamVid decides (``source="lexicon"``).
+
+When the LLM fails (HTTP error, timeout, malformed reply, an answer that is neither word), the label
+falls back to the lexicon and says so: ``source="lexicon"``, ``model`` and ``prompt`` are those of
+the failed LLM call, and ``raw_answer`` is ``"llm error: <one line>; fell back to lexicon"``.
+
+Only the standard library is used for HTTP (``urllib.request``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+from protodb.errors import InvalidInput, ProtoDBError
+
+KINDS = ("thing", "stuff")
+
+ENV_BASE_URL = "PROTODB_LLM_BASE_URL"
+ENV_MODEL = "PROTODB_LLM_MODEL"
+ENV_API_KEY = "PROTODB_LLM_API_KEY"
+
+PROMPT_TEMPLATE = (
+    "In image segmentation (as in the COCO-Stuff dataset) every class is either a \"thing\" or "
+    "\"stuff\". A thing is a countable object with a well-defined shape, whose individual instances "
+    "can be told apart and counted (for example: person, car, boat, cup, dog). Stuff is an amorphous "
+    "region or material without a fixed shape or a count (for example: sky, grass, road, water, "
+    "wall, sand).\n"
+    "Is \"{name}\" a thing or stuff? Answer with exactly one word: thing or stuff."
+)
+
+_FALLBACK_NOTE = "fell back to lexicon"
+
+
+@dataclass(frozen=True)
+class Label:
+    """How a class name was labelled.
+
+    kind: "thing" or "stuff". source: "llm", "lexicon" or "manual".
+    model: the LLM asked (None when none was). prompt: the exact user message sent (None when none).
+    raw_answer: the LLM's reply as received; for an LLM failure "llm error: ...; fell back to lexicon".
+    """
+
+    kind: str
+    source: str
+    model: str | None = None
+    prompt: str | None = None
+    raw_answer: str | None = None
+
+
+class LLMError(ProtoDBError):
+    """The LLM endpoint failed or gave an unusable answer. ``str(err)`` is one line."""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """Collapse whitespace to single spaces and cut to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class LLMClient:
+    """A minimal client for an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    base_url: the API root including the version, e.g. ``http://localhost:8000/v1``;
+    the request goes to ``{base_url}/chat/completions``. api_key: sent as ``Authorization: Bearer``.
+    timeout: seconds for connecting and for reading the reply.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0):
+        if not base_url or not base_url.strip():
+            raise InvalidInput(f"LLM base url is empty; set {ENV_BASE_URL}, e.g. http://localhost:8000/v1")
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"LLM base url {base_url!r} must start with http:// or https://")
+        if not model or not model.strip():
+            raise InvalidInput(f"LLM model name is empty; set {ENV_MODEL}")
+        self.base_url = base_url.strip().rstrip("/")
+        self.model = model.strip()
+        self.api_key = api_key or None
+        self.timeout = float(timeout)
+
+    def __repr__(self) -> str:  # never print the key
+        return f"LLMClient(base_url={self.base_url!r}, model={self.model!r}, api_key={'***' if self.api_key else None})"
+
+    @classmethod
+    def from_env(cls) -> LLMClient | None:
+        """The client configured by ``PROTODB_LLM_BASE_URL``, ``PROTODB_LLM_MODEL`` and optional
+        ``PROTODB_LLM_API_KEY``; None when the base url or the model is unset or empty."""
+        base_url = os.environ.get(ENV_BASE_URL, "").strip()
+        model = os.environ.get(ENV_MODEL, "").strip()
+        if not base_url or not model:
+            return None
+        return cls(base_url, model, api_key=os.environ.get(ENV_API_KEY) or None)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def chat(self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 64) -> str:
+        """POST the messages and return ``choices[0].message.content`` (a str).
+
+        messages: ``[{"role": "user", "content": "..."}, ...]``.
+        Raises LLMError (one line) on HTTP errors, connection errors, timeouts and malformed replies.
+        """
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        ).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            detail = ""
+            try:
+                detail = err.read().decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the status line is enough
+                pass
+            raise LLMError(_one_line(f"{self.endpoint} answered HTTP {err.code} {err.reason}: {detail}")) from None
+        except (TimeoutError, socket.timeout):
+            raise LLMError(f"{self.endpoint} did not answer within {self.timeout:g} s") from None
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, (TimeoutError, socket.timeout)):
+                raise LLMError(f"{self.endpoint} did not answer within {self.timeout:g} s") from None
+            raise LLMError(_one_line(f"cannot reach {self.endpoint}: {err.reason}")) from None
+        except OSError as err:
+            raise LLMError(_one_line(f"cannot reach {self.endpoint}: {err}")) from None
+        try:
+            reply = json.loads(raw.decode("utf-8"))
+            content = reply["choices"][0]["message"]["content"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+            raise LLMError(
+                _one_line(f"{self.endpoint} sent a malformed chat-completions reply ({type(err).__name__}): "
+                          f"{raw[:200]!r}")
+            ) from None
+        if not isinstance(content, str):
+            raise LLMError(f"{self.endpoint} sent no text content (message.content is {type(content).__name__})")
+        return content
+
+
+def build_prompt(name: str) -> str:
+    """The user message that asks whether ``name`` is a thing or stuff."""
+    return PROMPT_TEMPLATE.format(name=name)
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+_KIND_WORD = re.compile(r"\b(things?|stuffs?)\b", re.IGNORECASE)
+
+
+def parse_answer(answer: str) -> str:
+    """"thing" or "stuff" from a free-form answer ("Stuff.", "The answer is: STUFF", "things").
+
+    A ``<think>...</think>`` block (reasoning models) is ignored. Raises LLMError when the answer
+    contains neither word or both.
+    """
+    text = _THINK_BLOCK.sub(" ", answer)
+    found = {m.group(1).lower().rstrip("s") for m in _KIND_WORD.finditer(text)}
+    if len(found) == 1:
+        return found.pop()
+    what = "both 'thing' and 'stuff'" if found else "neither 'thing' nor 'stuff'"
+    raise LLMError(_one_line(f"LLM answer has {what}: {answer!r}"))
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("class name is empty; give a name such as 'boat' or 'sky'")
+    return " ".join(name.split())
+
+
+def classify_with_llm(client: LLMClient, name: str) -> Label:
+    """Ask the LLM whether ``name`` is a thing or stuff; ``Label(source="llm")`` with model, prompt
+    and raw answer. Raises LLMError when the call fails or the answer is unusable."""
+    name = _check_name(name)
+    prompt = build_prompt(name)
+    answer = client.chat([{"role": "user", "content": prompt}], temperature=0.0)
+    kind = parse_answer(answer)
+    return Label(kind=kind, source="llm", model=client.model, prompt=prompt, raw_answer=answer)
+
+
+# --- lexicon -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def stuff_lexicon() -> frozenset[str]:
+    """The built-in stuff class names (lowercase), from ``protodb/data/stuff_lexicon.txt``; a
+    hyphenated name is also held with spaces ("floor-wood" and "floor wood")."""
+    text = resources.files("protodb").joinpath("data", "stuff_lexicon.txt").read_text(encoding="utf-8")
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name = normalise_name(line)
+            names.update({name, name.replace("-", " ")})
+    return frozenset(names)
+
+
+def normalise_name(name: str) -> str:
+    """Lowercase, ``_`` to space, single spaces, stripped: ``"  Dirt_Track "`` -> ``"dirt track"``."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _word_forms(word: str) -> list[str]:
+    """The word itself plus likely singular and plural forms (English, rule of thumb)."""
+    forms = [word]
+    if word.endswith("ies") and len(word) > 4:
+        forms.append(word[:-3] + "y")  # bodies -> body
+    if word.endswith("ves") and len(word) > 4:
+        forms += [word[:-3] + "f", word[:-3] + "fe"]  # leaves -> leaf
+    if word.endswith("es") and len(word) > 3:
+        forms.append(word[:-2])  # branches -> branch
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
+        forms.append(word[:-1])  # clouds -> cloud
+    # singular given, lexicon holds the plural (cloud -> clouds, leaf -> leaves)
+    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        forms.append(word[:-1] + "ies")
+    if word.endswith("f"):
+        forms.append(word[:-1] + "ves")
+    if word.endswith("fe"):
+        forms.append(word[:-2] + "ves")
+    forms += [word + "s", word + "es"]
+    return forms
+
+
+def _name_forms(name: str) -> list[str]:
+    """Normalised name, its hyphen/space variants, and singular/plural forms of the last word."""
+    base = normalise_name(name)
+    variants = [base]
+    if "-" in base:
+        variants.append(base.replace("-", " "))
+    forms = []
+    for variant in variants:
+        head, _, last = variant.rpartition(" ")
+        for form in _word_forms(last):
+            forms.append(f"{head} {form}" if head else form)
+    return forms
+
+
+def classify_with_lexicon(name: str) -> Label:
+    """``Label(kind="stuff", source="lexicon")`` when the name (normalised, singular or plural) is in
+    the built-in stuff lexicon, else ``kind="thing"``."""
+    name = _check_name(name)
+    lexicon = stuff_lexicon()
+    kind = "stuff" if any(form in lexicon for form in _name_forms(name)) else "thing"
+    return Label(kind=kind, source="lexicon")
+
+
+# --- the one entry point -------------------------------------------------------------------------
+
+
+def classify(
+    name: str,
+    *,
+    override: str | None = None,
+    client: LLMClient | None | Literal["env"] = "env",
+) -> Label:
+    """Thing or stuff for ``name``.
+
+    override: "thing"/"stuff" -> ``Label(source="manual")``. client: an LLMClient, None (lexicon
+    only), or "env" (``LLMClient.from_env()``; lexicon only when unconfigured). When the LLM fails
+    the lexicon decides and ``raw_answer`` records the failure (see the module docstring).
+    """
+    name = _check_name(name)
+    if override is not None:
+        kind = str(override).strip().lower()
+        if kind not in KINDS:
+            raise InvalidInput(f"thing/stuff override must be 'thing' or 'stuff', not {override!r}")
+        return Label(kind=kind, source="manual")
+    if isinstance(client, str):
+        if client != "env":
+            raise InvalidInput(f"client must be an LLMClient, None or 'env', not {client!r}")
+        client = LLMClient.from_env()
+    if client is None:
+        return classify_with_lexicon(name)
+    try:
+        return classify_with_llm(client, name)
+    except LLMError as err:
+        fallback = classify_with_lexicon(name)
+        return Label(
+            kind=fallback.kind,
+            source="lexicon",
+            model=client.model,
+            prompt=build_prompt(name),
+            raw_answer=f"llm error: {err}; {_FALLBACK_NOTE}",
+        )
+
+
+__all__ = [
+    "KINDS",
+    "Label",
+    "LLMClient",
+    "LLMError",
+    "build_prompt",
+    "parse_answer",
+    "classify",
+    "classify_with_llm",
+    "classify_with_lexicon",
+    "normalise_name",
+    "stuff_lexicon",
+]

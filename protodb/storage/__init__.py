@@ -1,0 +1,1 @@
+"""Where bytes and vectors live: a content-addressed artifact store and LanceDB tables."""

@@ -1,0 +1,198 @@
+"""Prototype vectors in LanceDB: one table per extractor, with an explicit Arrow schema.
+
+Row layout (``prototype_schema(dim)``):
+
+======== ====================================== ===============================================
+column   type                                   meaning
+======== ====================================== ===============================================
+id       string                                 global id of the prototype row
+set_id   string                                 the catalog's prototype set id
+kind     string                                 class|instance|part|bg_class|bg_instance|bg_part
+image_id string (nullable)                      support image the prototype came from
+region   fixed_size_list<int32>[4] (nullable)   (y0, x0, y1, x1) patch-grid box in that image
+weight   float32                                number of patches it summarises
+vector   fixed_size_list<float32>[dim]          L2-normalised feature
+======== ====================================== ===============================================
+
+Rows are only ever appended (and rows of discarded unfinished sets deleted); readers go through
+the catalog, which only lists ``ready`` sets, so rows of an unfinished set are never served.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+KINDS = ("class", "instance", "part", "bg_class", "bg_instance", "bg_part")
+
+
+def prototype_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("set_id", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),
+            pa.field("image_id", pa.string()),
+            pa.field("region", pa.list_(pa.int32(), 4)),
+            pa.field("weight", pa.float32(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+def table_name(extractor_id: str) -> str:
+    """LanceDB table for an extractor (ids are content hashes, so names never collide)."""
+    return f"protos_{extractor_id[:24]}"
+
+
+@dataclass
+class PrototypeRows:
+    """Prototypes as columns. ``vectors``: (N, D) float32, L2-normalised."""
+
+    vectors: np.ndarray
+    kinds: list[str]
+    image_ids: list[str | None] = field(default_factory=list)
+    regions: list[tuple[int, int, int, int] | None] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    set_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.kinds)
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        self.vectors = vectors.reshape(n, vectors.shape[-1] if vectors.ndim == 2 else -1)
+        self.image_ids = self.image_ids or [None] * n
+        self.regions = self.regions or [None] * n
+        self.weights = self.weights or [1.0] * n
+        bad = set(self.kinds) - set(KINDS)
+        if bad:
+            raise ValueError(f"unknown prototype kinds {sorted(bad)}; expected {KINDS}")
+        if not (len(self.image_ids) == len(self.regions) == len(self.weights) == n):
+            raise ValueError("prototype columns differ in length")
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def select(self, mask: np.ndarray) -> "PrototypeRows":
+        idx = np.flatnonzero(mask)
+        pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
+        return PrototypeRows(
+            vectors=self.vectors[idx], kinds=pick(self.kinds), image_ids=pick(self.image_ids),
+            regions=pick(self.regions), weights=pick(self.weights), ids=pick(self.ids),
+            set_ids=pick(self.set_ids),
+        )
+
+
+class VectorStore:
+    """LanceDB database at ``uri`` (a local folder or any URL LanceDB accepts, e.g. ``s3://``)."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        self._db = lancedb.connect(self.uri)
+        self._tables: dict[str, lancedb.table.Table] = {}
+
+    def _table(self, name: str, dim: int | None = None):
+        if name in self._tables:
+            return self._tables[name]
+        if self._exists(name):
+            table = self._db.open_table(name)
+        elif dim is None:
+            return None
+        else:
+            table = self._db.create_table(name, schema=prototype_schema(dim), exist_ok=True)
+        self._tables[name] = table
+        return table
+
+    def _exists(self, name: str) -> bool:
+        return name in self._db.list_tables().tables
+
+    def add(self, name: str, set_id: str, rows: PrototypeRows) -> int:
+        """Append the prototypes of ``set_id``; returns the table version that holds them."""
+        dim = rows.vectors.shape[1]
+        table = self._table(name, dim)
+        existing = table.schema.field("vector").type.list_size
+        if existing != dim:
+            raise ValueError(f"table {name} holds {existing}-d vectors, got {dim}-d")
+        n = len(rows)
+        data = pa.table(
+            {
+                "id": [uuid.uuid4().hex for _ in range(n)],
+                "set_id": [set_id] * n,
+                "kind": rows.kinds,
+                "image_id": rows.image_ids,
+                "region": pa.array(
+                    [list(r) if r is not None else None for r in rows.regions],
+                    type=pa.list_(pa.int32(), 4),
+                ),
+                "weight": pa.array(rows.weights, type=pa.float32()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(rows.vectors.reshape(-1), type=pa.float32()), dim
+                ),
+            },
+            schema=prototype_schema(dim),
+        )
+        table.add(data)
+        return int(table.version)
+
+    def read(
+        self, name: str, set_ids: Sequence[str], kinds: Sequence[str] | None = None
+    ) -> PrototypeRows:
+        """The prototypes of ``set_ids`` (optionally only ``kinds``), in insertion order."""
+        table = self._table(name)
+        if table is None or not set_ids:
+            return PrototypeRows(vectors=np.zeros((0, 0), np.float32), kinds=[])
+        table.checkout_latest()
+        where = f"set_id IN ({_sql_list(set_ids)})"
+        if kinds:
+            where += f" AND kind IN ({_sql_list(kinds)})"
+        arrow = table.search().where(where).limit(None).to_arrow()
+        dim = table.schema.field("vector").type.list_size
+        vectors = (
+            arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            .astype(np.float32).reshape(-1, dim)
+        )
+        regions = [tuple(r) if r is not None else None for r in arrow.column("region").to_pylist()]
+        return PrototypeRows(
+            vectors=vectors,
+            kinds=arrow.column("kind").to_pylist(),
+            image_ids=arrow.column("image_id").to_pylist(),
+            regions=regions,
+            weights=arrow.column("weight").to_pylist(),
+            ids=arrow.column("id").to_pylist(),
+            set_ids=arrow.column("set_id").to_pylist(),
+        )
+
+    def delete_sets(self, name: str, set_ids: Sequence[str]) -> None:
+        table = self._table(name)
+        if table is not None and set_ids:
+            table.delete(f"set_id IN ({_sql_list(set_ids)})")
+
+    def set_ids(self, name: str) -> set[str]:
+        table = self._table(name)
+        if table is None:
+            return set()
+        table.checkout_latest()
+        return set(
+            table.search().select(["set_id"]).limit(None).to_arrow().column("set_id").to_pylist()
+        )
+
+    def table_names(self) -> list[str]:
+        return list(self._db.list_tables().tables)
+
+    def version(self, name: str) -> int | None:
+        table = self._table(name)
+        return None if table is None else int(table.version)
+
+
+def _sql_list(values: Sequence[str]) -> str:
+    out = []
+    for v in values:
+        if not all(c.isalnum() or c in "_-" for c in v):
+            raise ValueError(f"unsafe identifier in vector query: {v!r}")
+        out.append(f"'{v}'")
+    return ", ".join(out)

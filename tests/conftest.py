@@ -1,0 +1,81 @@
+"""Shared fixtures: real SQLite/PostgreSQL catalogs, real LanceDB and artifact folders."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+PG_ADMIN_URL = os.environ.get("PROTODB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty database folder; env vars that could redirect protodb are cleared."""
+    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_LLM_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "db"
+
+
+@pytest.fixture
+def db(home):
+    import protodb
+
+    pdb = protodb.open(home)
+    yield pdb
+    pdb.close()
+
+
+def _pg_admin_engine():
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for this test (dropped afterwards)."""
+    pytest.importorskip("psycopg", reason="psycopg not installed: pip install 'protodb[postgres]'")
+    from sqlalchemy import text
+
+    try:
+        admin = _pg_admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must answer on 127.0.0.1:5432 in CI: {err}")
+        pytest.skip(f"no PostgreSQL server answers at {PG_ADMIN_URL}: {type(err).__name__}")
+    name = f"protodb_t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+        ), {"n": name})
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def fake_extractor(dim: int = 8, name: str = "test-ext") -> dict:
+    """An extractor description as the catalog stores it (no model behind it)."""
+    return {"id": (name.encode().hex() + "0" * 64)[:64], "name": name, "kind": "test",
+            "config": {"dim": dim}, "dim": dim, "weights_hash": None}
+
+
+def random_rows(n_parts: int = 3, dim: int = 8, seed: int = 0, n_images: int = 2):
+    """1 class + n_images instance + n_parts part prototypes, and the same for the background."""
+    from protodb.storage.vectors import PrototypeRows
+
+    rng = np.random.default_rng(seed)
+    kinds = []
+    for prefix in ("", "bg_"):
+        kinds += [prefix + "class"] + [prefix + "instance"] * n_images + [prefix + "part"] * n_parts
+    vecs = rng.normal(size=(len(kinds), dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    regions = [None if k.endswith("class") else (0, 0, 2, 2) for k in kinds]
+    return PrototypeRows(vectors=vecs, kinds=kinds, regions=regions)
