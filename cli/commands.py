@@ -1,3 +1,291 @@
-"""Pipeline commands (add-class, segment, inspect, …) registered on the main app."""
+"""Pipeline commands registered on the main app: add-class, add-vocab, label, extractor."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from protodb_cli.common import CatalogOpt, DbOpt, JsonOpt, QuietOpt, err_console, handle_errors, open_db, print_json, say
+from protodb_cli.main import app
+from protodb_cli.progress import stage_progress
+
+extractor_app = typer.Typer(help="Feature extractors: list them, add your own ONNX ViT.", no_args_is_help=True)
+app.add_typer(extractor_app, name="extractor")
+
+PresetOpt = Annotated[Optional[str], typer.Option(
+    help="'tiny': tiny random-weight generator and extractor built locally (offline, seconds; "
+         "results NOT meaningful).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
+
+
+def _print_add_result(res: dict, quiet: bool) -> None:
+    note = " [preset tiny: stand-in models, not meaningful]" if res.get("preset") else ""
+    for s in res["sets"]:
+        c = s["counts"]
+        verb = "unchanged" if s["reused"] else "ready"
+        say(f"{res['name']}@{s['version']} ({s['extractor']}) {verb}: "
+            f"{c.get('class', 0)} class, {c.get('instance', 0)} instance, {c.get('part', 0)} part | "
+            f"background {c.get('bg_class', 0)}/{c.get('bg_instance', 0)}/{c.get('bg_part', 0)} "
+            f"[{res['kind']}, label from {res['label_source']}]{note}", quiet)
+
+
+@app.command("add-class")
+@handle_errors
+def add_class(
+    name: Annotated[str, typer.Argument(help="Class name, e.g. boat or 'potted plant'.")],
+    images: Annotated[Optional[int], typer.Option(help="Generated support images (default 64; 4 with --preset tiny; 0 = exemplars only).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the generator's, 30 for sd15).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the generator's, 8.0 for sd15).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image size in pixels (default: the generator's, 512 for sd15).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; image i uses a seed derived from (seed, class, i).")] = 0,
+    generator: Annotated[Optional[str], typer.Option(help="Generator name (sd15, sd-turbo, lcm-sd15) or a local diffusers folder.")] = None,
+    extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s); repeat for an ensemble (default dinov2-vits14).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt template with {name} (default 'a good picture of a {name}').")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt ('' for none).")] = None,
+    exemplars: Annotated[Optional[Path], typer.Option(help="Folder of real support images.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of masks for the exemplars (matched by file stem).")] = None,
+    mask_value: Annotated[Optional[int], typer.Option(help="Masks are label maps: this value is the class.")] = None,
+    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
+    parts: Annotated[int, typer.Option("-k", "--parts", help="Part prototypes (k-means K).")] = 32,
+    vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
+    new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Build prototypes for a class: generate support images, mask them, extract, cluster.
+
+    Re-running continues where a crash stopped; the same config twice gives one version.
+
+    Example: protodb add-class boat
+    Example: protodb add-class boat --preset tiny --images 4
+    Example: protodb add-class road --images 0 --exemplars photos/ --masks labels/ --mask-value 3
+    """
+    from protodb.pipeline.build import AddClassRequest
+
+    req = AddClassRequest(
+        name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size,
+        seed=seed, prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()),
+        exemplars=exemplars, masks=masks, mask_value=mask_value,
+        kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts,
+        new_version=new_version, device=device, dtype=dtype, batch_size=batch_size,
+    )
+    pdb = open_db(db, catalog)
+    with stage_progress(quiet or json) as progress:
+        res = pdb.add_class(req, preset=preset, progress=progress)
+    if vocab:
+        pdb.vocab_add(vocab, [res["name"]], create=True)
+        res["vocab"] = vocab
+    print_json(res) if json else _print_add_result(res, quiet)
+
+
+@app.command("label")
+@handle_errors
+def label(
+    name: Annotated[str, typer.Argument(help="Class name.")],
+    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="New label; omit to show the history.", show_default=False)] = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False,
+) -> None:
+    """Show or change a class's thing/stuff label (the history is kept).
+
+    Example: protodb label grass --stuff
+    """
+    pdb = open_db(db, catalog)
+    data = pdb.label_history(name) if stuff is None else pdb.set_label(name, "stuff" if stuff else "thing")
+    if json:
+        print_json(data)
+        return
+    say(f"{data['name']}: {data['kind']}")
+    for h in data["history"]:
+        extra = f" ({h['model']}: {h['raw_answer']!r})" if h["model"] else ""
+        say(f"  {h['at'][:19]}  {h['kind']:<5} from {h['source']}{extra}")
+
+
+@extractor_app.command("list")
+@handle_errors
+def extractor_list(preset: PresetOpt = None, db: DbOpt = None, catalog: CatalogOpt = None,
+                   json: JsonOpt = False) -> None:
+    """List the extractors this database can use (built-in, yours, preset).
+
+    Example: protodb extractor list --json
+    """
+    reg = open_db(db, catalog).registry(preset)
+    rows = []
+    for name in reg.extractor_names():
+        spec = reg.extractor_spec(name)
+        rows.append({"name": name, "kind": spec.kind, "config": spec.config})
+    if json:
+        print_json(rows)
+        return
+    table = Table("name", "kind", "model / path", "patch", "input")
+    for r in rows:
+        c = r["config"]
+        table.add_row(r["name"], r["kind"], str(c.get("model") or c.get("path") or c.get("checkpoint")),
+                      str(c.get("patch_size")), str(c.get("input_size")))
+    err_console.print(table)
+
+
+@extractor_app.command("add")
+@handle_errors
+def extractor_add(
+    name: Annotated[str, typer.Argument(help="Name to use with --extractor.")],
+    onnx: Annotated[Path, typer.Option(help="ONNX ViT file.")],
+    output_name: Annotated[str, typer.Option(help="Tensor holding the patch tokens (graph output or intermediate).")],
+    input_size: Annotated[int, typer.Option(help="Input size of the graph (pixels).")],
+    patch_size: Annotated[int, typer.Option(help="Patch size (pixels).")],
+    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406 (ImageNet default).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Normalisation std (ImageNet default).")] = None,
+    prefix_tokens: Annotated[Optional[int], typer.Option(help="Leading class/register tokens (default: inferred).")] = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False,
+) -> None:
+    """Register your own ONNX ViT as an extractor (stored as data in the catalog).
+
+    Example: protodb extractor add focus --onnx vit.onnx --output-name /backbone/layernorm/Add_1_output_0 --input-size 224 --patch-size 14
+    """
+    from protodb.errors import InvalidInput
+    from protodb.models.extractors import IMAGENET_MEAN, IMAGENET_STD, load_extractor, onnx_spec
+
+    if not onnx.is_file():
+        raise InvalidInput(f"ONNX file {onnx} does not exist")
+
+    def triple(text, default):
+        if text is None:
+            return default
+        try:
+            vals = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != 3:
+            raise InvalidInput(f"expected three comma-separated numbers, got {text!r}")
+        return vals
+
+    spec = onnx_spec(name, str(onnx.resolve()), output_name, input_size, patch_size,
+                     mean=triple(mean, IMAGENET_MEAN), std=triple(std, IMAGENET_STD),
+                     prefix_tokens=prefix_tokens)
+    extractor = load_extractor(spec)  # fails here, with one line, if the graph does not fit
+    pdb = open_db(db, catalog)
+    reg = pdb.registry()
+    reg.add_user_extractor(spec)
+    record = reg.extractor_record(spec, extractor)
+    out = {"name": name, "kind": "onnx", "dim": record["dim"], "weights_hash": record["weights_hash"],
+           "config": spec.config}
+    print_json(out) if json else say(f"extractor {name} added ({record['dim']}-d, weights {record['weights_hash'][:12]})")
+
+
+@app.command("add-vocab")
+@handle_errors
+def add_vocab(
+    name: Annotated[str, typer.Argument(help="Vocabulary: built-in (voc, context, coco-object, ade20k, cityscapes, camvid) or yours.")],
+    images: Annotated[Optional[int], typer.Option(help="Generated support images per class.")] = None,
+    extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s) (repeatable).")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="Generator name or local folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Build every class of a vocabulary that has no prototypes yet (models load once).
+
+    Example: protodb add-vocab voc --images 64
+    """
+    from protodb.pipeline.build import AddClassRequest
+
+    pdb = open_db(db, catalog)
+    vocab = pdb.vocab_show(name)
+    results = []
+    with stage_progress(quiet or json) as progress:
+        for cls in vocab["classes"]:
+            req = AddClassRequest(name=cls.split("@")[0], images=images, generator=generator, seed=seed,
+                                  extractors=tuple(extractor or ()), device=device, dtype=dtype)
+            res = pdb.add_class(req, preset=preset, progress=progress)
+            results.append(res)
+            if not json:
+                _print_add_result(res, quiet)
+    if vocab["builtin"]:
+        pdb.vocab_create(name, vocab["classes"], description=vocab.get("description"), replace=True)
+    if json:
+        print_json({"vocab": name, "classes": results})
+
+
+vocab_app = typer.Typer(help="Vocabularies: named lists of classes to segment with.", no_args_is_help=True)
+app.add_typer(vocab_app, name="vocab")
+
+
+def _print_vocab(v: dict, json: bool) -> None:
+    if json:
+        print_json(v)
+        return
+    src = "built-in" if v["builtin"] else f"version {v['version']}"
+    say(f"{v['name']} ({src}, {len(v['classes'])} classes): {', '.join(v['classes'])}")
+
+
+@vocab_app.command("list")
+@handle_errors
+def vocab_list(db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False) -> None:
+    """List vocabularies (yours and the built-in ones).
+
+    Example: protodb vocab list --json
+    """
+    rows = open_db(db, catalog).vocab_list()
+    if json:
+        print_json(rows)
+        return
+    table = Table("name", "classes", "version", "source", "description")
+    for r in rows:
+        table.add_row(r["name"], str(r["classes"]), str(r["version"]),
+                      "built-in" if r["builtin"] else "catalog", r["description"] or "")
+    err_console.print(table)
+
+
+@vocab_app.command("show")
+@handle_errors
+def vocab_show(name: str, db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False) -> None:
+    """Show a vocabulary's classes.
+
+    Example: protodb vocab show voc
+    """
+    _print_vocab(open_db(db, catalog).vocab_show(name), json)
+
+
+@vocab_app.command("create")
+@handle_errors
+def vocab_create(
+    name: str,
+    classes: Annotated[list[str], typer.Argument(help="Classes; pin versions with boat@3.")],
+    description: Annotated[Optional[str], typer.Option(help="What it is for.")] = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False,
+) -> None:
+    """Create a vocabulary.
+
+    Example: protodb vocab create pets cat dog "guinea pig"
+    """
+    _print_vocab(open_db(db, catalog).vocab_create(name, classes, description=description), json)
+
+
+@vocab_app.command("add")
+@handle_errors
+def vocab_add(name: str, classes: list[str], db: DbOpt = None, catalog: CatalogOpt = None,
+              json: JsonOpt = False) -> None:
+    """Add classes to a vocabulary (or re-pin them).
+
+    Example: protodb vocab add pets hamster boat@2
+    """
+    _print_vocab(open_db(db, catalog).vocab_add(name, classes), json)
+
+
+@vocab_app.command("remove")
+@handle_errors
+def vocab_remove(name: str, classes: list[str], db: DbOpt = None, catalog: CatalogOpt = None,
+                 json: JsonOpt = False) -> None:
+    """Remove classes from a vocabulary.
+
+    Example: protodb vocab remove pets hamster
+    """
+    _print_vocab(open_db(db, catalog).vocab_remove(name, classes), json)

@@ -428,3 +428,161 @@ class ProtoDB:
             "bad_sets": bad_sets,
             "ok": report.ok and not bad_sets,
         }
+
+    # ------------------------------------------------------------------ building
+    def registry(self, preset: str | None = None):
+        from protodb.models.registry import ModelRegistry
+
+        return ModelRegistry(self, preset)
+
+    def add_class(self, request, *, preset: str | None = None, progress=None,
+                  device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+        """Build (or find) the prototype sets of one class; see ``protodb.pipeline.build``.
+
+        request: ``AddClassRequest``. Returns ``AddClassResult.to_dict()``.
+        """
+        from protodb.pipeline.build import ClassBuilder
+
+        builder = ClassBuilder(self, self.registry(preset), device=device or request.device,
+                               dtype=dtype or request.dtype, progress=progress)
+        return builder.add_class(request).to_dict()
+
+    def set_label(self, name: str, kind: str) -> dict[str, Any]:
+        """Change a class's thing/stuff label by hand; the history keeps every earlier label."""
+        if kind not in ("thing", "stuff"):
+            raise InvalidInput(f"kind must be thing or stuff, got {kind!r}")
+        with self.session() as s:
+            cls = setq.get_class(s, setq.normalize_class_name(name))
+            if cls is None:
+                raise NotFound(f"no class {name!r}; run: protodb add-class {name}")
+            cls.kind = kind
+            s.add(LabelRow(class_id=cls.id, kind=kind, source="manual"))
+        return self.label_history(name)
+
+    def label_history(self, name: str) -> dict[str, Any]:
+        with self._sessions() as s:
+            cls = setq.get_class(s, setq.normalize_class_name(name))
+            if cls is None:
+                raise NotFound(f"no class {name!r}; run: protodb add-class {name}")
+            history = s.scalars(
+                select(LabelRow).where(LabelRow.class_id == cls.id).order_by(LabelRow.created_at)
+            ).all()
+            return {"name": cls.name, "kind": cls.kind, "history": [
+                {"kind": h.kind, "source": h.source, "model": h.model, "prompt": h.prompt,
+                 "raw_answer": h.raw_answer, "at": h.created_at.isoformat()} for h in history]}
+
+    # ------------------------------------------------------------------ vocabularies
+    def _class_for_vocab(self, s: Session, ref: str) -> tuple[ClassRow, str | None]:
+        parsed = setq.Ref.parse(ref)
+        cls = setq.get_class(s, parsed.name)
+        if cls is None:
+            from protodb.pipeline.labels import classify_with_lexicon
+
+            lab = classify_with_lexicon(parsed.name)
+            cls = self.ensure_class(s, parsed.name, label={"kind": lab.kind, "source": lab.source})
+        pin = str(parsed) if (parsed.version is not None or parsed.tag) else None
+        return cls, pin
+
+    def vocab_create(self, name: str, classes: Sequence[str], *, description: str | None = None,
+                     replace: bool = False) -> dict[str, Any]:
+        """A named vocabulary of classes (refs may pin versions: ``boat@3``)."""
+        from protodb.catalog.schema import VocabularyMemberRow, VocabularyRow
+
+        vname = setq.check_tag_name(name)
+        if not classes:
+            raise InvalidInput("a vocabulary needs at least one class")
+        with self.session() as s:
+            row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == vname))
+            if row is not None and not replace:
+                raise InvalidInput(f"vocabulary {vname!r} exists; use: protodb vocab add {vname} CLASS")
+            if row is None:
+                row = VocabularyRow(name=vname, description=description)
+                s.add(row)
+                s.flush()
+            else:
+                row.members.clear()
+                row.version += 1
+                s.flush()
+            seen = set()
+            for pos, ref in enumerate(classes):
+                cls, pin = self._class_for_vocab(s, ref)
+                if cls.id in seen:
+                    continue
+                seen.add(cls.id)
+                row.members.append(VocabularyMemberRow(class_id=cls.id, position=pos, ref=pin))
+        return self.vocab_show(vname)
+
+    def vocab_add(self, name: str, classes: Sequence[str], *, create: bool = False) -> dict[str, Any]:
+        from protodb.catalog.schema import VocabularyMemberRow, VocabularyRow
+
+        with self.session() as s:
+            row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == name))
+            if row is None:
+                if not create:
+                    raise NotFound(f"no vocabulary {name!r}; create it: protodb vocab create {name} CLASS...")
+                return self.vocab_create(name, classes)
+            have = {m.class_id: m for m in row.members}
+            pos = max((m.position for m in row.members), default=-1) + 1
+            changed = False
+            for ref in classes:
+                cls, pin = self._class_for_vocab(s, ref)
+                if cls.id in have:
+                    if have[cls.id].ref != pin:
+                        have[cls.id].ref, changed = pin, True
+                    continue
+                row.members.append(VocabularyMemberRow(class_id=cls.id, position=pos, ref=pin))
+                have[cls.id] = row.members[-1]
+                pos, changed = pos + 1, True
+            if changed:
+                row.version += 1
+        return self.vocab_show(name)
+
+    def vocab_remove(self, name: str, classes: Sequence[str]) -> dict[str, Any]:
+        from protodb.catalog.schema import VocabularyRow
+
+        names = {setq.normalize_class_name(c) for c in classes}
+        with self.session() as s:
+            row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == name))
+            if row is None:
+                raise NotFound(f"no vocabulary {name!r}; see: protodb vocab list")
+            keep = [m for m in row.members if m.cls.name not in names]
+            if len(keep) != len(row.members):
+                row.members[:] = keep
+                row.version += 1
+        return self.vocab_show(name)
+
+    def vocab_show(self, name: str) -> dict[str, Any]:
+        """A vocabulary's classes: the catalog's, else the built-in data file's."""
+        from protodb.catalog.schema import VocabularyRow
+        from protodb.vocabularies import builtin_vocabularies
+
+        with self._sessions() as s:
+            row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == name))
+            if row is not None:
+                return {"name": row.name, "description": row.description, "version": row.version,
+                        "builtin": False, "background": None,
+                        "classes": [m.ref or m.cls.name for m in row.members],
+                        "kinds": [m.cls.kind for m in row.members]}
+        builtins = builtin_vocabularies()
+        if name in builtins:
+            b = builtins[name]
+            return {"name": name, "description": b.get("description"), "version": 0, "builtin": True,
+                    "background": b.get("background"), "classes": list(b["classes"]), "kinds": None}
+        raise NotFound(f"no vocabulary {name!r}; built-in: {', '.join(sorted(builtins))}; "
+                       f"or create one: protodb vocab create {name} CLASS...")
+
+    def vocab_list(self) -> list[dict[str, Any]]:
+        from protodb.catalog.schema import VocabularyRow
+        from protodb.vocabularies import builtin_vocabularies
+
+        out = []
+        with self._sessions() as s:
+            for row in s.scalars(select(VocabularyRow).order_by(VocabularyRow.name)):
+                out.append({"name": row.name, "classes": len(row.members), "version": row.version,
+                            "builtin": False, "description": row.description})
+        have = {o["name"] for o in out}
+        for name, b in sorted(builtin_vocabularies().items()):
+            if name not in have:
+                out.append({"name": name, "classes": len(b["classes"]), "version": 0, "builtin": True,
+                            "description": b.get("description")})
+        return out

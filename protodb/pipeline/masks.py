@@ -1,0 +1,303 @@
+"""Unsupervised foreground/background masks on a patch grid.
+
+OVDiff splits every support image into foreground and background by combining two signals:
+
+* an unsupervised segmenter that proposes a few regions from the patch features alone: a
+  MaskCut-style repeated normalised cut (:func:`ncut_segments`);
+* the generator's cross-attention map for the class token, which says which region is the object
+  (:func:`attention_fg_bg`).
+
+Everything here works in PATCH-GRID coordinates ``(h, w)`` (the feature extractor's grid); pixel
+masks are brought to that grid with :func:`downsample_mask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.linalg import eigh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+from protodb.errors import InvalidInput
+
+# Below this many patches the generalised eigenproblem is solved densely (exact, a few ms);
+# above it with Lanczos (ARPACK) on matrix-vector products, which keeps 4096 patches well under 0.5 s.
+_DENSE_MAX_PATCHES = 512
+# Lanczos basis size: 10 vectors converge in ~10-15 matrix products on patch graphs with structure
+# (scipy's default of 20 always spends at least 20 products, ~1.5 ms each at 4096 patches).
+_LANCZOS_NCV = 10
+# Lanczos restarts allowed per cut (about 8 products each). Graphs that need more are nearly
+# edgeless (hundreds of tiny components, eigenvalues piled up at 1): no meaningful cut, so the
+# segmentation stops there instead of spending seconds.
+_LANCZOS_MAX_RESTARTS = 30
+
+
+@dataclass
+class MaskResult:
+    """Foreground / background of one image on its patch grid.
+
+    fg, bg: (h, w) bool, never overlapping. method: ``"ncut+attention"`` when the normalised-cut
+    segments were used, ``"attention-threshold"`` for the fallback. params: every parameter that
+    produced the masks (JSON-able), to be stored with them in the catalog.
+    """
+
+    fg: np.ndarray
+    bg: np.ndarray
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_feature_grid(feats: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(h, w, D) any float dtype/device -> (h, w, D) float32 numpy, L2-normalised (idempotent).
+
+    The graph work below stays in numpy: alternating torch (OpenMP) and numpy (OpenBLAS) kernels
+    makes the two thread pools fight over the cores and was 3-5x slower on a 2-core machine.
+    """
+    if isinstance(feats, torch.Tensor):
+        feats = feats.detach().to(device="cpu", dtype=torch.float32).numpy()
+    arr = np.asarray(feats, dtype=np.float32)
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise InvalidInput(f"patch features must have shape (h, w, D), got {arr.shape}; reshape the extractor output to the patch grid")
+    norm = np.linalg.norm(arr, axis=-1, keepdims=True)
+    return arr / np.maximum(norm, np.float32(1e-12))
+
+
+def _fiedler_vector(adj: np.ndarray, keep: np.ndarray, deg01: np.ndarray, eps: float) -> np.ndarray | None:
+    """Second-smallest generalised eigenvector of (D - W) x = lambda D x on the kept patches.
+
+    adj: (N, N) float32 of 0/1, the thresholded affinity of ALL patches; keep: (n,) int indices
+    of the patches still in the graph; deg01: (n,) row sums of adj[keep][:, keep].
+    W = 1 where adj is 1 and ``eps`` elsewhere (MaskCut's eps keeps every degree positive),
+    i.e. W = (1 - eps) adj + eps. Solved through the symmetric form M = D^-1/2 W D^-1/2: its
+    second-LARGEST eigenvector y gives x = D^-1/2 y. Small graphs: dense LAPACK; large ones:
+    Lanczos (ARPACK) on products with the full matrix (no (n, n) copy per round).
+    Returns x: (n,) float64 aligned with ``keep`` (sign arbitrary), or None when Lanczos does not
+    converge within ``_LANCZOS_MAX_RESTARTS``.
+    """
+    n_all = adj.shape[0]
+    n = keep.size
+    inv_sqrt = 1.0 / np.sqrt(deg01.astype(np.float64) * (1.0 - eps) + eps * n)
+    if n <= _DENSE_MAX_PATCHES:
+        w = adj[np.ix_(keep, keep)].astype(np.float64) * (1.0 - eps) + eps
+        m = (inv_sqrt[:, None] * w) * inv_sqrt[None, :]
+        _, vecs = eigh(m, subset_by_index=[n - 2, n - 1])
+        y = vecs[:, 0]
+    else:
+        s32 = inv_sqrt.astype(np.float32)
+        full = np.zeros(n_all, dtype=np.float32)
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            u = s32 * np.asarray(v, dtype=np.float32).reshape(-1)
+            full[keep] = u  # removed patches stay 0, so they drop out of the product
+            wu = (adj @ full)[keep] * (1.0 - eps) + eps * u.sum()
+            return (s32 * wu).astype(np.float64)
+
+        op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        v0 = np.random.default_rng(0).standard_normal(n)  # fixed start: deterministic results
+        try:
+            vals, vecs = eigsh(op, k=2, which="LA", v0=v0, ncv=_LANCZOS_NCV, tol=1e-6, maxiter=_LANCZOS_MAX_RESTARTS)
+        except ArpackNoConvergence:
+            return None
+        y = vecs[:, int(np.argmin(vals))]
+    return inv_sqrt * y
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """(h, w) bool -> its largest 4-connected component, (h, w) bool (all False if mask is)."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def ncut_segments(
+    feats: torch.Tensor | np.ndarray, n_segments: int = 3, tau: float = 0.2, eps: float = 1e-5
+) -> list[np.ndarray]:
+    """Up to ``n_segments`` regions of an image by repeated normalised cut (MaskCut-style).
+
+    feats: (h, w, D) float, L2-normalised patch features (re-normalised here, which is harmless).
+    Each round: W = [F F^T > tau] (binary, ``eps`` where False) over the patches not yet taken;
+    solve (D - W) x = lambda D x for the second-smallest eigenvector; split at its mean; the side
+    holding the patch with the largest |x| is the object; keep that side's largest 4-connected
+    component; remove it and repeat.
+
+    Removed patches leave the graph entirely (MaskCut instead sets their affinity to ``eps``,
+    which tends to the same cut as eps -> 0 but lets the removed patches form a partition of their
+    own). The loop stops early when the remaining thresholded graph has no structure to cut: every
+    pair connected (e.g. uniform features) or no pair connected, fewer than 2 patches remain, or
+    (large grids) the eigensolver does not converge, which happens on nearly edgeless graphs.
+
+    Returns: list of (h, w) bool arrays, disjoint, non-empty, in the order found (possibly fewer
+    than ``n_segments``, possibly none).
+    """
+    if n_segments < 1:
+        raise InvalidInput(f"n_segments must be >= 1, got {n_segments}")
+    grid = _as_feature_grid(feats)
+    h, w, d = grid.shape
+    flat = grid.reshape(h * w, d)
+    adj = flat @ flat.T  # (N, N) float32 cosine similarities, turned in place into 0/1 affinity
+    np.greater(adj, np.float32(tau), out=adj, casting="unsafe")
+    diag = np.diagonal(adj)
+
+    remaining = np.ones(h * w, dtype=bool)
+    segments: list[np.ndarray] = []
+    for _ in range(n_segments):
+        keep = np.flatnonzero(remaining)
+        n = keep.size
+        if n < 2:
+            break
+        deg01 = (adj @ remaining.astype(np.float32))[keep]  # float32 counts, exact below 2**24
+        n_edges = float(deg01.sum(dtype=np.float64))
+        if n_edges >= float(n) * n or n_edges <= float(diag[keep].sum()):
+            break  # complete or edgeless graph: nothing to cut
+        x = _fiedler_vector(adj, keep, deg01, eps)
+        if x is None:
+            break
+        side = x > x.mean()
+        if not side[int(np.argmax(np.abs(x)))]:
+            side = ~side
+        side_grid = np.zeros(h * w, dtype=bool)
+        side_grid[keep[side]] = True
+        seg = _largest_component(side_grid.reshape(h, w))
+        if not seg.any():
+            break
+        segments.append(seg)
+        remaining &= ~seg.reshape(-1)
+    return segments
+
+
+def _resize_area(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(H, W) float -> (h, w) float32, each cell the mean over its pixel bin.
+
+    Bins are those of adaptive average pooling: rows floor(i*H/h) .. ceil((i+1)*H/h) (end-exclusive),
+    so non-divisible sizes and upsampling both work. Uses an integral image (float64).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    big_h, big_w = img.shape
+    h, w = grid
+    integral = np.zeros((big_h + 1, big_w + 1), dtype=np.float64)
+    integral[1:, 1:] = img.cumsum(axis=0).cumsum(axis=1)
+    y0 = (np.arange(h) * big_h) // h
+    y1 = -((-(np.arange(h) + 1) * big_h) // h)
+    x0 = (np.arange(w) * big_w) // w
+    x1 = -((-(np.arange(w) + 1) * big_w) // w)
+    sums = (
+        integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0] + integral[y0][:, x0]
+    )
+    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    return (sums / area).astype(np.float32)
+
+
+def attention_fg_bg(
+    feats: torch.Tensor | np.ndarray,
+    attention: np.ndarray,
+    *,
+    n_segments: int = 3,
+    tau: float = 0.2,
+    fg_threshold: float = 0.5,
+    bg_threshold: float = 0.2,
+    erode: int = 1,
+    eps: float = 1e-5,
+) -> MaskResult:
+    """Foreground and background of one support image (OVDiff's combination of ncut and attention).
+
+    feats: (h, w, D) float, L2-normalised patch features. attention: (H, W) float in [0, 1], the
+    class token's cross-attention map (any resolution; area-averaged to the (h, w) grid).
+
+    Candidates are the :func:`ncut_segments` plus the rest of the image (complement of their
+    union) when non-empty; each is weighted by its mean attention. Foreground = the highest-weighted
+    candidate (ties: the first found); background = the lowest-weighted candidate (ties: the
+    largest) restricted to patches with attention < ``bg_threshold``, then eroded ``erode`` times
+    (the image border counts as background, so only boundaries with other regions shrink).
+
+    Fallback (method ``"attention-threshold"``) when ncut finds no segment, there is a single
+    candidate, or fg/bg would come out empty: fg = attention > fg_threshold,
+    bg = attention < bg_threshold (not eroded).
+
+    Returns MaskResult with fg, bg: (h, w) bool, disjoint.
+    """
+    grid = _as_feature_grid(feats)
+    h, w = int(grid.shape[0]), int(grid.shape[1])
+    att = np.asarray(attention, dtype=np.float32)
+    if att.ndim != 2 or att.size == 0:
+        raise InvalidInput(f"attention must be a 2-D (H, W) map, got shape {att.shape}; pass one map per image")
+    if not np.isfinite(att).all() or att.min() < -1e-6 or att.max() > 1 + 1e-6:
+        raise InvalidInput("attention must hold finite values in [0, 1]; min-max normalise the map first")
+    if not 0.0 <= bg_threshold <= fg_threshold <= 1.0:
+        raise InvalidInput(f"need 0 <= bg_threshold <= fg_threshold <= 1, got bg={bg_threshold}, fg={fg_threshold}")
+    if erode < 0:
+        raise InvalidInput(f"erode must be >= 0 patches, got {erode}")
+
+    att_grid = _resize_area(att, (h, w))
+    params: dict[str, Any] = {
+        "n_segments": int(n_segments),
+        "tau": float(tau),
+        "eps": float(eps),
+        "fg_threshold": float(fg_threshold),
+        "bg_threshold": float(bg_threshold),
+        "erode": int(erode),
+        "grid": [h, w],
+    }
+
+    segments = ncut_segments(grid, n_segments=n_segments, tau=tau, eps=eps)
+    candidates = list(segments)
+    if segments:
+        rest = ~np.logical_or.reduce(segments)
+        if rest.any():
+            candidates.append(rest)
+    params["n_ncut_segments"] = len(segments)
+
+    if len(candidates) >= 2:
+        weights = [float(att_grid[c].mean()) for c in candidates]
+        # ties: fg -> the first found (ncut segments before the rest); bg -> the largest region
+        i_fg = max(range(len(candidates)), key=lambda i: (weights[i], -i))
+        i_bg = min(range(len(candidates)), key=lambda i: (weights[i], -int(candidates[i].sum()), i))
+        fg = candidates[i_fg].copy()
+        bg = candidates[i_bg] & (att_grid < bg_threshold) if i_bg != i_fg else np.zeros_like(fg)
+        if erode > 0 and bg.any():
+            bg = ndimage.binary_erosion(bg, iterations=erode, border_value=1)
+        bg &= ~fg
+        if fg.any() and bg.any():
+            return MaskResult(fg=fg, bg=bg, method="ncut+attention", params=params)
+
+    fg = att_grid > fg_threshold
+    bg = (att_grid < bg_threshold) & ~fg
+    return MaskResult(fg=fg, bg=bg, method="attention-threshold", params=params)
+
+
+def masks_from_labels(label_map: np.ndarray, value: int | None) -> np.ndarray:
+    """Binary mask from a label image (exemplar support sets).
+
+    label_map: (H, W) int (or bool). value None -> label_map != 0; otherwise label_map == value.
+    Returns (H, W) bool.
+    """
+    lm = np.asarray(label_map)
+    if lm.ndim != 2:
+        raise InvalidInput(f"label map must be 2-D (H, W), got shape {lm.shape}; load masks as single-channel images")
+    if value is None:
+        return lm != 0
+    return lm == value
+
+
+def downsample_mask(mask: np.ndarray, grid: tuple[int, int], min_fraction: float = 0.5) -> np.ndarray:
+    """Pixel mask -> patch-grid mask.
+
+    mask: (H, W) bool; grid: (h, w). A patch is in the mask when at least ``min_fraction`` of the
+    pixels it covers are (area average; non-divisible sizes use adaptive pooling bins).
+    Returns (h, w) bool.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise InvalidInput(f"mask must be 2-D (H, W), got shape {m.shape}")
+    if not 0.0 < min_fraction <= 1.0:
+        raise InvalidInput(f"min_fraction must be in (0, 1], got {min_fraction}")
+    h, w = int(grid[0]), int(grid[1])
+    if h < 1 or w < 1:
+        raise InvalidInput(f"grid must be positive (h, w), got {grid}")
+    frac = _resize_area(m.astype(np.float32), (h, w))
+    return frac >= np.float32(min_fraction) - 1e-6

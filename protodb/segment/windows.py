@@ -1,0 +1,166 @@
+"""Sliding-window scoring, as in OVDiff: the image is resized so its short side is ``short_side``, square
+windows of each size slide over it with ``stride`` (the last one flush with the border), the whole image is
+one more window; each window's patch scores are upsampled to its pixels and overlapping windows averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from protodb.errors import InvalidInput
+from protodb.segment.match import MatchTable, score_patches
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """``short_side``: side the image's short side is resized to (None: keep the size); ``sizes``: square
+    window sides in resized pixels (clamped to the image); ``stride``: window step in resized pixels;
+    ``whole``: also score the whole resized image as one window; ``batch``: windows per extractor call."""
+
+    short_side: int | None = 448
+    sizes: tuple[int, ...] = (448, 336)
+    stride: int = 224
+    whole: bool = True
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class Window:
+    """A crop of the resized image: rows [top, top + height), columns [left, left + width)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def resized_size(H: int, W: int, spec: WindowSpec, patch: int) -> tuple[int, int]:
+    """Size (H', W') the image is scored at: short side ``spec.short_side``, aspect kept, both sides
+    rounded to the nearest multiple of ``patch`` (at least one patch)."""
+    if H <= 0 or W <= 0:
+        raise InvalidInput(f"image has no pixels ({H}x{W})")
+    scale = 1.0 if spec.short_side is None else spec.short_side / min(H, W)
+    return (max(patch, round(H * scale / patch) * patch), max(patch, round(W * scale / patch) * patch))
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
+    """Windows over the image of original size (H, W) once resized to :func:`resized_size`.
+
+    For each size in ``spec.sizes`` (clamped to the short side, rounded down to a multiple of ``patch``):
+    square windows at ``spec.stride`` covering every pixel, the last row/column flush with the border;
+    then the whole image when ``spec.whole``. Duplicates are dropped; coordinates are resized pixels.
+    """
+    if not spec.sizes and not spec.whole:
+        raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
+    if spec.stride <= 0 or any(s <= 0 for s in spec.sizes):
+        raise InvalidInput(f"window sizes and stride must be positive; got {spec.sizes} / {spec.stride}")
+    H2, W2 = resized_size(H, W, spec, patch)
+    out: list[Window] = []
+    for size in spec.sizes:
+        side = max(patch, min(size, H2, W2) // patch * patch)
+        for top in _starts(H2, side, spec.stride):
+            for left in _starts(W2, side, spec.stride):
+                win = Window(top, left, side, side)
+                if win not in out:
+                    out.append(win)
+    if spec.whole and Window(0, 0, H2, W2) not in out:
+        out.append(Window(0, 0, H2, W2))
+    return out
+
+
+@dataclass
+class PatchScores:
+    """Patch-level scores of one window. ``scores``: (C', h, w) float32; ``best``: (C', h, w) int64 table
+    row of the winning prototype; ``window`` in resized pixels; ``image_size`` (H, W) original and
+    ``resized`` (H', W'); ``patch``: patch side in resized pixels."""
+
+    window: Window
+    scores: torch.Tensor
+    best: torch.Tensor
+    image_size: tuple[int, int]
+    resized: tuple[int, int]
+    patch: int
+
+    def centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h,), (w,) int64: original-image row / column of each patch centre."""
+        (H, W), (H2, W2), p = self.image_size, self.resized, self.patch
+        h, w = self.scores.shape[1:]
+        ys = ((self.window.top + (torch.arange(h) + 0.5) * p) * H / H2).long().clamp_(0, H - 1)
+        xs = ((self.window.left + (torch.arange(w) + 0.5) * p) * W / W2).long().clamp_(0, W - 1)
+        return ys, xs
+
+    def cell_of(self, y: int, x: int) -> tuple[int, int] | None:
+        """(row, col) of the patch holding original pixel (y, x), or None when it is outside the window."""
+        (H, W), (H2, W2), p = self.image_size, self.resized, self.patch
+        y2, x2 = (y + 0.5) * H2 / H - self.window.top, (x + 0.5) * W2 / W - self.window.left
+        if not (0 <= y2 < self.window.height and 0 <= x2 < self.window.width):
+            return None
+        return int(y2 // p), int(x2 // p)
+
+
+@torch.no_grad()
+def window_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
+                  spec: WindowSpec | None = None, *, keep_patches: bool = False):
+    """Sliding-window score maps of ``image``: (3, H, W) float RGB in [0, 1] for one extractor.
+
+    ``extract`` maps (B, 3, h, w) -> (B, h/p, w/p, D) L2-normalised and has ``patch_size`` (and optionally
+    ``device``: crops are sent there). Windows of equal size go through the extractor together (``spec.batch``
+    at a time); each window's (C', h/p, w/p) scores are upsampled bilinearly to its pixels, summed, and
+    divided by the number of windows covering each pixel; the result is resized to (H, W).
+    Returns (C', H, W) float32 on the table's device, and with ``keep_patches`` also the list of
+    :class:`PatchScores` (on CPU) in :func:`plan_windows` order. Memory: C' x H' x W' floats.
+    """
+    spec = spec or WindowSpec()
+    p = int(getattr(extract, "patch_size"))
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
+    H, W = int(image.shape[1]), int(image.shape[2])
+    H2, W2 = resized_size(H, W, spec, p)
+    img = image.float()[None]
+    if (H2, W2) != (H, W):
+        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
+        img = img.clamp_(0, 1)
+    dev = getattr(extract, "device", None)
+    if dev is not None:
+        img = img.to(dev)
+    plan = plan_windows(H, W, spec, p)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, win in enumerate(plan):
+        groups.setdefault((win.height, win.width), []).append(i)
+    tdev = table.vectors.device
+    acc = torch.zeros(table.num_columns, H2, W2, device=tdev)
+    count = torch.zeros(1, H2, W2, device=tdev)
+    kept: list[PatchScores | None] = [None] * len(plan)
+    for (wh, ww), members in groups.items():
+        for b in range(0, len(members), max(1, spec.batch)):
+            idx = members[b:b + max(1, spec.batch)]
+            crops = torch.cat([img[:, :, plan[i].top:plan[i].top + wh, plan[i].left:plan[i].left + ww] for i in idx])
+            feats = extract(crops)
+            if feats.shape[:3] != (len(idx), wh // p, ww // p):
+                raise InvalidInput(f"extractor returned features {tuple(feats.shape)} for crops "
+                                   f"{tuple(crops.shape)}; expected (B, h/{p}, w/{p}, D)")
+            for j, i in enumerate(idx):
+                sc, best = score_patches(feats[j], table)
+                win = plan[i]
+                up = F.interpolate(sc[None], size=(wh, ww), mode="bilinear", align_corners=False)[0]
+                acc[:, win.top:win.top + wh, win.left:win.left + ww] += up
+                count[:, win.top:win.top + wh, win.left:win.left + ww] += 1
+                if keep_patches:
+                    kept[i] = PatchScores(win, sc.cpu(), best.cpu(), (H, W), (H2, W2), p)
+    out = acc / count
+    if (H2, W2) != (H, W):
+        out = F.interpolate(out[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    return (out, kept) if keep_patches else out

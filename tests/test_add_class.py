@@ -1,0 +1,299 @@
+"""add-class end to end with the tiny preset (real diffusers pipeline, real timm ViT, real stores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+import protodb
+from protodb.catalog.schema import (
+    GenerationRunRow,
+    GeneratorSpecRow,
+    LabelRow,
+    MaskRow,
+    PrototypeSetRow,
+    SupportImageRow,
+)
+from protodb.pipeline.generate import derive_seed
+from protodb_cli.main import app
+from tests.test_labels import llm_server  # noqa: F401 - the local chat-completions server
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+runner = CliRunner()
+
+
+def cli(*args, ok=True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def add_tiny(home, *extra, ok=True):
+    res = cli("add-class", *extra, "--preset", "tiny", "--db", home, "--json", ok=ok)
+    return json.loads(res.stdout) if ok else res
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One tiny database with boat built from 4 generated images."""
+    home = tmp_path_factory.mktemp("built") / "db"
+    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_LLM_MODEL"):
+        os.environ.pop(var, None)
+    out = add_tiny(home, "boat", "--images", "4")
+    return home, out
+
+
+def test_counts_per_kind(built):
+    home, out = built
+    (s,) = out["sets"]
+    c = s["counts"]
+    assert c["class"] == 1 and c["instance"] == 4
+    assert 1 <= c["part"] <= 32 and c["bg_class"] == 1 and 1 <= c["bg_instance"] <= 4
+    db = protodb.open(home)
+    rows = db.prototypes(db.resolve("boat")[0])
+    assert len(rows) == sum(c.values())
+    for kind, n in c.items():
+        assert rows.kinds.count(kind) == n
+    np.testing.assert_allclose(np.linalg.norm(rows.vectors, axis=1), 1.0, atol=1e-4)
+    # instance prototypes point at the set's support images, parts at a patch inside one
+    assert {i for i, k in zip(rows.image_ids, rows.kinds) if k == "instance"} == set(s["images"])
+    for k, img, reg in zip(rows.kinds, rows.image_ids, rows.regions):
+        if k in ("part", "bg_part"):
+            y0, x0, y1, x1 = reg
+            assert img in s["images"] and (y1 - y0, x1 - x0) == (1, 1)
+
+
+def test_provenance_rows(built):
+    home, out = built
+    db = protodb.open(home)
+    with db.session() as s:
+        spec = s.scalars(select(GeneratorSpecRow)).one()
+        assert spec.name == "tiny" and spec.steps == 3 and spec.width == spec.height == 64
+        assert spec.scheduler == "DPMSolverMultistepScheduler" and spec.revision
+        assert spec.config["negative_prompt"].startswith("text, low quality")
+        run = s.scalars(select(GenerationRunRow)).one()
+        assert run.prompt == "a good picture of a boat" and run.base_seed == 0 and run.num_images == 4
+        imgs = s.scalars(select(SupportImageRow).order_by(SupportImageRow.index_in_run)).all()
+        assert [i.index_in_run for i in imgs] == [0, 1, 2, 3]
+        assert [i.seed for i in imgs] == [derive_seed(0, "boat", i) for i in range(4)]
+        assert all(i.source == "generated" and i.attention_sha256 for i in imgs)
+        masks = s.scalars(select(MaskRow)).all()
+        assert len(masks) == 8 and {m.role for m in masks} == {"foreground", "background"}
+        assert all(m.method in ("ncut+attention", "attention-threshold") and "tau" in m.params for m in masks)
+        label = s.scalars(select(LabelRow)).one()
+        assert (label.kind, label.source) == ("thing", "lexicon")
+        pset = s.scalars(select(PrototypeSetRow)).one()
+        assert pset.params["preset"] == "tiny" and pset.protodb_version == protodb.__version__
+        assert pset.extractor.weights_hash and pset.extractor.config["patch_size"] == 8
+
+
+def test_artifacts_verified(built):
+    home, _ = built
+    db = protodb.open(home)
+    report = db.verify()
+    refs = db.referenced_artifacts()
+    assert report["ok"] and report["artifacts_checked"] == len(refs) >= 4 + 4 + 2
+    with db.session() as s:
+        sha = s.scalars(select(SupportImageRow.artifact_sha256)).first()
+    im = PIL.Image.open(db.artifacts.local_path(sha))
+    assert im.size == (64, 64) and im.mode == "RGB"
+
+
+def test_same_config_twice_is_one_version_and_new_version_makes_another(built):
+    home, first = built
+    again = add_tiny(home, "boat", "--images", "4")
+    assert again["sets"][0]["id"] == first["sets"][0]["id"] and again["sets"][0]["reused"]
+    assert again["generated_images"] == 0 and again["reused_images"] == 4
+    db = protodb.open(home)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(SupportImageRow)) == 4
+    ls = json.loads(cli("ls", "--db", home, "--json").stdout)
+    assert [v["version"] for v in ls[0]["versions"]] == [1]
+    newer = add_tiny(home, "boat", "--images", "4", "--new-version")
+    assert newer["sets"][0]["version"] == 2 and newer["generated_images"] == 0
+    ls = json.loads(cli("ls", "--db", home, "--json").stdout)
+    v = ls[0]["versions"]
+    assert [x["version"] for x in v] == [1, 2] and v[0]["counts"] == v[1]["counts"]
+    assert v[0]["images"] == 4 and v[0]["extractors"] == ["tiny-vit"]
+
+
+def _snapshot(home: Path):
+    files = sorted(str(p.relative_to(home)) for p in home.rglob("*")
+                   if p.is_file() and "models" not in p.parts and "cache" not in p.parts
+                   and not p.name.startswith("catalog.sqlite"))
+    return protodb.open(home).info(), files
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["", "--images", "2"], "empty"),
+    (["x" * 500, "--images", "2"], "limit is 200"),
+    (["boat", "--extractor", "nope"], "unknown extractor 'nope'"),
+    (["boat", "--images", "0"], "nothing to build from"),
+    (["boat", "--images", "-1"], "--images must be >= 0"),
+    (["boat", "--exemplars", "/no/such/folder"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(built, args, msg):
+    home, _ = built
+    before = _snapshot(home)
+    res = add_tiny(home, *args, ok=False)
+    assert res.exit_code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and msg in lines[0], res.stderr
+    assert _snapshot(home) == before
+
+
+def test_masks_matching_no_exemplar(built, tmp_path):
+    home, _ = built
+    ex, mk = tmp_path / "ex", tmp_path / "mk"
+    ex.mkdir(), mk.mkdir()
+    PIL.Image.new("RGB", (32, 32), "red").save(ex / "a.png")
+    PIL.Image.new("L", (32, 32), 255).save(mk / "b.png")
+    before = _snapshot(home)
+    res = add_tiny(home, "kite", "--images", "0", "--exemplars", ex, "--masks", mk, ok=False)
+    assert res.exit_code == 1 and "matches an exemplar" in res.stderr
+    assert _snapshot(home) == before
+
+
+def _synthetic_exemplars(folder: Path, masks: Path, n=3):
+    """Images with a bright square object (label 7) on textured background (label 1)."""
+    folder.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = (rng.random((96, 128, 3)) * 80).astype(np.uint8)
+        lab = np.ones((96, 128), np.uint8)
+        y, x = 20 + 5 * i, 30 + 7 * i
+        img[y:y + 40, x:x + 40] = (220, 40 + 30 * i, 40)
+        lab[y:y + 40, x:x + 40] = 7
+        PIL.Image.fromarray(img).save(folder / f"im{i}.jpg", quality=95)
+        PIL.Image.fromarray(lab).save(masks / f"im{i}.png")
+
+
+def test_exemplars_with_label_maps(home, tmp_path):
+    _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
+    out = add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex",
+                   "--masks", tmp_path / "lab", "--mask-value", "7", "-k", "4")
+    (s,) = out["sets"]
+    assert out["exemplar_images"] == 3 and out["generated_images"] == 0
+    assert s["counts"]["instance"] == 3 and s["counts"]["part"] == 4 and s["counts"]["bg_instance"] == 3
+    db = protodb.open(home)
+    with db.session() as sess:
+        rows = sess.scalars(select(SupportImageRow)).all()
+        assert {r.origin for r in rows} == {"im0.jpg", "im1.jpg", "im2.jpg"}
+        assert all(r.source == "exemplar" and r.seed is None for r in rows)
+        masks = sess.scalars(select(MaskRow).where(MaskRow.role == "foreground")).all()
+        assert {m.method for m in masks} == {"given"}
+        # the stored foreground mask covers the object square (on the patch grid, upsampled)
+        fg = np.asarray(PIL.Image.open(db.artifacts.local_path(masks[0].artifact_sha256))) > 127
+        assert fg.shape == (96, 128) and 0.05 < fg.mean() < 0.25
+
+
+def test_exemplars_without_masks_and_mixed_with_generated(home, tmp_path):
+    _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
+    out = add_tiny(home, "box", "--images", "2", "--exemplars", tmp_path / "ex", "-k", "4")
+    assert out["exemplar_images"] == 3 and out["generated_images"] == 2
+    assert out["sets"][0]["counts"]["class"] == 1 and len(out["sets"][0]["images"]) == 5
+    db = protodb.open(home)
+    with db.session() as s:
+        methods = {m.method for m in s.scalars(select(MaskRow))}
+    assert "ncut" in methods
+
+
+def test_features_are_cached_by_content(home, tmp_path):
+    _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
+    add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex", "--masks", tmp_path / "lab",
+             "--mask-value", "7", "-k", "2")
+    cache = list((home / "cache" / "features").rglob("*.safetensors"))
+    assert len(cache) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in cache}
+    add_tiny(home, "background stuff", "--images", "0", "--exemplars", tmp_path / "ex", "--masks",
+             tmp_path / "lab", "--mask-value", "1", "-k", "2")
+    cache2 = list((home / "cache" / "features").rglob("*.safetensors"))
+    assert len(cache2) == 3 and {p: p.stat().st_mtime_ns for p in cache2} == stamps
+
+
+def test_stuff_override_and_label_history(home):
+    out = add_tiny(home, "grass", "--images", "1", "--thing")
+    assert out["kind"] == "thing" and out["label_source"] == "manual"
+    hist = json.loads(cli("label", "grass", "--stuff", "--db", home, "--json").stdout)
+    assert hist["kind"] == "stuff" and [h["kind"] for h in hist["history"]] == ["thing", "stuff"]
+    ls = json.loads(cli("ls", "--db", home, "--json").stdout)
+    assert ls[0]["kind"] == "stuff"
+
+
+def test_llm_label_recorded(home, monkeypatch, llm_server):
+    llm_server.answer = "Stuff."
+    monkeypatch.setenv("PROTODB_LLM_BASE_URL", llm_server.base_url)
+    monkeypatch.setenv("PROTODB_LLM_MODEL", "local-test-model")
+    out = add_tiny(home, "sea", "--images", "1")
+    assert out["kind"] == "stuff" and out["label_source"] == "llm"
+    hist = json.loads(cli("label", "sea", "--db", home, "--json").stdout)["history"]
+    assert hist[0]["model"] == "local-test-model" and hist[0]["raw_answer"] == "Stuff."
+    assert "sea" in hist[0]["prompt"]
+
+
+KILLER = """
+import sys
+from protodb_cli.main import main
+sys.argv = ["protodb", "add-class", "boat", "--preset", "tiny", "--images", "8", "--batch-size", "2",
+            "--db", sys.argv[1], "--quiet"]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(home):
+    home.mkdir(parents=True)
+    protodb.open(home).close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(home)], env=env)
+    db = protodb.open(home)
+    deadline = time.time() + 300
+    n = 0
+    while n < 2:
+        assert proc.poll() is None, "add-class finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.2)
+        with db.session() as s:
+            n = s.scalar(select(func.count()).select_from(SupportImageRow))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with db.session() as s:
+        kept = s.scalar(select(func.count()).select_from(SupportImageRow))
+    assert 2 <= kept < 8 and db.info()["prototype_sets"] == 0
+    out = add_tiny(home, "boat", "--images", "8", "--batch-size", "2")
+    assert out["reused_images"] == kept and out["generated_images"] == 8 - kept
+    with db.session() as s:
+        rows = s.scalars(select(SupportImageRow.index_in_run)).all()
+    assert sorted(rows) == list(range(8))
+    assert db.verify()["ok"] and db.info()["prototype_sets"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CAMVID.exists(), reason="CamVid photos not present at ../shared/data/camvid")
+def test_camvid_exemplars_through_real_onnx_dinov2(home, tmp_path):
+    ex, lab = tmp_path / "ex", tmp_path / "lab"
+    ex.mkdir(), lab.mkdir()
+    names = sorted(p.name for p in (CAMVID / "train").iterdir())[:4]
+    for n in names:  # symlinks: the photos are read in place, never copied into the project
+        (ex / n).symlink_to(CAMVID / "train" / n)
+        (lab / n).symlink_to(CAMVID / "trainannot" / n)
+    out = json.loads(cli("add-class", "car", "--images", "0", "--exemplars", ex, "--masks", lab,
+                         "--mask-value", "8", "--extractor", "focus-vits14", "--db", home, "--json").stdout)
+    (s,) = out["sets"]
+    assert s["extractor"] == "focus-vits14" and s["counts"]["class"] == 1
+    cars = sum(int((np.asarray(PIL.Image.open(lab / n)) == 8).any()) for n in names)
+    assert s["counts"]["instance"] <= cars and s["counts"]["part"] == 32
+    rows = protodb.open(home).prototypes(s)
+    assert rows.vectors.shape[1] == 384
