@@ -81,6 +81,13 @@ class ExtractorSpec:
         patch = config.get("patch_size")
         if not isinstance(patch, int) or patch <= 0:
             raise InvalidInput(f"extractor {self.name!r}: config needs a positive integer 'patch_size'")
+        for key in ("mean", "std"):
+            value = config.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) != 3
+                                      or not all(isinstance(v, (int, float)) for v in value)):
+                raise InvalidInput(f"extractor {self.name!r}: config {key!r} must be 3 numbers (R, G, B)")
+        if any(v == 0 for v in config.get("std") or []):
+            raise InvalidInput(f"extractor {self.name!r}: config 'std' must not contain 0")
         object.__setattr__(self, "config", config)
 
     def to_dict(self) -> dict:
@@ -822,6 +829,8 @@ def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise InvalidInput("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
+    if spec.kind == "onnx":
+        dtype = torch.float32  # the graph's own dtype: one session whatever the caller asks
     device = torch.device(device)
     key = (spec.config_hash(), str(device), str(dtype))
     with _CACHE_LOCK:

@@ -128,7 +128,9 @@ def builtin_generators() -> dict[str, GeneratorSpec]:
     """The generators shipped in ``protodb/data/generators.json``, by name (sd15, sd-turbo, lcm-sd15)."""
     text = importlib.resources.files("protodb").joinpath("data/generators.json").read_text("utf-8")
     raw = json.loads(text)
-    return {name: GeneratorSpec.from_dict({"name": name, **cfg}) for name, cfg in raw.items() if not name.startswith("_")}
+    return {
+        name: GeneratorSpec.from_dict({"name": name, **cfg}) for name, cfg in raw.items() if not name.startswith("_")
+    }
 
 
 def get_generator(name: str) -> GeneratorSpec:
@@ -185,7 +187,12 @@ def build_tiny_generator(folder: Path) -> GeneratorSpec:
     with _quiet_loading():
         _tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
     (tmp / _TINY_DONE).write_text("ok\n")
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / _TINY_DONE).is_file():
+            raise
     return spec
 
 

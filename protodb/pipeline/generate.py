@@ -83,7 +83,8 @@ def generate(
     prompt: defaults to ``spec.prompt_template`` with the class name; it must contain the class
     name (its tokens are where attention is read). negative_prompt: defaults to the spec's; "" for
     none; only used when classifier-free guidance runs (guidance > 1) and the pipeline takes one.
-    One pipeline call per batch of up to ``batch_size`` images; progress(n_done) after each image.
+    One pipeline call per batch of up to ``batch_size`` images; progress(n_done) as each image is
+    handed out.
     """
     if batch_size < 1:
         raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
@@ -118,10 +119,10 @@ def generate(
                 ).images
                 maps = _to_image_size(recorder.maps(), spec.height, spec.width)
             for k, (index, seed) in enumerate(zip(batch, seeds)):
-                yield Generated(index=index, seed=seed, image=images[k].convert("RGB"), attention=maps[k])
                 done += 1
                 if progress is not None:
                     progress(done)
+                yield Generated(index=index, seed=seed, image=images[k].convert("RGB"), attention=maps[k])
 
 
 def _to_image_size(maps: torch.Tensor, height: int, width: int) -> np.ndarray:
