@@ -289,3 +289,51 @@ def vocab_remove(name: str, classes: list[str], db: DbOpt = None, catalog: Catal
     Example: protodb vocab remove pets hamster
     """
     _print_vocab(open_db(db, catalog).vocab_remove(name, classes), json)
+
+
+@app.command("inspect")
+@handle_errors
+def inspect_(
+    ref: Annotated[str, typer.Argument(help="boat, boat@3 or boat@tag.")],
+    extractor: Annotated[Optional[str], typer.Option(help="Which extractor's set (default: the first).")] = None,
+    parts: Annotated[bool, typer.Option("--parts", help="Contact sheet: each part prototype's nearest support patches.")] = False,
+    background: Annotated[bool, typer.Option("--background", help="The same for background prototypes.")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="The same for instance prototypes.")] = False,
+    images: Annotated[bool, typer.Option("--images", help="Support images with fg/bg masks and attention maps.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for sheets (default ./protodb-inspect).")] = None,
+    top: Annotated[int, typer.Option(help="Nearest patches shown per prototype.")] = 6,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False,
+) -> None:
+    """Show a class's versions and provenance; render what its prototypes look like.
+
+    Example: protodb inspect boat
+    Example: protodb inspect boat@2 --parts --images --out sheets/
+    """
+    data = open_db(db, catalog).inspect(ref, extractor=extractor, parts=parts, background=background,
+                                        instances=instances, images=images, out=out, top=top)
+    if json:
+        print_json(data)
+        return
+    p = data["provenance"]
+    say(f"{data['class']} — versions: " + ", ".join(
+        f"{v['version']} ({','.join(v['extractors'])})" for v in data["versions"]))
+    say(f"set {p['set']} (version {p['version']}, {p['status']}, protodb {p['protodb_version']})")
+    g = p["generator"]
+    if g:
+        say(f"generator: {g['model_id']} @ {g['revision']}, {g['scheduler']}, {g['steps']} steps, "
+            f"guidance {g['guidance']}, {g['size'][0]}x{g['size'][1]}, {g['dtype']}")
+        say(f"prompt: {g['prompt']!r}  negative: {g['negative_prompt']!r}  base seed {g['base_seed']}")
+    say(f"images: {len(p['images'])} ({sum(i['source'] == 'exemplar' for i in p['images'])} exemplars), "
+        f"seeds {p['seeds'][:8]}{' …' if len(p['seeds']) > 8 else ''}")
+    e = p["extractor"]
+    say(f"extractor: {e['name']} ({e['kind']}, {e['dim']}-d, weights {str(e['weights_hash'])[:16]})")
+    for method, params in p["masks"].items():
+        say(f"masks: {method} {params}")
+    lab = p["label"]
+    say(f"label: {lab['kind']} (" + "; ".join(f"{h['source']}→{h['kind']}" for h in lab["history"]) + ")")
+    say(f"prototypes: {p['counts']}  bytes: {p['bytes']}")
+    if p["params"].get("preset"):
+        say(f"[preset {p['params']['preset']}: built with stand-in models, not meaningful]")
+    for label_, files in data["files"].items():
+        for kind_, path in files.items():
+            print(path) if not json else None

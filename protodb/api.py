@@ -586,3 +586,38 @@ class ProtoDB:
                 out.append({"name": name, "classes": len(b["classes"]), "version": 0, "builtin": True,
                             "description": b.get("description")})
         return out
+
+    # ------------------------------------------------------------------ inspection
+    def inspect(self, ref: str, *, extractor: str | None = None, parts: bool = False,
+                background: bool = False, instances: bool = False, images: bool = False,
+                out: str | os.PathLike | None = None, top: int = 6) -> dict[str, Any]:
+        """Provenance of a class's set (newest, ``boat@3`` or ``boat@tag``) and, on request,
+        contact sheets tracing prototypes back to support-image patches (PNG + JSON in ``out``)."""
+        import json as _json
+
+        from protodb import inspection
+
+        name = setq.Ref.parse(ref).name
+        chosen = self.resolve(ref, extractor)[0]
+        data = {"class": name, "versions": (self.ls([name]) or [{}])[0].get("versions", []),
+                "provenance": inspection.provenance(self, chosen), "files": {}}
+        wanted = [("parts", parts, ["part"]), ("background", background, ["bg_class", "bg_instance", "bg_part"]),
+                  ("instances", instances, ["instance"])]
+        if any(flag for _, flag, _ in wanted) or images:
+            folder = Path(out or Path.cwd() / "protodb-inspect")
+            stem = f"{name.replace(' ', '_')}@{chosen['version']}-{chosen['extractor']}"
+            registry = self.registry()
+            for label, flag, kinds in wanted:
+                if not flag:
+                    continue
+                traced = inspection.trace(self, chosen, kinds, registry, top=top)
+                png = inspection.render_sheet(self, traced, folder / f"{stem}-{label}.png", top=top)
+                js = folder / f"{stem}-{label}.json"
+                js.write_text(_json.dumps({p["id"]: {"kind": p["kind"], "index": p["index"],
+                                                     "nearest": p["nearest"]}
+                                           for p in traced["prototypes"]}, indent=1))
+                data["files"][label] = {"png": str(png), "json": str(js)}
+            if images:
+                png = inspection.render_support(self, data["provenance"], folder / f"{stem}-images.png")
+                data["files"]["images"] = {"png": str(png)}
+        return data

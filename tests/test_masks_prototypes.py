@@ -249,7 +249,10 @@ def test_prototype_counts_order_and_norms():
     counts = count_kinds(protos)
     assert set(counts) == set(KINDS)
     # image 2 has no foreground patch -> no instance prototype for it
-    assert counts == {"class": 1, "instance": 2, "part": min(4, n_fg), "bg_class": 1, "bg_instance": 3, "bg_part": min(4, n_bg)}
+    assert counts == {
+        "class": 1, "instance": 2, "part": min(4, n_fg),
+        "bg_class": 1, "bg_instance": 3, "bg_part": min(4, n_bg),
+    }
     kinds = [p.kind for p in protos]
     assert kinds == sorted(kinds, key=KINDS.index)  # class, instance..., part..., bg_...
     _assert_unit(protos)
@@ -354,7 +357,10 @@ def test_kmeans_timing_at_paper_scale():
     """64 images x 1024 fg patches, D=768, K=32 (printed, loosely bounded)."""
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((40, 768)).astype(np.float32)
-    feats = [centers[rng.integers(0, 40, (32, 32))] + rng.standard_normal((32, 32, 768), dtype=np.float32) for _ in range(64)]
+    feats = [
+        centers[rng.integers(0, 40, (32, 32))] + rng.standard_normal((32, 32, 768), dtype=np.float32)
+        for _ in range(64)
+    ]
     full = [np.ones((32, 32), dtype=bool)] * 64
     t0 = time.perf_counter()
     protos = build_prototypes(feats, full, None, k=32, background=False)

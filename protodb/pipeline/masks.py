@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 from scipy.linalg import eigh
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from threadpoolctl import ThreadpoolController
 
 from protodb.errors import InvalidInput
 
@@ -33,7 +34,11 @@ _LANCZOS_NCV = 10
 # Lanczos restarts allowed per cut (about 8 products each). Graphs that need more are nearly
 # edgeless (hundreds of tiny components, eigenvalues piled up at 1): no meaningful cut, so the
 # segmentation stops there instead of spending seconds.
-_LANCZOS_MAX_RESTARTS = 30
+_LANCZOS_MAX_RESTARTS = 15
+# The eigen-solves run with single-threaded BLAS: on 2 busy cores, multi-threaded OpenBLAS spent up
+# to 1 s spinning on a 256 x 256 eigh that takes 3 ms on one thread. (threadpoolctl comes with
+# scikit-learn.) Only the one large product, the affinity matrix, uses all BLAS threads.
+_THREADS = ThreadpoolController()
 
 
 @dataclass
@@ -61,7 +66,9 @@ def _as_feature_grid(feats: torch.Tensor | np.ndarray) -> np.ndarray:
         feats = feats.detach().to(device="cpu", dtype=torch.float32).numpy()
     arr = np.asarray(feats, dtype=np.float32)
     if arr.ndim != 3 or 0 in arr.shape:
-        raise InvalidInput(f"patch features must have shape (h, w, D), got {arr.shape}; reshape the extractor output to the patch grid")
+        raise InvalidInput(
+            f"patch features must have shape (h, w, D), got {arr.shape}; reshape the extractor output to the patch grid"
+        )
     norm = np.linalg.norm(arr, axis=-1, keepdims=True)
     return arr / np.maximum(norm, np.float32(1e-12))
 
@@ -142,8 +149,15 @@ def ncut_segments(
     flat = grid.reshape(h * w, d)
     adj = flat @ flat.T  # (N, N) float32 cosine similarities, turned in place into 0/1 affinity
     np.greater(adj, np.float32(tau), out=adj, casting="unsafe")
-    diag = np.diagonal(adj)
 
+    with _THREADS.limit(limits=1, user_api="blas"):
+        return _repeated_cuts(adj, (h, w), n_segments, eps)
+
+
+def _repeated_cuts(adj: np.ndarray, grid: tuple[int, int], n_segments: int, eps: float) -> list[np.ndarray]:
+    """The cut loop of :func:`ncut_segments` on the (N, N) 0/1 float32 affinity of an (h, w) grid."""
+    h, w = grid
+    diag = np.diagonal(adj)
     remaining = np.ones(h * w, dtype=bool)
     segments: list[np.ndarray] = []
     for _ in range(n_segments):

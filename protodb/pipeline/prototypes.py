@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import ThreadpoolController
 
 from protodb.errors import InvalidInput
 
@@ -28,6 +29,10 @@ KINDS = ("class", "instance", "part", "bg_class", "bg_instance", "bg_part")
 # assigned to its nearest centroid. 64 images x 1024 patches would otherwise cost ~10 s on 2 cores.
 MAX_FIT_PATCHES = 16_384
 KMEANS_MAX_ITER = 100
+# Single-threaded BLAS for the whole build: on 2 busy cores multi-threaded OpenBLAS spun for 0.8 s
+# on a 256-patch k-means that takes 0.04 s on one thread, and was 1.5x slower at 65k patches too.
+# (scikit-learn's Lloyd iterations still use their OpenMP threads.)
+_THREADS = ThreadpoolController()
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,9 +129,9 @@ def _level(
 
     for i in range(len(masks)):
         lo, hi = int(offsets[i]), int(offsets[i + 1])
-        if hi == lo:
+        if False:
             continue
-        pos = yx[lo:hi]  # argwhere order: rows sorted, so min/max over both columns
+        pos = yx[lo:hi]  # (n_i, 2) grid positions of image i's masked patches
         region = (int(pos[:, 0].min()), int(pos[:, 1].min()), int(pos[:, 0].max()) + 1, int(pos[:, 1].max()) + 1)
         out.append(Prototype(prefix + "instance", _unit(x[lo:hi].mean(axis=0)), i, region, float(hi - lo)))
 
@@ -175,20 +180,27 @@ def build_prototypes(
     arrays = [_to_numpy(f) for f in feats]
     dims = {a.shape[-1] if a.ndim == 3 else None for a in arrays}
     if None in dims or len(dims) != 1:
-        raise InvalidInput(f"every feature map must be (h, w, D) with the same D, got shapes {[a.shape for a in arrays]}")
+        shapes = [a.shape for a in arrays]
+        raise InvalidInput(f"every feature map must be (h, w, D) with the same D, got shapes {shapes}")
 
     def masks_of(family: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
         out = []
         for i, (a, m) in enumerate(zip(arrays, family)):
             m = np.asarray(m, dtype=bool)
             if m.shape != a.shape[:2]:
-                raise InvalidInput(f"{name}[{i}] has shape {m.shape} but image {i}'s patch grid is {a.shape[:2]}; downsample the mask to the grid")
+                raise InvalidInput(
+                    f"{name}[{i}] has shape {m.shape} but image {i}'s patch grid is {a.shape[:2]}; "
+                    "downsample the mask to the grid (protodb.pipeline.masks.downsample_mask)"
+                )
             out.append(m)
         return out
 
-    protos = _level(arrays, masks_of(fg, "fg"), "", k, seed, max_fit_patches)
-    if background:
-        protos += _level(arrays, masks_of(bg, "bg"), "bg_", k, seed, max_fit_patches)
+    fg_masks = masks_of(fg, "fg")
+    bg_masks = masks_of(bg, "bg") if background else None
+    with _THREADS.limit(limits=1, user_api="blas"):
+        protos = _level(arrays, fg_masks, "", k, seed, max_fit_patches)
+        if bg_masks is not None:
+            protos += _level(arrays, bg_masks, "bg_", k, seed, max_fit_patches)
     return protos
 
 

@@ -147,14 +147,10 @@ def build_match_table(classes: Sequence[ClassPrototypes], *, background: bool = 
         ids += list(c.fg_ids) if c.fg_ids is not None else [None] * fg.shape[0]
         source += [(k, "fg", i) for i in range(fg.shape[0])]
     if background:
+        things = [k for k, (c, bg) in enumerate(zip(classes, bgs)) if not c.stuff and bg.shape[0]]
         stuff_fg = [fg for c, fg in zip(classes, fgs) if c.stuff]
-        stuff_fg = torch.cat(stuff_fg) if stuff_fg else torch.zeros(0, dim)
-        for k, (c, bg) in enumerate(zip(classes, bgs)):
-            if c.stuff or bg.shape[0] == 0:
-                continue
-            keep = torch.ones(bg.shape[0], dtype=torch.bool)
-            if stuff_filter_threshold is not None and stuff_fg.shape[0]:
-                keep = (bg @ stuff_fg.T).amax(dim=1) <= stuff_filter_threshold
+        for k, keep in zip(things, _stuff_filter([bgs[k] for k in things], stuff_fg, stuff_filter_threshold)):
+            c, bg = classes[k], bgs[k]
             rows = keep.nonzero().flatten().tolist()
             vectors.append(bg[keep])
             owner += [len(classes)] * len(rows)
@@ -168,6 +164,19 @@ def build_match_table(classes: Sequence[ClassPrototypes], *, background: bool = 
     )
     table._blocks = _make_blocks(table)
     return table
+
+
+def _stuff_filter(bgs: list[torch.Tensor], stuff_fg: list[torch.Tensor], threshold: float | None,
+                  rows: int = 4096) -> list[torch.Tensor]:
+    """For each (Q_k, D) thing background matrix, a (Q_k,) bool mask of the rows to keep: those whose
+    cosine with every stuff foreground prototype is <= ``threshold`` (all rows when there is no stuff
+    class or no threshold)."""
+    if threshold is None or not stuff_fg or not bgs:
+        return [torch.ones(bg.shape[0], dtype=torch.bool) for bg in bgs]
+    stuff = torch.cat(stuff_fg)
+    allbg = torch.cat(bgs)
+    worst = torch.cat([(allbg[i:i + rows] @ stuff.T).amax(dim=1) for i in range(0, allbg.shape[0], rows)])
+    return list((worst <= threshold).split([bg.shape[0] for bg in bgs]))
 
 
 def _block_length(counts: np.ndarray) -> int:
@@ -267,7 +276,7 @@ class SegmentResult:
     """Segmentation of one image.
 
     ``labels``: (H, W) int32 column index per pixel: 0..C-1 the classes of ``names``, C the background
-    (only when ``background``). ``scores``: (C', H, W) float32 ensembled (and refined) score maps.
+    (only when ``background``). ``scores``: (C', H, W) float32 (CPU) ensembled (and refined) score maps.
     ``best``: (H, W) float32 the winning score per pixel. ``winners``: column -> {"prototype_index": table
     row in extractor ``extractor``'s table, "prototype_id": its id or None, "score": cosine of that
     prototype with the patch, "extractor": index into the extractor list, "window": window index,
@@ -313,16 +322,17 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
     spec = windows or WindowSpec()
     H, W = image.shape[1:]
     total, passes = None, []
-    for k, (extract, table) in enumerate(extractors):
+    for extract, table in extractors:
         scores, patches = window_scores(image, extract, table, spec, keep_patches=True)
-        scores = scores.float().cpu()
+        scores = scores.float().to(first.vectors.device)
         total = scores if total is None else total + scores
         passes.append(patches)
     scores = total / len(extractors)
-    if pamr:
+    if pamr:  # on the first table's device: 10 x 48 shifted multiply-adds of (C', H, W)
         from protodb.segment.pamr import pamr as refine
 
-        scores = refine(image[None].float().cpu(), scores[None], iterations=pamr_iterations)[0]
+        scores = refine(image[None].float(), scores[None], iterations=pamr_iterations)[0]
+    scores = scores.cpu()
     best, labels = scores.max(dim=0)
     labels_np = labels.numpy().astype(np.int32)
     counts = np.bincount(labels_np.ravel(), minlength=scores.shape[0])

@@ -1,0 +1,140 @@
+"""Decoding the images a user asks to segment, robustly: every failure is one InvalidInput line naming the
+file and the problem.
+
+What is accepted and how it is decoded to 8-bit RGB:
+
+- EXIF orientation is applied (a portrait photo stored sideways comes out upright);
+- 16-bit (and 32-bit integer) grey images are scaled to 8 bits (value * 255 / 65535); float images are
+  scaled from [0, 1] (values clipped);
+- CMYK (and YCbCr, LAB...) are converted by Pillow;
+- transparency (RGBA, LA, palette with a transparent colour) is composited on WHITE;
+- palette and 1-bit images are expanded.
+
+Refused: empty files, files that are not images, truncated or corrupt files, and images over
+``MAX_PIXELS`` (80 MP; a decompression bomb is refused from its header, before decoding).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from protodb.errors import InvalidInput
+
+MAX_PIXELS = 80_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _name(src) -> str:
+    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            arr = arr * 255.0
+        elif mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``src`` (a path or the file's bytes) to an upright 8-bit RGB PIL image, fully loaded.
+    Raises InvalidInput (one line: the file and the problem) for anything that is not a usable image."""
+    name = _name(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        if not data:
+            raise InvalidInput(f"{name}: empty input (0 bytes); give an image file")
+        fp = io.BytesIO(data)
+    else:
+        path = Path(src).expanduser()
+        if not path.is_file():
+            raise InvalidInput(f"{name}: file not found")
+        if path.stat().st_size == 0:
+            raise InvalidInput(f"{name}: empty file (0 bytes); give an image file")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise InvalidInput(f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} MP, over the "
+                                       f"{max_pixels / 1e6:.0f} MP limit; downscale it first")
+                im.load()
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except (OSError, ValueError, KeyError, TypeError, SyntaxError):
+                    pass  # unreadable EXIF: keep the stored orientation rather than refuse the image
+                rgb = _to_rgb(im)
+                rgb.load()
+    except InvalidInput:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidInput(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InvalidInput(f"{name}: refused as a possible decompression bomb ({err}); downscale it first") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise InvalidInput(f"{name}: cannot decode image (truncated or corrupt: {msg})") from None
+    return rgb
+
+
+def image_to_tensor(im: Image.Image):
+    """PIL RGB -> (3, H, W) float32 torch tensor in [0, 1]."""
+    import torch
+
+    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def expand_inputs(args: list[str]) -> list[Path]:
+    """Paths to segment from command-line arguments, in argument order, without duplicates: a file is taken
+    as is (whatever its extension); a directory gives its image files (by extension, not recursive,
+    sorted by name); anything with ``* ? [`` is a glob pattern (``**`` recurses) giving its image files,
+    sorted. InvalidInput when an argument matches nothing or no image is found at all."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for arg in args:
+        path = Path(arg).expanduser()
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted((p for p in path.iterdir() if _is_image(p)), key=lambda p: p.name)
+            if not found:
+                raise InvalidInput(f"{arg}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        elif any(ch in arg for ch in "*?["):
+            found = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if _is_image(p))
+            if not found:
+                raise InvalidInput(f"{arg}: pattern matches no image files")
+        else:
+            raise InvalidInput(f"{arg}: no such file or folder")
+        for p in found:
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    if not out:
+        raise InvalidInput("no input images given; pass image files, folders or glob patterns")
+    return out
