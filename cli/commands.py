@@ -337,3 +337,124 @@ def inspect_(
     for label_, files in data["files"].items():
         for kind_, path in files.items():
             print(path) if not json else None
+
+
+def _segment_options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr,
+                     device, dtype, explain):
+    from protodb.segment.run import SegmentOptions, parse_levels
+
+    return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()),
+                          levels=parse_levels(levels), background=background, prefilter=prefilter,
+                          clip_model=clip_model, pamr=pamr, device=device, dtype=dtype, explain=explain)
+
+
+VocabOpt = Annotated[Optional[str], typer.Option(help="Vocabulary: voc, context, coco-object, ade20k, cityscapes, camvid, or yours.")]
+ClassesOpt = Annotated[Optional[str], typer.Option(help="Ad hoc vocabulary: 'cat,dog,boat@3'.")]
+SegExtractorOpt = Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractor(s) to ensemble (default: every one all classes have).")]
+LevelsOpt = Annotated[str, typer.Option(help="Prototype levels taking part: any of class,instance,part.")]
+BackgroundOpt = Annotated[Optional[bool], typer.Option("--background/--no-background", help="Score a background class (default: the vocabulary's setting).", show_default=False)]
+PrefilterOpt = Annotated[Optional[bool], typer.Option("--prefilter/--no-prefilter", help="CLIP multi-label pre-filter (default: on when a CLIP model is configured).", show_default=False)]
+ClipOpt = Annotated[Optional[str], typer.Option(help="CLIP model (hub id or folder) for the pre-filter; or PROTODB_CLIP_MODEL.")]
+PamrOpt = Annotated[bool, typer.Option("--pamr", help="Refine with PAMR (10 iterations, dilations 1,2,4,8,12,24).")]
+
+
+@app.command("segment")
+@handle_errors
+def segment(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders or glob patterns.")],
+    vocab: VocabOpt = None, classes: ClassesOpt = None, extractor: SegExtractorOpt = None,
+    levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
+    prefilter: PrefilterOpt = None, clip_model: ClipOpt = None, pamr: PamrOpt = False,
+    explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out).")] = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Label every pixel of images with the classes of a vocabulary.
+
+    Writes, per input: NAME.labels.png (palette; with background 0 = background, class i = i+1),
+    NAME.overlay.png and NAME.json (classes present, pixel fractions, scores, vocabulary version).
+    Exit code 3 when some inputs failed (the others are still written).
+
+    Example: protodb segment photo.jpg --vocab voc --out out/
+    Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
+    """
+    from protodb.segment.run import segment_files
+
+    opts = _segment_options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr,
+                            device, dtype, explain)
+    pdb = open_db(db, catalog)
+    with _input_progress(quiet or json, "segment") as progress:
+        report = segment_files(pdb, inputs, opts, out or Path("protodb-out"), progress=progress)
+    summary = {"vocabulary": report.vocabulary, "settings": report.settings, "outputs": report.outputs,
+               "failed": report.failed, "seconds": round(report.seconds, 3)}
+    if json:
+        print_json(summary)
+    else:
+        for o in report.outputs:
+            shown = ", ".join(f"{k} {v['fraction']:.0%}" for k, v in
+                              sorted(o["present"].items(), key=lambda kv: -kv[1]["fraction"]))
+            say(f"{o['input']}: {shown}", quiet)
+            for f in o.get("files", {}).values():
+                say(f"  {f}", quiet)
+    for f in report.failed:
+        err_console.print(f"error: {f['error']}")
+    if report.failed:
+        raise typer.Exit(3)
+
+
+@app.command("eval")
+@handle_errors
+def eval_(
+    dataset: Annotated[str, typer.Option(help="voc, context, context60, context59, coco-object, ade20k, cityscapes, camvid.")],
+    root: Annotated[Path, typer.Option(help="Dataset folder (mmsegmentation layout).")],
+    vocab: VocabOpt = None, classes: ClassesOpt = None,
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
+    extractor: SegExtractorOpt = None, levels: LevelsOpt = "class,instance,part",
+    background: BackgroundOpt = None, prefilter: PrefilterOpt = None, clip_model: ClipOpt = None,
+    pamr: PamrOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """mIoU of a vocabulary on a labelled dataset (intersections/unions summed over the split).
+
+    Example: protodb eval --dataset camvid --root ../shared/data/camvid --vocab camvid --no-background
+    """
+    from protodb.segment.evaluate import evaluate
+
+    opts = _segment_options(vocab or (None if classes else dataset.replace("context60", "context").replace("context59", "context")),
+                            classes, extractor, levels, background, prefilter, clip_model, pamr,
+                            device, dtype, False)
+    pdb = open_db(db, catalog)
+    with _input_progress(quiet or json, "eval") as progress:
+        res = evaluate(pdb, dataset, root, opts, split=split, limit=limit, progress=progress)
+    if json:
+        print_json(res)
+        return
+    table = Table("class", "IoU")
+    for name, iou in res["per_class"].items():
+        table.add_row(str(name), "-" if iou is None else f"{100 * iou:.1f}")
+    err_console.print(table)
+    say(f"mIoU {100 * res['miou']:.2f} on {res['images']} images of {dataset}/{split} "
+        f"({res['seconds_per_image']} s/image)")
+
+
+import contextlib  # noqa: E402
+
+
+@contextlib.contextmanager
+def _input_progress(quiet: bool, label: str):
+    """progress(done, total) over inputs: a rich bar on a terminal, silent otherwise."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console) as bars:
+        task = bars.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bars.update(task, completed=done, total=total)
+
+        yield update

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
+import click
 import typer
 from rich.console import Console
 
@@ -61,6 +62,8 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
         except ProtoDBError as err:
             fail(str(err).splitlines()[0] if str(err) else type(err).__name__, err.exit_code)
         except KeyboardInterrupt:

@@ -51,11 +51,22 @@ def upsample(grid_map: np.ndarray, factor: int) -> np.ndarray:
 # ---------------------------------------------------------------- ncut
 
 
-def test_ncut_finds_the_object_square():
-    obj = square_labels(16, 16, (4, 5, 10, 12)).astype(bool)
-    segs = ncut_segments(torch.from_numpy(clustered_features(obj.astype(int))), n_segments=3)
-    assert 1 <= len(segs) <= 3
-    assert all(s.dtype == bool and s.shape == (16, 16) and s.any() for s in segs)
+@pytest.mark.parametrize(
+    "size, box, seed",
+    [
+        (16, (4, 5, 10, 12), 0),
+        (16, (8, 1, 14, 7), 1),
+        (12, (0, 0, 5, 6), 2),
+        (20, (10, 10, 18, 19), 3),
+        (40, (5, 5, 20, 25), 4),  # 1600 patches: Lanczos solver
+        (40, (20, 2, 35, 15), 5),
+    ],
+)
+def test_ncut_finds_the_object_square(size, box, seed):
+    """The smaller region is the first segment whatever the eigenvector's sign."""
+    obj = square_labels(size, size, box).astype(bool)
+    segs = ncut_segments(torch.from_numpy(clustered_features(obj.astype(int), seed=seed)), n_segments=3)
+    assert all(s.dtype == bool and s.shape == (size, size) and s.any() for s in segs)
     assert iou(segs[0], obj) > 0.9
     # the remaining background is one clique: nothing left to cut
     assert len(segs) == 1
@@ -297,6 +308,11 @@ def test_part_regions_point_at_member_patches():
             assert masks[p.image_index][y0, x0]
             patch = feats[p.image_index][y0, x0]
             assert int(np.argmax(centroids @ patch)) == j  # the patch belongs to this cluster
+            # ... and is the member nearest the centroid
+            members = np.concatenate([f[m] for f, m in zip(feats, masks)])
+            members = members[np.argmax(members @ centroids.T, axis=1) == j]
+            assert len(members) == p.weight
+            assert float(patch @ p.vector) >= float((members @ p.vector).max()) - 1e-6
     # 3 well separated fg directions and k=3: each part is one direction
     fg_parts = np.stack([p.vector for p in protos if p.kind == "part"])
     assert sorted(int(np.argmax(v)) for v in fg_parts) == [0, 1, 2]

@@ -129,7 +129,7 @@ def _level(
 
     for i in range(len(masks)):
         lo, hi = int(offsets[i]), int(offsets[i + 1])
-        if False:
+        if hi == lo:
             continue
         pos = yx[lo:hi]  # (n_i, 2) grid positions of image i's masked patches
         region = (int(pos[:, 0].min()), int(pos[:, 1].min()), int(pos[:, 0].max()) + 1, int(pos[:, 1].max()) + 1)
