@@ -111,7 +111,7 @@ def main() -> None:
                 guidance_scale=spec.guidance,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="pil",
             ).images
-        featurize(ext, [(str(i), im) for i, im in enumerate(images)], short_side=ext.input_size or 448,
+        featurize(ext, [(str(i), im) for i, im in enumerate(images)], short_side=reg.default_short_side,
                   cache=None, batch_size=args.images)
         return time.perf_counter() - t
 

@@ -458,3 +458,22 @@ def _input_progress(quiet: bool, label: str):
             bars.update(task, completed=done, total=total)
 
         yield update
+
+
+@app.command("demo")
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo database, pictures and report.")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer classes (the test suite's form).")] = False,
+    json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Offline end-to-end demo: build classes from real photos with a real DINOv2 (ONNX), draw one
+    class with a stand-in generator, segment, inspect, write a report.
+
+    Example: protodb demo --out demo-out
+    """
+    from protodb.demo import run_demo
+
+    res = run_demo(out, quick=quick, say=(lambda m: None) if (quiet or json) else say)
+    if json:
+        print_json(res)

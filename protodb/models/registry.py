@@ -43,6 +43,12 @@ class ModelRegistry:
         return TINY_EXTRACTOR if self.preset == "tiny" else "dinov2-vits14"
 
     @property
+    def default_short_side(self) -> int:
+        """Support-image feature resolution: the segmenter's short side (448, as in the paper),
+        so prototypes and the images they label are seen at the same scale."""
+        return 64 if self.preset == "tiny" else 448
+
+    @property
     def default_generator(self) -> str:
         return TINY_GENERATOR if self.preset == "tiny" else "sd15"
 

@@ -71,7 +71,7 @@ class AddClassRequest:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 4
-    short_side: int | None = None  # feature resolution of support images (default: extractor's)
+    short_side: int | None = None  # feature resolution of support images (default: 448; tiny: 64)
 
 
 @dataclass
@@ -175,6 +175,34 @@ def validate(req: AddClassRequest, registry) -> dict[str, Any]:
             changes["negative_prompt"] = req.negative_prompt or None
         generator = generator.replace(**changes) if changes else generator
     return {"name": name, "extractors": specs, "exemplars": loaded, "generator": generator}
+
+
+MIN_OBJECT_AREA = 0.03  # an object segment covers at least 3% of the image
+
+
+def object_segment(segments: list[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
+    """The foreground of an exemplar without a mask and without attention.
+
+    Normalised cut splits the image but does not say which side is the object; as in MaskCut's
+    corner rule, the object is the candidate (a segment, or the rest of the image) touching the
+    image border least, relative to its own border length. Returns (h, w) bool (empty if none).
+    """
+    h, w = grid
+    border = np.zeros(grid, bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    candidates = list(segments)
+    if segments:
+        rest = ~np.logical_or.reduce(segments)
+        if rest.any():
+            candidates.append(rest)
+    best, best_score = np.zeros(grid, bool), None
+    for c in candidates:
+        if c.mean() < MIN_OBJECT_AREA:
+            continue
+        score = (c & border).sum() / max(1, border.sum())  # share of the frame it occupies
+        if best_score is None or score < best_score:
+            best, best_score = c, score
+    return best
 
 
 def load_exemplars(files: list[Path], masks: dict[str, Path], mask_value: int | None
@@ -365,7 +393,7 @@ class ClassBuilder:
         from protodb.pipeline.prototypes import build_prototypes
 
         ext_info = self.registry.extractor_record(spec, extractor)
-        short_side = req.short_side or extractor.input_size or 448
+        short_side = req.short_side or self.registry.default_short_side
         mask_params = {"given_value": req.mask_value, "min_fraction": 0.5}
         config_hash = _sha_json({
             "pipeline": PIPELINE_VERSION, "extractor": ext_info["id"], "images": [s.sha for s in support],
@@ -392,10 +420,10 @@ class ClassBuilder:
                 res = attention_fg_bg(f, sup.attention)
                 fg, bg, method, params = res.fg, res.bg, res.method, res.params
             else:
-                segs = ncut_segments(f)
-                fg = segs[0] if segs else np.zeros(grid, bool)
+                fg = object_segment(ncut_segments(f), grid)
                 bg = ~ndimage.binary_dilation(fg, iterations=1) if fg.any() else np.zeros(grid, bool)
-                method, params = "ncut", {"n_segments": 3, "tau": 0.2, "dilate": 1, "grid": list(grid)}
+                method, params = "ncut+border", {"n_segments": 3, "tau": 0.2, "dilate": 1,
+                                                 "min_area": MIN_OBJECT_AREA, "grid": list(grid)}
             fgs.append(fg)
             bgs.append(bg)
             self._store_masks(sup, fg, bg, method, params, ext_info)
