@@ -207,7 +207,7 @@ def test_exemplars_without_masks_and_mixed_with_generated(home, tmp_path):
     db = protodb.open(home)
     with db.session() as s:
         methods = {m.method for m in s.scalars(select(MaskRow))}
-    assert "ncut" in methods
+    assert "ncut+border" in methods
 
 
 def test_features_are_cached_by_content(home, tmp_path):
@@ -297,3 +297,18 @@ def test_camvid_exemplars_through_real_onnx_dinov2(home, tmp_path):
     assert s["counts"]["instance"] <= cars and s["counts"]["part"] == 32
     rows = protodb.open(home).prototypes(s)
     assert rows.vectors.shape[1] == 384
+
+
+def test_object_segment_prefers_the_segment_off_the_border():
+    from protodb.pipeline.build import object_segment
+
+    frame = np.zeros((10, 12), bool)
+    frame[0, :] = frame[-1, :] = frame[:, 0] = frame[:, -1] = True  # touches every border
+    obj = np.zeros((10, 12), bool)
+    obj[3:7, 4:9] = True  # in the middle
+    assert (object_segment([frame, obj], (10, 12)) == obj).all()
+    tiny = np.zeros((10, 12), bool)
+    tiny[5, 5] = True  # below the minimum area: never the object
+    rest = ~tiny
+    assert not object_segment([tiny], (10, 12))[5, 5]
+    assert object_segment([tiny], (10, 12)).sum() in (0, rest.sum())

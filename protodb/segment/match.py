@@ -271,12 +271,18 @@ def score_patches(feats: torch.Tensor, table: MatchTable, chunk: int | None = No
 # ----------------------------------------------------------------------------------------------------
 
 
+# Score maps (C', H, W) are kept whole up to this many floats (256 MB); above, labels come from a
+# column-chunked argmax and SegmentResult.scores is None.
+FULL_SCORES_MAX = 1 << 26
+
+
 @dataclass
 class SegmentResult:
     """Segmentation of one image.
 
     ``labels``: (H, W) int32 column index per pixel: 0..C-1 the classes of ``names``, C the background
-    (only when ``background``). ``scores``: (C', H, W) float32 (CPU) ensembled (and refined) score maps.
+    (only when ``background``). ``scores``: (C', H, W) float32 (CPU) ensembled (and refined) score maps, or
+    None when C' x H x W exceeds ``FULL_SCORES_MAX`` (labels then come from a column-chunked argmax).
     ``best``: (H, W) float32 the winning score per pixel. ``winners``: column -> {"prototype_index": table
     row in extractor ``extractor``'s table, "prototype_id": its id or None, "score": cosine of that
     prototype with the patch, "extractor": index into the extractor list, "window": window index,
@@ -286,7 +292,7 @@ class SegmentResult:
     """
 
     labels: np.ndarray
-    scores: torch.Tensor
+    scores: torch.Tensor | None
     names: list[str]
     background: bool
     best: torch.Tensor
@@ -309,7 +315,7 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
     each column present, the patch (over all extractors and windows) whose centre pixel carries that label
     and whose score for the column is highest, with the prototype reaching that score.
     """
-    from protodb.segment.windows import WindowSpec, window_scores
+    from protodb.segment.windows import WindowSpec, window_grid_scores
 
     if image.ndim != 3 or image.shape[0] != 3:
         raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
@@ -320,22 +326,52 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
         if table.names != first.names or table.background != first.background:
             raise InvalidInput("all extractors' tables must list the same classes in the same order")
     spec = windows or WindowSpec()
-    H, W = image.shape[1:]
-    total, passes = None, []
+    H, W = int(image.shape[1]), int(image.shape[2])
+    grids, passes = [], []
     for extract, table in extractors:
-        scores, patches = window_scores(image, extract, table, spec, keep_patches=True)
-        scores = scores.float().to(first.vectors.device)
-        total = scores if total is None else total + scores
+        grid, patches = window_grid_scores(image, extract, table, spec, keep_patches=True)
+        grids.append(grid.float().to(first.vectors.device))
         passes.append(patches)
-    scores = total / len(extractors)
-    if pamr:  # on the first table's device: 10 x 48 shifted multiply-adds of (C', H, W)
-        from protodb.segment.pamr import pamr as refine
+    cols = first.num_columns
 
-        scores = refine(image[None].float(), scores[None], iterations=pamr_iterations)[0]
-    scores = scores.cpu()
-    best, labels = scores.max(dim=0)
+    def upsampled(c0: int, c1: int) -> torch.Tensor:
+        """Ensemble score maps of columns [c0, c1) at (H, W): mean of the extractors' upsampled grids."""
+        total = None
+        for g in grids:
+            up = F.interpolate(g[None, c0:c1], size=(H, W), mode="bilinear", align_corners=False)[0]
+            total = up if total is None else total + up
+        return total / len(grids)
+
+    if cols * H * W <= FULL_SCORES_MAX:
+        scores = upsampled(0, cols)
+        if pamr:  # on the first table's device: 10 x 48 shifted multiply-adds of (C', H, W)
+            from protodb.segment.pamr import pamr as refine
+
+            scores = refine(image[None].float().to(scores.device), scores[None], iterations=pamr_iterations)[0]
+        scores = scores.cpu()
+        best, labels = scores.max(dim=0)
+    else:  # many classes: argmax over column chunks, never holding (C', H, W)
+        best = torch.full((H, W), float("-inf"), device=first.vectors.device)
+        labels = torch.zeros((H, W), dtype=torch.int64, device=first.vectors.device)
+        step = max(1, FULL_SCORES_MAX // (H * W))
+        for c0 in range(0, cols, step):
+            c1 = min(cols, c0 + step)
+            v, a = upsampled(c0, c1).max(dim=0)
+            better = v > best
+            best = torch.where(better, v, best)
+            labels = torch.where(better, a + c0, labels)
+        scores = None
+        if pamr:  # refine among the columns that won somewhere (others cannot win after a local smoothing)
+            from protodb.segment.pamr import pamr as refine
+
+            present = torch.unique(labels).tolist()
+            sub = torch.cat([upsampled(c, c + 1) for c in present])
+            sub = refine(image[None].float().to(sub.device), sub[None], iterations=pamr_iterations)[0]
+            b2, l2 = sub.max(dim=0)
+            best, labels = b2, torch.tensor(present, device=l2.device)[l2]
+        best, labels = best.cpu(), labels.cpu()
     labels_np = labels.numpy().astype(np.int32)
-    counts = np.bincount(labels_np.ravel(), minlength=scores.shape[0])
+    counts = np.bincount(labels_np.ravel(), minlength=cols)
     fractions = {int(c): float(n) / labels_np.size for c, n in enumerate(counts) if n}
     winners = _winners(labels, best, passes, [t for _, t in extractors], (H, W))
     return SegmentResult(labels=labels_np, scores=scores, names=list(first.names),

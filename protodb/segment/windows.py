@@ -112,16 +112,16 @@ class PatchScores:
 
 
 @torch.no_grad()
-def window_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
-                  spec: WindowSpec | None = None, *, keep_patches: bool = False):
-    """Sliding-window score maps of ``image``: (3, H, W) float RGB in [0, 1] for one extractor.
+def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
+                       spec: WindowSpec | None = None, *, keep_patches: bool = False):
+    """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
 
-    ``extract`` maps (B, 3, h, w) -> (B, h/p, w/p, D) L2-normalised and has ``patch_size`` (and optionally
-    ``device``: crops are sent there). Windows of equal size go through the extractor together (``spec.batch``
-    at a time); each window's (C', h/p, w/p) scores are upsampled bilinearly to its pixels, summed, and
-    divided by the number of windows covering each pixel; the result is resized to (H, W).
-    Returns (C', H, W) float32 on the table's device, and with ``keep_patches`` also the list of
-    :class:`PatchScores` (on CPU) in :func:`plan_windows` order. Memory: C' x H' x W' floats.
+    Every window's crop goes through the extractor (windows of one size batched); all windows' patches
+    are then scored in ONE pass over the prototypes (:func:`score_patches` on the stacked patches, so the
+    prototype matrix is streamed once per image, not once per window), and each window's (C', h, w)
+    scores are added at its cell offset. Windows always lie on the patch grid (sizes, stride and the
+    resized image are multiples of the patch), so no pixel-level accumulation is needed.
+    Returns ``(scores (C', H'/p, W'/p) float32 on the table's device, patches or None)``.
     """
     spec = spec or WindowSpec()
     p = int(getattr(extract, "patch_size"))
@@ -140,10 +140,7 @@ def window_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.T
     groups: dict[tuple[int, int], list[int]] = {}
     for i, win in enumerate(plan):
         groups.setdefault((win.height, win.width), []).append(i)
-    tdev = table.vectors.device
-    acc = torch.zeros(table.num_columns, H2, W2, device=tdev)
-    count = torch.zeros(1, H2, W2, device=tdev)
-    kept: list[PatchScores | None] = [None] * len(plan)
+    feats_of: list[torch.Tensor | None] = [None] * len(plan)
     for (wh, ww), members in groups.items():
         for b in range(0, len(members), max(1, spec.batch)):
             idx = members[b:b + max(1, spec.batch)]
@@ -153,14 +150,40 @@ def window_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.T
                 raise InvalidInput(f"extractor returned features {tuple(feats.shape)} for crops "
                                    f"{tuple(crops.shape)}; expected (B, h/{p}, w/{p}, D)")
             for j, i in enumerate(idx):
-                sc, best = score_patches(feats[j], table)
-                win = plan[i]
-                up = F.interpolate(sc[None], size=(wh, ww), mode="bilinear", align_corners=False)[0]
-                acc[:, win.top:win.top + wh, win.left:win.left + ww] += up
-                count[:, win.top:win.top + wh, win.left:win.left + ww] += 1
-                if keep_patches:
-                    kept[i] = PatchScores(win, sc.cpu(), best.cpu(), (H, W), (H2, W2), p)
+                feats_of[i] = feats[j]
+    D = feats_of[0].shape[-1]
+    flat = torch.cat([f.reshape(-1, D) for f in feats_of])
+    sc_all, best_all = score_patches(flat[:, None, :], table)  # (C', N, 1)
+    tdev = table.vectors.device
+    gh, gw = H2 // p, W2 // p
+    acc = torch.zeros(table.num_columns, gh, gw, device=tdev)
+    count = torch.zeros(1, gh, gw, device=tdev)
+    kept: list[PatchScores | None] = [None] * len(plan)
+    offset = 0
+    for i, win in enumerate(plan):
+        h, w = win.height // p, win.width // p
+        sc = sc_all[:, offset:offset + h * w, 0].reshape(-1, h, w)
+        r0, c0 = win.top // p, win.left // p
+        acc[:, r0:r0 + h, c0:c0 + w] += sc.to(tdev)
+        count[:, r0:r0 + h, c0:c0 + w] += 1
+        if keep_patches:
+            best = best_all[:, offset:offset + h * w, 0].reshape(-1, h, w)
+            kept[i] = PatchScores(win, sc.float().cpu(), best.cpu(), (H, W), (H2, W2), p)
+        offset += h * w
     out = acc / count
-    if (H2, W2) != (H, W):
-        out = F.interpolate(out[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    return (out, kept) if keep_patches else (out, None)
+
+
+@torch.no_grad()
+def window_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
+                  spec: WindowSpec | None = None, *, keep_patches: bool = False):
+    """Sliding-window score maps of ``image``: (3, H, W) float RGB in [0, 1] for one extractor.
+
+    :func:`window_grid_scores` upsampled bilinearly to the original (H, W).
+    Returns (C', H, W) float32 on the table's device, and with ``keep_patches`` also the list of
+    :class:`PatchScores` (on CPU) in :func:`plan_windows` order. Memory: C' x H x W floats.
+    """
+    grid, kept = window_grid_scores(image, extract, table, spec, keep_patches=keep_patches)
+    H, W = int(image.shape[1]), int(image.shape[2])
+    out = F.interpolate(grid[None], size=(H, W), mode="bilinear", align_corners=False)[0]
     return (out, kept) if keep_patches else out
