@@ -8,6 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing can be downloaded in tests
+
 PG_ADMIN_URL = os.environ.get("PROTODB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -79,3 +81,15 @@ def random_rows(n_parts: int = 3, dim: int = 8, seed: int = 0, n_images: int = 2
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     regions = [None if k.endswith("class") else (0, 0, 2, 2) for k in kinds]
     return PrototypeRows(vectors=vecs, kinds=kinds, regions=regions)
+
+
+def cli(*args, ok: bool = True):
+    """Run the protodb CLI in-process; with ok=True, assert exit code 0 (showing output otherwise)."""
+    from typer.testing import CliRunner
+
+    from protodb_cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result

@@ -14,7 +14,6 @@ import numpy as np
 import PIL.Image
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 import protodb
 from protodb.catalog.schema import (
@@ -26,18 +25,10 @@ from protodb.catalog.schema import (
     SupportImageRow,
 )
 from protodb.pipeline.generate import derive_seed
-from protodb_cli.main import app
+from tests.conftest import cli
 from tests.test_labels import llm_server  # noqa: F401 - the local chat-completions server
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-runner = CliRunner()
-
-
-def cli(*args, ok=True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result
 
 
 def add_tiny(home, *extra, ok=True):

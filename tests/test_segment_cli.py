@@ -10,20 +10,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from typer.testing import CliRunner
 
 import protodb
 from protodb.inspection import sheet_size
-from protodb_cli.main import app
+from tests.conftest import cli
 
-runner = CliRunner()
-
-
-def cli(*args, ok=True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result
 
 
 def _scene(seed: int, size=(96, 128)) -> tuple[np.ndarray, np.ndarray]:

@@ -689,7 +689,7 @@ def _resolve_onnx_path(spec: ExtractorSpec) -> pathlib.Path:
     return path
 
 
-def _crop_starts(length: int, size: int, stride: int) -> list[int]:
+def crop_starts(length: int, size: int, stride: int) -> list[int]:
     """Starts of ``size``-long windows covering [0, length) with ``stride``, the last flush with the end."""
     if length <= size:
         return [0]
@@ -766,7 +766,7 @@ class _OnnxExtractor(Extractor):
             x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
         default = max(p, (min(ch, cw) // 2) // p * p)
         stride = int(self.spec.config.get("stride") or default)
-        ys, xs = _crop_starts(ph, ch, stride), _crop_starts(pw, cw, stride)
+        ys, xs = crop_starts(ph, ch, stride), crop_starts(pw, cw, stride)
         windows = [(y, xx) for y in ys for xx in xs]
         total = np.zeros((b, ph // p, pw // p, self.dim), np.float32)
         count = np.zeros((1, ph // p, pw // p, 1), np.float32)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
+from protodb.models.extractors import crop_starts
 from protodb.segment.match import MatchTable, score_patches
 
 
@@ -47,15 +48,6 @@ def resized_size(H: int, W: int, spec: WindowSpec, patch: int) -> tuple[int, int
     return (max(patch, round(H * scale / patch) * patch), max(patch, round(W * scale / patch) * patch))
 
 
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
-
-
 def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
     """Windows over the image of original size (H, W) once resized to :func:`resized_size`.
 
@@ -71,8 +63,8 @@ def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
     out: list[Window] = []
     for size in spec.sizes:
         side = max(patch, min(size, H2, W2) // patch * patch)
-        for top in _starts(H2, side, spec.stride):
-            for left in _starts(W2, side, spec.stride):
+        for top in crop_starts(H2, side, spec.stride):
+            for left in crop_starts(W2, side, spec.stride):
                 win = Window(top, left, side, side)
                 if win not in out:
                     out.append(win)
