@@ -261,3 +261,56 @@ def test_demo_quick(tmp_path):
     motorbike = next(s for s in res["segment"] if "motorcycle_right" in s["input"])
     assert motorbike["present"]["motorcycle"]["fraction"] > 0.15  # the held-out view is found
     assert "STAND-IN" in Path(res["out"], "report.md").read_text()
+
+
+def test_prefilter_with_a_tiny_clip(tinydb, scenes, tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from protodb.models.generators import clip_tokenizer
+
+    folder = tmp_path / "clip"
+    import torch
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "vocab_size": 49408, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    res = json.loads(cli("segment", scenes / "val" / "s10.png", "--classes", "red box,blue stripes,boat",
+                         "--clip-model", folder, "--out", tmp_path / "o", "--db", tinydb, "--json").stdout)
+    meta = json.loads(Path(res["outputs"][0]["files"]["json"]).read_text())
+    kept = meta["prefilter_kept"]
+    assert res["settings"]["prefilter"] is True and kept and set(kept) <= {"red box", "blue stripes", "boat"}
+    assert set(res["outputs"][0]["present"]) <= set(kept) | {"background"}
+    off = json.loads(cli("segment", scenes / "val" / "s10.png", "--classes", "red box,blue stripes,boat",
+                         "--clip-model", folder, "--no-prefilter", "--out", tmp_path / "o2", "--db", tinydb,
+                         "--json").stdout)
+    assert off["settings"]["prefilter"] is False
+
+
+def test_extractor_add_registers_an_onnx_vit(tmp_path):
+    from protodb.models.extractors import focus_onnx_path
+
+    home = tmp_path / "db"
+    onnx = focus_onnx_path()
+    out = json.loads(cli("extractor", "add", "focus2", "--onnx", onnx, "--output-name",
+                         "/backbone/layernorm/Add_1_output_0", "--input-size", "224", "--patch-size", "14",
+                         "--db", home, "--json").stdout)
+    import hashlib
+
+    assert out["dim"] == 384 and out["weights_hash"] == hashlib.sha256(onnx.read_bytes()).hexdigest()
+    listing = json.loads(cli("extractor", "list", "--db", home, "--json").stdout)
+    mine = next(e for e in listing if e["name"] == "focus2")
+    assert mine["kind"] == "onnx" and mine["config"]["mean"] == [0.485, 0.456, 0.406]
+    bad = cli("extractor", "add", "focus3", "--onnx", onnx, "--output-name", "no/such/tensor",
+              "--input-size", "224", "--patch-size", "14", "--db", home, ok=False)
+    assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1
+    dup = cli("extractor", "add", "focus-vits14", "--onnx", onnx, "--output-name",
+              "/backbone/layernorm/Add_1_output_0", "--input-size", "224", "--patch-size", "14",
+              "--db", home, ok=False)
+    assert dup.exit_code == 1 and "built-in" in dup.stderr
