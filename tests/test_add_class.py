@@ -303,3 +303,14 @@ def test_object_segment_prefers_the_segment_off_the_border():
     rest = ~tiny
     assert not object_segment([tiny], (10, 12))[5, 5]
     assert object_segment([tiny], (10, 12)).sum() in (0, rest.sum())
+
+
+def test_missing_generator_weights_change_nothing(built, monkeypatch):
+    home, _ = built
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(home.parent / "empty-hub-cache"))
+    before = _snapshot(home)
+    res = cli("add-class", "ship", "--images", "2", "--extractor", "focus-vits14", "--db", home, ok=False)
+    assert res.exit_code == 1 and "stable-diffusion-v1-5" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert _snapshot(home) == before

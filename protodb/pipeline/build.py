@@ -174,6 +174,9 @@ def validate(req: AddClassRequest, registry) -> dict[str, Any]:
         if req.negative_prompt is not None:
             changes["negative_prompt"] = req.negative_prompt or None
         generator = generator.replace(**changes) if changes else generator
+        from protodb.models.generators import resolve_model_folder
+
+        resolve_model_folder(generator)  # weights must exist (or download) before anything is written
     return {"name": name, "extractors": specs, "exemplars": loaded, "generator": generator}
 
 
