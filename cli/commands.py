@@ -477,3 +477,254 @@ def demo(
     res = run_demo(out, quick=quick, say=(lambda m: None) if (quiet or json) else say)
     if json:
         print_json(res)
+
+
+# ---------------------------------------------------------------------------------- sharing
+ShareVocabOpt = Annotated[Optional[str], typer.Option("--vocab", help="Share a vocabulary: its classes' sets and its definition.")]
+ShareClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Share classes: 'boat,cat@2' (newest per extractor unless pinned).")]
+ShareAllOpt = Annotated[bool, typer.Option("--all", help="Share every ready set of every class (and every vocabulary).")]
+LeanOpt = Annotated[bool, typer.Option("--lean", help="Prototypes + provenance only: leave out support images, masks and attention maps.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Verify and report what would be added or skipped; write nothing.")]
+MaxBytesOpt = Annotated[Optional[int], typer.Option("--max-bytes", help="Refuse bundles that unpack to more bytes than this (default 2 GiB; or PROTODB_IMPORT_MAX_BYTES).", show_default=False)]
+MaxMemberOpt = Annotated[Optional[int], typer.Option("--max-member-bytes", help="Refuse any single member larger than this (default 1 GiB; or PROTODB_IMPORT_MAX_MEMBER_BYTES).", show_default=False)]
+
+remote_app = typer.Typer(help="Remotes: where pushed prototype sets live (s3://bucket/prefix, file://..., any fsspec URL).",
+                         no_args_is_help=True)
+app.add_typer(remote_app, name="remote")
+
+
+def _bytes_progress(quiet: bool):
+    """Byte progress bars (rich) on a terminal, one plain line per stage when piped, nothing when quiet.
+    Yields ``callback(stage, advance_bytes, total_bytes_or_None)``; a total starts that stage afresh."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manager():
+        if quiet:
+            yield lambda stage, n, total: None
+            return
+        if not err_console.is_terminal:
+            def plain(stage: str, n: int, total: int | None) -> None:
+                if total:
+                    err_console.print(f"{stage}: {total} bytes")
+
+            yield plain
+            return
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TransferSpeedColumn)
+
+        bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeElapsedColumn(), console=err_console)
+        tasks: dict[str, int] = {}
+        with bars:
+            def update(stage: str, n: int, total: int | None) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bars.add_task(stage, total=total)
+                elif total is not None:
+                    bars.reset(tasks[stage], total=total)
+                if n:
+                    bars.advance(tasks[stage], n)
+
+            yield update
+
+    return manager()
+
+
+def _print_import(res: dict, quiet: bool) -> None:
+    verb = "would add" if res["dry_run"] else "added"
+    a, k = res["added"], res["skipped"]
+    say(f"bundle {res['bundle']} (protodb {res['protodb_version']}, schema {res['schema_revision']}"
+        f"{', lean' if res['lean'] else ''}): {verb} {len(a['sets'])} sets, {len(a['classes'])} new classes, "
+        f"{a['images']} images, {a['masks']} masks, {a['artifacts']} artifacts; skipped {len(k['sets'])} sets "
+        "already here", quiet)
+    for s in a["sets"]:
+        note = f" (was version {s['original_version']} there)" if s["renumbered"] else ""
+        say(f"  {verb} {s['class']}@{s['version']} ({s['extractor']}){note}", quiet)
+    for s in k["sets"]:
+        say(f"  skipped {s['class']}@{s['version']} ({s['extractor']}): already here", quiet)
+    if res["origin_tag"]:
+        say(f"  tagged {res['origin_tag']}: name these sets with CLASS@{res['origin_tag']}", quiet)
+    for v in a["vocabularies"]:
+        say(f"  vocabulary {v}", quiet)
+    for t in k["tags"]:
+        say(f"  tag {t} not imported: that tag pins another set here", quiet)
+    for w in res["warnings"]:
+        say(f"  warning: {w}", quiet)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle file to write (.tar, or .tar.gz/.tgz for gzip).")],
+    vocab: ShareVocabOpt = None, classes: ShareClassesOpt = None, all_: ShareAllOpt = False,
+    lean: LeanOpt = False,
+    gzip: Annotated[Optional[bool], typer.Option("--gzip/--no-gzip", help="Compress (default: from the file name).", show_default=False)] = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Write prototype sets and everything they depend on as one archive another team can import.
+
+    The same sets always give the same bytes (sorted members, fixed times, manifest with sha256s).
+
+    Example: protodb export --vocab pets -o pets.tar.gz
+    Example: protodb export --classes boat,cat@2 -o boats.tar --lean
+    Example: protodb export --all -o everything.tar.gz
+    """
+    pdb = open_db(db, catalog)
+    with _bytes_progress(quiet or json) as progress:
+        res = pdb.export_bundle(out, vocab=vocab, classes=classes, all_sets=all_, lean=lean, compress=gzip,
+                                progress=progress)
+    if json:
+        print_json(res)
+        return
+    say(f"wrote {res['path']} ({_human(res['bytes'])}, bundle {res['bundle']}{', lean' if res['lean'] else ''}): "
+        f"{len(res['sets'])} sets of {len(res['classes'])} classes, {res['artifacts']} artifacts", quiet)
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file written by protodb export.")],
+    dry_run: DryRunOpt = False, max_bytes: MaxBytesOpt = None, max_member_bytes: MaxMemberOpt = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Merge a bundle into this database: every hash and the schema are checked first, nothing
+    here is overwritten (sets already here are skipped; a class that exists here with other
+    provenance gets the imported sets as new versions, tagged import:<bundle hash>).
+
+    Example: protodb import pets.tar.gz --dry-run
+    Example: protodb import pets.tar.gz && protodb segment photo.jpg --vocab pets
+    """
+    pdb = open_db(db, catalog)
+    with _bytes_progress(quiet or json) as progress:
+        res = pdb.import_bundle(bundle, dry_run=dry_run, max_bytes=max_bytes, max_member_bytes=max_member_bytes,
+                                progress=progress)
+    print_json(res) if json else _print_import(res, quiet)
+
+
+@remote_app.command("add")
+@handle_errors
+def remote_add(
+    name: Annotated[str, typer.Argument(help="Short name, e.g. team.")],
+    url: Annotated[str, typer.Argument(help="s3://bucket/prefix, file:///path, a folder, or any fsspec URL.")],
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Remember a remote (credentials come from the standard AWS environment/config).
+
+    Example: protodb remote add team s3://our-bucket/protodb
+    Example: protodb remote add nas /mnt/nas/protodb
+    """
+    res = open_db(db, catalog).remote_add(name, url)
+    print_json(res) if json else say(f"remote {res['name']} → {res['url']}", quiet)
+
+
+@remote_app.command("list")
+@handle_errors
+def remote_list(db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False) -> None:
+    """List remotes.
+
+    Example: protodb remote list --json
+    """
+    rows = open_db(db, catalog).remote_list()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        say("no remotes yet; add one with: protodb remote add team s3://bucket/prefix")
+    for r in rows:
+        say(f"{r['name']}\t{r['url']}")
+
+
+@remote_app.command("show")
+@handle_errors
+def remote_show(name: str, db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False) -> None:
+    """List what a remote holds (pushed vocabularies and classes).
+
+    Example: protodb remote show team
+    """
+    rows = open_db(db, catalog).remote_show(name)
+    if json:
+        print_json(rows)
+        return
+    table = Table("kind", "name", "bundle", "sets", "bytes", "pushed at")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], str(r["bundle"]), str(r["sets"]), _human(r["bytes"] or 0),
+                      str(r["pushed_at"] or "")[:19])
+    err_console.print(table if rows else f"remote {name} holds nothing yet")
+
+
+@remote_app.command("remove")
+@handle_errors
+def remote_remove(name: str, db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False,
+                  quiet: QuietOpt = False) -> None:
+    """Forget a remote (nothing on it is deleted).
+
+    Example: protodb remote remove team
+    """
+    res = open_db(db, catalog).remote_remove(name)
+    print_json(res) if json else say(f"forgot remote {res['name']} ({res['url']})", quiet)
+
+
+@app.command("push")
+@handle_errors
+def push(
+    name: Annotated[str, typer.Argument(help="Remote name (see: protodb remote list).")],
+    vocab: ShareVocabOpt = None, classes: ShareClassesOpt = None, all_: ShareAllOpt = False,
+    lean: LeanOpt = False,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Upload prototype sets to a remote; only objects it lacks move, and the ref is written last,
+    so an interrupted push resumes when run again.
+
+    Example: protodb push team --vocab pets
+    Example: protodb push team --classes boat,cat
+    """
+    pdb = open_db(db, catalog)
+    with _bytes_progress(quiet or json) as progress:
+        res = pdb.push(name, vocab=vocab, classes=classes, all_sets=all_, lean=lean, progress=progress)
+    if json:
+        print_json(res)
+        return
+    say(f"pushed to {res['remote']} ({res['url']}): {res['uploaded']} objects uploaded "
+        f"({_human(res['uploaded_bytes'])}), {res['already_there']} already there", quiet)
+    for r in res["refs"]:
+        say(f"  {r['kind']}/{r['name']}: bundle {r['bundle']}, {r['sets']} sets", quiet)
+    for w in res["warnings"]:
+        say(f"  warning: {w}", quiet)
+
+
+@app.command("pull")
+@handle_errors
+def pull(
+    name: Annotated[str, typer.Argument(help="Remote name (see: protodb remote list).")],
+    vocab: ShareVocabOpt = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Classes pushed there: 'boat,cat'.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Everything the remote holds.")] = False,
+    dry_run: DryRunOpt = False, max_bytes: MaxBytesOpt = None, max_member_bytes: MaxMemberOpt = None,
+    db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Fetch what this database lacks from a remote (each object checked by sha256) and import
+    it exactly as `protodb import` does; an interrupted pull resumes from the local cache.
+
+    Example: protodb pull team --vocab pets
+    Example: protodb pull team --all --dry-run
+    """
+    pdb = open_db(db, catalog)
+    with _bytes_progress(quiet or json) as progress:
+        res = pdb.pull(name, vocab=vocab, classes=classes, all_sets=all_, dry_run=dry_run, max_bytes=max_bytes,
+                       max_member_bytes=max_member_bytes, progress=progress)
+    if json:
+        print_json(res)
+        return
+    say(f"pulled from {name} ({res['url']}): {_human(res['downloaded_bytes'])} downloaded", quiet)
+    for r in res["imports"]:
+        say(f"{r['ref']['kind']}/{r['ref']['name']}:", quiet)
+        _print_import(r, quiet)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover

@@ -97,6 +97,17 @@ class ProtoDB:
                 session.rollback()
                 raise
 
+    def transact(self, fn: Callable[[Session], Any], attempts: int = 5) -> Any:
+        """Run ``fn(session)`` in one transaction, retried when a concurrent writer inserted the
+        same unique row first (the retry then finds that row)."""
+        for attempt in range(attempts):
+            try:
+                with self.session() as s:
+                    return fn(s)
+            except IntegrityError:
+                if attempt == attempts - 1:
+                    raise
+
     def setting(self, key: str, default: str | None = None) -> str | None:
         with self._sessions() as s:
             row = s.get(SettingRow, key)
@@ -292,24 +303,31 @@ class ProtoDB:
                 f"{extractor['name']} gives {extractor['dim']}-d"
             )
         table = table_name(extractor["id"])
-        with self.session() as s:
-            cls = self.ensure_class(s, class_name, label=label)
-            ext = self.ensure_extractor(s, **extractor)
-            self._discard_stale(s, cls.id, ext.id)
-            pending = PrototypeSetRow(
-                class_id=cls.id, extractor_id=ext.id, status=SET_PENDING, config_hash=config_hash,
-                run_id=run_id, vector_table=table,
-                params={**(params or {}), "owner": setq.owner_token()},
-                counts={k: rows.kinds.count(k) for k in KINDS},
-                nbytes=int(rows.vectors.nbytes),
-            )
-            s.add(pending)
-            s.flush()
-            for pos, image_id in enumerate(dict.fromkeys(image_ids)):
-                s.add(SetImageRow(set_id=pending.id, image_id=image_id, position=pos))
-            set_id = pending.id
+        for attempt in range(5):  # another process may create the same class/extractor meanwhile
+            try:
+                with self.session() as s:
+                    cls = self.ensure_class(s, class_name, label=label)
+                    ext = self.ensure_extractor(s, **extractor)
+                    self._discard_stale(s, cls.id, ext.id)
+                    pending = PrototypeSetRow(
+                        class_id=cls.id, extractor_id=ext.id, status=SET_PENDING, config_hash=config_hash,
+                        run_id=run_id, vector_table=table,
+                        params={**(params or {}), "owner": setq.owner_token()},
+                        counts={k: rows.kinds.count(k) for k in KINDS},
+                        nbytes=int(rows.vectors.nbytes),
+                    )
+                    s.add(pending)
+                    s.flush()
+                    for pos, image_id in enumerate(dict.fromkeys(image_ids)):
+                        s.add(SetImageRow(set_id=pending.id, image_id=image_id, position=pos))
+                    set_id = pending.id
+                break
+            except IntegrityError:
+                if attempt == 4:
+                    raise
         stage("pending")
-        table_version = self.vectors.add(table, set_id, rows)
+        with self._vector_lock(table):  # one committer per vector table (shared object storage)
+            table_version = self.vectors.add(table, set_id, rows)
         stage("vectors")
         for attempt in range(20):
             try:
@@ -621,3 +639,98 @@ class ProtoDB:
                 png = inspection.render_support(self, data["provenance"], folder / f"{stem}-images.png")
                 data["files"]["images"] = {"png": str(png)}
         return data
+
+    # ---- sharing (bundles, remotes, live database; see protodb/sharing/)
+    def _vector_lock(self, table: str):
+        """Context manager serialising commits to vector table ``table`` across processes
+        (PostgreSQL advisory lock; file lock for SQLite). See ``protodb.sharing.live``."""
+        from protodb.sharing.live import vector_lock
+
+        return vector_lock(self.engine, table)
+
+    @staticmethod
+    def _selection(vocab: str | None, classes: Sequence[str] | str | None, all_sets: bool):
+        from protodb.sharing.bundle import Selection
+
+        if isinstance(classes, str):
+            classes = Selection.parse_classes(classes)
+        return Selection(vocab=vocab, classes=tuple(classes or ()), all=all_sets)
+
+    def export_bundle(self, out: str | os.PathLike, *, vocab: str | None = None,
+                      classes: Sequence[str] | str | None = None, all_sets: bool = False,
+                      lean: bool = False, compress: bool | None = None,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+        """Write the chosen ready sets and everything they depend on as one deterministic archive.
+
+        Exactly one of ``vocab`` (with its definition), ``classes`` (refs: ``boat``, ``boat@3``) or
+        ``all_sets``. ``lean`` leaves out support images, masks and attention maps. gzip when
+        ``compress`` or ``out`` ends in .gz/.tgz. Returns the path, size, bundle hash and contents.
+        """
+        from protodb.sharing.bundle import build_bundle, write_tar
+
+        parts = build_bundle(self, self._selection(vocab, classes, all_sets), lean=lean)
+        return write_tar(parts, out, compress=compress, progress=progress)
+
+    def import_bundle(self, path: str | os.PathLike, *, dry_run: bool = False,
+                      max_bytes: int | None = None, max_member_bytes: int | None = None,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+        """Verify a bundle whole (paths, types, sizes, every hash, schema revision), then merge it:
+        identical objects skipped, other-provenance sets added as new versions, nothing overwritten.
+        ``dry_run`` reports what would be added/skipped. Hostile input: InvalidInput, nothing written."""
+        from protodb.sharing import merge
+        from protodb.sharing.bundle import Limits, load_contents, read_tar
+
+        limits = Limits.from_env(max_bytes, max_member_bytes)
+        with read_tar(path, limits) as staged:
+            contents = load_contents(staged)
+            out = merge.apply(self, contents, dry_run=dry_run, progress=progress)
+        out["path"] = str(path)
+        return out
+
+    def remote_add(self, name: str, url: str) -> dict[str, str]:
+        """Remember a remote (stored as setting ``remote:NAME``): s3://bucket/prefix, file://…, a path."""
+        from protodb.sharing import remote
+
+        remote.check_remote_name(name)
+        url = remote.normalize_url(url)
+        self.set_setting(remote.SETTING_PREFIX + name, url)
+        return {"name": name, "url": url}
+
+    def remote_list(self) -> list[dict[str, str]]:
+        from protodb.sharing import remote
+
+        return remote.list_remotes(self)
+
+    def remote_remove(self, name: str) -> dict[str, str]:
+        from protodb.sharing import remote
+
+        url = remote.remote_url(self, name)
+        with self.session() as s:
+            s.delete(s.get(SettingRow, remote.SETTING_PREFIX + name))
+        return {"name": name, "url": url}
+
+    def remote_show(self, name: str) -> list[dict[str, Any]]:
+        """What a remote holds: its refs (vocabularies and classes pushed there)."""
+        from protodb.sharing import remote
+
+        return remote.remote_refs(self, name)
+
+    def push(self, remote_name: str, *, vocab: str | None = None,
+             classes: Sequence[str] | str | None = None, all_sets: bool = False, lean: bool = False,
+             progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+        """Upload to a remote what it lacks of the chosen bundles (content-addressed), refs last."""
+        from protodb.sharing import remote
+
+        return remote.push(self, remote_name, self._selection(vocab, classes, all_sets), lean=lean,
+                           progress=progress)
+
+    def pull(self, remote_name: str, *, vocab: str | None = None,
+             classes: Sequence[str] | str | None = None, all_sets: bool = False, dry_run: bool = False,
+             max_bytes: int | None = None, max_member_bytes: int | None = None,
+             progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+        """Fetch what is missing here of a remote's refs (verified) and import them like bundles."""
+        from protodb.sharing import remote
+        from protodb.sharing.bundle import Limits
+
+        return remote.pull(self, remote_name, self._selection(vocab, classes, all_sets), dry_run=dry_run,
+                           limits=Limits.from_env(max_bytes, max_member_bytes), progress=progress)

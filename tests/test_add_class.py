@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 import protodb
 from protodb.catalog.schema import (
+    ClassRow,
     GenerationRunRow,
     GeneratorSpecRow,
     LabelRow,
@@ -314,3 +315,31 @@ def test_missing_generator_weights_change_nothing(built, monkeypatch):
     assert res.exit_code == 1 and "stable-diffusion-v1-5" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert _snapshot(home) == before
+
+
+RACER = """
+import sys
+from protodb_cli.main import main
+sys.argv = ["protodb", "add-class", "zebra", "--preset", "tiny", "--images", "2", "-k", "4", "--db", sys.argv[1], "-q"]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_two_add_class_runs_of_a_new_class_at_once(home):
+    home.mkdir(parents=True)
+    protodb.open(home).close()
+    add_tiny(home, "warmup", "--images", "1", "-k", "2")  # builds the tiny models once
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(home)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    db = protodb.open(home)
+    (cls,) = [c for c in db.ls() if c["name"] == "zebra"]
+    assert cls["versions"] and all(v["status"] == "ready" for v in cls["versions"])
+    with db.session() as s:
+        zid = s.scalar(select(ClassRow.id).where(ClassRow.name == "zebra"))
+        idx = s.scalars(select(SupportImageRow.index_in_run).where(SupportImageRow.class_id == zid)).all()
+    assert sorted(idx) == [0, 1]  # both runs share the generated images: none stored twice
+    assert db.verify()["ok"] and db.info()["pending_sets"] == 0

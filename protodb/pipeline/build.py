@@ -260,13 +260,14 @@ class ClassBuilder:
         label = self._label(name, req.kind)
         result = AddClassResult(name=name, kind=label["kind"], label_source=label["source"],
                                 preset=self.registry.preset)
-        with self.db.session() as s:
+        def class_row(s):
             cls = self.db.ensure_class(s, name, label=label)
             if label["source"] == "manual" and cls.kind != label["kind"]:
                 cls.kind = label["kind"]
                 s.add(LabelRow(class_id=cls.id, **label))
-            result.kind = cls.kind
-            class_id = cls.id
+            return cls.id, cls.kind
+
+        class_id, result.kind = self.db.transact(class_row)
         support: list[SupportImage] = []
         run_id = None
         if plan["generator"] is not None and req.images > 0:
@@ -308,7 +309,7 @@ class ClassBuilder:
         negative = spec.negative_prompt
         run_id = _sha_json({"class": name, "spec": spec_id, "prompt": prompt, "negative": negative,
                             "seed": req.seed})[:32]
-        with self.db.session() as s:
+        def run_rows(s):  # retried: a concurrent run may insert the same spec/run first
             if s.get(GeneratorSpecRow, spec_id) is None:
                 s.add(GeneratorSpecRow(
                     id=spec_id, name=spec.name, model_id=spec.model_id, revision=revision,
@@ -316,6 +317,7 @@ class ClassBuilder:
                     width=spec.width, height=spec.height, dtype=dtype_name(self.dtype),
                     config=spec_record,
                 ))
+                s.flush()
             run = s.get(GenerationRunRow, run_id)
             if run is None:
                 s.add(GenerationRunRow(id=run_id, class_id=class_id, generator_spec_id=spec_id,
@@ -323,6 +325,8 @@ class ClassBuilder:
                                        num_images=req.images))
             elif run.num_images < req.images:
                 run.num_images = req.images
+
+        self.db.transact(run_rows)
         with self.db.session() as s:
             done = {r.index_in_run: r for r in s.scalars(
                 select(SupportImageRow).where(SupportImageRow.run_id == run_id,
@@ -456,8 +460,8 @@ class ClassBuilder:
     def _store_masks(self, sup: SupportImage, fg, bg, method, params, ext_info) -> None:
         size = (sup.image.width, sup.image.height)
         up = lambda m: np.asarray(PIL.Image.fromarray(m.astype(np.uint8) * 255).resize(size, PIL.Image.NEAREST)) > 127  # noqa: E731
+        self.db.transact(lambda s: self.db.ensure_extractor(s, **ext_info))
         with self.db.session() as s:
-            self.db.ensure_extractor(s, **ext_info)
             for role, m in (("foreground", fg), ("background", bg)):
                 sha = self.db.artifacts.put(imageio.mask_png(up(m)))
                 exists = s.scalar(select(MaskRow.id).where(
