@@ -76,6 +76,10 @@ def add_class(
         kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts,
         new_version=new_version, device=device, dtype=dtype, batch_size=batch_size,
     )
+    if vocab:
+        from protodb.catalog.sets import check_tag_name
+
+        check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind
     pdb = open_db(db, catalog)
     with stage_progress(quiet or json) as progress:
         res = pdb.add_class(req, preset=preset, progress=progress)
@@ -197,21 +201,35 @@ def add_vocab(
     """
     from protodb.pipeline.build import AddClassRequest
 
+    from protodb.errors import NotFound
+
     pdb = open_db(db, catalog)
     vocab = pdb.vocab_show(name)
-    results = []
+    reg = pdb.registry(preset)
+    wanted = list(extractor or ()) or [reg.default_extractor]
+    results, present = [], []
     with stage_progress(quiet or json) as progress:
-        for cls in vocab["classes"]:
-            req = AddClassRequest(name=cls.split("@")[0], images=images, generator=generator, seed=seed,
-                                  extractors=tuple(extractor or ()), device=device, dtype=dtype)
+        for ref in vocab["classes"]:
+            try:  # a class (or pinned version) that already has sets for every extractor is kept
+                have = {s["extractor"] for e in wanted for s in pdb.resolve(ref, e)}
+                if set(wanted) <= have:
+                    present.append(ref)
+                    continue
+            except NotFound:
+                pass
+            req = AddClassRequest(name=ref.split("@")[0], images=images, generator=generator, seed=seed,
+                                  extractors=tuple(wanted), device=device, dtype=dtype)
             res = pdb.add_class(req, preset=preset, progress=progress)
             results.append(res)
             if not json:
                 _print_add_result(res, quiet)
     if vocab["builtin"]:
-        pdb.vocab_create(name, vocab["classes"], description=vocab.get("description"), replace=True)
+        pdb.vocab_create(name, vocab["classes"], description=vocab.get("description"), replace=True,
+                         background=bool(vocab["background"]))
+    if not json:
+        say(f"{name}: {len(results)} classes built, {len(present)} already had prototypes", quiet)
     if json:
-        print_json({"vocab": name, "classes": results})
+        print_json({"vocab": name, "classes": results, "already_built": present})
 
 
 vocab_app = typer.Typer(help="Vocabularies: named lists of classes to segment with.", no_args_is_help=True)
@@ -398,9 +416,9 @@ def segment(
             for f in o.get("files", {}).values():
                 say(f"  {f}", quiet)
     for f in report.failed:
-        err_console.print(f"error: {f['error']}")
-    if report.failed:
-        raise typer.Exit(3)
+        err_console.print(f"error: {f['error']}", markup=False, highlight=False)
+    if report.failed:  # 3: some inputs failed, the others were written; 1: nothing succeeded
+        raise typer.Exit(3 if report.outputs else 1)
 
 
 @app.command("eval")
@@ -422,7 +440,10 @@ def eval_(
     """
     from protodb.segment.evaluate import evaluate
 
-    opts = _segment_options(vocab or (None if classes else dataset.replace("context60", "context").replace("context59", "context")),
+    from protodb.segment.datasets import label_convention
+
+    default_vocab = label_convention(dataset)["vocabulary"]  # unknown names: one line listing them
+    opts = _segment_options(vocab or (None if classes else default_vocab),
                             classes, extractor, levels, background, prefilter, clip_model, pamr,
                             device, dtype, False)
     pdb = open_db(db, catalog)
@@ -435,7 +456,8 @@ def eval_(
     for name, iou in res["per_class"].items():
         table.add_row(str(name), "-" if iou is None else f"{100 * iou:.1f}")
     err_console.print(table)
-    say(f"mIoU {100 * res['miou']:.2f} on {res['images']} images of {dataset}/{split} "
+    miou = "n/a" if res["miou"] is None else f"{100 * res['miou']:.2f}"
+    say(f"mIoU {miou} on {res['images']} images of {dataset}/{split} "
         f"({res['seconds_per_image']} s/image)")
 
 

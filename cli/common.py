@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 import protodb
 from protodb.errors import ProtoDBError
@@ -51,7 +52,8 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """One line on stderr (user text is never read as rich markup) and exit ``code``."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -80,4 +82,4 @@ def handle_errors(fn: Callable) -> Callable:
 def say(message: str, quiet: bool = False) -> None:
     """Human output goes to stderr so that stdout stays clean for --json and pipes."""
     if not quiet:
-        err_console.print(message)
+        err_console.print(message, markup=False, highlight=False)

@@ -380,12 +380,12 @@ class ProtoDB:
     def resolve(self, ref: str, extractor: str | None = None) -> list[dict[str, Any]]:
         """Ready sets named by ``ref`` (``boat``, ``boat@3``, ``boat@tag``), one per extractor."""
         with self._sessions() as s:
-            ext = None
-            if extractor is not None:
-                ext = self.extractor_by_name(s, extractor)
-                if ext is None:
-                    raise NotFound(f"unknown extractor {extractor!r}; see: protodb extractor list")
-            ids = [r.id for r in setq.resolve(s, ref, ext)]
+            if extractor is not None and self.extractor_by_name(s, extractor) is None:
+                cls = setq.get_class(s, setq.Ref.parse(ref).name)
+                if cls is not None:
+                    raise NotFound(f"class {cls.name!r} has no prototypes for extractor {extractor}; "
+                                   f"run: protodb add-class {setq._q(cls.name)} --extractor {extractor}")
+            ids = [r.id for r in setq.resolve(s, ref, extractor)]
         return [self.set_summary(i) for i in ids]
 
     def prototypes(self, set_summary: dict[str, Any], kinds: Sequence[str] | None = None) -> PrototypeRows:
@@ -502,8 +502,9 @@ class ProtoDB:
         return cls, pin
 
     def vocab_create(self, name: str, classes: Sequence[str], *, description: str | None = None,
-                     replace: bool = False) -> dict[str, Any]:
-        """A named vocabulary of classes (refs may pin versions: ``boat@3``)."""
+                     replace: bool = False, background: bool = True) -> dict[str, Any]:
+        """A named vocabulary of classes (refs may pin versions: ``boat@3``). ``background``: whether
+        segmenting with it scores a background class (built-in datasets without one: False)."""
         from protodb.catalog.schema import VocabularyMemberRow, VocabularyRow
 
         vname = setq.check_tag_name(name)
@@ -514,12 +515,13 @@ class ProtoDB:
             if row is not None and not replace:
                 raise InvalidInput(f"vocabulary {vname!r} exists; use: protodb vocab add {vname} CLASS")
             if row is None:
-                row = VocabularyRow(name=vname, description=description)
+                row = VocabularyRow(name=vname, description=description, background=background)
                 s.add(row)
                 s.flush()
             else:
                 row.members.clear()
                 row.version += 1
+                row.background = background
                 s.flush()
             seen = set()
             for pos, ref in enumerate(classes):
@@ -538,7 +540,16 @@ class ProtoDB:
             if row is None:
                 if not create:
                     raise NotFound(f"no vocabulary {name!r}; create it: protodb vocab create {name} CLASS...")
-                return self.vocab_create(name, classes)
+                from protodb.vocabularies import builtin_vocabularies
+
+                base = builtin_vocabularies().get(name)
+                if base is None:
+                    return self.vocab_create(name, classes)
+                # a built-in vocabulary is copied into the catalog whole, then extended
+                have = list(base["classes"])
+                extra = [c for c in classes if setq.Ref.parse(c).name not in have]
+                return self.vocab_create(name, have + extra, description=base.get("description"),
+                                         background=bool(base.get("background", True)))
             have = {m.class_id: m for m in row.members}
             pos = max((m.position for m in row.members), default=-1) + 1
             changed = False
@@ -578,7 +589,7 @@ class ProtoDB:
             row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == name))
             if row is not None:
                 return {"name": row.name, "description": row.description, "version": row.version,
-                        "builtin": False, "background": None,
+                        "builtin": False, "background": row.background,
                         "classes": [m.ref or m.cls.name for m in row.members],
                         "kinds": [m.cls.kind for m in row.members]}
         builtins = builtin_vocabularies()

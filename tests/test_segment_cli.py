@@ -86,11 +86,39 @@ def test_background_labels_are_pascal_style(tinydb, scenes, tmp_path):
 
 
 def test_levels_option_changes_the_prototypes_used(tinydb, scenes, tmp_path):
+    from protodb.segment.run import SegmentOptions, Segmenter
+
+    db = protodb.open(tinydb)
+    counts = [db.resolve(c)[0]["counts"] for c in ("red box", "blue stripes")]
+    for levels, kinds in ((["class"], ["class"]), (["part"], ["part"]),
+                          (["class", "instance", "part"], ["class", "instance", "part"])):
+        seg = Segmenter(db, SegmentOptions(vocab="scene", levels=levels, background=True))
+        table = seg.vocab.tables["tiny-vit"]
+        fg = sum(c[k] for c in counts for k in kinds)
+        bg = sum(c["bg_" + k] for c in counts for k in kinds)
+        assert table.vectors.shape[0] == fg + bg  # exactly the chosen levels (no stuff classes here)
     a = json.loads(cli("segment", scenes / "val", "--vocab", "scene", "--no-background", "--levels", "class",
                        "--out", tmp_path / "a", "--db", tinydb, "--json").stdout)
     assert a["settings"]["levels"] == ["class"] and len(a["outputs"]) == 2
     bad = cli("segment", scenes / "val", "--vocab", "scene", "--levels", "clas", "--db", tinydb, ok=False)
     assert bad.exit_code == 1 and "--levels" in bad.stderr
+
+
+def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
+    """When the pre-filter keeps a subset, label values still name vocabulary classes."""
+    from protodb.segment.images import load_image
+    from protodb.segment.run import SegmentOptions, Segmenter
+
+    seg = Segmenter(protodb.open(tinydb), SegmentOptions(classes="boat,red box,blue stripes", background=True))
+
+    class KeepOnly:  # the pre-filter's decision, fixed: keep vocabulary class 2 (blue stripes)
+        def select(self, image, names, stuff):
+            return [2]
+
+    seg.prefilter = KeepOnly()
+    out = seg.segment(load_image(scenes / "val" / "s10.png"))
+    assert set(np.unique(out["labels"])) <= {2, 3}  # blue stripes (2) or background (3 = C)
+    assert out["kept"] == ["blue stripes"] and set(out["present"]) <= {"blue stripes", "background"}
 
 
 def test_explain_points_at_stored_prototypes_and_images(tinydb, scenes, tmp_path):
@@ -206,7 +234,23 @@ def test_eval_on_a_camvid_layout(tmp_path):
     res = json.loads(cli("eval", "--dataset", "camvid", "--root", root, "--no-background", "--db", home,
                          "--json").stdout)
     assert res["images"] == 2 and set(res["per_class"]) == set(names)
-    assert 0.0 <= res["miou"] <= 1.0 and res["settings"]["background"] is False
+    assert res["settings"]["background"] is False
+    # independent check: score segment's label PNGs against the label maps by hand
+    seg = json.loads(cli("segment", root / "val", "--vocab", "camvid", "--no-background", "--out",
+                         tmp_path / "pred", "--db", home, "--json").stdout)
+    inter, union = np.zeros(11), np.zeros(11)
+    for o in seg["outputs"]:
+        pred = np.asarray(PIL.Image.open(o["files"]["labels"])).astype(np.int64)
+        gt = np.asarray(PIL.Image.open(root / "valannot" / Path(o["input"]).name)).astype(np.int64)
+        valid = gt != 11
+        for c in range(11):
+            inter[c] += ((pred == c) & (gt == c) & valid).sum()
+            union[c] += (((pred == c) | (gt == c)) & valid).sum()
+    expected = np.mean([i / u for i, u in zip(inter, union) if u > 0])
+    assert res["miou"] == pytest.approx(expected, abs=1e-9)
+    wrong = cli("eval", "--dataset", "camvid", "--root", root, "--classes", ",".join(reversed(names)),
+                "--no-background", "--db", home, ok=False)
+    assert wrong.exit_code == 1 and "order must match" in wrong.stderr
 
 
 def test_inspect_sheets_and_traces(tinydb, tmp_path):
@@ -314,3 +358,35 @@ def test_extractor_add_registers_an_onnx_vit(tmp_path):
               "/backbone/layernorm/Add_1_output_0", "--input-size", "224", "--patch-size", "14",
               "--db", home, ok=False)
     assert dup.exit_code == 1 and "built-in" in dup.stderr
+
+
+def test_builtin_vocabulary_keeps_its_classes_and_background_flag(tmp_path):
+    home = tmp_path / "db"
+    out = json.loads(cli("add-class", "car", "--preset", "tiny", "--images", "1", "-k", "2", "--vocab",
+                         "camvid", "--db", home, "--json").stdout)
+    assert out["vocab"] == "camvid"
+    v = json.loads(cli("vocab", "show", "camvid", "--db", home, "--json").stdout)
+    assert len(v["classes"]) == 11 and v["builtin"] is False and v["background"] is False
+
+
+def test_add_vocab_skips_classes_that_have_prototypes(tmp_path):
+    home = tmp_path / "db"
+    cli("vocab", "create", "duo", "kite", "boat", "--db", home)
+    first = json.loads(cli("add-class", "kite", "--preset", "tiny", "--images", "1", "-k", "2", "--db", home,
+                           "--json").stdout)
+    res = json.loads(cli("add-vocab", "duo", "--preset", "tiny", "--images", "1", "--db", home, "--json").stdout)
+    assert res["already_built"] == ["kite"] and [c["name"] for c in res["classes"]] == ["boat"]
+    assert protodb.open(home).resolve("kite")[0]["id"] == first["sets"][0]["id"]
+
+
+def test_messages_are_not_read_as_markup(tmp_path):
+    res = cli("label", "[ab]", "--db", tmp_path / "db", ok=False)
+    assert "'[ab]'" in res.stderr and res.exit_code == 1
+
+
+def test_prompt_with_unknown_fields_changes_nothing(tmp_path):
+    home = tmp_path / "db"
+    res = cli("add-class", "boat", "--preset", "tiny", "--images", "1", "--prompt", "a {style} photo of {name}",
+              "--db", home, ok=False)
+    assert res.exit_code == 1 and "{name}" in res.stderr
+    assert protodb.open(home).info()["classes"] == 0

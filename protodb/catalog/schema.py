@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -99,6 +100,7 @@ class VocabularyRow(_Stamped, Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[Optional[str]] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    background: Mapped[bool] = mapped_column(Boolean, default=True)  # score a background class
 
     members: Mapped[list["VocabularyMemberRow"]] = relationship(
         back_populates="vocabulary", order_by="VocabularyMemberRow.position",

@@ -160,35 +160,43 @@ def mark_ready(session: Session, row: PrototypeSetRow, *, table_version: int | N
 
 
 def resolve(
-    session: Session, ref: Ref | str, extractor: ExtractorRow | None = None
+    session: Session, ref: Ref | str, extractor: str | None = None
 ) -> list[PrototypeSetRow]:
-    """Ready sets a reference names: one per extractor (or only ``extractor``'s)."""
+    """Ready sets a reference names: the newest per extractor name (or only ``extractor``'s).
+
+    An extractor name may have several registrations (re-added ONNX file, imported bundle, new
+    weights); all of them count, the most recently committed set wins.
+    """
     ref = Ref.parse(ref) if isinstance(ref, str) else ref
     cls = get_class(session, ref.name)
     if cls is None:
         raise NotFound(f"no class {ref.name!r} in this database; run: protodb add-class {_q(ref.name)}")
-    q = select(PrototypeSetRow).where(
-        PrototypeSetRow.class_id == cls.id, PrototypeSetRow.status == SET_READY
+    q = (
+        select(PrototypeSetRow, ExtractorRow.name)
+        .join(ExtractorRow, ExtractorRow.id == PrototypeSetRow.extractor_id)
+        .where(PrototypeSetRow.class_id == cls.id, PrototypeSetRow.status == SET_READY)
     )
     if extractor is not None:
-        q = q.where(PrototypeSetRow.extractor_id == extractor.id)
+        q = q.where(ExtractorRow.name == extractor)
     if ref.version is not None:
         q = q.where(PrototypeSetRow.version == ref.version)
     if ref.tag is not None:
         q = q.join(TagRow, TagRow.set_id == PrototypeSetRow.id).where(TagRow.name == ref.tag)
-    rows = session.scalars(q.order_by(PrototypeSetRow.version.desc())).all()
+    rows = session.execute(
+        q.order_by(PrototypeSetRow.ready_at.desc(), PrototypeSetRow.version.desc())
+    ).all()
     newest: dict[str, PrototypeSetRow] = {}
-    for row in rows:
-        newest.setdefault(row.extractor_id, row)
+    for row, ext_name in rows:
+        newest.setdefault(ext_name, row)
     if not newest:
-        what = f" for extractor {extractor.name}" if extractor is not None else ""
+        what = f" for extractor {extractor}" if extractor is not None else ""
         if ref.version is not None or ref.tag is not None:
             raise NotFound(f"{ref} does not exist{what}; see: protodb inspect {_q(ref.name)}")
-        ext = f" --extractor {extractor.name}" if extractor is not None else ""
+        ext = f" --extractor {extractor}" if extractor is not None else ""
         raise NotFound(
             f"class {ref.name!r} has no prototypes{what}; run: protodb add-class {_q(ref.name)}{ext}"
         )
-    return sorted(newest.values(), key=lambda r: r.extractor_id)
+    return [newest[k] for k in sorted(newest)]
 
 
 def tag_sets(session: Session, tag: str, sets: list[PrototypeSetRow], note: str | None = None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -109,6 +110,14 @@ def _sha_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _mask_digest(mask: np.ndarray | None) -> str | None:
+    """Content hash of a given mask, so corrected masks make a new set."""
+    if mask is None:
+        return None
+    m = np.asarray(mask, dtype=bool)
+    return hashlib.sha256(np.packbits(m).tobytes() + str(m.shape).encode()).hexdigest()[:16]
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
@@ -168,9 +177,16 @@ def validate(req: AddClassRequest, registry) -> dict[str, Any]:
         if req.size is not None:
             changes["width"] = changes["height"] = req.size
         if req.prompt is not None:
-            if "{name}" not in req.prompt and name not in req.prompt.lower():
-                raise InvalidInput(f"--prompt must contain the class name or '{{name}}': {req.prompt!r}")
-            changes["prompt_template"] = req.prompt.replace(name, "{name}") if "{name}" not in req.prompt else req.prompt
+            template = req.prompt
+            if "{name}" not in template:
+                template, n = re.subn(re.escape(name), "{name}", template, flags=re.IGNORECASE)
+                if not n:
+                    raise InvalidInput(f"--prompt must contain the class name or '{{name}}': {req.prompt!r}")
+            try:
+                template.format(name=name)
+            except (KeyError, IndexError, ValueError):
+                raise InvalidInput(f"--prompt may hold no other {{...}} field than {{name}}: {req.prompt!r}") from None
+            changes["prompt_template"] = template
         if req.negative_prompt is not None:
             changes["negative_prompt"] = req.negative_prompt or None
         generator = generator.replace(**changes) if changes else generator
@@ -404,7 +420,7 @@ class ClassBuilder:
         mask_params = {"given_value": req.mask_value, "min_fraction": 0.5}
         config_hash = _sha_json({
             "pipeline": PIPELINE_VERSION, "extractor": ext_info["id"], "images": [s.sha for s in support],
-            "given": [s.given_mask is not None for s in support], "mask_value": req.mask_value,
+            "given": [_mask_digest(s.given_mask) for s in support], "mask_value": req.mask_value,
             "k": req.k, "seed": req.seed, "short_side": short_side,
         })
         if not req.new_version:

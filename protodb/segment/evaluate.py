@@ -28,6 +28,12 @@ def evaluate(db, dataset: str, root: str | Path, opts: SegmentOptions, *, split:
         raise InvalidInput(
             f"vocabulary has {k} classes, dataset {dataset} scores "
             f"{conv['num_classes'] - (1 if conv['background'] else 0)}; use its vocabulary (--vocab {conv['vocabulary']})")
+    from protodb.vocabularies import load_builtin
+
+    expected = list(load_builtin(conv["vocabulary"])["classes"])
+    if seg.vocab.names != expected:
+        raise InvalidInput(f"vocabulary classes differ from {dataset}'s (names and order must match: "
+                           f"{', '.join(expected[:5])}, ...); use --vocab {conv['vocabulary']}")
     if seg.vocab.background != bool(conv["background"]):
         raise InvalidInput(f"dataset {dataset} {'has' if conv['background'] else 'has no'} background class; "
                            f"{'drop' if seg.vocab.background else 'add'} --no-background")

@@ -136,10 +136,7 @@ def _default_extractors(db, refs: list[str]) -> list[str]:
     """Extractors every class has a ready set for (all of them: an ensemble); first ref decides order."""
     common: list[str] | None = None
     for ref in refs:
-        try:
-            have = [s["extractor"] for s in db.resolve(ref)]
-        except NotFound:
-            raise
+        have = [s["extractor"] for s in db.resolve(ref)]
         common = have if common is None else [e for e in common if e in have]
     if not common:
         raise NotFound("the classes share no extractor; rebuild them with a common --extractor NAME")
@@ -274,16 +271,19 @@ def write_outputs(seg: Segmenter, image: PIL.Image.Image, result: dict, out: Pat
     C = len(v.names)
     labels = result["labels"]
     if v.background:  # PASCAL style: 0 background, class i → i + 1
-        png_values = np.where(labels == C, 0, labels + 1).astype(np.uint8)
+        png_values = np.where(labels == C, 0, labels + 1).astype(np.int64)
         legend = {0: "background", **{i + 1: n for i, n in enumerate(v.names)}}
     else:
-        png_values = labels.astype(np.uint8)
+        png_values = labels.astype(np.int64)
         legend = dict(enumerate(v.names))
     pal = palette(max(legend) + 1)
-    lab = PIL.Image.fromarray(png_values, mode="P")
-    flat = np.zeros((256, 3), np.uint8)
-    flat[: len(pal)] = pal
-    lab.putpalette(flat.ravel().tolist())
+    if len(pal) <= 256:  # palette PNG: values are class ids, colours for viewing
+        lab = PIL.Image.fromarray(png_values.astype(np.uint8), mode="P")
+        flat = np.zeros((256, 3), np.uint8)
+        flat[: len(pal)] = pal
+        lab.putpalette(flat.ravel().tolist())
+    else:  # more than 256 labels: 16-bit grey PNG holding the class ids (see the JSON legend)
+        lab = PIL.Image.fromarray(png_values.astype(np.uint16))
     paths = {"labels": str(out / f"{stem}.labels.png"), "overlay": str(out / f"{stem}.overlay.png"),
              "json": str(out / f"{stem}.json")}
     lab.save(paths["labels"])
