@@ -106,7 +106,7 @@ def test_levels_option_changes_the_prototypes_used(tinydb, scenes, tmp_path):
 
 def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
     """When the pre-filter keeps a subset, label values still name vocabulary classes."""
-    from protodb.segment.images import load_image
+    from protodb.images import load_image
     from protodb.segment.run import SegmentOptions, Segmenter
 
     seg = Segmenter(protodb.open(tinydb), SegmentOptions(classes="boat,red box,blue stripes", background=True))
@@ -194,7 +194,7 @@ def test_eval_miou_matches_hand_computation(tinydb, scenes, tmp_path):
               "--db", tinydb, ok=False)  # camvid scores 11 classes: a 2-class vocabulary is refused
     assert bad.exit_code == 1 and "11" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     # a 2-class dataset: score the scene vocabulary on its own labels via the metric the CLI uses
-    from protodb.segment.images import load_image
+    from protodb.images import load_image
     from protodb.segment.run import SegmentOptions, Segmenter
 
     seg = Segmenter(protodb.open(tinydb), SegmentOptions(vocab="scene", background=False))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from protodb.errors import InvalidInput
 from protodb.segment.datasets import iter_dataset, label_convention, load_label
-from protodb.segment.images import expand_inputs, image_to_tensor, load_image
+from protodb.images import expand_inputs, image_to_tensor, load_image
 from protodb.segment.match import (EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches,
                                    segment_image)
 from protodb.segment.metrics import MIoU

@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 from scipy import ndimage
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -38,11 +37,11 @@ from protodb.catalog.schema import (
 from protodb.catalog.sets import get_class, normalize_class_name
 from protodb.device import choose_device, choose_dtype, dtype_name
 from protodb.errors import InvalidInput
+from protodb.images import IMAGE_EXTENSIONS, load_image
 from protodb.pipeline import imageio
 from protodb.pipeline.features import FeatureCache, featurize
 from protodb.storage.vectors import PrototypeRows
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PIPELINE_VERSION = 1  # bump when the way prototypes are computed from the same inputs changes
 
 # progress(stage, advance, total): total is given once per stage with advance=0
@@ -119,7 +118,7 @@ def _mask_digest(mask: np.ndarray | None) -> str | None:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _load_label_map(path: Path) -> np.ndarray:
@@ -150,7 +149,7 @@ def validate(req: AddClassRequest, registry) -> dict[str, Any]:
             raise InvalidInput(f"exemplar folder {folder} does not exist")
         exemplar_files = _list_images(folder)
         if not exemplar_files:
-            raise InvalidInput(f"exemplar folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            raise InvalidInput(f"exemplar folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if req.masks is not None:
         if req.exemplars is None:
             raise InvalidInput("--masks needs --exemplars (masks are matched to exemplars by file stem)")
@@ -232,12 +231,7 @@ def load_exemplars(files: list[Path], masks: dict[str, Path], mask_value: int | 
 
     out = []
     for path in files:
-        try:
-            with PIL.Image.open(path) as im:
-                im.load()
-                image = PIL.ImageOps.exif_transpose(im).convert("RGB")
-        except Exception as err:  # noqa: BLE001
-            raise InvalidInput(f"cannot read exemplar {path}: {str(err).splitlines()[0]}") from err
+        image = load_image(path)  # EXIF, 16-bit, CMYK, alpha, bombs: as for segment inputs
         given = None
         if path.stem in masks:
             try:

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from protodb.errors import InvalidInput
+from protodb.images import IMAGE_EXTENSIONS as _IMAGE_EXTS
 
 IGNORE = 255
 
@@ -54,7 +55,6 @@ _CONVENTIONS = {
     "camvid": ("camvid", 0, False, (11,)),
 }
 _ALIASES = {"context60": "context", "pascal-voc": "voc", "ade": "ade20k", "coco": "coco-object"}
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def dataset_names() -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from protodb.errors import InvalidInput
 from protodb.segment.datasets import iter_dataset, label_convention, load_label
-from protodb.segment.images import load_image
+from protodb.images import load_image
 from protodb.segment.metrics import MIoU
 from protodb.segment.run import SegmentOptions, Segmenter, settings
 

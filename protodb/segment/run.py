@@ -354,7 +354,7 @@ class RunReport:
 def segment_files(db, inputs: Sequence[str], opts: SegmentOptions, out: Path | None,
                   progress: Callable[[int, int], None] | None = None) -> RunReport:
     """Segment every input; a bad input is reported and the others still finish."""
-    from protodb.segment.images import expand_inputs, load_image
+    from protodb.images import expand_inputs, load_image
 
     report = RunReport()
     paths: list[Path] = []
