@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from protodb_cli.common import CatalogOpt, DbOpt, JsonOpt, QuietOpt, err_console, handle_errors, open_db, print_json, say
+from protodb_cli.common import (
+    CatalogOpt,
+    DbOpt,
+    JsonOpt,
+    QuietOpt,
+    err_console,
+    handle_errors,
+    human_bytes,
+    open_db,
+    print_json,
+    say,
+)
 from protodb_cli.main import app
 from protodb_cli.progress import stage_progress
 
@@ -598,7 +609,7 @@ def export(
     if json:
         print_json(res)
         return
-    say(f"wrote {res['path']} ({_human(res['bytes'])}, bundle {res['bundle']}{', lean' if res['lean'] else ''}): "
+    say(f"wrote {res['path']} ({human_bytes(res['bytes'])}, bundle {res['bundle']}{', lean' if res['lean'] else ''}): "
         f"{len(res['sets'])} sets of {len(res['classes'])} classes, {res['artifacts']} artifacts", quiet)
 
 
@@ -669,7 +680,7 @@ def remote_show(name: str, db: DbOpt = None, catalog: CatalogOpt = None, json: J
         return
     table = Table("kind", "name", "bundle", "sets", "bytes", "pushed at")
     for r in rows:
-        table.add_row(r["kind"], r["name"], str(r["bundle"]), str(r["sets"]), _human(r["bytes"] or 0),
+        table.add_row(r["kind"], r["name"], str(r["bundle"]), str(r["sets"]), human_bytes(r["bytes"] or 0),
                       str(r["pushed_at"] or "")[:19])
     err_console.print(table if rows else f"remote {name} holds nothing yet")
 
@@ -707,7 +718,7 @@ def push(
         print_json(res)
         return
     say(f"pushed to {res['remote']} ({res['url']}): {res['uploaded']} objects uploaded "
-        f"({_human(res['uploaded_bytes'])}), {res['already_there']} already there", quiet)
+        f"({human_bytes(res['uploaded_bytes'])}), {res['already_there']} already there", quiet)
     for r in res["refs"]:
         say(f"  {r['kind']}/{r['name']}: bundle {r['bundle']}, {r['sets']} sets", quiet)
     for w in res["warnings"]:
@@ -737,16 +748,7 @@ def pull(
     if json:
         print_json(res)
         return
-    say(f"pulled from {name} ({res['url']}): {_human(res['downloaded_bytes'])} downloaded", quiet)
+    say(f"pulled from {name} ({res['url']}): {human_bytes(res['downloaded_bytes'])} downloaded", quiet)
     for r in res["imports"]:
         say(f"{r['ref']['kind']}/{r['ref']['name']}:", quiet)
         _print_import(r, quiet)
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover

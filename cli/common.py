@@ -83,3 +83,13 @@ def say(message: str, quiet: bool = False) -> None:
     """Human output goes to stderr so that stdout stays clean for --json and pipes."""
     if not quiet:
         err_console.print(message, markup=False, highlight=False)
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB' (binary units, as everywhere in protodb's output)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

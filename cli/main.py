@@ -16,6 +16,7 @@ from protodb_cli.common import (
     err_console,
     fail,
     handle_errors,
+    human_bytes,
     open_db,
     print_json,
     say,
@@ -123,7 +124,7 @@ def ls_(
             table.add_row(
                 cls["name"], cls["kind"], str(v["version"]), ",".join(v["extractors"]),
                 str(v["images"]), str(sum(v["counts"].values())), ",".join(v["tags"]),
-                _human_bytes(v["bytes"]),
+                human_bytes(v["bytes"]),
             )
     err_console.print(table if data else "no classes yet; add one with: protodb add-class boat")
 
@@ -238,14 +239,6 @@ def db_check(db: DbOpt = None, catalog: CatalogOpt = None, json: JsonOpt = False
         say(f"schema in sync at revision {data['revision']}")
     if not data["in_sync"]:
         fail(f"ORM and migrations differ: {data['differences']}")
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def main() -> None:

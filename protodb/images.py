@@ -98,14 +98,6 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.I
     return rgb
 
 
-def image_to_tensor(im: Image.Image):
-    """PIL RGB -> (3, H, W) float32 torch tensor in [0, 1]."""
-    import torch
-
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 

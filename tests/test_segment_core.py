@@ -17,7 +17,8 @@ from PIL import Image
 
 from protodb.errors import InvalidInput
 from protodb.segment.datasets import iter_dataset, label_convention, load_label
-from protodb.images import expand_inputs, image_to_tensor, load_image
+from protodb.images import expand_inputs, load_image
+from protodb.pipeline.imageio import to_tensor as image_to_tensor
 from protodb.segment.match import (EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches,
                                    segment_image)
 from protodb.segment.metrics import MIoU

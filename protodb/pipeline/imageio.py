@@ -41,10 +41,6 @@ def decode_rgb(data: bytes) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def decode_mask(data: bytes) -> np.ndarray:
-    return np.asarray(PIL.Image.open(io.BytesIO(data))) > 127
-
-
 def feature_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
     """(H, W) after resizing so the short side is ``short_side``, both multiples of ``patch``."""
     scale = short_side / min(width, height)

@@ -22,6 +22,7 @@ import torch
 
 from protodb.device import choose_device, choose_dtype, dtype_name
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
+from protodb.pipeline.imageio import to_tensor
 from protodb.segment.match import ClassPrototypes, MatchTable, build_match_table, segment_image
 from protodb.segment.windows import WindowSpec
 
@@ -190,7 +191,7 @@ class Segmenter:
                 keep = list(range(len(self.vocab.names)))
         pairs = [(self.extractors[e], self.vocab.table_for(e, keep, self.opts, self.device, self.dtype))
                  for e in self.vocab.extractors]
-        t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        t = to_tensor(image)
         res = segment_image(t, pairs, windows=self.opts.windows, pamr=self.opts.pamr)
         cols = keep if keep is not None else list(range(len(self.vocab.names)))
         C = len(self.vocab.names)

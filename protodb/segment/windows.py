@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
 from protodb.models.extractors import crop_starts
+from protodb.pipeline.imageio import feature_size
 from protodb.segment.match import MatchTable, score_patches
 
 
@@ -44,8 +45,7 @@ def resized_size(H: int, W: int, spec: WindowSpec, patch: int) -> tuple[int, int
     rounded to the nearest multiple of ``patch`` (at least one patch)."""
     if H <= 0 or W <= 0:
         raise InvalidInput(f"image has no pixels ({H}x{W})")
-    scale = 1.0 if spec.short_side is None else spec.short_side / min(H, W)
-    return (max(patch, round(H * scale / patch) * patch), max(patch, round(W * scale / patch) * patch))
+    return feature_size(W, H, spec.short_side or min(H, W), patch)  # as support images are sized
 
 
 def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
