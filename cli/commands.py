@@ -526,43 +526,6 @@ remote_app = typer.Typer(help="Remotes: where pushed prototype sets live (s3://b
 app.add_typer(remote_app, name="remote")
 
 
-def _bytes_progress(quiet: bool):
-    """Byte progress bars (rich) on a terminal, one plain line per stage when piped, nothing when quiet.
-    Yields ``callback(stage, advance_bytes, total_bytes_or_None)``; a total starts that stage afresh."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def manager():
-        if quiet:
-            yield lambda stage, n, total: None
-            return
-        if not err_console.is_terminal:
-            def plain(stage: str, n: int, total: int | None) -> None:
-                if total:
-                    err_console.print(f"{stage}: {total} bytes")
-
-            yield plain
-            return
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TransferSpeedColumn)
-
-        bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeElapsedColumn(), console=err_console)
-        tasks: dict[str, int] = {}
-        with bars:
-            def update(stage: str, n: int, total: int | None) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bars.add_task(stage, total=total)
-                elif total is not None:
-                    bars.reset(tasks[stage], total=total)
-                if n:
-                    bars.advance(tasks[stage], n)
-
-            yield update
-
-    return manager()
-
-
 def _print_import(res: dict, quiet: bool) -> None:
     verb = "would add" if res["dry_run"] else "added"
     a, k = res["added"], res["skipped"]
@@ -603,7 +566,7 @@ def export(
     Example: protodb export --all -o everything.tar.gz
     """
     pdb = open_db(db, catalog)
-    with _bytes_progress(quiet or json) as progress:
+    with stage_progress(quiet or json, unit="bytes") as progress:
         res = pdb.export_bundle(out, vocab=vocab, classes=classes, all_sets=all_, lean=lean, compress=gzip,
                                 progress=progress)
     if json:
@@ -628,7 +591,7 @@ def import_(
     Example: protodb import pets.tar.gz && protodb segment photo.jpg --vocab pets
     """
     pdb = open_db(db, catalog)
-    with _bytes_progress(quiet or json) as progress:
+    with stage_progress(quiet or json, unit="bytes") as progress:
         res = pdb.import_bundle(bundle, dry_run=dry_run, max_bytes=max_bytes, max_member_bytes=max_member_bytes,
                                 progress=progress)
     print_json(res) if json else _print_import(res, quiet)
@@ -712,7 +675,7 @@ def push(
     Example: protodb push team --classes boat,cat
     """
     pdb = open_db(db, catalog)
-    with _bytes_progress(quiet or json) as progress:
+    with stage_progress(quiet or json, unit="bytes") as progress:
         res = pdb.push(name, vocab=vocab, classes=classes, all_sets=all_, lean=lean, progress=progress)
     if json:
         print_json(res)
@@ -742,7 +705,7 @@ def pull(
     Example: protodb pull team --all --dry-run
     """
     pdb = open_db(db, catalog)
-    with _bytes_progress(quiet or json) as progress:
+    with stage_progress(quiet or json, unit="bytes") as progress:
         res = pdb.pull(name, vocab=vocab, classes=classes, all_sets=all_, dry_run=dry_run, max_bytes=max_bytes,
                        max_member_bytes=max_member_bytes, progress=progress)
     if json:

@@ -5,14 +5,25 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from protodb_cli.common import err_console
 
 
 @contextlib.contextmanager
-def stage_progress(quiet: bool = False) -> Iterator:
-    """Yields ``callback(stage, advance, total)`` as the pipeline expects."""
+def stage_progress(quiet: bool = False, *, unit: str = "items") -> Iterator:
+    """Yields ``callback(stage, advance, total)`` as the pipeline and sharing code expect.
+
+    ``unit="bytes"`` shows sizes and transfer speed. A total given again for a known stage resets it.
+    """
     if quiet:
         yield lambda stage, n, total: None
         return
@@ -22,19 +33,21 @@ def stage_progress(quiet: bool = False) -> Iterator:
         def plain(stage: str, n: int, total: int | None) -> None:
             if total is not None and stage not in seen:
                 seen.add(stage)
-                err_console.print(f"{stage}: {total} to do")
+                err_console.print(f"{stage}: {total} {'bytes' if unit == 'bytes' else 'to do'}",
+                                  markup=False, highlight=False)
 
         yield plain
         return
-    bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=False)
+    counter = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+    bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), *counter, TimeElapsedColumn(),
+                    console=err_console, transient=False)
     tasks: dict[str, int] = {}
     with bars:
         def update(stage: str, n: int, total: int | None) -> None:
             if stage not in tasks:
                 tasks[stage] = bars.add_task(stage, total=total)
             elif total is not None:
-                bars.update(tasks[stage], total=total)
+                bars.reset(tasks[stage], total=total)
             if n:
                 bars.advance(tasks[stage], n)
 

@@ -60,6 +60,17 @@ def make_engine(url: str) -> Engine:
 
 
 @contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), held across processes."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Hold an exclusive, cross-process lock for schema creation/upgrade."""
     if engine.dialect.name == "sqlite":
@@ -67,13 +78,8 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         if not db or db == ":memory:":
             yield
             return
-        lock_path = Path(db).with_name(Path(db).name + ".migrate.lock")
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(Path(db).with_name(Path(db).name + ".migrate.lock")):
+            yield
     elif engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})

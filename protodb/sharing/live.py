@@ -20,13 +20,14 @@ the table name (a file lock beside a SQLite catalog) around each vector commit.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+from protodb.catalog.engine import file_lock
 
 
 def lock_key(table: str) -> int:
@@ -52,10 +53,5 @@ def vector_lock(engine: Engine, table: str) -> Iterator[None]:
     if not db or db == ":memory:":
         yield
         return
-    path = Path(db).with_name(f"{Path(db).name}.vectors-{table}.lock")
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(Path(db).with_name(f"{Path(db).name}.vectors-{table}.lock")):
+        yield

@@ -44,6 +44,7 @@ from protodb.sharing.bundle import (
     load_contents,
     refuse,
 )
+from protodb.storage.artifacts import write_whole
 
 REF_FORMAT = "protodb-ref"
 REF_KINDS = ("vocab", "classes")
@@ -128,23 +129,8 @@ class RemoteStore:
         self._write(self.object_path(digest), data)
 
     def _write(self, target: str, data: bytes) -> None:
-        """Whole-object write: object stores put atomically; local folders write then rename."""
-        if not self.local:
-            self.fs.pipe_file(target, data)
-            return
-        parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        """Whole-object write (see :func:`protodb.storage.artifacts.write_whole`)."""
+        write_whole(self.fs, self.local, target, data)
 
     def fetch_object(self, digest: str, size: int, dest: Path, tick: Progress) -> None:
         """Download one object to ``dest`` (via a temporary file), checking its size and hash."""

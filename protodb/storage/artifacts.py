@@ -32,6 +32,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def write_whole(fs, local: bool, target: str, data: bytes) -> None:
+    """Write ``data`` so that readers see all of it or nothing: object stores put whole objects;
+    local folders write a temporary file, fsync it and rename it into place."""
+    if not local:
+        fs.pipe_file(target, data)
+        return
+    parent = target.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     checked: int
@@ -67,22 +88,7 @@ class ArtifactStore:
         target = self.path(digest)
         if self.fs.exists(target):
             return digest
-        parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if self.local:
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        else:
-            self.fs.pipe_file(target, data)
+        write_whole(self.fs, self.local, target, data)
         return digest
 
     def get(self, digest: str) -> bytes:
