@@ -136,7 +136,7 @@ def test_missing_hub_model_is_invalid_input(monkeypatch, tmp_path):
     with pytest.raises(InvalidInput) as err:
         load_pipeline(spec)
     message = str(err.value)
-    assert "protodb-test/not-downloaded" in message and "--generator-path" in message
+    assert "protodb-test/not-downloaded" in message and "--generator PATH" in message
     assert "\n" not in message
     assert model_revision(spec) is None
 

@@ -138,7 +138,7 @@ def get_generator(name: str) -> GeneratorSpec:
     specs = builtin_generators()
     if name not in specs:
         raise InvalidInput(
-            f"unknown generator {name!r}; choose one of {sorted(specs)} or pass a local folder with --generator-path"
+            f"unknown generator {name!r}; choose one of {sorted(specs)} or pass a local folder with --generator PATH"
         )
     return specs[name]
 
@@ -338,7 +338,7 @@ def _missing_weights(spec: GeneratorSpec) -> InvalidInput:
     return InvalidInput(
         f"generator {spec.name!r}: model {spec.model_id}{rev} is not in the local Hugging Face cache "
         f"({_hub_cache_dir()}); weights must be present locally: set HF_HOME to a cache that has them "
-        f"or pass a local folder with --generator-path"
+        f"or pass a local folder with --generator PATH"
     )
 
 
@@ -363,7 +363,8 @@ def resolve_model_folder(spec: GeneratorSpec) -> tuple[Path, str | None]:
         from diffusers import DiffusionPipeline
 
         try:
-            DiffusionPipeline.download(spec.model_id, revision=spec.revision, cache_dir=_hub_cache_dir())
+            with _quiet_loading():  # the hub's own "couldn't connect" warnings: our one line says it
+                DiffusionPipeline.download(spec.model_id, revision=spec.revision, cache_dir=_hub_cache_dir())
         except Exception:  # network, auth, missing repo: all mean "not available locally"
             raise _missing_weights(spec) from None
         snapshot = _cached_snapshot(spec.model_id, spec.revision)
