@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
-def build(db, camvid: Path, extractor: str, k: int) -> float:
+def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5) -> float:
     from protodb.pipeline.build import AddClassRequest, ClassBuilder
     from protodb.vocabularies import load_builtin
 
@@ -34,7 +34,7 @@ def build(db, camvid: Path, extractor: str, k: int) -> float:
     for value, name in enumerate(names):
         builder.add_class(AddClassRequest(
             name=name, images=0, exemplars=camvid / "train", masks=camvid / "trainannot",
-            mask_value=value, extractors=(extractor,), k=k, kind=None))
+            mask_value=value, extractors=(extractor,), k=k, kind=None, mask_min_fraction=min_fraction))
     db.vocab_create("camvid", names, description="CamVid from real exemplars", replace=True)
     return time.perf_counter() - t
 
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--extractor", default="focus-vits14")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("-k", type=int, default=32)
+    ap.add_argument("--mask-min-fraction", type=float, default=0.5,
+                    help="share of a patch the class must cover for the patch to count as foreground")
     ap.add_argument("--levels", nargs="*", default=["class", "class,instance,part"])
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
     ap.add_argument("--json", action="store_true")
@@ -60,7 +62,7 @@ def main() -> None:
 
     home = args.db or Path(tempfile.mkdtemp(prefix="protodb-camvid-"))
     db = protodb.open(home)
-    build_s = build(db, args.camvid, args.extractor, args.k)
+    build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction)
 
     # time split: wrap the extractor call and the matching to attribute wall time
     timing = {"extract": 0.0, "match": 0.0}
@@ -91,7 +93,7 @@ def main() -> None:
                         "images": n, "seconds_per_image": round(wall / n, 3),
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})
-    out = {"extractor": args.extractor, "k": args.k, "build_s": round(build_s, 1), "db": str(home),
+    out = {"extractor": args.extractor, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
            "train_images": len(list((args.camvid / "train").iterdir())), "results": results}
     if args.json:
         print(json.dumps(out, indent=2))

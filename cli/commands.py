@@ -60,6 +60,8 @@ def add_class(
     exemplars: Annotated[Optional[Path], typer.Option(help="Folder of real support images.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of masks for the exemplars (matched by file stem).")] = None,
     mask_value: Annotated[Optional[int], typer.Option(help="Masks are label maps: this value is the class.")] = None,
+    mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
+    segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
     parts: Annotated[int, typer.Option("-k", "--parts", help="Part prototypes (k-means K).")] = 32,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
@@ -83,7 +85,8 @@ def add_class(
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size,
         seed=seed, prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()),
-        exemplars=exemplars, masks=masks, mask_value=mask_value,
+        exemplars=exemplars, masks=masks, mask_value=mask_value, mask_min_fraction=mask_min_fraction,
+        segmenter=segmenter,
         kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts,
         new_version=new_version, device=device, dtype=dtype, batch_size=batch_size,
     )

@@ -343,3 +343,61 @@ def test_two_add_class_runs_of_a_new_class_at_once(home):
         idx = s.scalars(select(SupportImageRow.index_in_run).where(SupportImageRow.class_id == zid)).all()
     assert sorted(idx) == [0, 1]  # both runs share the generated images: none stored twice
     assert db.verify()["ok"] and db.info()["pending_sets"] == 0
+
+
+PLUGIN = '''
+import os
+import numpy as np
+
+name = "cutlike"
+
+
+def available():
+    return os.path.isfile(os.environ.get("CUTLIKE_CHECKPOINT", "/nonexistent"))
+
+
+def params():
+    return {"checkpoint": os.path.basename(os.environ["CUTLIKE_CHECKPOINT"])}
+
+
+def segment(image, grid):
+    h, w = grid
+    m = np.zeros(grid, bool)
+    m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True  # "the object is in the middle"
+    return [m]
+'''
+
+
+def _install_plugin(site):
+    """A segmenter plugin installed the way pip would: a module + dist-info with an entry point."""
+    site.mkdir()
+    (site / "cutlike_plugin.py").write_text(PLUGIN)
+    info = site / "cutlike_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cutlike-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[protodb.segmenters]\ncutlike = cutlike_plugin\n")
+
+
+def test_segmenter_plugin_is_used_only_with_its_checkpoint(home, tmp_path, monkeypatch):
+    _install_plugin(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
+    out = add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex", "-k", "2")
+    db = protodb.open(home)
+    with db.session() as s:
+        assert {m.method for m in s.scalars(select(MaskRow))} == {"ncut+border"}  # no checkpoint: ncut
+    ckpt = tmp_path / "model_final.pth"
+    ckpt.write_bytes(b"weights")
+    monkeypatch.setenv("CUTLIKE_CHECKPOINT", str(ckpt))
+    again = add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex", "-k", "2")
+    assert again["sets"][0]["version"] == 2  # another segmenter is another configuration
+    with db.session() as s:
+        rows = s.scalars(select(MaskRow).where(MaskRow.method == "cutlike+border",
+                                               MaskRow.role == "foreground")).all()
+        assert len(rows) == 3 and rows[0].params["cutlike"] == {"checkpoint": "model_final.pth"}
+        fg = np.asarray(PIL.Image.open(db.artifacts.local_path(rows[0].artifact_sha256))) > 127
+    h, w = fg.shape
+    assert fg[h // 2, w // 2] and not fg[2, 2]  # the plugin's central proposal became the foreground
+    before = _snapshot(home)
+    bad = add_tiny(home, "kite", "--images", "0", "--exemplars", tmp_path / "ex", "--segmenter", "nope", ok=False)
+    assert bad.exit_code == 1 and "unknown segmenter 'nope'" in bad.stderr and _snapshot(home) == before

@@ -72,6 +72,8 @@ class AddClassRequest:
     dtype: str = "auto"
     batch_size: int = 4
     short_side: int | None = None  # feature resolution of support images (default: 448; tiny: 64)
+    mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
+    segmenter: str = "auto"  # unsupervised proposals: auto (an installed, usable plugin, else ncut), ncut, NAME
 
 
 @dataclass
@@ -136,6 +138,8 @@ def validate(req: AddClassRequest, registry) -> dict[str, Any]:
     req.extractors = tuple(req.extractors) or (registry.default_extractor,)
     if req.images < 0:
         raise InvalidInput(f"--images must be >= 0, got {req.images}")
+    if not 0.0 < req.mask_min_fraction <= 1.0:
+        raise InvalidInput(f"--mask-min-fraction must be in (0, 1], got {req.mask_min_fraction}")
     if req.k < 1:
         raise InvalidInput(f"-k must be >= 1, got {req.k}")
     if req.kind not in (None, "thing", "stuff"):
@@ -261,10 +265,14 @@ class ClassBuilder:
         self.dtype = choose_dtype(self.device, dtype)
         self.progress = progress or (lambda stage, n, total: None)
         self.cache = FeatureCache(Path(db.home) / "cache" / "features")
+        self.segmenter = None  # None: the built-in normalised cut; else a plugin (see segmenters.py)
 
     # ------------------------------------------------------------------ entry point
     def add_class(self, req: AddClassRequest) -> AddClassResult:
         plan = validate(req, self.registry)
+        from protodb.pipeline.segmenters import choose
+
+        self.segmenter = choose(req.segmenter)
         name = plan["name"]
         extractors = [self.registry.load_extractor(s, self.device, self.dtype) for s in plan["extractors"]]
         label = self._label(name, req.kind)
@@ -411,11 +419,12 @@ class ClassBuilder:
 
         ext_info = self.registry.extractor_record(spec, extractor)
         short_side = req.short_side or self.registry.default_short_side
-        mask_params = {"given_value": req.mask_value, "min_fraction": 0.5}
+        mask_params = {"given_value": req.mask_value, "min_fraction": req.mask_min_fraction}
         config_hash = _sha_json({
             "pipeline": PIPELINE_VERSION, "extractor": ext_info["id"], "images": [s.sha for s in support],
             "given": [_mask_digest(s.given_mask) for s in support], "mask_value": req.mask_value,
-            "k": req.k, "seed": req.seed, "short_side": short_side,
+            "k": req.k, "seed": req.seed, "short_side": short_side, "min_fraction": req.mask_min_fraction,
+            "segmenter": None if self.segmenter is None else [self.segmenter.name, self.segmenter.params()],
         })
         if not req.new_version:
             found = self.db.find_set(name, ext_info["id"], config_hash)
@@ -426,21 +435,29 @@ class ClassBuilder:
                           cache=self.cache, batch_size=max(1, req.batch_size),
                           progress=lambda n: self.progress(f"extract {spec.name}", n, None))
         fgs, bgs = [], []
+        plugin = self.segmenter
         self.progress(f"masks {spec.name}", 0, len(support))
         for sup, f in zip(support, feats):
             grid = tuple(f.shape[:2])
             if sup.given_mask is not None:
-                fg = downsample_mask(sup.given_mask, grid, 0.5)
+                fg = downsample_mask(sup.given_mask, grid, req.mask_min_fraction)
                 bg = downsample_mask(~sup.given_mask, grid, 1.0)  # patches with no class pixel
                 method, params = "given", {**mask_params, "grid": list(grid)}
             elif sup.attention is not None:
-                res = attention_fg_bg(f, sup.attention)
+                proposals = plugin.segment(sup.image, grid) if plugin is not None else None
+                res = attention_fg_bg(f, sup.attention, segments=proposals)
                 fg, bg, method, params = res.fg, res.bg, res.method, res.params
+                if plugin is not None:
+                    method, params = f"{plugin.name}+attention", {**params, plugin.name: plugin.params()}
             else:
-                fg = object_segment(ncut_segments(f), grid)
+                proposals = plugin.segment(sup.image, grid) if plugin is not None else ncut_segments(f)
+                fg = object_segment(proposals, grid)
                 bg = ~ndimage.binary_dilation(fg, iterations=1) if fg.any() else np.zeros(grid, bool)
                 method, params = "ncut+border", {"n_segments": 3, "tau": 0.2, "dilate": 1,
                                                  "min_area": MIN_OBJECT_AREA, "grid": list(grid)}
+                if plugin is not None:
+                    method, params = f"{plugin.name}+border", {"dilate": 1, "min_area": MIN_OBJECT_AREA,
+                                                               "grid": list(grid), plugin.name: plugin.params()}
             fgs.append(fg)
             bgs.append(bg)
             self._store_masks(sup, fg, bg, method, params, ext_info)

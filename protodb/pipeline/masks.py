@@ -217,8 +217,12 @@ def attention_fg_bg(
     bg_threshold: float = 0.2,
     erode: int = 1,
     eps: float = 1e-5,
+    segments: list[np.ndarray] | None = None,
 ) -> MaskResult:
     """Foreground and background of one support image (OVDiff's combination of ncut and attention).
+
+    ``segments``: (h, w) bool proposals from another unsupervised segmenter (a plugin such as
+    CutLER); by default the normalised-cut segments of ``feats``.
 
     feats: (h, w, D) float, L2-normalised patch features. attention: (H, W) float in [0, 1], the
     class token's cross-attention map (any resolution; area-averaged to the (h, w) grid).
@@ -258,7 +262,10 @@ def attention_fg_bg(
         "grid": [h, w],
     }
 
-    segments = ncut_segments(grid, n_segments=n_segments, tau=tau, eps=eps)
+    if segments is None:
+        segments = ncut_segments(grid, n_segments=n_segments, tau=tau, eps=eps)
+    else:
+        segments = [np.asarray(m, bool) for m in segments if np.asarray(m, bool).any()]
     candidates = list(segments)
     if segments:
         rest = ~np.logical_or.reduce(segments)
