@@ -121,7 +121,8 @@ def trace(db, set_summary: dict, kinds: Sequence[str], registry, top: int = 6) -
     """For each prototype of ``kinds``: the ``top`` nearest support patches.
 
     Returns ``{"prototypes": [{"id", "kind", "index", "nearest": [{"image", "patch": [y, x],
-    "box": [x0, y0, x1, y1], "similarity"}]}], "provenance": …}``.
+    "box": [x0, y0, x1, y1], "similarity"}]}], "provenance": …, "images": {id: PIL image}}``
+    (the decoded support images, so rendering does not decode them again).
     """
     prov = provenance(db, set_summary)
     rows = db.prototypes(set_summary, kinds=list(kinds))
@@ -146,7 +147,7 @@ def trace(db, set_summary: dict, kinds: Sequence[str], registry, top: int = 6) -
             nearest.append({"image": image_id, "patch": [yy, xx], "box": patch_box(yy, xx, grid, size),
                             "similarity": round(float(sims[p, j]), 4)})
         out.append({"id": rows.ids[p], "kind": kind, "index": idx, "nearest": nearest})
-    return {"prototypes": out, "provenance": prov}
+    return {"prototypes": out, "provenance": prov, "images": {rec["id"]: im for rec, im, _ in feats}}
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -166,8 +167,8 @@ def _crop(image: PIL.Image.Image, box: list[int]) -> PIL.Image.Image:
 def render_sheet(db, traced: dict, out_path: Path, top: int = 6) -> Path:
     """One row per prototype: its name, then crops of its nearest patches (outlined) + similarity."""
     protos = traced["prototypes"]
-    images = {i["id"]: imageio.decode_rgb(db.artifacts.get(i["sha256"]))
-              for i in traced["provenance"]["images"]}
+    images = traced.get("images") or {i["id"]: imageio.decode_rgb(db.artifacts.get(i["sha256"]))
+                                      for i in traced["provenance"]["images"]}
     W, H = sheet_size(len(protos), top)
     sheet = PIL.Image.new("RGB", (W, H), (250, 250, 250))
     draw = PIL.ImageDraw.Draw(sheet)
