@@ -636,10 +636,14 @@ class ProtoDB:
             folder = Path(out or Path.cwd() / "protodb-inspect")
             stem = f"{name.replace(' ', '_')}@{chosen['version']}-{chosen['extractor']}"
             registry = self.registry()
+            prepared = None
             for label, flag, kinds in wanted:
                 if not flag:
                     continue
-                traced = inspection.trace(self, chosen, kinds, registry, top=top)
+                if prepared is None:
+                    prov = data["provenance"]
+                    prepared = (prov, inspection.support_features(self, prov, registry))
+                traced = inspection.trace(self, chosen, kinds, registry, top=top, prepared=prepared)
                 png = inspection.render_sheet(self, traced, folder / f"{stem}-{label}.png", top=top)
                 js = folder / f"{stem}-{label}.json"
                 js.write_text(_json.dumps({p["id"]: {"kind": p["kind"], "index": p["index"],

@@ -117,16 +117,19 @@ def patch_box(y: int, x: int, grid: tuple[int, int], size: tuple[int, int]) -> l
             int(round((y + 1) * H / h))]
 
 
-def trace(db, set_summary: dict, kinds: Sequence[str], registry, top: int = 6) -> dict[str, Any]:
+def trace(db, set_summary: dict, kinds: Sequence[str], registry, top: int = 6,
+          prepared: tuple[dict, list] | None = None) -> dict[str, Any]:
     """For each prototype of ``kinds``: the ``top`` nearest support patches.
 
     Returns ``{"prototypes": [{"id", "kind", "index", "nearest": [{"image", "patch": [y, x],
     "box": [x0, y0, x1, y1], "similarity"}]}], "provenance": …, "images": {id: PIL image}}``
     (the decoded support images, so rendering does not decode them again).
     """
-    prov = provenance(db, set_summary)
+    if prepared is None:  # (provenance, support_features): computed once when tracing several kinds
+        prov = provenance(db, set_summary)
+        prepared = (prov, support_features(db, prov, registry))
+    prov, feats = prepared
     rows = db.prototypes(set_summary, kinds=list(kinds))
-    feats = support_features(db, prov, registry)
     flat, where = [], []
     for rec, im, f in feats:
         h, w, d = f.shape
