@@ -34,7 +34,7 @@ def build_sd15_random(folder: Path) -> Path:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from protodb.models.generators import clip_tokenizer
+    from protodb.models.tiny import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -81,8 +81,7 @@ def main() -> None:
 
     import protodb
     from protodb.device import choose_device, choose_dtype
-    from protodb.models.registry import ModelRegistry
-    from protodb.pipeline.build import AddClassRequest, ClassBuilder
+    from protodb.pipeline.config import AddClassRequest
     from protodb.pipeline.features import featurize
     from protodb.pipeline.generate import derive_seed
 
@@ -94,7 +93,7 @@ def main() -> None:
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")
     db = protodb.open(work / "db0")
-    reg = ModelRegistry(db)
+    reg = db.registry()
     spec = reg.generator_spec(str(folder)).replace(steps=args.steps, width=args.size, height=args.size)
     pipe = reg.load_pipeline(spec, device, dtype)
     ext = reg.load_extractor(reg.extractor_spec(args.extractor), device, dtype)
@@ -117,7 +116,7 @@ def main() -> None:
 
     def add_class(run: int) -> float:
         pdb = protodb.open(work / f"db{run + 1}")
-        builder = ClassBuilder(pdb, ModelRegistry(pdb), device=str(device), dtype=str(dtype).removeprefix("torch."))
+        builder = pdb.builder(device=str(device), dtype=str(dtype).removeprefix("torch."))
         req = AddClassRequest(name=name, images=args.images, generator=str(folder), steps=args.steps,
                               size=args.size, extractors=(args.extractor,), batch_size=args.images)
         t = time.perf_counter()

@@ -20,22 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import protodb
+import protodb.segment.windows as win_mod
+from protodb.pipeline.config import AddClassRequest
+from protodb.segment import match as match_mod
+from protodb.segment.options import SegmentOptions
+from protodb.vocabularies import load_builtin
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
 def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5) -> float:
-    from protodb.pipeline.build import AddClassRequest, ClassBuilder
-    from protodb.vocabularies import load_builtin
-
     names = load_builtin("camvid")["classes"]
-    builder = ClassBuilder(db, db.registry(), device="auto", dtype="auto")
+    builder = db.builder()  # models load once for all classes
     t = time.perf_counter()
-    for value, name in enumerate(names):
-        builder.add_class(AddClassRequest(
+    for value, name in enumerate(names):  # CamVid has no background label: the rest of each photo is
+        builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
             name=name, images=0, exemplars=camvid / "train", masks=camvid / "trainannot",
-            mask_value=value, extractors=(extractor,), k=k, kind=None, mask_min_fraction=min_fraction))
-    db.vocab_create("camvid", names, description="CamVid from real exemplars", replace=True)
+            mask_value=value, bg_value=None, extractors=(extractor,), k=k, kind=None,
+            mask_min_fraction=min_fraction))
+    db.vocabs.create("camvid", names, description="CamVid from real exemplars", replace=True)
     return time.perf_counter() - t
 
 
@@ -55,11 +60,6 @@ def main() -> None:
     if not args.camvid.exists():
         raise SystemExit(f"CamVid not found at {args.camvid}")
 
-    import protodb
-    from protodb.segment import match as match_mod
-    from protodb.segment.evaluate import evaluate
-    from protodb.segment.run import SegmentOptions
-
     home = args.db or Path(tempfile.mkdtemp(prefix="protodb-camvid-"))
     db = protodb.open(home)
     build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction)
@@ -75,8 +75,6 @@ def main() -> None:
         finally:
             timing["match"] += time.perf_counter() - t
 
-    import protodb.segment.windows as win_mod
-
     win_mod.score_patches = timed_score  # windows.py calls it per window
     results = []
     settings = [(lv, False) for lv in args.levels] + ([("class,instance,part", True)] if args.pamr else [])
@@ -85,11 +83,11 @@ def main() -> None:
         opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
                               background=False, pamr=pamr)
         t = time.perf_counter()
-        res = evaluate(db, "camvid", args.camvid, opts, split="val", limit=args.limit)
+        res = db.evaluate("camvid", args.camvid, opts, split="val", limit=args.limit)
         wall = time.perf_counter() - t
-        n = res["images"]
-        results.append({"levels": levels, "pamr": pamr, "miou": round(100 * res["miou"], 2),
-                        "per_class": {k: (None if v is None else round(100 * v, 1)) for k, v in res["per_class"].items()},
+        n = res.images
+        results.append({"levels": levels, "pamr": pamr, "miou": round(100 * res.miou, 2),
+                        "per_class": {k: (None if v is None else round(100 * v, 1)) for k, v in res.per_class.items()},
                         "images": n, "seconds_per_image": round(wall / n, 3),
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})

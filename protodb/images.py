@@ -1,5 +1,8 @@
-"""Decoding the images a user asks to segment, robustly: every failure is one InvalidInput line naming the
-file and the problem.
+"""Images in and out: decoding what users give (robustly), canonical PNG bytes for the artifact store,
+tensors for extractors, and the one resize rule.
+
+Decoding the images a user asks to segment or gives as exemplars: every failure is one InvalidInput
+line naming the file and the problem.
 
 What is accepted and how it is decoded to 8-bit RGB:
 
@@ -22,9 +25,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from protodb.errors import InvalidInput
+from protodb.lazy import lazy_import
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 MAX_PIXELS = 80_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -130,3 +138,63 @@ def expand_inputs(args: list[str]) -> list[Path]:
     if not out:
         raise InvalidInput("no input images given; pass image files, folders or glob patterns")
     return out
+
+
+# ---------------------------------------------------------------------------------- stored bytes and tensors
+def png_bytes(image: PIL.Image.Image | np.ndarray) -> bytes:
+    """Deterministic PNG bytes (same pixels → same bytes → same sha256)."""
+    if isinstance(image, np.ndarray):
+        image = PIL.Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """(H, W) bool → 8-bit PNG with 0/255."""
+    return png_bytes((np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
+
+
+def attention_png(attention: np.ndarray) -> bytes:
+    """(H, W) float in [0, 1] → 16-bit grayscale PNG (lossless to 1/65535)."""
+    arr = np.clip(np.asarray(attention, dtype=np.float32), 0.0, 1.0)
+    return png_bytes(PIL.Image.fromarray((arr * 65535.0 + 0.5).astype(np.uint16)))
+
+
+def decode_attention(data: bytes) -> np.ndarray:
+    """Inverse of :func:`attention_png`: (H, W) float32 in [0, 1]."""
+    return np.asarray(PIL.Image.open(io.BytesIO(data)), dtype=np.float32) / 65535.0
+
+
+def decode_rgb(data: bytes) -> PIL.Image.Image:
+    image = PIL.Image.open(io.BytesIO(data))
+    image.load()
+    return image.convert("RGB")
+
+
+def feature_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
+    """(H, W) after resizing so the short side is ``short_side``, both multiples of ``patch``."""
+    scale = short_side / min(width, height)
+    h = max(patch, int(round(height * scale / patch)) * patch)
+    w = max(patch, int(round(width * scale / patch)) * patch)
+    return h, w
+
+
+def to_tensor(image: PIL.Image.Image, size: tuple[int, int] | None = None):
+    """RGB image → (3, H, W) float32 in [0, 1], resized (bilinear, antialiased) to ``size``=(H, W)."""
+    arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+    t = arr.permute(2, 0, 1).float().div_(255.0)
+    if size is not None and tuple(t.shape[1:]) != tuple(size):
+        t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        t = t.clamp_(0.0, 1.0)
+    return t
+
+
+def crop_starts(length: int, size: int, stride: int) -> list[int]:
+    """Starts of ``size``-long windows covering [0, length) with ``stride``, the last flush with the end."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts

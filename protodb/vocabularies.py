@@ -6,7 +6,8 @@ Each is a JSON file in ``protodb/data/vocabularies/`` with the keys
 - ``classes`` (list[str]): class names, unique, in dataset order;
 - ``background`` (bool): whether the dataset labels a background class besides ``classes``;
 - ``label_offset`` (int): dataset label value of ``classes[i]`` is ``i + label_offset``
-  (1 where 0 is background: voc, context, coco-object; 0 otherwise);
+  (1 where file value 0 is the background or "other": voc, context, coco-object, ade20k; 0 otherwise);
+  ``protodb.segment.datasets`` reads it from here;
 - ``ignore_index`` (int): label value not scored (void / unlabelled);
 - ``renames`` (optional, dict[str, str]): our name -> the dataset's original name.
 """

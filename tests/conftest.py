@@ -63,10 +63,12 @@ def pg_url():
     admin.dispose()
 
 
-def fake_extractor(dim: int = 8, name: str = "test-ext") -> dict:
-    """An extractor description as the catalog stores it (no model behind it)."""
-    return {"id": (name.encode().hex() + "0" * 64)[:64], "name": name, "kind": "test",
-            "config": {"dim": dim}, "dim": dim, "weights_hash": None}
+def fake_extractor(dim: int = 8, name: str = "test-ext"):
+    """An extractor record as the catalog stores it (no model behind it)."""
+    from protodb.entities import ExtractorRecord
+
+    return ExtractorRecord(id=(name.encode().hex() + "0" * 64)[:64], name=name, kind="test",
+                           config={"dim": dim}, dim=dim, weights_hash=None)
 
 
 def random_rows(n_parts: int = 3, dim: int = 8, seed: int = 0, n_images: int = 2):

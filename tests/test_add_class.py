@@ -54,7 +54,7 @@ def test_counts_per_kind(built):
     assert c["class"] == 1 and c["instance"] == 4
     assert 1 <= c["part"] <= 32 and c["bg_class"] == 1 and 1 <= c["bg_instance"] <= 4
     db = protodb.open(home)
-    rows = db.prototypes(db.resolve("boat")[0])
+    rows = db.sets.prototypes(db.sets.resolve("boat")[0])
     assert len(rows) == sum(c.values())
     for kind, n in c.items():
         assert rows.kinds.count(kind) == n
@@ -95,11 +95,11 @@ def test_artifacts_verified(built):
     home, _ = built
     db = protodb.open(home)
     report = db.verify()
-    refs = db.referenced_artifacts()
-    assert report["ok"] and report["artifacts_checked"] == len(refs) >= 4 + 4 + 2
+    refs = db.integrity.referenced_artifacts()
+    assert report.ok and report.artifacts_checked == len(refs) >= 4 + 4 + 2
     with db.session() as s:
         sha = s.scalars(select(SupportImageRow.artifact_sha256)).first()
-    im = PIL.Image.open(db.artifacts.local_path(sha))
+    im = PIL.Image.open(db.stores.artifacts.local_path(sha))
     assert im.size == (64, 64) and im.mode == "RGB"
 
 
@@ -174,8 +174,8 @@ def _synthetic_exemplars(folder: Path, masks: Path, n=3):
 
 def test_exemplars_with_label_maps(home, tmp_path):
     _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
-    out = add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex",
-                   "--masks", tmp_path / "lab", "--mask-value", "7", "-k", "4")
+    out = add_tiny(home, "box", "--images", "0", "--exemplars", tmp_path / "ex",  # background is label 1 here
+                   "--masks", tmp_path / "lab", "--mask-value", "7", "--bg-value", "1", "-k", "4")
     (s,) = out["sets"]
     assert out["exemplar_images"] == 3 and out["generated_images"] == 0
     assert s["counts"]["instance"] == 3 and s["counts"]["part"] == 4 and s["counts"]["bg_instance"] == 3
@@ -186,8 +186,8 @@ def test_exemplars_with_label_maps(home, tmp_path):
         assert all(r.source == "exemplar" and r.seed is None for r in rows)
         masks = sess.scalars(select(MaskRow).where(MaskRow.role == "foreground")).all()
         assert {m.method for m in masks} == {"given"}
-        # the stored foreground mask covers the object square (on the patch grid, upsampled)
-        fg = np.asarray(PIL.Image.open(db.artifacts.local_path(masks[0].artifact_sha256))) > 127
+        # the stored foreground mask is the given one: the object square
+        fg = np.asarray(PIL.Image.open(db.stores.artifacts.local_path(masks[0].artifact_sha256))) > 127
         assert fg.shape == (96, 128) and 0.05 < fg.mean() < 0.25
 
 
@@ -263,13 +263,13 @@ def test_resume_after_sigkill(home):
     proc.wait()
     with db.session() as s:
         kept = s.scalar(select(func.count()).select_from(SupportImageRow))
-    assert 2 <= kept < 8 and db.info()["prototype_sets"] == 0
+    assert 2 <= kept < 8 and db.info().prototype_sets == 0
     out = add_tiny(home, "boat", "--images", "8", "--batch-size", "2")
     assert out["reused_images"] == kept and out["generated_images"] == 8 - kept
     with db.session() as s:
         rows = s.scalars(select(SupportImageRow.index_in_run)).all()
     assert sorted(rows) == list(range(8))
-    assert db.verify()["ok"] and db.info()["prototype_sets"] == 1
+    assert db.verify().ok and db.info().prototype_sets == 1
 
 
 @pytest.mark.slow
@@ -287,12 +287,13 @@ def test_camvid_exemplars_through_real_onnx_dinov2(home, tmp_path):
     assert s["extractor"] == "focus-vits14" and s["counts"]["class"] == 1
     cars = sum(int((np.asarray(PIL.Image.open(lab / n)) == 8).any()) for n in names)
     assert s["counts"]["instance"] <= cars and s["counts"]["part"] == 32
-    rows = protodb.open(home).prototypes(s)
+    pdb = protodb.open(home)
+    rows = pdb.sets.prototypes(pdb.sets.get(s["id"]))
     assert rows.vectors.shape[1] == 384
 
 
 def test_object_segment_prefers_the_segment_off_the_border():
-    from protodb.pipeline.build import object_segment
+    from protodb.pipeline.support_masks import object_segment
 
     frame = np.zeros((10, 12), bool)
     frame[0, :] = frame[-1, :] = frame[:, 0] = frame[:, -1] = True  # touches every border
@@ -336,13 +337,13 @@ def test_two_add_class_runs_of_a_new_class_at_once(home):
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     db = protodb.open(home)
-    (cls,) = [c for c in db.ls() if c["name"] == "zebra"]
-    assert cls["versions"] and all(v["status"] == "ready" for v in cls["versions"])
+    (cls,) = [c for c in db.sets.ls() if c.name == "zebra"]
+    assert cls.versions and all(v.status == "ready" for v in cls.versions)
     with db.session() as s:
         zid = s.scalar(select(ClassRow.id).where(ClassRow.name == "zebra"))
         idx = s.scalars(select(SupportImageRow.index_in_run).where(SupportImageRow.class_id == zid)).all()
     assert sorted(idx) == [0, 1]  # both runs share the generated images: none stored twice
-    assert db.verify()["ok"] and db.info()["pending_sets"] == 0
+    assert db.verify().ok and db.info().pending_sets == 0
 
 
 PLUGIN = '''
@@ -395,7 +396,7 @@ def test_segmenter_plugin_is_used_only_with_its_checkpoint(home, tmp_path, monke
         rows = s.scalars(select(MaskRow).where(MaskRow.method == "cutlike+border",
                                                MaskRow.role == "foreground")).all()
         assert len(rows) == 3 and rows[0].params["cutlike"] == {"checkpoint": "model_final.pth"}
-        fg = np.asarray(PIL.Image.open(db.artifacts.local_path(rows[0].artifact_sha256))) > 127
+        fg = np.asarray(PIL.Image.open(db.stores.artifacts.local_path(rows[0].artifact_sha256))) > 127
     h, w = fg.shape
     assert fg[h // 2, w // 2] and not fg[2, 2]  # the plugin's central proposal became the foreground
     before = _snapshot(home)

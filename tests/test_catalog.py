@@ -20,7 +20,7 @@ def _tables(engine) -> set[str]:
 
 def test_open_creates_full_schema_with_sqlite_pragmas(db):
     assert _tables(db.engine) == set(Base.metadata.tables)
-    assert db.schema_revision == migrate.head_revision() == "0001"
+    assert db.schema_revision == migrate.head_revision() == "0002"
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -40,28 +40,28 @@ def test_constraint_names_follow_convention(db):
 def test_upgrade_downgrade_round_trip_and_check(backend, home, request):
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     pdb = protodb.open(home, catalog_url=url)
-    assert pdb.db_check()["in_sync"] is True
-    pdb.db_downgrade("base")
+    assert pdb.schema.check().in_sync is True
+    pdb.schema.downgrade("base")
     assert _tables(pdb.engine) == set()
-    assert pdb.db_current()["revision"] is None
-    pdb.db_upgrade()
+    assert pdb.schema.current().revision is None
+    pdb.schema.upgrade()
     assert _tables(pdb.engine) == set(Base.metadata.tables)
-    assert pdb.db_check() == {**pdb.db_current(), "in_sync": True, "differences": None}
+    assert pdb.schema.check().to_dict() == {**pdb.schema.current().to_dict(), "in_sync": True, "differences": None}
     pdb.close()
 
 
 def test_check_reports_a_schema_that_differs_from_the_orm(db):
     with db.engine.begin() as conn:
         conn.execute(text("ALTER TABLE tags ADD COLUMN surprise INTEGER"))
-    result = db.db_check()
-    assert result["in_sync"] is False
-    assert "surprise" in result["differences"]
+    result = db.schema.check()
+    assert result.in_sync is False
+    assert "surprise" in result.differences
 
 
 def test_older_revision_is_refused_with_the_upgrade_command(db, home, monkeypatch):
     # Pretend this code knows a newer head than the catalog was created at.
-    monkeypatch.setattr(migrate, "head_revision", lambda: "0002")
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001", "0002"})
+    monkeypatch.setattr(migrate, "head_revision", lambda: "0003")
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001", "0002", "0003"})
     with pytest.raises(SchemaMismatch) as err:
         protodb.open(home)
     assert "protodb db upgrade" in str(err.value) and "\n" not in str(err.value)
@@ -103,16 +103,42 @@ def test_concurrent_first_opens_do_not_race(backend, home, request, monkeypatch)
     for p in procs:
         p.join(120)
     results = [queue.get(timeout=5) for _ in procs]
-    assert results == ["0001"] * 4
+    assert results == ["0002"] * 4
     pdb = protodb.open(home)
-    assert pdb.db_check()["in_sync"]
+    assert pdb.schema.check().in_sync
 
 
 def test_postgres_catalog_via_env(pg_url, home, monkeypatch):
     monkeypatch.setenv("PROTODB_CATALOG_URL", pg_url)
     pdb = protodb.open(home)
     info = pdb.info()
-    assert info["catalog_url"].startswith("postgresql+psycopg://")
-    assert info["schema_revision"] == "0001" and info["classes"] == 0
+    assert info.catalog_url.startswith("postgresql+psycopg://")
+    assert info.schema_revision == "0002" and info.classes == 0
     assert _tables(pdb.engine) == set(Base.metadata.tables)
     assert not (home / "catalog.sqlite").exists()
+
+
+def test_revisions_list_matches_the_migration_scripts():
+    """opening a catalog reads REVISIONS (no Alembic import); it must name the scripts' chain."""
+    script = migrate.script_directory()
+    chain = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert tuple(chain) == migrate.REVISIONS and script.get_current_head() == migrate.head_revision()
+
+
+def test_a_0001_catalog_upgrades_to_0002_keeping_its_sets(home):
+    from tests.conftest import fake_extractor, random_rows
+
+    pdb = protodb.open(home)
+    pdb.sets.commit("boat", fake_extractor(), random_rows(), config_hash="a")
+    pdb.schema.downgrade("0001")
+    assert pdb.schema.current().revision == "0001"
+    pdb.close()
+    with pytest.raises(SchemaMismatch, match="protodb db upgrade"):
+        protodb.open(home)
+    pdb = protodb.api.ProtoDB(home, check_schema=False)
+    assert pdb.schema.upgrade().revision == "0002"
+    pdb.close()
+    again = protodb.open(home)
+    (boat,) = again.sets.resolve("boat")
+    assert boat.version == 1 and boat.config is None and boat.vectors_sha256 is None
+    assert again.verify().ok  # an old set without a checksum is still verified by count and kinds

@@ -26,15 +26,15 @@ def run(*args, ok=True):
 def test_init_info_json(home):
     run("init", "--db", home)
     info = json.loads(run("info", "--db", home, "--json").stdout)
-    assert info["schema_revision"] == "0001"
+    assert info["schema_revision"] == "0002"
     assert info["classes"] == 0 and info["prototype_sets"] == 0
     assert info["catalog_url"] == f"sqlite:///{home.resolve()}/catalog.sqlite"
 
 
 def test_ls_json_lists_versions(db, home):
-    db.write_set("boat", fake_extractor(), random_rows(seed=1), config_hash="a")
-    db.write_set("boat", fake_extractor(), random_rows(seed=2, n_parts=4), config_hash="b")
-    db.tag("best", ["boat@1"])
+    db.sets.commit("boat", fake_extractor(), random_rows(seed=1), config_hash="a")
+    db.sets.commit("boat", fake_extractor(), random_rows(seed=2, n_parts=4), config_hash="b")
+    db.sets.tag("best", ["boat@1"])
     data = json.loads(run("ls", "--db", home, "--json").stdout)
     assert [c["name"] for c in data] == ["boat"] and data[0]["kind"] == "thing"
     versions = data[0]["versions"]
@@ -48,15 +48,15 @@ def test_ls_json_lists_versions(db, home):
 def test_db_commands_json(home):
     run("init", "--db", home)
     cur = json.loads(run("db", "current", "--db", home, "--json").stdout)
-    assert cur["revision"] == cur["head"] == "0001" and cur["up_to_date"]
+    assert cur["revision"] == cur["head"] == "0002" and cur["up_to_date"]
     chk = json.loads(run("db", "check", "--db", home, "--json").stdout)
     assert chk["in_sync"] is True
     up = json.loads(run("db", "upgrade", "--db", home, "--json").stdout)
-    assert up["revision"] == "0001"
+    assert up["revision"] == "0002"
 
 
 def test_verify_exit_code(db, home):
-    digest = db.artifacts.put(b"image bytes")
+    digest = db.stores.artifacts.put(b"image bytes")
     from protodb.catalog.schema import ClassRow, SupportImageRow
 
     with db.session() as s:
@@ -65,13 +65,13 @@ def test_verify_exit_code(db, home):
         s.flush()
         s.add(SupportImageRow(class_id=cls.id, source="exemplar", artifact_sha256=digest, width=1, height=1))
     assert json.loads(run("verify", "--db", home, "--json").stdout)["ok"] is True
-    db.artifacts.local_path(digest).write_bytes(b"changed")
+    db.stores.artifacts.local_path(digest).write_bytes(b"changed")
     bad = run("verify", "--db", home, "--json", ok=False)
     assert bad.exit_code == 1 and json.loads(bad.stdout)["corrupt"] == [digest]
 
 
 def test_alias_json(db, home):
-    db.write_set("boat", fake_extractor(), random_rows(), config_hash="a")
+    db.sets.commit("boat", fake_extractor(), random_rows(), config_hash="a")
     out = json.loads(run("alias", "paper", "boat@1", "--db", home, "--json").stdout)
     assert out["sets"][0]["class"] == "boat" and out["sets"][0]["version"] == 1
     shown = json.loads(run("alias", "paper", "--db", home, "--json").stdout)
@@ -122,7 +122,7 @@ def test_root_help_documents_exit_codes():
 def test_postgres_through_catalog_option(pg_url, home):
     run("init", "--db", home, "--catalog", pg_url)
     info = json.loads(run("info", "--db", home, "--catalog", pg_url, "--json").stdout)
-    assert info["catalog_url"].startswith("postgresql") and info["schema_revision"] == "0001"
+    assert info["catalog_url"].startswith("postgresql") and info["schema_revision"] == "0002"
     assert json.loads(run("db", "check", "--catalog", pg_url, "--db", home, "--json").stdout)["in_sync"]
 
 
@@ -131,8 +131,11 @@ def test_console_script_end_to_end(home):
     exe = shutil.which("protodb") or os.path.join(os.path.dirname(os.sys.executable), "protodb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
     env["PROTODB_HOME"] = str(home)
+    missing = subprocess.run([exe, "info"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and "protodb init" in missing.stderr and not home.exists()  # never created
+    subprocess.run([exe, "init", "-q"], capture_output=True, text=True, env=env, check=True)
     out = subprocess.run([exe, "info", "--json"], capture_output=True, text=True, env=env, check=True)
-    assert json.loads(out.stdout)["schema_revision"] == "0001"
+    assert json.loads(out.stdout)["schema_revision"] == "0002"
     bad = subprocess.run([exe, "alias", "x", "ghost"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     usage = subprocess.run([exe, "info", "--no-such-flag"], capture_output=True, text=True, env=env)

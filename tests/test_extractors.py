@@ -10,15 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
-from protodb.models.extractors import (
-    ExtractorSpec,
-    build_tiny_extractor,
-    builtin_specs,
-    focus_onnx_path,
-    load_extractor,
-    onnx_spec,
-    spec_from_dict,
-)
+from protodb.models.extractors import ExtractorSpec, builtin_specs, focus_onnx_path, onnx_spec, spec_from_dict
+from protodb.models.extractors.loading import load_extractor
+from protodb.models.tiny import build_tiny_extractor
 
 FOCUS_TOKENS = "/backbone/layernorm/Add_1_output_0"
 
@@ -240,7 +234,7 @@ def test_clip_kind_keys_of_second_to_last_layer(tmp_path):
 
 @pytest.mark.slow
 def test_sd_kind_on_the_tiny_generator(tmp_path):
-    from protodb.models.generators import build_tiny_generator
+    from protodb.models.tiny import build_tiny_generator
 
     folder = tmp_path / "tiny-sd"
     build_tiny_generator(folder)

@@ -17,14 +17,8 @@ import pytest
 import torch
 
 from protodb.errors import InvalidInput
-from protodb.models.generators import (
-    GeneratorSpec,
-    build_tiny_generator,
-    builtin_generators,
-    folder_hash,
-    load_pipeline,
-    model_revision,
-)
+from protodb.models.generators import GeneratorSpec, builtin_generators, folder_hash, load_pipeline, model_revision
+from protodb.models.tiny import build_tiny_generator
 from protodb.pipeline.attention import CrossAttentionRecorder
 from protodb.pipeline.generate import derive_seed, generate, token_indices
 

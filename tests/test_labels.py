@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from protodb.errors import InvalidInput
-from protodb.pipeline.labels import (
+from protodb.thing_stuff import (
     Label,
     LLMClient,
     LLMError,
@@ -294,7 +294,7 @@ EXPECTED = {
     "voc": (20, True, 1),
     "context": (59, True, 1),
     "coco-object": (80, True, 1),
-    "ade20k": (150, False, 0),
+    "ade20k": (150, False, 1),  # file value 0 is "other" (ignored): class i is value i + 1
     "cityscapes": (19, False, 0),
     "camvid": (11, False, 0),
 }

@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 
 import protodb
-from protodb.inspection import sheet_size
+from protodb.render import sheet_size
 from tests.conftest import cli
 
 
@@ -86,13 +86,13 @@ def test_background_labels_are_pascal_style(tinydb, scenes, tmp_path):
 
 
 def test_levels_option_changes_the_prototypes_used(tinydb, scenes, tmp_path):
-    from protodb.segment.run import SegmentOptions, Segmenter
+    from protodb.segment.options import SegmentOptions
 
     db = protodb.open(tinydb)
-    counts = [db.resolve(c)[0]["counts"] for c in ("red box", "blue stripes")]
+    counts = [db.sets.resolve(c)[0].counts for c in ("red box", "blue stripes")]
     for levels, kinds in ((["class"], ["class"]), (["part"], ["part"]),
                           (["class", "instance", "part"], ["class", "instance", "part"])):
-        seg = Segmenter(db, SegmentOptions(vocab="scene", levels=levels, background=True))
+        seg = db.segmenter(SegmentOptions(vocab="scene", levels=levels, background=True))
         table = seg.vocab.tables["tiny-vit"]
         fg = sum(c[k] for c in counts for k in kinds)
         bg = sum(c["bg_" + k] for c in counts for k in kinds)
@@ -107,9 +107,9 @@ def test_levels_option_changes_the_prototypes_used(tinydb, scenes, tmp_path):
 def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
     """When the pre-filter keeps a subset, label values still name vocabulary classes."""
     from protodb.images import load_image
-    from protodb.segment.run import SegmentOptions, Segmenter
+    from protodb.segment.options import SegmentOptions
 
-    seg = Segmenter(protodb.open(tinydb), SegmentOptions(classes="boat,red box,blue stripes", background=True))
+    seg = protodb.open(tinydb).segmenter(SegmentOptions(classes="boat,red box,blue stripes", background=True))
 
     class KeepOnly:  # the pre-filter's decision, fixed: keep vocabulary class 2 (blue stripes)
         def select(self, image, names, stuff):
@@ -128,13 +128,13 @@ def test_explain_points_at_stored_prototypes_and_images(tinydb, scenes, tmp_path
     db = protodb.open(tinydb)
     assert Path(o["files"]["explain"]).exists()
     for name, w in o["explain"].items():
-        (summary,) = db.resolve(w["set_ref"])
-        rows = db.prototypes(summary)
-        assert w["prototype"] in rows.ids and w["class"] == name == summary["class"]
+        (summary,) = db.sets.resolve(w["set_ref"])
+        rows = db.sets.prototypes(summary)
+        assert w["prototype"] in rows.ids and w["class"] == name == summary.class_name
         j = rows.ids.index(w["prototype"])
         assert rows.kinds[j] == w["kind"]
         if w.get("support_image"):
-            assert w["support_image"] in summary["images"]
+            assert w["support_image"] in summary.images
 
 
 def test_missing_class_names_the_command(tinydb, scenes):
@@ -195,9 +195,9 @@ def test_eval_miou_matches_hand_computation(tinydb, scenes, tmp_path):
     assert bad.exit_code == 1 and "11" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     # a 2-class dataset: score the scene vocabulary on its own labels via the metric the CLI uses
     from protodb.images import load_image
-    from protodb.segment.run import SegmentOptions, Segmenter
+    from protodb.segment.options import SegmentOptions
 
-    seg = Segmenter(protodb.open(tinydb), SegmentOptions(vocab="scene", background=False))
+    seg = protodb.open(tinydb).segmenter(SegmentOptions(vocab="scene", background=False))
     inter, union = np.zeros(2), np.zeros(2)
     from protodb.segment.metrics import MIoU
 
@@ -263,12 +263,13 @@ def test_inspect_sheets_and_traces(tinydb, tmp_path):
     assert png.size == sheet_size(4, 3)
     trace = json.loads(Path(data["files"]["parts"]["json"]).read_text())
     db = protodb.open(tinydb)
-    (summary,) = db.resolve("red box")
-    rows = db.prototypes(summary, kinds=["part"])
+    (summary,) = db.sets.resolve("red box")
+    rows = db.sets.prototypes(summary, kinds=["part"])
     # recompute: each traced patch really is the nearest support patch to its part prototype
-    from protodb.inspection import support_features
+    from protodb.inspection import Inspector
 
-    feats = {rec["id"]: f for rec, _, f in support_features(db, prov, db.registry())}
+    inspector = Inspector(db.stores, db.sets, db.labels, db.registry())
+    feats = {rec["id"]: f for rec, _, f in inspector.support_features(prov)}
     allf = np.concatenate([f.reshape(-1, f.shape[-1]).numpy() for f in feats.values()])
     for pid, entry in trace.items():
         vec = rows.vectors[rows.ids.index(pid)]
@@ -278,7 +279,7 @@ def test_inspect_sheets_and_traces(tinydb, tmp_path):
         y, x = first["patch"]
         assert float(f[y, x].numpy() @ vec) == pytest.approx(best, abs=1e-4)
         assert first["similarity"] == pytest.approx(best, abs=1e-3)
-        assert db.artifacts.exists(next(i["sha256"] for i in prov["images"] if i["id"] == first["image"]))
+        assert db.stores.artifacts.exists(next(i["sha256"] for i in prov["images"] if i["id"] == first["image"]))
     assert Path(data["files"]["images"]["png"]).exists()
 
 
@@ -310,7 +311,7 @@ def test_demo_quick(tmp_path):
 def test_prefilter_with_a_tiny_clip(tinydb, scenes, tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from protodb.models.generators import clip_tokenizer
+    from protodb.models.tiny import clip_tokenizer
 
     folder = tmp_path / "clip"
     import torch
@@ -376,10 +377,11 @@ def test_add_vocab_skips_classes_that_have_prototypes(tmp_path):
                            "--json").stdout)
     res = json.loads(cli("add-vocab", "duo", "--preset", "tiny", "--images", "1", "--db", home, "--json").stdout)
     assert res["already_built"] == ["kite"] and [c["name"] for c in res["classes"]] == ["boat"]
-    assert protodb.open(home).resolve("kite")[0]["id"] == first["sets"][0]["id"]
+    assert protodb.open(home).sets.resolve("kite")[0].id == first["sets"][0]["id"]
 
 
 def test_messages_are_not_read_as_markup(tmp_path):
+    cli("init", "--db", tmp_path / "db")
     res = cli("label", "[ab]", "--db", tmp_path / "db", ok=False)
     assert "'[ab]'" in res.stderr and res.exit_code == 1
 
@@ -389,4 +391,4 @@ def test_prompt_with_unknown_fields_changes_nothing(tmp_path):
     res = cli("add-class", "boat", "--preset", "tiny", "--images", "1", "--prompt", "a {style} photo of {name}",
               "--db", home, ok=False)
     assert res.exit_code == 1 and "{name}" in res.stderr
-    assert protodb.open(home).info()["classes"] == 0
+    assert protodb.open(home).info().classes == 0

@@ -18,9 +18,9 @@ from PIL import Image
 from protodb.errors import InvalidInput
 from protodb.segment.datasets import iter_dataset, label_convention, load_label
 from protodb.images import expand_inputs, load_image
-from protodb.pipeline.imageio import to_tensor as image_to_tensor
-from protodb.segment.match import (EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches,
-                                   segment_image)
+from protodb.images import to_tensor as image_to_tensor
+from protodb.segment.label import segment_image
+from protodb.segment.match import EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches
 from protodb.segment.metrics import MIoU
 from protodb.segment.pamr import pamr
 from protodb.segment.windows import Window, WindowSpec, plan_windows, resized_size, window_scores
@@ -267,7 +267,7 @@ def test_segment_image_labels_regions_explains_and_ensembles():
 
 
 def test_winner_of_a_region_smaller_than_a_patch():
-    from protodb.segment.match import _winners
+    from protodb.segment.label import _winners
 
     extract = PatchEmbed()
     table = _colour_table(extract)
@@ -503,7 +503,7 @@ def test_expand_inputs(tmp_path):
 def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from protodb.models.generators import clip_tokenizer
+    from protodb.models.tiny import clip_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     config = CLIPConfig(
@@ -548,3 +548,16 @@ def test_clip_prefilter_selects_a_best_subset_plus_stuff(tiny_clip):
     assert subset_prompt(["cat", "dog", "bird"]) == "a photo of a cat, a dog and a bird."
     with pytest.raises(InvalidInput):
         ClipPrefilter(tiny_clip / "missing")
+
+
+def test_dataset_offsets_come_from_the_vocabulary_files():
+    """One source for label values: the datasets' conventions read the vocabularies' label_offset."""
+    from protodb.segment.datasets import dataset_names, label_convention
+    from protodb.vocabularies import load_builtin
+
+    for name in dataset_names():
+        conv = label_convention(name)
+        doc = load_builtin(conv["vocabulary"])
+        assert conv["offset"] == doc["label_offset"], name
+        assert doc["ignore_index"] in conv["file_ignore"] or conv["background"], name
+    assert label_convention("ade20k")["reduce_zero_label"] and label_convention("camvid")["file_ignore"] == [11]

@@ -161,15 +161,16 @@ def _check_b_after_import(b_home: Path, a_home: Path, photo: Path, tmp_path: Pat
     assert added[("cat", 1)]["version"] == 1 and not added[("cat", 1)]["renumbered"]
     assert res["skipped"]["tags"] == ["boat@paper"]  # B's own 'paper' pin is kept
     a, b = protodb.open(a_home), protodb.open(b_home)
-    a_boat, b_boat2 = a.resolve("boat@paper")[0], b.resolve("boat@2")[0]
-    assert b_boat2["id"] == a_boat["id"] and b.resolve(f"boat@{res['origin_tag']}")[0]["id"] == a_boat["id"]
-    assert b.resolve("boat@paper")[0]["version"] == 1  # still B's own
-    np.testing.assert_array_equal(b.prototypes(b_boat2).vectors, a.prototypes(a_boat).vectors)
-    assert b.vocab_show("pets")["classes"] == ["boat@2", "cat"]  # the pin follows the imported set
+    a_boat, b_boat2 = a.sets.resolve("boat@paper")[0], b.sets.resolve("boat@2")[0]
+    assert b_boat2.id == a_boat.id and b.sets.resolve(f"boat@{res['origin_tag']}")[0].id == a_boat.id
+    assert b.sets.resolve("boat@paper")[0].version == 1  # still B's own
+    np.testing.assert_array_equal(b.sets.prototypes(b_boat2).vectors, a.sets.prototypes(a_boat).vectors)
+    assert list(b.vocabs.show("pets").classes) == ["boat@2", "cat"]  # the pin follows the imported set
     with b.session() as s:  # the extractor row here is B's own: its weights file is not in A's home
         (ext,) = s.scalars(select(ExtractorRow)).all()
-        assert str(a_home) not in ext.config["checkpoint"] and Path(ext.config["checkpoint"]).is_file()
-    assert b.verify()["ok"]
+        ckpt = ext.config["checkpoint"]  # recorded relative to the database home: each team loads its own copy
+        assert str(a_home) not in ckpt and not Path(ckpt).is_absolute() and (b_home / ckpt).is_file()
+    assert b.verify().ok
     la, pa_ = segment(a_home, photo, tmp_path / "seg_a")
     lb, pb = segment(b_home, photo, tmp_path / "seg_b")
     np.testing.assert_array_equal(la, lb)
@@ -196,7 +197,7 @@ def test_export_is_deterministic_complete_and_pickle_free(team_a, tmp_path):
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644 and m.isreg() for m in infos)
     members = _members(tmp_path / "one.tar")
     manifest = json.loads(members.pop("manifest.json"))
-    assert manifest["lean"] is False and manifest["schema_revision"] == protodb.open(team_a).db_current()["head"]
+    assert manifest["lean"] is False and manifest["schema_revision"] == protodb.open(team_a).schema.current().head
     assert set(manifest["members"]) == set(members)
     for name, data in members.items():  # every member hashed, only the known kinds
         assert manifest["members"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -313,39 +314,39 @@ def _fake_db(home: Path, classes: list[str], seed: int = 0, artifacts: bool = Tr
     for i, name in enumerate(classes):
         image_ids = []
         if artifacts:
-            sha = db.artifacts.put(f"{home.name} image {i}".encode())
+            sha = db.stores.artifacts.put(f"{home.name} image {i}".encode())
             with db.session() as s:
-                cls = db.ensure_class(s, name)
+                cls = db.sets.ensure_class(s, name)
                 img = SupportImageRow(class_id=cls.id, source="exemplar", artifact_sha256=sha, width=2, height=2)
                 s.add(img)
                 s.flush()
                 image_ids.append(img.id)
-        db.write_set(name, ext, random_rows(seed=seed + i), config_hash=f"cfg{i}", image_ids=image_ids)
+        db.sets.commit(name, ext, random_rows(seed=seed + i), config_hash=f"cfg{i}", image_ids=image_ids)
     return db
 
 
 def test_merge_rules_versions_tags_and_vocabularies(tmp_path):
     a = _fake_db(tmp_path / "a", ["boat", "boat", "cat"])
     b = _fake_db(tmp_path / "b", ["boat"], seed=50)
-    a.tag("paper", ["boat@1"])
-    b.tag("paper", ["boat"])
-    a.vocab_create("pets", ["boat@1", "cat"])
-    b.vocab_create("pets", ["boat"])
-    a.export_bundle(tmp_path / "all.tar", all_sets=True)
-    res = b.import_bundle(tmp_path / "all.tar")
+    a.sets.tag("paper", ["boat@1"])
+    b.sets.tag("paper", ["boat"])
+    a.vocabs.create("pets", ["boat@1", "cat"])
+    b.vocabs.create("pets", ["boat"])
+    a.sharing.export(tmp_path / "all.tar", all_sets=True)
+    res = b.sharing.import_bundle(tmp_path / "all.tar").to_dict()
     got = {(s["class"], s["original_version"]): s["version"] for s in res["added"]["sets"]}
     assert got == {("boat", 1): 2, ("boat", 2): 3, ("cat", 1): 1}  # after B's boat@1, ids kept
-    assert b.resolve("boat@1")[0]["id"] != a.resolve("boat@1")[0]["id"]  # B's own stays version 1
-    assert b.resolve("boat@3")[0]["id"] == a.resolve("boat@2")[0]["id"]
-    assert b.resolve(f"boat@{res['origin_tag']}")[0]["id"] == a.resolve("boat@2")[0]["id"]  # newest imported
-    assert res["skipped"]["tags"] == ["boat@paper"] and b.resolve("boat@paper")[0]["version"] == 1
+    assert b.sets.resolve("boat@1")[0].id != a.sets.resolve("boat@1")[0].id  # B's own stays version 1
+    assert b.sets.resolve("boat@3")[0].id == a.sets.resolve("boat@2")[0].id
+    assert b.sets.resolve(f"boat@{res['origin_tag']}")[0].id == a.sets.resolve("boat@2")[0].id  # newest imported
+    assert res["skipped"]["tags"] == ["boat@paper"] and b.sets.resolve("boat@paper")[0].version == 1
     # B's pets is not overwritten: A's comes in under another name, its pin following the import
     imported = f"pets:import-{res['bundle'][:8]}"
-    assert b.vocab_show("pets")["classes"] == ["boat"]
-    assert b.vocab_show(imported)["classes"] == ["boat@2", "cat"]
+    assert list(b.vocabs.show("pets").classes) == ["boat"]
+    assert list(b.vocabs.show(imported).classes) == ["boat@2", "cat"]
     assert any(imported in w for w in res["warnings"])
-    np.testing.assert_array_equal(b.prototypes(b.resolve("cat")[0]).vectors, a.prototypes(a.resolve("cat")[0]).vectors)
-    assert b.verify()["ok"]
+    np.testing.assert_array_equal(b.sets.prototypes(b.sets.resolve("cat")[0]).vectors, a.sets.prototypes(a.sets.resolve("cat")[0]).vectors)
+    assert b.verify().ok
 
 
 def test_import_maps_the_same_generated_image_onto_the_local_one(tmp_path):
@@ -353,9 +354,9 @@ def test_import_maps_the_same_generated_image_onto_the_local_one(tmp_path):
     dbs = {}
     for team, pixels in (("a", b"same pixels"), ("b", b"same pixels"), ("c", b"other pixels")):
         db = protodb.open(tmp_path / team)
-        sha = db.artifacts.put(pixels)
+        sha = db.stores.artifacts.put(pixels)
         with db.session() as s:
-            cls = db.ensure_class(s, "boat")
+            cls = db.sets.ensure_class(s, "boat")
             s.add(GeneratorSpecRow(id=spec_id, name="g", model_id="m", scheduler="s", steps=1, guidance=1.0,
                                    width=2, height=2, dtype="float32", config={}))
             s.flush()
@@ -370,63 +371,63 @@ def test_import_maps_the_same_generated_image_onto_the_local_one(tmp_path):
         if team == "a":
             rows = random_rows()
             rows.image_ids = [image_id if k.endswith("instance") else None for k in rows.kinds]
-            db.write_set("boat", fake_extractor(), rows, config_hash="x", image_ids=[image_id], run_id=run_id)
+            db.sets.commit("boat", fake_extractor(), rows, config_hash="x", image_ids=[image_id], run_id=run_id)
         dbs[team] = (db, image_id)
     a, a_img = dbs["a"]
-    a.export_bundle(tmp_path / "boat.tar", classes="boat")
+    a.sharing.export(tmp_path / "boat.tar", classes="boat")
     b, b_img = dbs["b"]
-    res = b.import_bundle(tmp_path / "boat.tar")
+    res = b.sharing.import_bundle(tmp_path / "boat.tar").to_dict()
     assert res["added"]["images"] == 0 and res["warnings"] == []
     (s,) = res["added"]["sets"]
-    summary = b.set_summary(s["id"])
-    assert summary["images"] == [b_img]  # same run, index and pixels: B's own image
-    assert set(b.prototypes(summary).image_ids) == {b_img, None}
+    summary = b.sets.get(s["id"])
+    assert summary.images == (b_img,)  # same run, index and pixels: B's own image
+    assert set(b.sets.prototypes(summary).image_ids) == {b_img, None}
     c, c_img = dbs["c"]
-    res = c.import_bundle(tmp_path / "boat.tar")
+    res = c.sharing.import_bundle(tmp_path / "boat.tar").to_dict()
     assert res["added"]["images"] == 1 and "without the run link" in res["warnings"][0]
-    assert c.set_summary(res["added"]["sets"][0]["id"])["images"] == [a_img]
+    assert c.sets.get(res["added"]["sets"][0]["id"]).images == (a_img,)
     with c.session() as s:
         assert s.get(SupportImageRow, a_img).run_id is None and s.get(SupportImageRow, c_img).run_id == run_id
 
 
 def test_push_all_pull_by_class_dry_run_and_lean(tmp_path):
     a = _fake_db(tmp_path / "a", ["boat", "boat", "cat"])
-    a.vocab_create("pets", ["boat", "cat"])
+    a.vocabs.create("pets", ["boat", "cat"])
     b = protodb.open(tmp_path / "b")
     for db in (a, b):
-        db.remote_add("nas", tmp_path / "remote")
-    pushed = a.push("nas", all_sets=True)
+        db.sharing.remote_add("nas", tmp_path / "remote")
+    pushed = a.sharing.push("nas", all_sets=True).to_dict()
     assert sorted((r["kind"], r["name"], r["sets"]) for r in pushed["refs"]) == \
         [("classes", "boat", 2), ("classes", "cat", 1), ("vocab", "pets", 2)]
-    assert [(r["kind"], r["name"]) for r in b.remote_show("nas")] == \
+    assert [(r.kind, r.name) for r in b.sharing.remote_show("nas")] == \
         [("classes", "boat"), ("classes", "cat"), ("vocab", "pets")]
     before = _snapshot(b)
-    dry = b.pull("nas", all_sets=True, dry_run=True)
+    dry = b.sharing.pull("nas", all_sets=True, dry_run=True).to_dict()
     assert dry["dry_run"] and sum(len(i["added"]["sets"]) for i in dry["imports"]) >= 3
     assert _snapshot(b) == before
-    res = b.pull("nas", classes="cat")
-    assert [s["class"] for s in res["imports"][0]["added"]["sets"]] == ["cat"] and b.ls(["boat"]) == []
+    res = b.sharing.pull("nas", classes="cat").to_dict()
+    assert [s["class"] for s in res["imports"][0]["added"]["sets"]] == ["cat"] and b.sets.ls(["boat"]) == []
     with pytest.raises(protodb.NotFound, match="push it: protodb push nas --classes dog"):
-        b.pull("nas", classes="dog")
+        b.sharing.pull("nas", classes="dog")
     with pytest.raises(InvalidInput, match="pull takes class names"):
-        b.pull("nas", classes="boat@2")
+        b.sharing.pull("nas", classes="boat@2")
     # lean: prototypes + provenance only, still immediately usable and verifiable
-    a.export_bundle(tmp_path / "lean.tar", classes="boat", lean=True)
-    res = b.import_bundle(tmp_path / "lean.tar")
+    a.sharing.export(tmp_path / "lean.tar", classes="boat", lean=True)
+    res = b.sharing.import_bundle(tmp_path / "lean.tar").to_dict()
     assert res["lean"] and res["added"]["images"] == 0 and res["added"]["artifacts"] == 0
-    assert b.resolve("boat")[0]["version"] == 2 and b.verify()["ok"]
-    assert b.remote_remove("nas")["name"] == "nas" and b.remote_list() == []
+    assert b.sets.resolve("boat")[0].version == 2 and b.verify().ok
+    assert b.sharing.remote_remove("nas").name == "nas" and b.sharing.remote_list() == []
 
 
 def test_vector_lock_is_exclusive_across_connections(pg_url):
     from sqlalchemy import text
 
-    from protodb.sharing.live import lock_key
+    from protodb.catalog.locks import lock_key
 
     db = protodb.open(None, catalog_url=pg_url)
     probe = db.engine.connect()
     try_lock = text("SELECT pg_try_advisory_xact_lock(:k)")
-    with db._vector_lock("protos_x"):
+    with db.stores.vector_lock("protos_x"):
         with probe.begin():
             assert probe.execute(try_lock, {"k": lock_key("protos_x")}).scalar() is False
             assert probe.execute(try_lock, {"k": lock_key("protos_y")}).scalar() is True
@@ -460,10 +461,10 @@ def _snapshot(db) -> dict:
         for table, model in [*TABLES.items(), ("settings", SettingRow)]:
             cols = [c.name for c in model.__table__.primary_key.columns]
             out[table] = sorted(tuple(str(getattr(r, c)) for c in cols) for r in s.scalars(select(model)))
-    for table in sorted(db.vectors.table_names()):
-        ids = sorted(db.vectors.set_ids(table))
-        out[f"vectors:{table}"] = (ids, len(db.vectors.read(table, ids)) if ids else 0, db.vectors.version(table))
-    root = Path(db.artifacts_uri)
+    for table in sorted(db.stores.vectors.table_names()):
+        ids = sorted(db.stores.vectors.set_ids(table))
+        out[f"vectors:{table}"] = (ids, len(db.stores.vectors.read(table, ids)) if ids else 0, db.stores.vectors.version(table))
+    root = Path(db.stores.artifacts_uri)
     out["artifacts"] = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
     return out
 
@@ -474,8 +475,8 @@ def hostile_env(tmp_path_factory):
     _clean_env()
     root = tmp_path_factory.mktemp("hostile")
     src = _fake_db(root / "src", ["boat", "cat"])
-    src.vocab_create("pets", ["boat", "cat"])
-    src.export_bundle(root / "good.tar", vocab="pets")
+    src.vocabs.create("pets", ["boat", "cat"])
+    src.sharing.export(root / "good.tar", vocab="pets")
     target = _fake_db(root / "target", ["dog"], seed=9)
     return {"root": root, "members": _members(root / "good.tar"), "target": target}
 
@@ -588,7 +589,7 @@ def test_hostile_bundle_is_refused_whole(hostile_env, case, tmp_path):
     db = hostile_env["target"]
     before = _snapshot(db)
     with pytest.raises(InvalidInput) as err:
-        db.import_bundle(path)
+        db.sharing.import_bundle(path)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert str(err.value).startswith("bundle refused, nothing imported:")
     assert _snapshot(db) == before
@@ -611,29 +612,29 @@ def test_size_limits_and_decompression_bombs(hostile_env, tmp_path):
     # a member over the per-member limit, seen from its header
     assert max(len(d) for d in members.values()) > 300
     with pytest.raises(InvalidInput, match="over the per-member limit"):
-        db.import_bundle(_write(tmp_path / "big.tar", _bundle(members)), max_member_bytes=300)
+        db.sharing.import_bundle(_write(tmp_path / "big.tar", _bundle(members)), max_member_bytes=300)
     # a gzip bomb: 64 MiB of zeros (about 64 KiB on disk) declared as one artifact
     zeros = b"\0" * (64 << 20)
     bomb = _write(tmp_path / "bomb.tar.gz", _bundle(members, extra=[(_info("artifacts/" + hashlib.sha256(
         zeros).hexdigest(), len(zeros)), zeros)]), gz=True)
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(InvalidInput, match="over the limit|over the per-member limit"):
-        db.import_bundle(bomb, max_bytes=8 << 20)
+        db.sharing.import_bundle(bomb, max_bytes=8 << 20)
     # a bomb hidden in a PAX header (no member declares it): caught by counting the bytes read
     pax = _bundle(members, extra=[(_info(f"artifacts/{'1' * 64}", 0, pax_headers={"comment": "A" * (24 << 20)}), b"")])
     with pytest.raises(InvalidInput, match="unpacks to more than"):
-        db.import_bundle(_write(tmp_path / "pax.tar.gz", pax, gz=True), max_bytes=4 << 20)
+        db.sharing.import_bundle(_write(tmp_path / "pax.tar.gz", pax, gz=True), max_bytes=4 << 20)
     # not an archive at all / truncated
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 40)
     with pytest.raises(InvalidInput, match="bundle refused"):
-        db.import_bundle(tmp_path / "junk.tar")
+        db.sharing.import_bundle(tmp_path / "junk.tar")
     good = _write(tmp_path / "good.tar.gz", _bundle(members), gz=True).read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(good[: len(good) // 2])
     with pytest.raises(InvalidInput, match="bundle refused"):
-        db.import_bundle(tmp_path / "cut.tar.gz")
+        db.sharing.import_bundle(tmp_path / "cut.tar.gz")
     assert _snapshot(db) == before
     # the untouched rebuilt bundle imports, so the cases above failed for their own reason
-    res = db.import_bundle(tmp_path / "good.tar.gz")
+    res = db.sharing.import_bundle(tmp_path / "good.tar.gz").to_dict()
     assert {s["class"] for s in res["added"]["sets"]} == {"boat", "cat"}
 
 
@@ -647,16 +648,17 @@ WRITER = textwrap.dedent("""
 
     url, worker, home = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     db = protodb.open(home, catalog_url=url)
-    ext = {"id": "ab" * 32, "name": "live-ext", "kind": "test", "config": {"dim": 16}, "dim": 16,
-           "weights_hash": None}
+    from protodb.entities import ExtractorRecord
+
+    ext = ExtractorRecord(id="ab" * 32, name="live-ext", kind="test", config={"dim": 16}, dim=16, weights_hash=None)
     for j, name in enumerate(["shared", f"own {worker}", "shared"]):
         rng = np.random.default_rng(100 * worker + j)
-        sha = db.artifacts.put(rng.bytes(2048))
+        sha = db.stores.artifacts.put(rng.bytes(2048))
         kinds = ["class"] + ["part"] * 40 + ["bg_class"]
         vecs = rng.normal(size=(len(kinds), 16)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         rows = PrototypeRows(vectors=vecs, kinds=kinds)
-        db.write_set(name, ext, rows, config_hash=f"w{worker}-{j}", params={"artifact": sha})
+        db.sets.commit(name, ext, rows, config_hash=f"w{worker}-{j}", params={"artifact": sha})
     print("done", worker)
 """)
 
@@ -677,29 +679,29 @@ def test_live_database_concurrent_writers_all_land(pg_url, s3, tmp_path):
     procs.append(subprocess.Popen(add_class, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=ROOT))
     reader = protodb.open(tmp_path / "reader", catalog_url=pg_url)
-    assert reader.vectors_uri.startswith("s3://") and reader.artifacts_uri.startswith("s3://")
+    assert reader.stores.vectors_uri.startswith("s3://") and reader.stores.artifacts_uri.startswith("s3://")
     seen = 0
     while any(p.poll() is None for p in procs):  # readers only ever see complete sets
-        for cls in reader.ls():
-            for v in cls["versions"]:
-                for set_id in v["sets"]:
-                    summary = reader.set_summary(set_id)
-                    assert len(reader.prototypes(summary)) == sum(summary["counts"].values())
+        for cls in reader.sets.ls():
+            for v in cls.versions:
+                for set_id in v.sets:
+                    summary = reader.sets.get(set_id)
+                    assert len(reader.sets.prototypes(summary)) == sum(summary.counts.values())
                     seen += 1
         time.sleep(0.3)
     for p in procs:
         out, err = p.communicate()
         assert p.returncode == 0, err[-2000:]
     assert seen > 0
-    versions = {c["name"]: [v["version"] for v in c["versions"]] for c in reader.ls()}
+    versions = {c.name: [v.version for v in c.versions] for c in reader.sets.ls()}
     assert versions.pop("shared") == list(range(1, 9))  # 4 writers × 2, no gaps, none lost
     assert versions == {"kite": [1], **{f"own {i}": [1] for i in range(4)}}
     report = reader.verify()
-    assert report["ok"] and report["sets_checked"] == 13 and report["artifacts_checked"] > 0
+    assert report.ok and report.sets_checked == 13 and report.artifacts_checked > 0
     with reader.session() as s:
         assert all(r.status == "ready" for r in s.scalars(select(PrototypeSetRow)))
         for r in s.scalars(select(PrototypeSetRow).where(PrototypeSetRow.vector_table.like("protos_abab%"))):
-            assert reader.artifacts.exists(r.params["artifact"])  # artifacts on S3
+            assert reader.stores.artifacts.exists(r.params["artifact"])  # artifacts on S3
     import s3fs
 
     fs = s3fs.S3FileSystem()

@@ -8,32 +8,37 @@ line that names the fix.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import logging
 import os
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from protodb.catalog import migrate
-from protodb.errors import ProtoDBError, SchemaMismatch
+from protodb.catalog.locks import migration_lock
+from protodb.errors import NotFound, ProtoDBError, SchemaMismatch
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-_PG_LOCK_KEY = 0x70726F746F  # "proto": advisory lock id for migrations
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+    With ``create`` a SQLite file's folder is made; without, a missing file is NotFound."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            db_file = Path(parsed.database)
+            if create:
+                db_file.parent.mkdir(parents=True, exist_ok=True)
+            elif not db_file.is_file():
+                raise NotFound(f"no protodb database at {db_file}; create one with: protodb init --catalog {url}")
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         )
@@ -57,40 +62,6 @@ def make_engine(url: str) -> Engine:
             f"no database driver for {parsed.get_backend_name()} ({err.name}); "
             "run: pip install 'protodb[postgres]'"
         ) from err
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing), held across processes."""
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def migration_lock(engine: Engine) -> Iterator[None]:
-    """Hold an exclusive, cross-process lock for schema creation/upgrade."""
-    if engine.dialect.name == "sqlite":
-        db = engine.url.database
-        if not db or db == ":memory:":
-            yield
-            return
-        with file_lock(Path(db).with_name(Path(db).name + ".migrate.lock")):
-            yield
-    elif engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
-                conn.commit()
-    else:
-        yield
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -122,6 +93,7 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> str:
                         f"{safe_url(engine)} holds tables but no protodb schema revision; "
                         "point --db/--catalog at an empty or protodb database"
                     )
+                log.info("creating the catalog schema at revision %s", head)
                 migrate.upgrade(engine, "head")
                 rev = current_revision(engine)
         if rev == head:

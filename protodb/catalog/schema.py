@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from protodb import __version__
+from protodb.entities import PROTOTYPE_KINDS as PROTO_KINDS  # noqa: F401 - the one definition
 
 # Constraint names are explicit so that Alembic batch mode (SQLite) can find and alter them.
 NAMING_CONVENTION = {
@@ -41,7 +42,6 @@ NAMING_CONVENTION = {
 
 THING, STUFF = "thing", "stuff"
 LABEL_SOURCES = ("llm", "lexicon", "manual")
-PROTO_KINDS = ("class", "instance", "part", "bg_class", "bg_instance", "bg_part")
 SET_PENDING, SET_READY = "pending", "ready"
 
 
@@ -222,6 +222,8 @@ class PrototypeSetRow(_Stamped, Base):
     vector_table_version: Mapped[Optional[int]] = mapped_column(Integer)
     nbytes: Mapped[int] = mapped_column(Integer, default=0)
     ready_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    config: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # resolved build config
+    vectors_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # checksum at commit
 
     cls: Mapped[ClassRow] = relationship()
     extractor: Mapped[ExtractorRow] = relationship()

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from protodb.errors import InvalidInput
+from protodb.hashing import sha256_json
 
 DEFAULT_PROMPT_TEMPLATE = "a good picture of a {name}"
 DEFAULT_NEGATIVE_PROMPT = "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
@@ -111,17 +112,12 @@ class GeneratorSpec:
 
     def spec_hash(self) -> str:
         """sha256 (hex) of the canonical JSON of all fields."""
-        return _sha256_json(self.to_dict())
+        return sha256_json(self.to_dict())
 
     def model_key(self) -> tuple[str, str | None, str]:
         """What identifies the loaded weights + pipeline class (no scheduler, steps, guidance, size, prompts)."""
         model_id = str(Path(self.model_id).resolve()) if _is_local(self.model_id) else self.model_id
         return (model_id, self.revision, self.pipeline)
-
-
-def _sha256_json(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def builtin_generators() -> dict[str, GeneratorSpec]:
@@ -141,159 +137,6 @@ def get_generator(name: str) -> GeneratorSpec:
             f"unknown generator {name!r}; choose one of {sorted(specs)} or pass a local folder with --generator PATH"
         )
     return specs[name]
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny random-weight generator (tests, demos without downloads)
-# --------------------------------------------------------------------------------------------
-
-_TINY_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_TINY_DONE = ".protodb-tiny-complete"
-
-
-def build_tiny_generator(folder: Path) -> GeneratorSpec:
-    """Build (once) a tiny random-weight StableDiffusionPipeline in ``folder`` and return its spec.
-
-    UNet: 2 levels (32, 64 channels), cross-attention at every level and in the mid block, 2 heads,
-    cross_attention_dim 32. VAE: 3 levels (latent = image / 4). Text encoder: 2-layer CLIPTextModel
-    with the full CLIP vocabulary (49408 tokens, hidden 32; ~6 MB) and a CLIPTokenizer built from the
-    real CLIP BPE merges shipped with open_clip, so prompts tokenize exactly like SD's tokenizer.
-    Weights come from fixed seeds, so every build is identical. Written to a sibling temporary
-    folder and renamed into place, so an interrupted build never looks complete.
-    The spec: 64x64 px, 3 DPM-Solver++ steps, guidance 7.5 (so classifier-free guidance runs).
-    """
-    folder = Path(folder)
-    spec = GeneratorSpec(
-        name="tiny",
-        model_id=str(folder.resolve()),
-        pipeline="StableDiffusionPipeline",
-        scheduler="DPMSolverMultistepScheduler",
-        steps=3,
-        guidance=7.5,
-        width=64,
-        height=64,
-    )
-    if (folder / _TINY_DONE).is_file():
-        return spec
-    if folder.exists():
-        leftovers = {p.name for p in folder.iterdir()} - {*_TINY_COMPONENTS, "model_index.json"}
-        if leftovers:
-            raise InvalidInput(f"{folder} exists and is not a tiny generator folder; choose an empty or new folder")
-        shutil.rmtree(folder)  # an incomplete earlier build of ours
-
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with _quiet_loading():
-        _tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
-    (tmp / _TINY_DONE).write_text("ok\n")
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same build first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / _TINY_DONE).is_file():
-            raise
-    return spec
-
-
-def _tiny_pipeline():
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = clip_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=2,  # diffusers' SD naming: this is the number of heads
-            norm_num_groups=16,
-        )
-        torch.manual_seed(1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            sample_size=64,
-        )
-        torch.manual_seed(2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=32,
-            )
-        )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet: every byte maps to a printable unicode character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping  # insertion order: printable bytes first, then the rest (CLIP's id order)
-
-
-def clip_tokenizer():
-    """A transformers CLIPTokenizer with the real CLIP vocabulary (49408 ids, BOS 49406, EOS 49407).
-
-    Built offline from the BPE merges file that ships inside the open_clip wheel: the vocabulary is
-    the 256 byte symbols, the same with the end-of-word marker, the first 48894 merges, then the two
-    special tokens; this is how CLIP's vocabulary is defined, so ids match SD's tokenizer.
-    """
-    from transformers import CLIPTokenizer
-
-    found = importlib.util.find_spec("open_clip")
-    if found is None or not found.submodule_search_locations:
-        raise InvalidInput("open_clip_torch is needed for the CLIP vocabulary; run: pip install open_clip_torch")
-    bpe = Path(next(iter(found.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +206,7 @@ def resolve_model_folder(spec: GeneratorSpec) -> tuple[Path, str | None]:
         from diffusers import DiffusionPipeline
 
         try:
-            with _quiet_loading():  # the hub's own "couldn't connect" warnings: our one line says it
+            with quiet_loading():  # the hub's own "couldn't connect" warnings: our one line says it
                 DiffusionPipeline.download(spec.model_id, revision=spec.revision, cache_dir=_hub_cache_dir())
         except Exception:  # network, auth, missing repo: all mean "not available locally"
             raise _missing_weights(spec) from None
@@ -433,7 +276,7 @@ def _load(spec: GeneratorSpec, folder: Path, device: torch.device, dtype: torch.
         kwargs["safety_checker"] = None
     if "requires_safety_checker" in params:
         kwargs["requires_safety_checker"] = False
-    with _quiet_loading():
+    with quiet_loading():
         try:
             pipe = cls.from_pretrained(str(folder), **kwargs)
         except (OSError, ValueError) as err:
@@ -444,7 +287,7 @@ def _load(spec: GeneratorSpec, folder: Path, device: torch.device, dtype: torch.
 
 
 @contextlib.contextmanager
-def _quiet_loading():
+def quiet_loading():
     """Silence diffusers/transformers loading chatter (progress bars, info warnings) for a moment."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -470,7 +313,7 @@ def _with_scheduler(base, spec: GeneratorSpec):
     cls = getattr(diffusers, spec.scheduler, None)
     if cls is None or not hasattr(cls, "from_config"):
         raise InvalidInput(f"generator {spec.name!r}: unknown diffusers scheduler {spec.scheduler!r}")
-    with _quiet_loading():
+    with quiet_loading():
         pipe = type(base).from_pipe(base, scheduler=cls.from_config(base.scheduler.config), torch_dtype=base.dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

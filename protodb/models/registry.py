@@ -1,4 +1,4 @@
-"""Name → model resolution for one database: built-ins, the user's own, and offline presets.
+"""Name -> model resolution for one database: built-ins, the user's own, and offline presets.
 
 * Extractors: the built-in JSON registry (``protodb/data/extractors.json``), extractors a user
   added with ``protodb extractor add`` (stored as data in the catalog's settings), and with
@@ -6,61 +6,100 @@
 * Generators: the built-in registry (``sd15``, ``sd-turbo``, ``lcm-sd15``), any local diffusers
   folder, and with ``--preset tiny`` a tiny random-weight Stable Diffusion (``tiny``).
 
-The tiny preset's models are built once into ``HOME/models/`` with ``save_pretrained`` /
-safetensors and loaded back through the same code as real weights. They exist so the whole
-flow runs offline in seconds; what they produce is NOT meaningful, and every set they build
-says so in its provenance (``params.preset == "tiny"``).
+Presets are data (:data:`PRESETS`): each names its default generator, extractors, support-image
+resolution and image count. The tiny preset's models are built once into ``HOME/models/`` and
+loaded back through the same code as real weights; what they produce is NOT meaningful.
+Model files a database built itself are recorded relative to its home, so a copied database
+(``cp -a``) loads its own copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from protodb.errors import InvalidInput
+from protodb.entities import Damage, ExtractorRecord
+from protodb.errors import DamagedData, InvalidInput
+from protodb.hashing import sha256_file, sha256_json
 from protodb.models import extractors as ex
+from protodb.models.extractors.loading import load_extractor
 from protodb.models import generators as gen
+from protodb.models import tiny
+from protodb.models.extractors.spec import LOCAL_KEYS, PKG_PREFIX, resolve_paths
+from protodb.stores import Stores
 
-PRESETS = ("tiny",)
+log = logging.getLogger(__name__)
+
 TINY_EXTRACTOR, TINY_GENERATOR = "tiny-vit", "tiny"
-_LOCAL_KEYS = ("checkpoint", "path")  # machine-local paths: not part of an extractor's identity
 _SETTING_PREFIX = "extractor:"
 
 
+@dataclass(frozen=True)
+class Preset:
+    """Defaults a preset sets for ``add-class`` (and the pre-filter model for ``segment``)."""
+
+    name: str
+    generator: str
+    extractors: tuple[str, ...]
+    images: int
+    short_side: int
+    clip_model: str | None = None
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("default", "sd15", ("dinov2-vits14",), 64, 448,
+                      description="SD 1.5 (64 images, 30 steps), DINOv2 ViT-S/14 features"),
+    "tiny": Preset("tiny", TINY_GENERATOR, (TINY_EXTRACTOR,), 4, 64,
+                   description="tiny random-weight generator and extractor built locally (offline, seconds; "
+                               "results NOT meaningful)"),
+}
+
+
 class ModelRegistry:
-    def __init__(self, db, preset: str | None = None):
+    """Extractors and generators one database can use, by name."""
+
+    def __init__(self, stores: Stores, preset: str | None = None):
         if preset is not None and preset not in PRESETS:
-            raise InvalidInput(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        self.db = db
+            raise InvalidInput(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        self.stores = stores
         self.preset = preset
-        self._tiny: dict[str, Any] = {}
+        self._defaults = PRESETS[preset or "default"]
+        self._tiny: dict[str, object] = {}
 
     # ------------------------------------------------------------------ defaults
     @property
+    def default_extractors(self) -> tuple[str, ...]:
+        return self._defaults.extractors
+
+    @property
     def default_extractor(self) -> str:
-        return TINY_EXTRACTOR if self.preset == "tiny" else "dinov2-vits14"
+        return self._defaults.extractors[0]
 
     @property
     def default_short_side(self) -> int:
         """Support-image feature resolution: the segmenter's short side (448, as in the paper),
         so prototypes and the images they label are seen at the same scale."""
-        return 64 if self.preset == "tiny" else 448
+        return self._defaults.short_side
 
     @property
     def default_generator(self) -> str:
-        return TINY_GENERATOR if self.preset == "tiny" else "sd15"
+        return self._defaults.generator
+
+    @property
+    def default_images(self) -> int:
+        return self._defaults.images
+
+    @property
+    def default_clip_model(self) -> str | None:
+        return self._defaults.clip_model
 
     # ------------------------------------------------------------------ extractors
     def user_extractors(self) -> dict[str, ex.ExtractorSpec]:
-        from sqlalchemy import select
-
-        from protodb.catalog.schema import SettingRow
-
-        with self.db.session() as s:
-            rows = s.scalars(select(SettingRow).where(SettingRow.key.startswith(_SETTING_PREFIX))).all()
-            return {r.key[len(_SETTING_PREFIX):]: ex.spec_from_dict(json.loads(r.value)) for r in rows}
+        return {name: ex.spec_from_dict(json.loads(value))
+                for name, value in self.stores.settings.with_prefix(_SETTING_PREFIX).items()}
 
     def extractor_names(self) -> list[str]:
         names = set(ex.builtin_specs()) | set(self.user_extractors())
@@ -71,9 +110,9 @@ class ModelRegistry:
     def extractor_spec(self, name: str) -> ex.ExtractorSpec:
         if name == TINY_EXTRACTOR and self.preset == "tiny":
             if "extractor" not in self._tiny:
-                self._tiny["extractor"] = ex.build_tiny_extractor(
-                    Path(self.db.home) / "models" / "tiny-vit", name=TINY_EXTRACTOR)
-            return self._tiny["extractor"]
+                self._tiny["extractor"] = tiny.build_tiny_extractor(
+                    self.stores.models_dir / "tiny-vit", name=TINY_EXTRACTOR, relative_to=self.stores.home)
+            return self._tiny["extractor"]  # type: ignore[return-value]
         user = self.user_extractors()
         if name in user:
             return user[name]
@@ -81,50 +120,84 @@ class ModelRegistry:
         if name in builtins:
             return builtins[name]
         hint = " (tiny-vit needs --preset tiny)" if name == TINY_EXTRACTOR else ""
-        raise InvalidInput(
-            f"unknown extractor {name!r}{hint}; known: {', '.join(self.extractor_names())} "
-            "(add your own: protodb extractor add NAME --onnx FILE ...)"
-        )
+        raise InvalidInput(f"unknown extractor {name!r}{hint}; known: {', '.join(self.extractor_names())} "
+                           "(add your own: protodb extractor add NAME --onnx FILE ...)")
 
     def add_user_extractor(self, spec: ex.ExtractorSpec) -> None:
         if spec.name in ex.builtin_specs() or spec.name == TINY_EXTRACTOR:
             raise InvalidInput(f"{spec.name!r} is a built-in extractor name; choose another name")
-        self.db.set_setting(_SETTING_PREFIX + spec.name, json.dumps(spec.to_dict(), sort_keys=True))
+        self.stores.settings.set(_SETTING_PREFIX + spec.name, json.dumps(spec.to_dict(), sort_keys=True))
 
-    def load_extractor(self, spec: ex.ExtractorSpec, device, dtype):
-        return ex.load_extractor(spec, device, dtype)
+    def load_extractor(self, spec: ex.ExtractorSpec, device, dtype, *, expect_weights: str | None = None):
+        """Load ``spec`` (relative model paths resolved under the database home). ``expect_weights``:
+        the weights hash the catalog recorded; other weights are DamagedData (one line)."""
+        extractor = load_extractor(resolve_paths(spec, self.stores.home), device, dtype)
+        if expect_weights and extractor.weights_hash != expect_weights:
+            raise DamagedData(f"extractor {spec.name}: its weights do not match the hash recorded when its sets "
+                              f"were built ({extractor.weights_hash[:12]} != {expect_weights[:12]}); the model "
+                              "files were changed or damaged; run: protodb verify")
+        return extractor
 
     @staticmethod
-    def extractor_record(spec: ex.ExtractorSpec, extractor) -> dict[str, Any]:
+    def extractor_record(spec: ex.ExtractorSpec, extractor) -> ExtractorRecord:
         """The catalog row of an extractor: identity = config (minus local paths) + weights hash."""
-        portable = {k: v for k, v in spec.config.items() if k not in _LOCAL_KEYS}
-        ident = json.dumps({"name": spec.name, "kind": spec.kind, "config": portable,
-                            "weights": extractor.weights_hash}, sort_keys=True)
-        return {
-            "id": hashlib.sha256(ident.encode()).hexdigest(),
-            "name": spec.name, "kind": spec.kind, "config": spec.to_dict()["config"],
-            "dim": int(extractor.dim), "weights_hash": extractor.weights_hash,
-        }
+        portable = {k: v for k, v in spec.config.items() if k not in LOCAL_KEYS}
+        ident = sha256_json({"name": spec.name, "kind": spec.kind, "config": portable,
+                             "weights": extractor.weights_hash})
+        return ExtractorRecord(id=ident, name=spec.name, kind=spec.kind, config=spec.to_dict()["config"],
+                               dim=int(extractor.dim), weights_hash=extractor.weights_hash)
 
     # ------------------------------------------------------------------ generators
     def generator_spec(self, name: str) -> gen.GeneratorSpec:
         if name == TINY_GENERATOR and self.preset == "tiny":
             if "generator" not in self._tiny:
-                self._tiny["generator"] = gen.build_tiny_generator(
-                    Path(self.db.home) / "models" / "tiny-generator")
-            return self._tiny["generator"]
+                self._tiny["generator"] = tiny.build_tiny_generator(self.stores.models_dir / "tiny-generator")
+            return self._tiny["generator"]  # type: ignore[return-value]
         builtins = gen.builtin_generators()
         if name in builtins:
             return builtins[name]
         folder = Path(name).expanduser()
         if (folder / "model_index.json").is_file():
-            base = builtins["sd15"]
-            return base.replace(name=folder.name, model_id=str(folder.resolve()))
+            return builtins["sd15"].replace(name=folder.name, model_id=str(folder.resolve()))
         hint = " (tiny needs --preset tiny)" if name == TINY_GENERATOR else ""
-        raise InvalidInput(
-            f"unknown generator {name!r}{hint}; use one of {', '.join(sorted(builtins))} "
-            "or a local diffusers folder (with model_index.json)"
-        )
+        raise InvalidInput(f"unknown generator {name!r}{hint}; use one of {', '.join(sorted(builtins))} "
+                           "or a local diffusers folder (with model_index.json)")
 
     def load_pipeline(self, spec: gen.GeneratorSpec, device, dtype):
         return gen.load_pipeline(spec, device, dtype)
+
+
+def local_weight_file(spec: ex.ExtractorSpec, home: Path) -> Path | None:
+    """The one local file whose sha256 is the extractor's ``weights_hash`` (a timm/tiny
+    ``checkpoint`` or an ONNX ``path``), or None when the weights are elsewhere (hub cache, folders)."""
+    resolved = resolve_paths(spec, home)
+    if spec.kind in ("timm", "tiny") and resolved.config.get("checkpoint"):
+        return Path(resolved.config["checkpoint"]).expanduser()
+    if spec.kind == "onnx":
+        raw = str(resolved.config.get("path") or "")
+        if raw.startswith(PKG_PREFIX):
+            try:
+                return ex.focus_onnx_path() if raw.endswith(ex.FOCUS_RESOURCE) else None
+            except InvalidInput:
+                return None
+        return Path(raw).expanduser() if raw else None
+    return None
+
+
+def check_weights(records: list[ExtractorRecord], home: Path) -> tuple[int, list[Damage]]:
+    """Re-hash every local weight file of ``records`` against its recorded ``weights_hash`` (files that
+    are not on this machine are not checked: loading them would fail with its own message)."""
+    checked, damage = 0, []
+    for rec in records:
+        if rec.kind not in ex.KINDS:
+            log.debug("extractor %s of kind %s has no weight files protodb knows", rec.name, rec.kind)
+            continue
+        spec = ex.spec_from_dict({"name": rec.name, "kind": rec.kind, "config": rec.config})
+        path = local_weight_file(spec, home)
+        if path is None or not rec.weights_hash or not path.is_file():
+            continue  # weights not on this machine (another member of a shared catalog): nothing to compare
+        checked += 1
+        if sha256_file(path, memo=False) != rec.weights_hash:
+            damage.append(Damage("model", rec.id, f"weights file {path} does not match the recorded hash "
+                                                  "(changed or damaged)", name=rec.name))
+    return checked, damage

@@ -2,500 +2,246 @@
 
 Stages, each resumable and recorded in the catalog::
 
-    generate  → support images + cross-attention maps (persisted one by one: a crash loses ≤ 1 batch)
-    exemplars → real support images (+ given masks)
-    extract   → patch features per (image, extractor), cached by content hash
-    masks     → foreground/background per image (ncut + attention, given masks, or ncut alone)
-    prototypes→ class / instance / part, foreground and background (k-means)
-    commit    → vectors, then one catalog transaction marking each set ready
+    resolve    -> the frozen BuildConfig (every input checked before anything is written)
+    label      -> thing/stuff (manual, LLM or lexicon), with its history
+    support    -> generated images + attention maps (persisted one by one), exemplars (+ masks)
+    masks      -> one fg/bg mask per support image, on the mask extractor's grid, stored once
+    extract    -> patch features per (image, extractor), cached by content hash
+    prototypes -> class / instance / part, foreground and background (k-means)
+    commit     -> vectors, then one catalog transaction marking each set ready
 
-Everything is validated before the first write, so bad input leaves the database unchanged.
+The same configuration twice gives one set (unless ``new_version``), on every catalog.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-import PIL.Image
-from scipy import ndimage
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from protodb.catalog.schema import (
-    GenerationRunRow,
-    GeneratorSpecRow,
-    LabelRow,
-    MaskRow,
-    SupportImageRow,
-)
-from protodb.catalog.sets import get_class, normalize_class_name
-from protodb.device import choose_device, choose_dtype, dtype_name
+from protodb.entities import FOREGROUND_KINDS, AddClassResult, BuiltSet, ExtractorRecord
 from protodb.errors import InvalidInput
-from protodb.images import IMAGE_EXTENSIONS, load_image
-from protodb.pipeline import imageio
+from protodb.images import mask_png
+from protodb.device import choose_device, choose_dtype, dtype_name
+from protodb.models.generators import model_revision, resolve_model_folder
+from protodb.models.registry import ModelRegistry
+from protodb.pipeline import segmenters
+from protodb.pipeline.config import (
+    MAX_IMAGES_WITHOUT_CONFIRM,
+    AddClassRequest,
+    BuildConfig,
+    GenerationConfig,
+    MaskConfig,
+    check_request,
+    generator_changes,
+)
+from protodb.pipeline.exemplars import find_exemplars, load_exemplars
 from protodb.pipeline.features import FeatureCache, featurize
+from protodb.pipeline.prototypes import build_prototypes
+from protodb.pipeline.support import SupportImage, SupportStage
+from protodb.pipeline.support_masks import GridMasks, for_extractor, masks_for, upsample
+from protodb.services.labels import LabelService, label_record
+from protodb.services.sets import SetService
+from protodb.catalog.schema import MaskRow
 from protodb.storage.vectors import PrototypeRows
+from protodb.stores import Stores
+from protodb.thing_stuff import Label, classify
 
-PIPELINE_VERSION = 1  # bump when the way prototypes are computed from the same inputs changes
-
-# progress(stage, advance, total): total is given once per stage with advance=0
-Progress = Callable[[str, int, int | None], None]
-
-
-@dataclass
-class AddClassRequest:
-    """What ``protodb add-class`` was asked to build. Defaults follow the OVDiff paper."""
-
-    name: str
-    images: int | None = None  # default: 64 (OVDiff), 4 with --preset tiny
-    generator: str | None = None  # default: sd15 (tiny with --preset tiny)
-    steps: int | None = None
-    guidance: float | None = None
-    size: int | None = None
-    seed: int = 0
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    extractors: Sequence[str] = ()  # default: dinov2-vits14 (tiny-vit with --preset tiny)
-    exemplars: Path | None = None
-    masks: Path | None = None
-    mask_value: int | None = None
-    kind: str | None = None  # "thing" | "stuff" override
-    k: int = 32
-    new_version: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 4
-    short_side: int | None = None  # feature resolution of support images (default: 448; tiny: 64)
-    mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
-    segmenter: str = "auto"  # unsupervised proposals: auto (an installed, usable plugin, else ncut), ncut, NAME
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, "int | None"], None]
+#: Rough cost of one generated image (seconds on one modern GPU at 512 px, 30 steps) and its bytes,
+#: for the warning before very large builds.
+SECONDS_PER_IMAGE, BYTES_PER_IMAGE = 3.3, 600_000
 
 
 @dataclass
-class SupportImage:
-    id: str
-    sha: str
-    image: PIL.Image.Image
-    source: str
-    attention: np.ndarray | None = None  # (H, W) float32 in [0, 1] for generated images
-    given_mask: np.ndarray | None = None  # (H, W) bool for exemplars with masks
+class Resolved:
+    """A checked request: its frozen config and the loaded pieces it needs."""
 
-
-@dataclass
-class AddClassResult:
-    name: str
-    kind: str
-    label_source: str
-    sets: list[dict[str, Any]] = field(default_factory=list)
-    reused: list[bool] = field(default_factory=list)
-    generated: int = 0
-    reused_images: int = 0
-    exemplars: int = 0
-    preset: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "kind": self.kind, "label_source": self.label_source,
-            "generated_images": self.generated, "reused_images": self.reused_images,
-            "exemplar_images": self.exemplars, "preset": self.preset,
-            "sets": [{**s, "reused": r} for s, r in zip(self.sets, self.reused)],
-        }
-
-
-def _sha_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _mask_digest(mask: np.ndarray | None) -> str | None:
-    """Content hash of a given mask, so corrected masks make a new set."""
-    if mask is None:
-        return None
-    m = np.asarray(mask, dtype=bool)
-    return hashlib.sha256(np.packbits(m).tobytes() + str(m.shape).encode()).hexdigest()[:16]
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _load_label_map(path: Path) -> np.ndarray:
-    with PIL.Image.open(path) as im:
-        arr = np.asarray(im)
-    return arr if arr.ndim == 2 else arr[..., 0]
-
-
-def validate(req: AddClassRequest, registry) -> dict[str, Any]:
-    """Check every input before anything is written; returns the resolved pieces."""
-    name = normalize_class_name(req.name)
-    if req.images is None:
-        req.images = 4 if registry.preset == "tiny" else 64
-    req.generator = req.generator or registry.default_generator
-    req.extractors = tuple(req.extractors) or (registry.default_extractor,)
-    if req.images < 0:
-        raise InvalidInput(f"--images must be >= 0, got {req.images}")
-    if not 0.0 < req.mask_min_fraction <= 1.0:
-        raise InvalidInput(f"--mask-min-fraction must be in (0, 1], got {req.mask_min_fraction}")
-    if req.k < 1:
-        raise InvalidInput(f"-k must be >= 1, got {req.k}")
-    if req.kind not in (None, "thing", "stuff"):
-        raise InvalidInput(f"kind must be thing or stuff, got {req.kind!r}")
-    specs = [registry.extractor_spec(e) for e in dict.fromkeys(req.extractors)]
-    exemplar_files: list[Path] = []
-    mask_files: dict[str, Path] = {}
-    if req.exemplars is not None:
-        folder = Path(req.exemplars)
-        if not folder.is_dir():
-            raise InvalidInput(f"exemplar folder {folder} does not exist")
-        exemplar_files = _list_images(folder)
-        if not exemplar_files:
-            raise InvalidInput(f"exemplar folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if req.masks is not None:
-        if req.exemplars is None:
-            raise InvalidInput("--masks needs --exemplars (masks are matched to exemplars by file stem)")
-        mfolder = Path(req.masks)
-        if not mfolder.is_dir():
-            raise InvalidInput(f"mask folder {mfolder} does not exist")
-        by_stem = {p.stem: p for p in _list_images(mfolder)}
-        mask_files = {p.stem: by_stem[p.stem] for p in exemplar_files if p.stem in by_stem}
-        if not mask_files:
-            raise InvalidInput(f"no mask in {mfolder} matches an exemplar file name (matched by stem)")
-    elif req.mask_value is not None:
-        raise InvalidInput("--mask-value needs --masks")
-    loaded = load_exemplars(exemplar_files, mask_files, req.mask_value) if exemplar_files else []
-    if req.images == 0 and not exemplar_files:
-        raise InvalidInput("nothing to build from: --images 0 and no --exemplars")
-    generator = None
-    if req.images > 0:
-        generator = registry.generator_spec(req.generator)
-        changes = {}
-        if req.steps is not None:
-            changes["steps"] = req.steps
-        if req.guidance is not None:
-            changes["guidance"] = req.guidance
-        if req.size is not None:
-            changes["width"] = changes["height"] = req.size
-        if req.prompt is not None:
-            template = req.prompt
-            if "{name}" not in template:
-                template, n = re.subn(re.escape(name), "{name}", template, flags=re.IGNORECASE)
-                if not n:
-                    raise InvalidInput(f"--prompt must contain the class name or '{{name}}': {req.prompt!r}")
-            try:
-                template.format(name=name)
-            except (KeyError, IndexError, ValueError):
-                raise InvalidInput(f"--prompt may hold no other {{...}} field than {{name}}: {req.prompt!r}") from None
-            changes["prompt_template"] = template
-        if req.negative_prompt is not None:
-            changes["negative_prompt"] = req.negative_prompt or None
-        generator = generator.replace(**changes) if changes else generator
-        from protodb.models.generators import resolve_model_folder
-
-        resolve_model_folder(generator)  # weights must exist (or download) before anything is written
-    return {"name": name, "extractors": specs, "exemplars": loaded, "generator": generator}
-
-
-MIN_OBJECT_AREA = 0.03  # an object segment covers at least 3% of the image
-
-
-def object_segment(segments: list[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
-    """The foreground of an exemplar without a mask and without attention.
-
-    Normalised cut splits the image but does not say which side is the object; as in MaskCut's
-    corner rule, the object is the candidate (a segment, or the rest of the image) touching the
-    image border least, relative to its own border length. Returns (h, w) bool (empty if none).
-    """
-    h, w = grid
-    border = np.zeros(grid, bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    candidates = list(segments)
-    if segments:
-        rest = ~np.logical_or.reduce(segments)
-        if rest.any():
-            candidates.append(rest)
-    best, best_score = np.zeros(grid, bool), None
-    for c in candidates:
-        if c.mean() < MIN_OBJECT_AREA:
-            continue
-        score = (c & border).sum() / max(1, border.sum())  # share of the frame it occupies
-        if best_score is None or score < best_score:
-            best, best_score = c, score
-    return best
-
-
-def load_exemplars(files: list[Path], masks: dict[str, Path], mask_value: int | None
-                   ) -> list[tuple[Path, PIL.Image.Image, np.ndarray | None]]:
-    """Decode exemplar images (EXIF-rotated, RGB) and their masks; exemplars whose mask is empty
-    (the class is not in that image) are left out. Raises InvalidInput for unreadable files."""
-    from protodb.pipeline.masks import masks_from_labels
-
-    out = []
-    for path in files:
-        image = load_image(path)  # EXIF, 16-bit, CMYK, alpha, bombs: as for segment inputs
-        given = None
-        if path.stem in masks:
-            try:
-                lm = _load_label_map(masks[path.stem])
-            except Exception as err:  # noqa: BLE001
-                raise InvalidInput(f"cannot read mask {masks[path.stem]}: {err}") from err
-            if lm.shape != (image.height, image.width):
-                raise InvalidInput(f"mask {masks[path.stem]} is {lm.shape[1]}x{lm.shape[0]}, "
-                                   f"exemplar {path.name} is {image.width}x{image.height}")
-            given = masks_from_labels(lm, mask_value)
-            if not given.any():
-                continue  # this exemplar does not show the class
-        out.append((path, image, given))
-    if files and not out:
-        raise InvalidInput(f"no exemplar shows the class (every mask is empty for value {mask_value})")
-    return out
+    config: BuildConfig
+    extractors: list  # loaded Extractor objects, in config.extractors order
+    exemplars: list
+    plugin: object | None
 
 
 class ClassBuilder:
     """Runs add-class for one database; models are loaded once and shared across classes."""
 
-    def __init__(self, db, registry, *, device: str = "auto", dtype: str = "auto",
-                 progress: Progress | None = None):
-        self.db = db
-        self.registry = registry
+    def __init__(self, stores: Stores, sets: SetService, labels: LabelService, registry: ModelRegistry, *,
+                 device: str = "auto", dtype: str = "auto", progress: Progress | None = None):
+        self.stores, self.sets, self.labels, self.registry = stores, sets, labels, registry
         self.device = choose_device(device)
         self.dtype = choose_dtype(self.device, dtype)
         self.progress = progress or (lambda stage, n, total: None)
-        self.cache = FeatureCache(Path(db.home) / "cache" / "features")
-        self.segmenter = None  # None: the built-in normalised cut; else a plugin (see segmenters.py)
+        self.cache = FeatureCache(stores.cache_dir / "features")
+        self.support = SupportStage(stores, self.progress)
+
+    # ------------------------------------------------------------------ resolve
+    def resolve(self, req: AddClassRequest) -> Resolved:
+        """Check every input before anything is written; returns the frozen config."""
+        name = check_request(req)
+        reg = self.registry
+        images = reg.default_images if req.images is None else req.images
+        names = list(dict.fromkeys(req.extractors)) or list(reg.default_extractors)
+        specs = [reg.extractor_spec(e) for e in names]
+        source = req.mask_extractor or names[0]
+        if source not in names:
+            raise InvalidInput(f"--mask-extractor {source} is not one of this build's extractors ({', '.join(names)})")
+        files, mask_files, _skipped = find_exemplars(req.exemplars, req.masks)
+        if images == 0 and not files:
+            raise InvalidInput("nothing to build from: --images 0 and no --exemplars")
+        if images > MAX_IMAGES_WITHOUT_CONFIRM and not req.yes:
+            hours = images * SECONDS_PER_IMAGE / 3600
+            raise InvalidInput(f"--images {images} would take about {hours:.1f} GPU-hours and "
+                               f"{images * BYTES_PER_IMAGE / 2**30:.1f} GiB; the limit without --yes is "
+                               f"{MAX_IMAGES_WITHOUT_CONFIRM}")
+        generation = None
+        if images > 0:
+            spec = reg.generator_spec(req.generator or reg.default_generator)
+            changes = generator_changes(req, name)
+            spec = spec.replace(**changes) if changes else spec
+            resolve_model_folder(spec)  # weights must exist (or download) before anything is written
+            generation = GenerationConfig(spec, model_revision(spec), images, req.seed,
+                                          spec.prompt_template.format(name=name), spec.negative_prompt)
+        plugin = segmenters.choose(req.segmenter)
+        exemplars = load_exemplars(files, mask_files, req.mask_value, req.bg_value) if files else []
+        loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
+        records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
+        masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
+                           segmenter_params=plugin.params() if plugin is not None else {"n_segments": 3, "tau": 0.2},
+                           source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=req.bg_value,
+                           min_fraction=req.mask_min_fraction, exemplar_background=req.exemplar_background)
+        config = BuildConfig(class_name=name, generation=generation, extractors=records, k=req.k, seed=req.seed,
+                             short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
+                             new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars))
+        return Resolved(config, loaded, exemplars, plugin)
 
     # ------------------------------------------------------------------ entry point
     def add_class(self, req: AddClassRequest) -> AddClassResult:
-        plan = validate(req, self.registry)
-        from protodb.pipeline.segmenters import choose
-
-        self.segmenter = choose(req.segmenter)
-        name = plan["name"]
-        extractors = [self.registry.load_extractor(s, self.device, self.dtype) for s in plan["extractors"]]
-        label = self._label(name, req.kind)
-        result = AddClassResult(name=name, kind=label["kind"], label_source=label["source"],
-                                preset=self.registry.preset)
-        def class_row(s):
-            cls = self.db.ensure_class(s, name, label=label)
-            if label["source"] == "manual" and cls.kind != label["kind"]:
-                cls.kind = label["kind"]
-                s.add(LabelRow(class_id=cls.id, **label))
-            return cls.id, cls.kind
-
-        class_id, result.kind = self.db.transact(class_row)
+        plan = self.resolve(req)
+        cfg = plan.config
+        label = self._label(cfg.class_name, req.kind)
+        class_id, kind = self.sets.sessions.transact(lambda s: self._class_row(s, cfg.class_name, label),
+                                                     what="class row")
         support: list[SupportImage] = []
-        run_id = None
-        if plan["generator"] is not None and req.images > 0:
-            run_id, gen_images, n_new = self._generate(class_id, name, plan["generator"], req)
+        run_id, generated, reused_images = None, 0, 0
+        if cfg.generation is not None:
+            run_id, gen_images, generated = self.support.generated(
+                class_id, cfg.class_name, cfg.generation,
+                lambda: self.registry.load_pipeline(cfg.generation.spec, self.device, self.dtype),
+                dtype_name(self.dtype), req.batch_size)
             support += gen_images
-            result.generated, result.reused_images = n_new, len(gen_images) - n_new
-        if plan["exemplars"]:
-            ex = self._store_exemplars(class_id, plan["exemplars"])
-            support += ex
-            result.exemplars = len(ex)
-        for spec, extractor in zip(plan["extractors"], extractors):
-            summary, reused = self._build_set(name, class_id, spec, extractor, support, run_id, req)
-            result.sets.append(summary)
-            result.reused.append(reused)
-        return result
+            reused_images = len(gen_images) - generated
+        if plan.exemplars:
+            support += self.support.exemplars(class_id, plan.exemplars)
+        built = self._build_sets(plan, support, run_id, req.batch_size)
+        return AddClassResult(name=cfg.class_name, kind=kind, label_source=label.source,
+                              generated_images=generated, reused_images=reused_images,
+                              exemplar_images=len(plan.exemplars), preset=self.registry.preset, sets=tuple(built))
 
     # ------------------------------------------------------------------ labels
-    def _label(self, name: str, override: str | None) -> dict[str, Any]:
-        from protodb.pipeline.labels import classify
+    def _label(self, name: str, override: str | None) -> Label:
+        existing = self.labels.current(name)
+        if existing is not None and override is None:
+            return Label(kind=existing, source="existing")
+        return classify(name, override=override)
 
-        with self.db.session() as s:
-            existing = get_class(s, name)
-            if existing is not None and override is None:
-                return {"kind": existing.kind, "source": "existing", "model": None, "prompt": None,
-                        "raw_answer": None}
-        lab = classify(name, override=override)
-        return {"kind": lab.kind, "source": lab.source, "model": lab.model, "prompt": lab.prompt,
-                "raw_answer": lab.raw_answer}
+    def _class_row(self, s, name: str, label: Label) -> tuple[str, str]:
+        record = label_record(label) if label.source != "existing" else None
+        cls = self.sets.ensure_class(s, name, label=record)
+        if label.source == "manual" and cls.kind != label.kind:
+            cls.kind = label.kind
+            self.labels.record(s, cls.id, label)
+        return cls.id, cls.kind
 
-    # ------------------------------------------------------------------ generation
-    def _generate(self, class_id: str, name: str, spec, req: AddClassRequest):
-        from protodb.models.generators import model_revision
-        from protodb.pipeline.generate import generate
+    # ------------------------------------------------------------------ sets
+    def _build_sets(self, plan: Resolved, support: list[SupportImage], run_id, batch_size: int) -> list[BuiltSet]:
+        cfg = plan.config
+        shas = [s.sha for s in support]
+        todo, out = [], {}
+        for i, record in enumerate(cfg.extractors):
+            sc = cfg.set_config(record, shas)
+            found = None if cfg.new_version else self.sets.find(cfg.class_name, record.id, sc.config_hash)
+            if found is not None:
+                log.info("%s: a set with this config exists (%s); reusing it", cfg.class_name, found.ref)
+                out[i] = BuiltSet(found, True)
+            else:
+                todo.append(i)
+        if not todo:
+            return [out[i] for i in range(len(cfg.extractors))]
+        src = next(i for i, r in enumerate(cfg.extractors) if r.name == cfg.masks.source)
+        feats = {src: self._features(cfg, src, plan.extractors[src], support, batch_size)}
+        shared = self._masks(cfg, plan, src, support, feats[src])
+        for i in todo:
+            record = cfg.extractors[i]
+            f = feats.get(i) or self._features(cfg, i, plan.extractors[i], support, batch_size)
+            grids = [for_extractor(m, tuple(x.shape[:2]), (s.image.width, s.image.height), cfg.masks.min_fraction)
+                     for m, x, s in zip(shared, f, support)]
+            out[i] = self._commit(cfg, record, support, f, grids, run_id)
+        return [out[i] for i in range(len(cfg.extractors))]
 
-        revision = model_revision(spec)  # from the files: no need to load the model yet
-        spec_record = {**spec.to_dict(), "resolved_revision": revision, "device_dtype": dtype_name(self.dtype)}
-        spec_id = _sha_json(spec_record)
-        prompt = spec.prompt_template.format(name=name)
-        negative = spec.negative_prompt
-        run_id = _sha_json({"class": name, "spec": spec_id, "prompt": prompt, "negative": negative,
-                            "seed": req.seed})[:32]
-        def run_rows(s):  # retried: a concurrent run may insert the same spec/run first
-            if s.get(GeneratorSpecRow, spec_id) is None:
-                s.add(GeneratorSpecRow(
-                    id=spec_id, name=spec.name, model_id=spec.model_id, revision=revision,
-                    scheduler=spec.scheduler, steps=spec.steps, guidance=spec.guidance,
-                    width=spec.width, height=spec.height, dtype=dtype_name(self.dtype),
-                    config=spec_record,
-                ))
-                s.flush()
-            run = s.get(GenerationRunRow, run_id)
-            if run is None:
-                s.add(GenerationRunRow(id=run_id, class_id=class_id, generator_spec_id=spec_id,
-                                       prompt=prompt, negative_prompt=negative, base_seed=req.seed,
-                                       num_images=req.images))
-            elif run.num_images < req.images:
-                run.num_images = req.images
+    def _features(self, cfg: BuildConfig, i: int, extractor, support: list[SupportImage], batch_size: int):
+        stage = f"extract {cfg.extractors[i].name}"
+        self.progress(stage, 0, len(support))
+        return featurize(extractor, [(s.sha, s.image) for s in support], short_side=cfg.short_side,
+                         cache=self.cache, batch_size=max(1, batch_size), progress=lambda n: self.progress(stage, n, None))
 
-        self.db.transact(run_rows)
-        with self.db.session() as s:
-            done = {r.index_in_run: r for r in s.scalars(
-                select(SupportImageRow).where(SupportImageRow.run_id == run_id,
-                                              SupportImageRow.index_in_run < req.images))}
-        missing = [i for i in range(req.images) if i not in done]
-        self.progress("generate", 0, req.images)
-        if done:
-            self.progress("generate", len(done), None)
-        new_rows: dict[int, SupportImageRow] = {}
-        attention: dict[int, np.ndarray] = {}
-        images: dict[int, PIL.Image.Image] = {}
-        if missing:
-            pipe = self.registry.load_pipeline(spec, self.device, self.dtype)
-            for g in generate(pipe, spec, name, missing, req.seed, prompt=prompt,
-                              negative_prompt=negative or "", batch_size=req.batch_size):
-                sha = self.db.artifacts.put(imageio.png_bytes(g.image))
-                att_sha = self.db.artifacts.put(imageio.attention_png(g.attention))
-                row = SupportImageRow(
-                    class_id=class_id, run_id=run_id, index_in_run=g.index, source="generated",
-                    artifact_sha256=sha, attention_sha256=att_sha, width=g.image.width,
-                    height=g.image.height, seed=g.seed, prompt=prompt,
-                )
-                try:
-                    with self.db.session() as s:
-                        s.add(row)
-                except IntegrityError:  # a concurrent run stored this index first: use theirs
-                    with self.db.session() as s:
-                        row = s.scalar(select(SupportImageRow).where(
-                            SupportImageRow.run_id == run_id, SupportImageRow.index_in_run == g.index))
-                new_rows[g.index] = row
-                images[g.index] = g.image
-                attention[g.index] = g.attention
-                self.progress("generate", 1, None)
+    def _masks(self, cfg: BuildConfig, plan: Resolved, src: int, support: list[SupportImage], feats) -> list[GridMasks]:
+        """One mask per support image on the source extractor's grid, stored once (its extractor id)."""
+        record = cfg.extractors[src]
+        self.sets.sessions.transact(lambda s: self.sets.ensure_extractor(s, record), what="extractor row")
+        stage = f"masks {record.name}"
+        self.progress(stage, 0, len(support))
         out = []
-        for i in range(req.images):
-            row = done.get(i) or new_rows[i]
-            img = images.get(i) or imageio.decode_rgb(self.db.artifacts.get(row.artifact_sha256))
-            att = attention.get(i)
-            if att is None:
-                att = imageio.decode_attention(self.db.artifacts.get(row.attention_sha256))
-            out.append(SupportImage(id=row.id, sha=row.artifact_sha256, image=img, source="generated",
-                                    attention=att))
-        return run_id, out, len(missing)
-
-    # ------------------------------------------------------------------ exemplars
-    def _store_exemplars(self, class_id: str, loaded: list[tuple[Path, PIL.Image.Image, np.ndarray | None]]
-                         ) -> list[SupportImage]:
-        out = []
-        self.progress("exemplars", 0, len(loaded))
-        for path, image, given in loaded:
-            sha = self.db.artifacts.put(imageio.png_bytes(image))
-            with self.db.session() as s:
-                row = s.scalar(select(SupportImageRow).where(
-                    SupportImageRow.class_id == class_id, SupportImageRow.source == "exemplar",
-                    SupportImageRow.artifact_sha256 == sha))
-                if row is None:
-                    row = SupportImageRow(class_id=class_id, source="exemplar", artifact_sha256=sha,
-                                          width=image.width, height=image.height, origin=path.name)
-                    s.add(row)
-                    s.flush()
-                image_id = row.id
-            out.append(SupportImage(id=image_id, sha=sha, image=image, source="exemplar",
-                                    given_mask=given))
-            self.progress("exemplars", 1, None)
+        for sup, f in zip(support, feats):
+            m = masks_for(f, tuple(f.shape[:2]), image=sup.image, attention=sup.attention, given=sup.given_mask,
+                          given_background=sup.given_background, min_fraction=cfg.masks.min_fraction,
+                          exemplar_background=cfg.masks.exemplar_background, plugin=plan.plugin)
+            self._store_masks(sup, m, record)
+            out.append(m)
+            self.progress(stage, 1, None)
         return out
 
-    # ------------------------------------------------------------------ one set per extractor
-    def _build_set(self, name, class_id, spec, extractor, support: list[SupportImage], run_id,
-                   req: AddClassRequest) -> tuple[dict, bool]:
-        from protodb.pipeline.masks import attention_fg_bg, downsample_mask, ncut_segments
-        from protodb.pipeline.prototypes import build_prototypes
+    def _store_masks(self, sup: SupportImage, m: GridMasks, record: ExtractorRecord) -> None:
+        size = (sup.image.width, sup.image.height)
+        pixels = {"foreground": m.fg_pixels if m.fg_pixels is not None else upsample(m.fg, size),
+                  "background": m.bg_pixels if m.bg_pixels is not None else upsample(m.bg, size)}
+        digests = {role: self.stores.artifacts.put(mask_png(px)) for role, px in pixels.items()}
 
-        ext_info = self.registry.extractor_record(spec, extractor)
-        short_side = req.short_side or self.registry.default_short_side
-        mask_params = {"given_value": req.mask_value, "min_fraction": req.mask_min_fraction}
-        config_hash = _sha_json({
-            "pipeline": PIPELINE_VERSION, "extractor": ext_info["id"], "images": [s.sha for s in support],
-            "given": [_mask_digest(s.given_mask) for s in support], "mask_value": req.mask_value,
-            "k": req.k, "seed": req.seed, "short_side": short_side, "min_fraction": req.mask_min_fraction,
-            "segmenter": None if self.segmenter is None else [self.segmenter.name, self.segmenter.params()],
-        })
-        if not req.new_version:
-            found = self.db.find_set(name, ext_info["id"], config_hash)
-            if found is not None:
-                return found, True
-        self.progress(f"extract {spec.name}", 0, len(support))
-        feats = featurize(extractor, [(s.sha, s.image) for s in support], short_side=short_side,
-                          cache=self.cache, batch_size=max(1, req.batch_size),
-                          progress=lambda n: self.progress(f"extract {spec.name}", n, None))
-        fgs, bgs = [], []
-        plugin = self.segmenter
-        self.progress(f"masks {spec.name}", 0, len(support))
-        for sup, f in zip(support, feats):
-            grid = tuple(f.shape[:2])
-            if sup.given_mask is not None:
-                fg = downsample_mask(sup.given_mask, grid, req.mask_min_fraction)
-                bg = downsample_mask(~sup.given_mask, grid, 1.0)  # patches with no class pixel
-                method, params = "given", {**mask_params, "grid": list(grid)}
-            elif sup.attention is not None:
-                proposals = plugin.segment(sup.image, grid) if plugin is not None else None
-                res = attention_fg_bg(f, sup.attention, segments=proposals)
-                fg, bg, method, params = res.fg, res.bg, res.method, res.params
-                if plugin is not None:
-                    method, params = f"{plugin.name}+attention", {**params, plugin.name: plugin.params()}
-            else:
-                proposals = plugin.segment(sup.image, grid) if plugin is not None else ncut_segments(f)
-                fg = object_segment(proposals, grid)
-                bg = ~ndimage.binary_dilation(fg, iterations=1) if fg.any() else np.zeros(grid, bool)
-                method, params = "ncut+border", {"n_segments": 3, "tau": 0.2, "dilate": 1,
-                                                 "min_area": MIN_OBJECT_AREA, "grid": list(grid)}
-                if plugin is not None:
-                    method, params = f"{plugin.name}+border", {"dilate": 1, "min_area": MIN_OBJECT_AREA,
-                                                               "grid": list(grid), plugin.name: plugin.params()}
-            fgs.append(fg)
-            bgs.append(bg)
-            self._store_masks(sup, fg, bg, method, params, ext_info)
-            self.progress(f"masks {spec.name}", 1, None)
-        self.progress(f"prototypes {spec.name}", 0, 1)
-        protos = build_prototypes(feats, fgs, bgs, k=req.k, seed=req.seed, background=True)
-        if not protos:
-            raise InvalidInput(f"no foreground found in any support image of {name!r}; "
-                               "try more --images or give --masks")
+        def rows(s) -> None:
+            from_sql = set(s.execute(select(MaskRow.role, MaskRow.artifact_sha256).where(
+                MaskRow.image_id == sup.id, MaskRow.extractor_id == record.id)).tuples())
+            for role, sha in digests.items():
+                if (role, sha) not in from_sql:
+                    s.add(MaskRow(image_id=sup.id, role=role, artifact_sha256=sha, method=m.method,
+                                  params=m.params, extractor_id=record.id))
+
+        self.sets.sessions.transact(rows, what="mask rows")
+
+    def _commit(self, cfg: BuildConfig, record: ExtractorRecord, support: list[SupportImage], feats, grids,
+                run_id) -> BuiltSet:
+        stage = f"prototypes {record.name}"
+        self.progress(stage, 0, 1)
+        protos = build_prototypes(feats, [g[0] for g in grids], [g[1] for g in grids], k=cfg.k, seed=cfg.seed,
+                                  background=True)
+        if not any(p.kind in FOREGROUND_KINDS for p in protos):
+            raise InvalidInput(f"no foreground found in any support image of {cfg.class_name!r}; nothing was "
+                               "committed; try more --images or give --masks")
         rows = PrototypeRows(
-            vectors=np.stack([p.vector for p in protos]),
-            kinds=[p.kind for p in protos],
+            vectors=np.stack([p.vector for p in protos]), kinds=[p.kind for p in protos],
             image_ids=[support[p.image_index].id if p.image_index is not None else None for p in protos],
             regions=[tuple(int(v) for v in p.region) if p.region is not None else None for p in protos],
-            weights=[float(p.weight) for p in protos],
-        )
-        self.progress(f"prototypes {spec.name}", 1, None)
-        summary = self.db.write_set(
-            name, ext_info, rows, config_hash=config_hash, image_ids=[s.id for s in support],
-            run_id=run_id,
-            params={"k": req.k, "seed": req.seed, "short_side": short_side, "mask_value": req.mask_value,
-                    "pipeline": PIPELINE_VERSION, "preset": self.registry.preset,
-                    "device": str(self.device), "dtype": dtype_name(self.dtype)},
-        )
-        return summary, False
-
-    def _store_masks(self, sup: SupportImage, fg, bg, method, params, ext_info) -> None:
-        size = (sup.image.width, sup.image.height)
-        up = lambda m: np.asarray(PIL.Image.fromarray(m.astype(np.uint8) * 255).resize(size, PIL.Image.NEAREST)) > 127  # noqa: E731
-        self.db.transact(lambda s: self.db.ensure_extractor(s, **ext_info))
-        with self.db.session() as s:
-            for role, m in (("foreground", fg), ("background", bg)):
-                sha = self.db.artifacts.put(imageio.mask_png(up(m)))
-                exists = s.scalar(select(MaskRow.id).where(
-                    MaskRow.image_id == sup.id, MaskRow.role == role, MaskRow.artifact_sha256 == sha,
-                    MaskRow.extractor_id == ext_info["id"]))
-                if exists is None:
-                    s.add(MaskRow(image_id=sup.id, role=role, artifact_sha256=sha, method=method,
-                                  params=params, extractor_id=ext_info["id"]))
-
-
+            weights=[float(p.weight) for p in protos])
+        self.progress(stage, 1, None)
+        sc = cfg.set_config(record, [s.sha for s in support])
+        params = {"k": cfg.k, "seed": cfg.seed, "short_side": cfg.short_side, "mask_value": cfg.masks.given_value,
+                  "pipeline": cfg.pipeline_version, "preset": cfg.preset, "device": str(self.device),
+                  "dtype": dtype_name(self.dtype), "mask_extractor": cfg.masks.source}
+        kw = dict(config_hash=sc.config_hash, config=sc.to_dict(), image_ids=[s.id for s in support], run_id=run_id,
+                  params=params)
+        if cfg.new_version:
+            return BuiltSet(self.sets.commit(cfg.class_name, record, rows, **kw), False)
+        return self.sets.commit_unless_present(cfg.class_name, record, rows, **kw)

@@ -14,7 +14,8 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
-from protodb.pipeline.imageio import feature_size, to_tensor
+from protodb.fileio import atomic_path
+from protodb.images import feature_size, to_tensor
 
 
 class FeatureCache:
@@ -41,10 +42,8 @@ class FeatureCache:
         path = self._path(key, digest, size)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"feats": feats.to(torch.float16).contiguous().cpu()}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"feats": feats.to(torch.float16).contiguous().cpu()}, str(tmp))
 
 
 def extractor_key(extractor) -> str:

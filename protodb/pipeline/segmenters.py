@@ -16,12 +16,14 @@ Plugins: any installed package can add one through the entry-point group ``proto
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import entry_points
 from typing import Any
 
 from protodb.errors import InvalidInput
 
 GROUP = "protodb.segmenters"
+log = logging.getLogger(__name__)
 
 
 def plugins() -> dict[str, Any]:
@@ -30,7 +32,9 @@ def plugins() -> dict[str, Any]:
     for ep in entry_points(group=GROUP):
         try:
             obj = ep.load()
-        except Exception:  # noqa: BLE001 - a broken plugin must not break protodb
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not break protodb
+            log.warning("segmenter plugin %s (%s) cannot be loaded, skipped: %s: %s", ep.name, ep.value,
+                        type(err).__name__, err)
             continue
         found[getattr(obj, "name", ep.name)] = obj
     return found
@@ -45,8 +49,11 @@ def choose(name: str = "auto"):
         for plugin in found.values():
             try:
                 if plugin.available():
+                    log.info("using segmenter plugin %s", getattr(plugin, "name", plugin))
                     return plugin
-            except Exception:  # noqa: BLE001
+                log.info("segmenter plugin %s is installed but not usable (checkpoint?); skipped", plugin.name)
+            except Exception as err:  # noqa: BLE001
+                log.warning("segmenter plugin %s failed its availability check, skipped: %s", plugin, err)
                 continue
         return None
     if name not in found:

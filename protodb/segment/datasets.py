@@ -41,18 +41,21 @@ from PIL import Image
 
 from protodb.errors import InvalidInput
 from protodb.images import IMAGE_EXTENSIONS as _IMAGE_EXTS
+from protodb.vocabularies import load_builtin
 
 IGNORE = 255
 
-# name -> (vocabulary, offset of class 0 in the files, background kept, file values that mean "ignore")
+# name -> (vocabulary, background scored (None: the vocabulary's), file values that mean "ignore"
+# besides the vocabulary's ignore_index). The offset of class 0 in the files is the vocabulary's
+# ``label_offset`` (protodb/data/vocabularies/*.json): one source for both.
 _CONVENTIONS = {
-    "voc": ("voc", 1, True, (255,)),
-    "context": ("context", 1, True, (255,)),
-    "context59": ("context", 1, False, (255,)),
-    "coco-object": ("coco-object", 1, True, (255,)),
-    "ade20k": ("ade20k", 1, False, (255,)),
-    "cityscapes": ("cityscapes", 0, False, (255,)),
-    "camvid": ("camvid", 0, False, (11,)),
+    "voc": ("voc", None, (255,)),
+    "context": ("context", None, (255,)),
+    "context59": ("context", False, (255,)),
+    "coco-object": ("coco-object", None, (255,)),
+    "ade20k": ("ade20k", None, (255,)),
+    "cityscapes": ("cityscapes", None, (255,)),
+    "camvid": ("camvid", None, ()),
 }
 _ALIASES = {"context60": "context", "pascal-voc": "voc", "ade": "ade20k", "coco": "coco-object"}
 
@@ -76,11 +79,12 @@ def label_convention(name: str) -> dict:
     ``background`` (bool: index K is the background), ``offset`` (file value of class 0),
     ``reduce_zero_label`` (file value 0 is ignored), ``file_ignore`` (file values that mean "not scored"),
     ``ignore_index`` (255, the index those pixels get)."""
-    from protodb.vocabularies import load_builtin
-
     key = _key(name)
-    vocab, offset, background, file_ignore = _CONVENTIONS[key]
-    k = len(load_builtin(vocab)["classes"])
+    vocab, background, extra_ignore = _CONVENTIONS[key]
+    doc = load_builtin(vocab)
+    k, offset = len(doc["classes"]), int(doc["label_offset"])
+    background = bool(doc["background"]) if background is None else background
+    file_ignore = tuple(dict.fromkeys((*extra_ignore, int(doc["ignore_index"]))))
     return {"name": key, "vocabulary": vocab, "classes": k, "num_classes": k + int(background),
             "background": background, "offset": offset, "reduce_zero_label": offset == 1 and not background,
             "file_ignore": list(file_ignore), "ignore_index": IGNORE}

@@ -12,22 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
-from protodb.models.extractors import crop_starts
-from protodb.pipeline.imageio import feature_size
+from protodb.images import crop_starts, feature_size
 from protodb.segment.match import MatchTable, score_patches
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """``short_side``: side the image's short side is resized to (None: keep the size); ``sizes``: square
-    window sides in resized pixels (clamped to the image); ``stride``: window step in resized pixels;
-    ``whole``: also score the whole resized image as one window; ``batch``: windows per extractor call."""
-
-    short_side: int | None = 448
-    sizes: tuple[int, ...] = (448, 336)
-    stride: int = 224
-    whole: bool = True
-    batch: int = 8
+from protodb.segment.options import WindowSpec
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ before that transaction leaves nothing visible; the next import replaces the orp
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protodb import __version__
-from protodb.catalog import sets as setq
+from protodb.catalog import queries
 from protodb.catalog.schema import (
     SET_READY,
     ClassRow,
@@ -48,9 +50,14 @@ from protodb.catalog.schema import (
     VocabularyRow,
     new_id,
 )
+from protodb.entities import ImportReport
 from protodb.errors import ProtoDBError
-from protodb.sharing.bundle import TABLES, Contents, refuse, rows_from_dict
+from protodb.names import Ref, quoted
+from protodb.sharing.bundle.contents import Contents
+from protodb.sharing.bundle.format import refuse
+from protodb.sharing.bundle.tables import TABLES, rows_from_dict
 from protodb.storage.vectors import PrototypeRows, table_name
+from protodb.stores import Stores
 
 ORIGIN_TAG = "import:{short}"
 _LOCAL_PATH_KEYS = ("checkpoint", "path")
@@ -86,149 +93,164 @@ class Plan:
     origin_tag: str | None = None
 
 
-def plan(s: Session, c: Contents, artifact_exists: Callable[[str], bool]) -> Plan:
-    """Decide what an import adds and skips, against the catalog as ``s`` sees it (writes nothing)."""
-    p = Plan()
-    rows = c.rows
-    cls_name = {r["id"]: r["name"] for r in rows["classes"]}
-    ext_name = {r["id"]: r["name"] for r in rows["extractors"]}
+class _Planner:
+    """Plans an import one entity kind at a time, in foreign-key order; each step reads what the
+    earlier steps decided (local ids of classes, images and sets) and writes nothing."""
 
-    # classes ---------------------------------------------------------------------------------
-    class_map: dict[str, str] = {}
-    status: dict[str, str] = {}
-    for r in rows["classes"]:
-        local = setq.get_class(s, r["name"])
-        if local is None:
-            cid = r["id"] if s.get(ClassRow, r["id"]) is None else new_id()
-            p.inserts["classes"].append({**r, "id": cid})
-            class_map[r["id"]], status[r["id"]] = cid, "new"
-            p.new_classes.append(r["name"])
-            continue
-        class_map[r["id"]] = local.id
-        status[r["id"]] = "same" if local.id == r["id"] else "other"
-        p.existing_classes.append(r["name"])
-        if local.kind != r["kind"]:
-            p.warnings.append(f"class {r['name']!r} is {r['kind']} in the bundle but {local.kind} here; "
-                              f"kept {local.kind} (change it with: protodb label {_q(r['name'])} --{r['kind']})")
-    for r in rows["class_labels"]:
-        if status[r["class_id"]] != "other" and s.get(LabelRow, r["id"]) is None:
-            p.inserts["class_labels"].append({**r, "class_id": class_map[r["class_id"]]})
+    def __init__(self, s: Session, c: Contents):
+        self.s, self.c, self.rows = s, c, c.rows
+        self.p = Plan()
+        self.cls_name = {r["id"]: r["name"] for r in self.rows["classes"]}
+        self.ext_name = {r["id"]: r["name"] for r in self.rows["extractors"]}
+        self.class_map: dict[str, str] = {}  # bundle class id -> local class id
+        self.status: dict[str, str] = {}  # bundle class id -> new | same | other
+        self.new_runs: set[str] = set()
+        self.image_map: dict[str, str] = {}
+        self.set_where: dict[str, tuple[str, str, int]] = {}  # bundle set id -> (local class, extractor, version)
+        self.pinned: dict[tuple[str, str, str], str] = {}  # (tag, local class, extractor) -> set id
 
-    # extractors, generator specs, runs -------------------------------------------------------
-    for r in rows["extractors"]:
-        if s.get(ExtractorRow, r["id"]) is None:
-            p.inserts["extractors"].append(r)
-            for key in _LOCAL_PATH_KEYS:
-                value = (r.get("config") or {}).get(key)
-                if isinstance(value, str) and not os.path.exists(value):
-                    p.warnings.append(
-                        f"extractor {r['name']} reads {key} {value}, which is not on this machine; put the same "
-                        "weights there (or build them with the same preset) before segmenting with it")
-    for r in rows["generator_specs"]:
-        if s.get(GeneratorSpecRow, r["id"]) is None:
-            p.inserts["generator_specs"].append(r)
-    new_runs = set()
-    for r in rows["generation_runs"]:
-        if s.get(GenerationRunRow, r["id"]) is None:
-            p.inserts["generation_runs"].append({**r, "class_id": class_map[r["class_id"]]})
-            new_runs.add(r["id"])
-
-    # support images and masks ---------------------------------------------------------------
-    image_map: dict[str, str] = {}
-    unlinked = 0
-    for r in rows["support_images"]:
-        if s.get(SupportImageRow, r["id"]) is not None:
-            image_map[r["id"]] = r["id"]
-            continue
-        row = {**r, "class_id": class_map[r["class_id"]]}
-        if r.get("run_id") and r["run_id"] not in new_runs and r.get("index_in_run") is not None:
-            local = s.scalar(select(SupportImageRow).where(SupportImageRow.run_id == r["run_id"],
-                                                           SupportImageRow.index_in_run == r["index_in_run"]))
-            if local is not None and local.artifact_sha256 == r["artifact_sha256"]:
-                image_map[r["id"]] = local.id
+    def classes(self) -> None:
+        s, p = self.s, self.p
+        for r in self.rows["classes"]:
+            local = queries.get_class(s, r["name"])
+            if local is None:
+                cid = r["id"] if s.get(ClassRow, r["id"]) is None else new_id()
+                p.inserts["classes"].append({**r, "id": cid})
+                self.class_map[r["id"]], self.status[r["id"]] = cid, "new"
+                p.new_classes.append(r["name"])
                 continue
+            self.class_map[r["id"]] = local.id
+            self.status[r["id"]] = "same" if local.id == r["id"] else "other"
+            p.existing_classes.append(r["name"])
+            if local.kind != r["kind"]:
+                p.warnings.append(f"class {r['name']!r} is {r['kind']} in the bundle but {local.kind} here; "
+                                  f"kept {local.kind} (change it with: protodb label {quoted(r['name'])} --{r['kind']})")
+
+    def labels(self) -> None:
+        for r in self.rows["class_labels"]:
+            if self.status[r["class_id"]] != "other" and self.s.get(LabelRow, r["id"]) is None:
+                self.p.inserts["class_labels"].append({**r, "class_id": self.class_map[r["class_id"]]})
+
+    def extractors_and_runs(self) -> None:
+        s, p = self.s, self.p
+        for r in self.rows["extractors"]:
+            if s.get(ExtractorRow, r["id"]) is None:
+                p.inserts["extractors"].append(r)
+                for key in _LOCAL_PATH_KEYS:
+                    value = (r.get("config") or {}).get(key)
+                    if isinstance(value, str) and not os.path.isabs(value) and not value.startswith("pkg:"):
+                        continue  # relative to the database home: built again here (tiny preset)
+                    if isinstance(value, str) and not value.startswith("pkg:") and not os.path.exists(value):
+                        p.warnings.append(
+                            f"extractor {r['name']} reads {key} {value}, which is not on this machine; put the same "
+                            "weights there (or build them with the same preset) before segmenting with it")
+        for r in self.rows["generator_specs"]:
+            if s.get(GeneratorSpecRow, r["id"]) is None:
+                p.inserts["generator_specs"].append(r)
+        for r in self.rows["generation_runs"]:
+            if s.get(GenerationRunRow, r["id"]) is None:
+                p.inserts["generation_runs"].append({**r, "class_id": self.class_map[r["class_id"]]})
+                self.new_runs.add(r["id"])
+
+    def images(self) -> None:
+        s, p = self.s, self.p
+        unlinked = 0
+        for r in self.rows["support_images"]:
+            if s.get(SupportImageRow, r["id"]) is not None:
+                self.image_map[r["id"]] = r["id"]
+                continue
+            row = {**r, "class_id": self.class_map[r["class_id"]]}
+            if r.get("run_id") and r["run_id"] not in self.new_runs and r.get("index_in_run") is not None:
+                local = s.scalar(select(SupportImageRow).where(SupportImageRow.run_id == r["run_id"],
+                                                               SupportImageRow.index_in_run == r["index_in_run"]))
+                if local is not None and local.artifact_sha256 == r["artifact_sha256"]:
+                    self.image_map[r["id"]] = local.id
+                    continue
+                if local is not None:
+                    row["run_id"] = None
+                    unlinked += 1
+            p.inserts["support_images"].append(row)
+            self.image_map[r["id"]] = r["id"]
+        if unlinked:
+            p.warnings.append(f"{unlinked} imported support images differ from this database's images of the same "
+                              "generation run and index; they were imported without the run link")
+
+    def masks(self) -> None:
+        for r in self.rows["masks"]:
+            if self.s.get(MaskRow, r["id"]) is not None:
+                continue
+            image_id = self.image_map[r["image_id"]]
+            same = self.s.scalar(select(MaskRow.id).where(
+                MaskRow.image_id == image_id, MaskRow.role == r["role"],
+                MaskRow.artifact_sha256 == r["artifact_sha256"], MaskRow.extractor_id == r["extractor_id"]))
+            if same is None:
+                self.p.inserts["masks"].append({**r, "image_id": image_id})
+
+    def sets(self) -> None:
+        s, p = self.s, self.p
+        used: dict[tuple[str, str], set[int]] = {}
+        ordered = sorted(self.rows["prototype_sets"],
+                         key=lambda r: (self.cls_name[r["class_id"]], r["extractor_id"], r["version"], r["id"]))
+        for r in ordered:
+            local = s.get(PrototypeSetRow, r["id"])
+            name, ext = self.cls_name[r["class_id"]], r["extractor_id"]
             if local is not None:
-                row["run_id"] = None
-                unlinked += 1
-        p.inserts["support_images"].append(row)
-        image_map[r["id"]] = r["id"]
-    if unlinked:
-        p.warnings.append(f"{unlinked} imported support images differ from this database's images of the same "
-                          "generation run and index; they were imported without the run link")
-    for r in rows["masks"]:
-        if s.get(MaskRow, r["id"]) is not None:
-            continue
-        image_id = image_map[r["image_id"]]
-        same = s.scalar(select(MaskRow.id).where(
-            MaskRow.image_id == image_id, MaskRow.role == r["role"],
-            MaskRow.artifact_sha256 == r["artifact_sha256"], MaskRow.extractor_id == r["extractor_id"]))
-        if same is None:
-            p.inserts["masks"].append({**r, "image_id": image_id})
+                p.skipped_sets.append({"id": r["id"], "class": name, "extractor": self.ext_name[ext],
+                                       "version": local.version, "status": local.status})
+                self.set_where[r["id"]] = (local.class_id, local.extractor_id, local.version)
+                continue
+            cid = self.class_map[r["class_id"]]
+            if (cid, ext) not in used:
+                used[(cid, ext)] = set(s.scalars(select(PrototypeSetRow.version).where(
+                    PrototypeSetRow.class_id == cid, PrototypeSetRow.extractor_id == ext,
+                    PrototypeSetRow.version.is_not(None))).all())
+            taken = used[(cid, ext)]
+            keep = self.status[r["class_id"]] != "other" and r["version"] not in taken
+            version = r["version"] if keep else max(taken | {0}) + 1
+            taken.add(version)
+            vec = self.c.vectors[r["id"]]
+            mapped = PrototypeRows(vectors=vec.vectors, kinds=list(vec.kinds),
+                                   image_ids=[self.image_map.get(i, i) if i else None for i in vec.image_ids],
+                                   regions=list(vec.regions), weights=list(vec.weights))
+            p.new_sets.append(SetPlan(r["id"], name, cid, ext, self.ext_name[ext], version, r["version"], mapped))
+            self.set_where[r["id"]] = (cid, ext, version)
+            params = {k: v for k, v in (r.get("params") or {}).items() if k != "owner"}
+            p.inserts["prototype_sets"].append({
+                **r, "class_id": cid, "version": version, "status": SET_READY, "params": params,
+                "vector_table": table_name(ext), "vector_table_version": None,
+                "vectors_sha256": mapped.checksum(),
+            })
+        new_ids = {sp.id for sp in p.new_sets}
+        seen = set()
+        for r in self.rows["prototype_set_images"]:  # two imported images may map onto one local image
+            key = (r["set_id"], self.image_map[r["image_id"]])
+            if r["set_id"] in new_ids and key not in seen:
+                seen.add(key)
+                p.inserts["prototype_set_images"].append({**r, "image_id": key[1]})
 
-    # prototype sets -------------------------------------------------------------------------
-    used: dict[tuple[str, str], set[int]] = {}
-    set_where: dict[str, tuple[str, str, int]] = {}  # bundle set id → (local class, extractor, version)
-    ordered = sorted(rows["prototype_sets"], key=lambda r: (cls_name[r["class_id"]], r["extractor_id"],
-                                                            r["version"], r["id"]))
-    for r in ordered:
-        local = s.get(PrototypeSetRow, r["id"])
-        name, ext = cls_name[r["class_id"]], r["extractor_id"]
-        if local is not None:
-            p.skipped_sets.append({"id": r["id"], "class": name, "extractor": ext_name[ext],
-                                   "version": local.version, "status": local.status})
-            set_where[r["id"]] = (local.class_id, local.extractor_id, local.version)
-            continue
-        cid = class_map[r["class_id"]]
-        key = (cid, ext)
-        if key not in used:
-            used[key] = set(s.scalars(select(PrototypeSetRow.version).where(
-                PrototypeSetRow.class_id == cid, PrototypeSetRow.extractor_id == ext,
-                PrototypeSetRow.version.is_not(None))).all())
-        taken = used[key]
-        if status[r["class_id"]] != "other" and r["version"] not in taken:
-            version = r["version"]
-        else:
-            version = max(taken | {0}) + 1
-        taken.add(version)
-        vec = c.vectors[r["id"]]
-        mapped = PrototypeRows(vectors=vec.vectors, kinds=list(vec.kinds),
-                               image_ids=[image_map.get(i, i) if i else None for i in vec.image_ids],
-                               regions=list(vec.regions), weights=list(vec.weights))
-        p.new_sets.append(SetPlan(r["id"], name, cid, ext, ext_name[ext], version, r["version"], mapped))
-        set_where[r["id"]] = (cid, ext, version)
-        params = {k: v for k, v in (r.get("params") or {}).items() if k != "owner"}
-        p.inserts["prototype_sets"].append({
-            **r, "class_id": cid, "version": version, "status": SET_READY, "params": params,
-            "vector_table": table_name(ext), "vector_table_version": None,
-        })
-    new_ids = {sp.id for sp in p.new_sets}
-    for r in rows["prototype_set_images"]:
-        if r["set_id"] in new_ids:
-            p.inserts["prototype_set_images"].append({**r, "image_id": image_map[r["image_id"]]})
-    _dedupe_links(p)
-
-    # tags ------------------------------------------------------------------------------------
-    pinned: dict[tuple[str, str, str], str] = {}  # (tag, local class, extractor) → set id
-    set_class = {r["id"]: cls_name[r["class_id"]] for r in rows["prototype_sets"]}
-    for r in rows["tags"]:
-        where = set_where.get(r["set_id"])
-        if where is None:
-            continue
-        cid, ext, _v = where
-        if s.get(TagRow, r["id"]) is not None or s.scalar(
-                select(TagRow.id).where(TagRow.name == r["name"], TagRow.set_id == r["set_id"])):
-            pinned[(r["name"], cid, ext)] = r["set_id"]
-            continue
-        other = pinned.get((r["name"], cid, ext)) or s.scalar(
-            select(TagRow.set_id).join(PrototypeSetRow, TagRow.set_id == PrototypeSetRow.id).where(
-                TagRow.name == r["name"], PrototypeSetRow.class_id == cid, PrototypeSetRow.extractor_id == ext))
-        if other is not None and other != r["set_id"]:
-            p.tag_conflicts.append(f"{set_class[r['set_id']]}@{r['name']}")
-            continue
-        pinned[(r["name"], cid, ext)] = r["set_id"]
-        p.inserts["tags"].append(r)
-    if p.new_sets:
-        p.origin_tag = ORIGIN_TAG.format(short=c.short)
+    def tags(self) -> None:
+        s, p = self.s, self.p
+        set_class = {r["id"]: self.cls_name[r["class_id"]] for r in self.rows["prototype_sets"]}
+        for r in self.rows["tags"]:
+            where = self.set_where.get(r["set_id"])
+            if where is None:
+                continue
+            cid, ext, _v = where
+            if s.get(TagRow, r["id"]) is not None or s.scalar(
+                    select(TagRow.id).where(TagRow.name == r["name"], TagRow.set_id == r["set_id"])):
+                self.pinned[(r["name"], cid, ext)] = r["set_id"]
+                continue
+            other = self.pinned.get((r["name"], cid, ext)) or s.scalar(
+                select(TagRow.set_id).join(PrototypeSetRow, TagRow.set_id == PrototypeSetRow.id).where(
+                    TagRow.name == r["name"], PrototypeSetRow.class_id == cid, PrototypeSetRow.extractor_id == ext))
+            if other is not None and other != r["set_id"]:
+                p.tag_conflicts.append(f"{set_class[r['set_id']]}@{r['name']}")
+                continue
+            self.pinned[(r["name"], cid, ext)] = r["set_id"]
+            p.inserts["tags"].append(r)
+        if not p.new_sets:
+            return
+        p.origin_tag = ORIGIN_TAG.format(short=self.c.short)
         newest: dict[tuple[str, str], SetPlan] = {}
         for sp in p.new_sets:
             k = (sp.class_id, sp.extractor_id)
@@ -237,37 +259,38 @@ def plan(s: Session, c: Contents, artifact_exists: Callable[[str], bool]) -> Pla
         for sp in sorted(newest.values(), key=lambda x: (x.cls, x.extractor_id)):
             if s.scalar(select(TagRow.id).where(TagRow.name == p.origin_tag, TagRow.set_id == sp.id)) is None:
                 p.inserts["tags"].append({
-                    "id": _derived_id(c.manifest_sha256, sp.id), "name": p.origin_tag, "set_id": sp.id,
-                    "note": f"imported from bundle {c.manifest_sha256} (protodb {c.manifest.get('protodb_version')})",
+                    "id": _derived_id(self.c.manifest_sha256, sp.id), "name": p.origin_tag, "set_id": sp.id,
+                    "note": f"imported from bundle {self.c.manifest_sha256} "
+                            f"(protodb {self.c.manifest.get('protodb_version')})",
                     "protodb_version": __version__,
                 })
-            pinned[(p.origin_tag, sp.class_id, sp.extractor_id)] = sp.id
+            self.pinned[(p.origin_tag, sp.class_id, sp.extractor_id)] = sp.id
 
-    # vocabularies ----------------------------------------------------------------------------
-    _plan_vocabularies(s, c, p, class_map, set_where, pinned)
+    def artifacts(self, artifact_exists: Callable[[str], bool]) -> None:
+        needed = set()
+        for r in self.p.inserts["support_images"]:
+            needed |= {h for h in (r["artifact_sha256"], r.get("attention_sha256")) if h}
+        needed |= {r["artifact_sha256"] for r in self.p.inserts["masks"]}
+        self.p.artifacts_missing = sorted(h for h in needed if not artifact_exists(h))
 
-    # artifacts -------------------------------------------------------------------------------
-    needed = set()
-    for r in p.inserts["support_images"]:
-        needed |= {h for h in (r["artifact_sha256"], r.get("attention_sha256")) if h}
-    needed |= {r["artifact_sha256"] for r in p.inserts["masks"]}
-    p.artifacts_missing = sorted(h for h in needed if not artifact_exists(h))
-    return p
+
+def plan(s: Session, c: Contents, artifact_exists: Callable[[str], bool]) -> Plan:
+    """Decide what an import adds and skips, against the catalog as ``s`` sees it (writes nothing)."""
+    pl = _Planner(s, c)
+    pl.classes()
+    pl.labels()
+    pl.extractors_and_runs()
+    pl.images()
+    pl.masks()
+    pl.sets()
+    pl.tags()
+    _plan_vocabularies(s, c, pl.p, pl.class_map, pl.set_where, pl.pinned)
+    pl.artifacts(artifact_exists)
+    return pl.p
 
 
 def _derived_id(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:32]
-
-
-def _dedupe_links(p: Plan) -> None:
-    """Two imported images may map onto one local image: keep one link per (set, image)."""
-    seen, out = set(), []
-    for r in p.inserts["prototype_set_images"]:
-        key = (r["set_id"], r["image_id"])
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    p.inserts["prototype_set_images"] = out
 
 
 def _plan_vocabularies(s, c: Contents, p: Plan, class_map, set_where, pinned) -> None:
@@ -321,7 +344,7 @@ def _rewrite_ref(cname: str, ref: str | None, set_ids: list[str], set_where, pin
     """A member pin that still names the same sets here, or a version pin that does."""
     if ref is None:
         return None
-    parsed = setq.Ref.parse(ref)
+    parsed = Ref.parse(ref)
     places = [set_where[i] for i in set_ids if i in set_where]
     if not places:
         return ref
@@ -336,17 +359,17 @@ def _rewrite_ref(cname: str, ref: str | None, set_ids: list[str], set_where, pin
 
 
 # ================================================================================ apply
-def report(c: Contents, p: Plan, *, dry_run: bool) -> dict[str, Any]:
+def report(c: Contents, p: Plan, *, dry_run: bool) -> ImportReport:
     art_bytes = sum(c.artifacts[h].stat().st_size for h in p.artifacts_missing if c.artifacts.get(h))
-    return {
-        "bundle": c.short,
-        "manifest_sha256": c.manifest_sha256,
-        "dry_run": dry_run,
-        "lean": bool(c.manifest.get("lean")),
-        "protodb_version": c.manifest.get("protodb_version"),
-        "schema_revision": c.manifest.get("schema_revision"),
-        "origin_tag": p.origin_tag,
-        "added": {
+    return ImportReport(
+        bundle=c.short,
+        manifest_sha256=c.manifest_sha256,
+        dry_run=dry_run,
+        lean=bool(c.manifest.get("lean")),
+        protodb_version=c.manifest.get("protodb_version"),
+        schema_revision=c.manifest.get("schema_revision"),
+        origin_tag=p.origin_tag,
+        added={
             "classes": sorted(p.new_classes),
             "sets": [{"id": sp.id, "class": sp.cls, "extractor": sp.extractor, "version": sp.version,
                       "original_version": sp.original_version, "renumbered": sp.renumbered,
@@ -359,22 +382,22 @@ def report(c: Contents, p: Plan, *, dry_run: bool) -> dict[str, Any]:
             "tags": sorted({r["name"] for r in p.inserts["tags"]}),
             "vocabularies": [v["name"] for v in p.vocabularies if v["action"] == "added"],
         },
-        "skipped": {
+        skipped={
             "sets": p.skipped_sets,
             "classes_existing": sorted(p.existing_classes),
             "tags": sorted(p.tag_conflicts),
             "vocabularies": [v for v in p.vocabularies if v["action"] != "added"],
         },
-        "warnings": p.warnings,
-    }
+        warnings=tuple(p.warnings),
+    )
 
 
-def apply(db, c: Contents, *, dry_run: bool = False,
-          progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
-    """Import verified contents into ``db``: artifacts → vectors → one catalog transaction."""
+def apply(stores: Stores, c: Contents, *, dry_run: bool = False,
+          progress: Callable[[str, int, int | None], None] | None = None) -> ImportReport:
+    """Import verified contents: artifacts -> vectors -> one catalog transaction."""
     tick = progress or (lambda _s, _n, _t: None)
-    with db.session() as s:
-        first = plan(s, c, db.artifacts.exists)
+    with stores.sessions.reader() as s:
+        first = plan(s, c, stores.artifacts.exists)
     if dry_run:
         return report(c, first, dry_run=True)
     if first.artifacts_missing:
@@ -383,32 +406,37 @@ def apply(db, c: Contents, *, dry_run: bool = False,
         data = c.artifacts[digest].read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
             raise refuse(f"artifact {digest} changed on disk while importing")
-        db.artifacts.put(data)
+        stores.artifacts.put(data)
         tick("artifacts", len(data), None)
     table_versions: dict[str, int] = {}
     if first.new_sets:
         tick("vectors", 0, sum(int(sp.vectors.vectors.nbytes) for sp in first.new_sets))
-    for sp in first.new_sets:
-        table = table_name(sp.extractor_id)
-        with db._vector_lock(table):
-            db.vectors.delete_sets(table, [sp.id])  # orphans of an import that died before its commit
-            table_versions[sp.id] = db.vectors.add(table, sp.id, sp.vectors)
-        tick("vectors", int(sp.vectors.vectors.nbytes), None)
-    for attempt in range(20):
-        try:
-            with db.session() as s:
-                p = plan(s, c, lambda _h: True)
-                missing = [sp.id for sp in p.new_sets if sp.id not in table_versions]
-                if missing:
-                    raise ProtoDBError(f"the database changed during the import (set {missing[0]}); run it again")
-                _insert(s, p, table_versions)
-            break
-        except IntegrityError:  # a concurrent writer took a version or name: plan again
-            if attempt == 19:
-                raise
-    out = report(c, p, dry_run=False)
-    out["added"]["artifacts"] = len(first.artifacts_missing)
-    return out
+    try:
+        for sp in first.new_sets:
+            table = table_name(sp.extractor_id)
+            with stores.vector_lock(table):
+                stores.vectors.delete_sets(table, [sp.id])  # orphans of an import that died before its commit
+                table_versions[sp.id] = stores.vectors.add(table, sp.id, sp.vectors)
+            tick("vectors", int(sp.vectors.vectors.nbytes), None)
+
+        def commit(s: Session) -> Plan:
+            p = plan(s, c, lambda _h: True)
+            missing = [sp.id for sp in p.new_sets if sp.id not in table_versions]
+            if missing:
+                raise ProtoDBError(f"the database changed during the import (set {missing[0]}); run it again")
+            _insert(s, p, table_versions)
+            return p
+
+        final = stores.sessions.transact(commit, attempts=20, what="import")
+    except BaseException:  # nothing was committed: leave no orphan vectors behind
+        for sp in first.new_sets:
+            if sp.id in table_versions:
+                table = table_name(sp.extractor_id)
+                with contextlib.suppress(Exception), stores.vector_lock(table):
+                    stores.vectors.delete_sets(table, [sp.id])
+        raise
+    out = report(c, final, dry_run=False)
+    return dataclasses.replace(out, added={**out.added, "artifacts": len(first.artifacts_missing)})
 
 
 def _insert(s: Session, p: Plan, table_versions: dict[str, int]) -> None:
@@ -421,5 +449,3 @@ def _insert(s: Session, p: Plan, table_versions: dict[str, int]) -> None:
         s.flush()
 
 
-def _q(name: str) -> str:
-    return f'"{name}"' if " " in name else name

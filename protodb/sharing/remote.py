@@ -19,6 +19,7 @@ the standard AWS environment/config via s3fs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,9 +30,15 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, unquote
 
+import fsspec
+
 from protodb import __version__
-from protodb.catalog import sets as setq
+from protodb.entities import PullReport, PushReport, Remote, RemoteRef
 from protodb.errors import InvalidInput, NotFound
+from protodb.hashing import sha256_file
+from protodb.names import Ref, quoted
+from protodb.services.sets import SetService
+from protodb.services.vocabs import VocabService
 from protodb.sharing import merge
 from protodb.sharing.bundle import (
     MANIFEST,
@@ -45,6 +52,7 @@ from protodb.sharing.bundle import (
     refuse,
 )
 from protodb.storage.artifacts import write_whole
+from protodb.stores import Settings, Stores
 
 REF_FORMAT = "protodb-ref"
 REF_KINDS = ("vocab", "classes")
@@ -65,7 +73,7 @@ def check_remote_name(name: str) -> str:
 
 def normalize_url(url: str) -> str:
     """A remote URL as stored: plain paths become absolute ``file://`` URLs; the protocol must be known."""
-    import fsspec
+
 
     url = str(url).strip()
     if not url:
@@ -197,61 +205,54 @@ class RemoteStore:
 
 
 # ================================================================================ settings
-def remote_url(db, name: str) -> str:
+def remote_url(settings: Settings, name: str) -> str:
     check_remote_name(name)
-    url = db.setting(SETTING_PREFIX + name)
+    url = settings.get(SETTING_PREFIX + name)
     if url is None:
         raise NotFound(f"no remote {name!r}; add one: protodb remote add {name} s3://bucket/prefix")
     return url
 
 
-def list_remotes(db) -> list[dict[str, str]]:
-    from sqlalchemy import select
-
-    from protodb.catalog.schema import SettingRow
-
-    with db.session() as s:
-        rows = s.scalars(select(SettingRow).where(SettingRow.key.startswith(SETTING_PREFIX))
-                         .order_by(SettingRow.key)).all()
-        return [{"name": r.key[len(SETTING_PREFIX):], "url": r.value} for r in rows]
+def list_remotes(settings: Settings) -> list[Remote]:
+    return [Remote(name, url) for name, url in settings.with_prefix(SETTING_PREFIX).items()]
 
 
 # ================================================================================ push
-def _push_jobs(db, sel: Selection) -> tuple[list[tuple[str, str, Selection]], list[str]]:
+def _push_jobs(sets: SetService, vocabs: VocabService, sel: Selection) -> tuple[list[tuple[str, str, Selection]], list[str]]:
     if sel.vocab:
         return [("vocab", sel.vocab, sel)], []
     if sel.classes:
         jobs = []
         for ref in sel.classes:
-            name = setq.Ref.parse(ref).name
+            name = Ref.parse(ref).name
             jobs.append(("classes", name, Selection(classes=(ref,), every_version=sel.every_version)))
         return jobs, []
     jobs, warnings = [], []
-    for cls in db.ls():
-        if cls["versions"]:
-            jobs.append(("classes", cls["name"], Selection(classes=(cls["name"],), every_version=True)))
-    for v in db.vocab_list():
-        if v["builtin"]:
+    for cls in sets.ls():
+        jobs.append(("classes", cls.name, Selection(classes=(cls.name,), every_version=True)))
+    for v in vocabs.list():
+        if v.builtin:
             continue
         try:
-            for ref in db.vocab_show(v["name"])["classes"]:
-                db.resolve(ref)
+            for ref in vocabs.show(v.name).classes:
+                sets.resolve(ref)
         except NotFound as err:
-            warnings.append(f"vocabulary {v['name']} not pushed: {err}")
+            warnings.append(f"vocabulary {v.name} not pushed: {err}")
             continue
-        jobs.append(("vocab", v["name"], Selection(vocab=v["name"])))
+        jobs.append(("vocab", v.name, Selection(vocab=v.name)))
     if not jobs:
         raise NotFound("nothing to push: this database has no ready prototype sets; see: protodb ls")
     return jobs, warnings
 
 
-def push(db, name: str, sel: Selection, *, lean: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def push(stores: Stores, sets: SetService, vocabs: VocabService, name: str, sel: Selection, *,
+         lean: bool = False, progress: Progress | None = None) -> PushReport:
     """Upload what the remote lacks of the selected bundles, then write their refs."""
     tick = progress or (lambda _s, _n, _t: None)
-    url = remote_url(db, name)
+    url = remote_url(stores.settings, name)
     store = RemoteStore(url)
-    jobs, warnings = _push_jobs(db, sel)
-    built = [(kind, ref_name, build_bundle(db, s, lean=lean)) for kind, ref_name, s in jobs]
+    jobs, warnings = _push_jobs(sets, vocabs, sel)
+    built = [(kind, ref_name, build_bundle(stores, sets, vocabs, s, lean=lean)) for kind, ref_name, s in jobs]
     existing = store.existing()
     todo: dict[str, tuple[int, Callable[[], bytes]]] = {}
     for _kind, _ref, parts in built:
@@ -283,9 +284,9 @@ def push(db, name: str, sel: Selection, *, lean: bool = False, progress: Progres
         store.write_ref(kind, ref_name, ref)
         refs.append({"kind": kind, "name": ref_name, "bundle": parts.short,
                      "sets": len(parts.manifest["contents"]["sets"])})
-    return {"remote": name, "url": url, "refs": refs, "uploaded": len(todo),
-            "uploaded_bytes": sum(size for size, _ in todo.values()), "already_there": present,
-            "warnings": warnings}
+    return PushReport(remote=name, url=url, refs=tuple(refs), uploaded=len(todo),
+                      uploaded_bytes=sum(size for size, _ in todo.values()), already_there=present,
+                      warnings=tuple(warnings))
 
 
 def _objects_of(parts) -> set[str]:
@@ -299,8 +300,8 @@ def _pull_refs(store: RemoteStore, sel: Selection, name: str) -> list[tuple[str,
     if sel.classes:
         out = []
         for ref in sel.classes:
-            parsed = setq.Ref.parse(ref)
-            if parsed.version is not None or parsed.tag is not None:
+            parsed = Ref.parse(ref)
+            if parsed.pinned:
                 raise InvalidInput(f"pull takes class names, not {ref!r}: the remote holds what was pushed for "
                                    f"{parsed.name}")
             out.append(("classes", parsed.name))
@@ -311,21 +312,21 @@ def _pull_refs(store: RemoteStore, sel: Selection, name: str) -> list[tuple[str,
     return refs
 
 
-def pull(db, name: str, sel: Selection, *, dry_run: bool = False, limits: Limits | None = None,
-         progress: Progress | None = None) -> dict[str, Any]:
+def pull(stores: Stores, name: str, sel: Selection, *, dry_run: bool = False, limits: Limits | None = None,
+         progress: Progress | None = None) -> PullReport:
     """Fetch the selected bundles' missing objects (verified) and import them like bundle files."""
     tick = progress or (lambda _s, _n, _t: None)
     limits = limits or Limits.from_env()
-    url = remote_url(db, name)
+    url = remote_url(stores.settings, name)
     store = RemoteStore(url)
-    cache = Path(db.home) / "cache" / "objects"
+    cache = stores.cache_dir / "objects"
     results, fetched_total = [], 0
     for kind, ref_name in _pull_refs(store, sel, name):
         ref = store.read_ref(kind, ref_name)
         if ref is None:
             flag = "--vocab" if kind == "vocab" else "--classes"
             raise NotFound(f"remote {name} has no {kind} {ref_name!r}; "
-                           f"push it: protodb push {name} {flag} {_q(ref_name)}")
+                           f"push it: protodb push {name} {flag} {quoted(ref_name)}")
         if ref["manifest_size"] > limits.max_json_bytes:
             raise refuse(f"manifest of {kind}/{ref_name} is {ref['manifest_size']} bytes, over the limit")
         manifest_path = cache / ref["manifest"]
@@ -339,7 +340,7 @@ def pull(db, name: str, sel: Selection, *, dry_run: bool = False, limits: Limits
         files, hashes, local_artifacts = {}, {}, set()
         need = 0
         for member, meta in manifest["members"].items():
-            if member.startswith("artifacts/") and db.artifacts.exists(meta["sha256"]):
+            if member.startswith("artifacts/") and stores.artifacts.exists(meta["sha256"]):
                 local_artifacts.add(meta["sha256"])
                 continue
             if not (cache / meta["sha256"]).is_file():
@@ -354,46 +355,38 @@ def pull(db, name: str, sel: Selection, *, dry_run: bool = False, limits: Limits
             hashes[member] = (meta["sha256"], meta["size"])
         staged = Staged(manifest, ref["manifest"], files, hashes, local_artifacts)
         contents = load_contents(staged)
-        result = merge.apply(db, contents, dry_run=dry_run, progress=tick)
-        result["ref"] = {"kind": kind, "name": ref_name, "pushed_at": ref.get("pushed_at")}
-        results.append(result)
+        result = merge.apply(stores, contents, dry_run=dry_run, progress=tick)
+        results.append(dataclasses.replace(result, ref={"kind": kind, "name": ref_name,
+                                                         "pushed_at": ref.get("pushed_at")}))
         if not dry_run:  # artifacts now live in the store; small members stay cached for the next pull
             for member, path in files.items():
                 if member.startswith("artifacts/"):
                     with contextlib.suppress(OSError):
                         path.unlink()
-    return {"remote": name, "url": url, "dry_run": dry_run, "downloaded_bytes": fetched_total,
-            "imports": results}
+    return PullReport(remote=name, url=url, dry_run=dry_run, downloaded_bytes=fetched_total,
+                      imports=tuple(results))
 
 
 def _ensure(store: RemoteStore, cache: Path, digest: str, size: int, tick: Progress) -> int:
     """Make ``cache/digest`` hold the verified object; returns the bytes downloaded (0 if cached)."""
     path = cache / digest
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(_CHUNK):
-                h.update(block)
-        if h.hexdigest() == digest and path.stat().st_size == size:
+        if path.stat().st_size == size and sha256_file(path, memo=False) == digest:
             return 0
         path.unlink()
     store.fetch_object(digest, size, path, tick)
     return size
 
 
-def _q(name: str) -> str:
-    return f'"{name}"' if " " in name else name
-
-
-def remote_refs(db, name: str) -> list[dict[str, Any]]:
+def remote_refs(settings: Settings, name: str) -> list[RemoteRef]:
     """What a remote holds: one entry per ref (kind, name, bundle, sets, pushed_at)."""
-    store = RemoteStore(remote_url(db, name))
+    store = RemoteStore(remote_url(settings, name))
     out = []
     for kind, ref_name in store.list_refs():
         ref = store.read_ref(kind, ref_name) or {}
         sets = ref.get("sets") if isinstance(ref.get("sets"), list) else []
-        out.append({"kind": kind, "name": ref_name, "bundle": ref.get("bundle"), "sets": len(sets),
-                    "bytes": ref.get("bytes"), "pushed_at": ref.get("pushed_at")})
+        out.append(RemoteRef(kind=kind, name=ref_name, bundle=ref.get("bundle"), sets=len(sets),
+                             bytes=ref.get("bytes"), pushed_at=ref.get("pushed_at")))
     return out
 
 

@@ -7,50 +7,30 @@ stores them once and any copy can be verified. The root is a local folder or any
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import fsspec
 
+from protodb.fileio import atomic_write
+from protodb.hashing import sha256_bytes
+
 HASH_LEN = 64
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def is_sha256(digest: object) -> bool:
+    return isinstance(digest, str) and len(digest) == HASH_LEN and all(c in "0123456789abcdef" for c in digest)
 
 
 def write_whole(fs, local: bool, target: str, data: bytes) -> None:
     """Write ``data`` so that readers see all of it or nothing: object stores put whole objects;
-    local folders write a temporary file, fsync it and rename it into place."""
-    if not local:
+    local folders go through :func:`protodb.fileio.atomic_write`."""
+    if local:
+        atomic_write(target, data)
+    else:
         fs.pipe_file(target, data)
-        return
-    parent = target.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
@@ -72,11 +52,10 @@ class ArtifactStore:
         self.url = root
         self.fs, self.root = fsspec.core.url_to_fs(root)
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
-        self.fs.makedirs(self.root, exist_ok=True)
 
     def path(self, digest: str) -> str:
-        if len(digest) != HASH_LEN or not all(c in "0123456789abcdef" for c in digest):
-            raise ValueError(f"not a sha256 digest: {digest!r}")
+        if not is_sha256(digest):
+            raise ValueError(f"not a sha256 digest: {str(digest)[:70]!r}")
         return f"{self.root}/{digest[:2]}/{digest[2:]}"
 
     def exists(self, digest: str) -> bool:

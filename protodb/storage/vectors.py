@@ -16,22 +16,29 @@ vector   fixed_size_list<float32>[dim]          L2-normalised feature
 
 Rows are only ever appended (and rows of discarded unfinished sets deleted); readers go through
 the catalog, which only lists ``ready`` sets, so rows of an unfinished set are never served.
+Each set's rows have a checksum (:meth:`PrototypeRows.checksum`) recorded in the catalog at commit,
+so damage in the table's files is found by ``verify`` and when the set is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import lancedb
 import numpy as np
-import pyarrow as pa
 
-KINDS = ("class", "instance", "part", "bg_class", "bg_instance", "bg_part")
+from protodb.entities import PROTOTYPE_KINDS as KINDS
+from protodb.lazy import lazy_import
+
+lancedb = lazy_import("lancedb")  # 1.7 s to import: only commands that touch vectors pay it
+pa = lazy_import("pyarrow")
+log = logging.getLogger(__name__)
 
 
-def prototype_schema(dim: int) -> pa.Schema:
+def prototype_schema(dim: int):
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -78,6 +85,19 @@ class PrototypeRows:
     def __len__(self) -> int:
         return len(self.kinds)
 
+    def checksum(self) -> str:
+        """sha256 over the rows' contents (kind, image, region, weight, vector bytes), independent of
+        row order and row ids: the same prototypes always give the same checksum."""
+        vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        weights = np.asarray(self.weights, dtype=np.float32)
+        digests = []
+        for i, kind in enumerate(self.kinds):
+            h = hashlib.sha256(f"{kind}|{self.image_ids[i]}|{self.regions[i] and list(self.regions[i])}|".encode())
+            h.update(weights[i:i + 1].tobytes())
+            h.update(vectors[i].tobytes())
+            digests.append(h.digest())
+        return hashlib.sha256(b"".join(sorted(digests))).hexdigest()
+
     def select(self, mask: np.ndarray) -> "PrototypeRows":
         idx = np.flatnonzero(mask)
         pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
@@ -94,7 +114,7 @@ class VectorStore:
     def __init__(self, uri: str):
         self.uri = str(uri)
         self._db = lancedb.connect(self.uri)
-        self._tables: dict[str, lancedb.table.Table] = {}
+        self._tables: dict = {}
 
     def _table(self, name: str, dim: int | None = None):
         if name in self._tables:
@@ -137,6 +157,7 @@ class VectorStore:
             schema=prototype_schema(dim),
         )
         table.add(data)
+        log.debug("added %d rows of set %s to %s", n, set_id, name)
         return int(table.version)
 
     def read(

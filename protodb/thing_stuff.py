@@ -209,14 +209,16 @@ def stuff_lexicon() -> frozenset[str]:
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name = normalise_name(line)
+            name = lexicon_key(line)
             names.update({name, name.replace("-", " ")})
     return frozenset(names)
 
 
-def normalise_name(name: str) -> str:
-    """Lowercase, ``_`` to space, single spaces, stripped: ``"  Dirt_Track "`` -> ``"dirt track"``."""
-    return " ".join(name.replace("_", " ").lower().split())
+def lexicon_key(name: str) -> str:
+    """How a name is looked up in the lexicon: the class-name rule (trimmed, single-spaced, lowercase;
+    :func:`protodb.names.normalize_class_name`) applied after ``_`` becomes a space (lexicon files and
+    datasets write ``dirt_track``)."""
+    return " ".join(str(name).replace("_", " ").lower().split())
 
 
 def _word_forms(word: str) -> list[str]:
@@ -243,7 +245,7 @@ def _word_forms(word: str) -> list[str]:
 
 def _name_forms(name: str) -> list[str]:
     """Normalised name, its hyphen/space variants, and singular/plural forms of the last word."""
-    base = normalise_name(name)
+    base = lexicon_key(name)
     variants = [base]
     if "-" in base:
         variants.append(base.replace("-", " "))
@@ -314,6 +316,6 @@ __all__ = [
     "classify",
     "classify_with_llm",
     "classify_with_lexicon",
-    "normalise_name",
+    "lexicon_key",
     "stuff_lexicon",
 ]

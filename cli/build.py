@@ -1,0 +1,149 @@
+"""Building prototypes: add-class, add-vocab, label."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from protodb.entities import AddClassResult, AddVocabResult, LabelHistory
+from protodb.names import check_tag_name
+from protodb.pipeline.config import AddClassRequest
+from protodb_cli.app import WRITE, Ctx, command
+from protodb_cli.output import EXIT_PARTIAL, err_console, say
+
+top = typer.Typer()
+
+PresetOpt = Annotated[Optional[str], typer.Option(
+    help="'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.registered_commands.extend(top.registered_commands)
+
+
+def print_built(res: AddClassResult) -> None:
+    note = " [preset tiny: stand-in models, not meaningful]" if res.preset == "tiny" else ""
+    for b in res.sets:
+        c = b.set.counts
+        verb = "unchanged" if b.reused else "ready"
+        say(f"{res.name}@{b.set.version} ({b.set.extractor}) {verb}: "
+            f"{c.get('class', 0)} class, {c.get('instance', 0)} instance, {c.get('part', 0)} part | "
+            f"background {c.get('bg_class', 0)}/{c.get('bg_instance', 0)}/{c.get('bg_part', 0)} "
+            f"[{res.kind}, label from {res.label_source}]{note}")
+
+
+@command(top, "add-class", db=WRITE)
+def add_class(
+    ctx: Ctx,
+    name: Annotated[str, typer.Argument(help="Class name, e.g. boat or 'potted plant'.")],
+    images: Annotated[Optional[int], typer.Option(help="Generated support images (default 64; 4 with --preset tiny; 0 = exemplars only).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the generator's, 30 for sd15).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the generator's, 8.0 for sd15).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image size in pixels (default: the generator's, 512 for sd15).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; image i uses a seed derived from (seed, class, i).")] = 0,
+    generator: Annotated[Optional[str], typer.Option(help="Generator name (sd15, sd-turbo, lcm-sd15) or a local diffusers folder.")] = None,
+    extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s); repeat for an ensemble (default dinov2-vits14).")] = None,
+    mask_extractor: Annotated[Optional[str], typer.Option(help="Whose features make the support masks, shared by every extractor (default: the first).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt template with {name} (default 'a good picture of a {name}').")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt ('' for none).")] = None,
+    exemplars: Annotated[Optional[Path], typer.Option(help="Folder of real support images.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of masks for the exemplars (matched by file stem).")] = None,
+    mask_value: Annotated[Optional[int], typer.Option(help="Masks are label maps: this value is the class.")] = None,
+    bg_value: Annotated[Optional[int], typer.Option(help="Label maps: this value is background (default 0); other labels are never background.")] = 0,
+    exemplar_background: Annotated[bool, typer.Option("--exemplar-background/--no-exemplar-background", help="Take background prototypes from exemplar photos (off for cluttered photos).")] = True,
+    mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
+    segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
+    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
+    parts: Annotated[int, typer.Option("-k", "--parts", help="Part prototypes (k-means K).")] = 32,
+    vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
+    new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large build (over 1024 generated images).")] = False,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+) -> None:
+    """Build prototypes for a class: generate support images, mask them, extract, cluster.
+
+    Re-running continues where a crash stopped; the same config twice gives one version.
+
+    Example: protodb add-class boat
+    Example: protodb add-class boat --preset tiny --images 4
+    Example: protodb add-class road --images 0 --exemplars photos/ --masks labels/ --mask-value 3
+    """
+    req = AddClassRequest(
+        name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
+        prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()), exemplars=exemplars,
+        masks=masks, mask_value=mask_value, bg_value=bg_value, exemplar_background=exemplar_background,
+        mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
+        kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
+        device=device, dtype=dtype, batch_size=batch_size, yes=yes)
+    if vocab:
+        check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind
+    with ctx.progress() as progress:
+        res = ctx.db.add_class(req, preset=preset, progress=progress)
+    if vocab:
+        ctx.db.vocabs.add(vocab, [res.name], create=True)
+        res = dataclasses.replace(res, vocab=vocab)
+    ctx.emit(res, print_built)
+
+
+@command(top, "add-vocab", db=WRITE)
+def add_vocab(
+    ctx: Ctx,
+    name: Annotated[str, typer.Argument(help="Vocabulary: built-in (voc, context, coco-object, ade20k, cityscapes, camvid) or yours.")],
+    images: Annotated[Optional[int], typer.Option(help="Generated support images per class.")] = None,
+    extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s) (repeatable).")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="Generator name or local folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large build.")] = False,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Build every class of a vocabulary that has no prototypes yet (models load once). A class that
+    fails is listed and the others are still built (exit code 3).
+
+    Example: protodb add-vocab voc --images 64
+    """
+    template = AddClassRequest(name=name, images=images, generator=generator, seed=seed,
+                               extractors=tuple(extractor or ()), device=device, dtype=dtype, yes=yes)
+    with ctx.progress() as progress:
+        res = ctx.db.add_vocab(name, template, preset=preset, progress=progress,
+                               on_result=None if ctx.json else (lambda r: print_built(r) if not ctx.quiet else None))
+
+    def human(r: AddVocabResult) -> None:
+        say(f"{r.vocab}: {len(r.classes)} classes built, {len(r.already_built)} already had prototypes"
+            + (f", {len(r.failed)} failed" if r.failed else ""))
+
+    ctx.emit(res, human)
+    for f in res.failed:
+        err_console.print(f"error: {f.name}: {f.error}", markup=False, highlight=False)
+    if res.failed:
+        raise typer.Exit(EXIT_PARTIAL if res.classes or res.already_built else 1)
+
+
+def _history(data: LabelHistory) -> None:
+    say(f"{data.name}: {data.kind}")
+    for h in data.history:
+        extra = f" ({h.model}: {h.raw_answer!r})" if h.model else ""
+        say(f"  {h.at[:19]}  {h.kind:<5} from {h.source}{extra}")
+
+
+@command(top, "label")
+def label(
+    ctx: Ctx,
+    name: Annotated[str, typer.Argument(help="Class name.")],
+    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="New label; omit to show the history.", show_default=False)] = None,
+) -> None:
+    """Show or change a class's thing/stuff label (the history is kept).
+
+    Example: protodb label grass --stuff
+    """
+    labels = ctx.db.labels
+    ctx.emit(labels.history(name) if stuff is None else labels.set(name, "stuff" if stuff else "thing"), _history)

@@ -1,0 +1,113 @@
+"""Looking inside: ls, inspect (provenance + contact sheets), alias (tags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from protodb.entities import ClassVersions, InspectReport, TaggedSets
+from protodb_cli.app import Ctx, command
+from protodb_cli.output import human_bytes, say, table
+
+top = typer.Typer()
+
+
+def register(app: typer.Typer) -> None:
+    app.registered_commands.extend(top.registered_commands)
+
+
+def _ls(classes: list[ClassVersions]) -> None:
+    rows = [(c.name, c.kind, v.version, ",".join(v.extractors), v.images, sum(v.counts.values()), ",".join(v.tags),
+             human_bytes(v.bytes)) for c in classes for v in c.versions]
+    table(["class", "kind", "version", "extractors", "images", "prototypes", "tags", "bytes"], rows,
+          empty="no classes yet; add one with: protodb add-class boat")
+
+
+@command(top, "ls")
+def ls_(ctx: Ctx, names: Annotated[Optional[list[str]], typer.Argument(help="Only these classes.")] = None) -> None:
+    """List classes with their ready versions, extractors, thing/stuff label and sizes.
+
+    Example: protodb ls --json
+    """
+    ctx.emit(ctx.db.sets.ls(names), _ls)
+
+
+def _inspect(data: InspectReport) -> None:
+    p = data.provenance
+    say(f"{data.class_name} — versions: " + ", ".join(f"{v.version} ({','.join(v.extractors)})" for v in data.versions))
+    say(f"set {p['set']} (version {p['version']}, {p['status']}, protodb {p['protodb_version']})")
+    g = p["generator"]
+    if g:
+        say(f"generator: {g['model_id']} @ {g['revision']}, {g['scheduler']}, {g['steps']} steps, "
+            f"guidance {g['guidance']}, {g['size'][0]}x{g['size'][1]}, {g['dtype']}")
+        say(f"prompt: {g['prompt']!r}  negative: {g['negative_prompt']!r}  base seed {g['base_seed']}")
+    say(f"images: {len(p['images'])} ({sum(i['source'] == 'exemplar' for i in p['images'])} exemplars), "
+        f"seeds {p['seeds'][:8]}{' …' if len(p['seeds']) > 8 else ''}")
+    e = p["extractor"]
+    say(f"extractor: {e['name']} ({e['kind']}, {e['dim']}-d, weights {str(e['weights_hash'])[:16]})")
+    for method, params in p["masks"].items():
+        say(f"masks: {method} {params}")
+    lab = p["label"]
+    say(f"label: {lab['kind']} (" + "; ".join(f"{h['source']}→{h['kind']}" for h in lab["history"]) + ")")
+    say(f"prototypes: {p['counts']}  bytes: {p['bytes']}")
+    if p.get("config"):
+        c = p["config"]
+        say(f"config {p['config_hash'][:16]}: k={c.get('k')} seed={c.get('seed')} short side {c.get('short_side')}, "
+            f"masks {c.get('masks', {}).get('segmenter')} on {c.get('masks', {}).get('source')}, "
+            f"pipeline {c.get('pipeline_version')}, built by protodb {c.get('built_by')}")
+    if p["params"].get("preset"):
+        say(f"[preset {p['params']['preset']}: built with stand-in models, not meaningful]")
+    for files in data.files.values():
+        for path in files.values():
+            print(path)
+
+
+@command(top, "inspect")
+def inspect_(
+    ctx: Ctx,
+    ref: Annotated[str, typer.Argument(help="boat, boat@3 or boat@tag.")],
+    extractor: Annotated[Optional[str], typer.Option(help="Which extractor's set (default: the first).")] = None,
+    parts: Annotated[bool, typer.Option("--parts", help="Contact sheet: each part prototype's nearest support patches.")] = False,
+    background: Annotated[bool, typer.Option("--background", help="The same for background prototypes.")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="The same for instance prototypes.")] = False,
+    images: Annotated[bool, typer.Option("--images", help="Support images with fg/bg masks and attention maps.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for sheets (default ./protodb-inspect).")] = None,
+    top: Annotated[int, typer.Option(help="Nearest patches shown per prototype.")] = 6,
+) -> None:
+    """Show a class's versions and provenance (the resolved build config); render what its
+    prototypes look like.
+
+    Example: protodb inspect boat
+    Example: protodb inspect boat@2 --parts --images --out sheets/
+    """
+    ctx.emit(ctx.db.inspect(ref, extractor=extractor, parts=parts, background=background, instances=instances,
+                            images=images, out=out, top=top), _inspect)
+
+
+def _tagged(t: TaggedSets) -> None:
+    for s in t.sets:
+        say(f"{t.tag}: {s.class_name}@{s.version} ({s.extractor})")
+
+
+@command(top, "alias")
+def alias(
+    ctx: Ctx,
+    tag: Annotated[str, typer.Argument(help="Alias or tag name, e.g. voc:paper.")],
+    refs: Annotated[Optional[list[str]], typer.Argument(help="Sets to pin: boat, boat@3, cat@other-tag. None: show what the tag pins.")] = None,
+    extractor: Annotated[Optional[str], typer.Option(help="Only this extractor's sets.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Delete the tag.")] = False,
+) -> None:
+    """Pin prototype sets under a tag (the API calls it a tag; alias is the CLI's word for one):
+    then boat@NAME names boat's pinned set, or every set tagged NAME can be used.
+
+    Example: protodb alias voc:paper boat@2 cat@1 dog
+    """
+    sets = ctx.db.sets
+    if remove:
+        ctx.emit(sets.untag(tag), lambda u: say(f"removed tag {u.tag} from {u.removed} sets"))
+        return
+    ctx.emit(sets.tag(tag, refs, extractor=extractor) if refs else sets.tagged(tag), _tagged)
+
+

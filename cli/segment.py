@@ -1,0 +1,108 @@
+"""Labelling images: segment and eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from protodb.entities import EvalReport, SegmentReport
+from protodb.segment.options import SegmentOptions, parse_levels
+from protodb_cli.app import Ctx, command
+from protodb_cli.build import DeviceOpt, DtypeOpt
+from protodb_cli.output import EXIT_PARTIAL, err_console, input_progress, say, table
+
+top = typer.Typer()
+
+VocabOpt = Annotated[Optional[str], typer.Option(help="Vocabulary: voc, context, coco-object, ade20k, cityscapes, camvid, or yours.")]
+ClassesOpt = Annotated[Optional[str], typer.Option(help="Ad hoc vocabulary: 'cat,dog,boat@3'.")]
+ExtractorOpt = Annotated[Optional[list[str]], typer.Option("--extractor", help="Extractor(s) to ensemble (default: every one all classes have).")]
+LevelsOpt = Annotated[str, typer.Option(help="Prototype levels taking part: any of class,instance,part.")]
+BackgroundOpt = Annotated[Optional[bool], typer.Option("--background/--no-background", help="Score a background class (default: the vocabulary's setting).", show_default=False)]
+PrefilterOpt = Annotated[Optional[bool], typer.Option("--prefilter/--no-prefilter", help="CLIP multi-label pre-filter (default: on when a CLIP model is configured).", show_default=False)]
+ClipOpt = Annotated[Optional[str], typer.Option(help="CLIP model (hub id or folder) for the pre-filter; or PROTODB_CLIP_MODEL.")]
+PamrOpt = Annotated[bool, typer.Option("--pamr", help="Refine with PAMR (10 iterations, dilations 1,2,4,8,12,24).")]
+SkipOpt = Annotated[bool, typer.Option("--skip-missing", help="Segment with the usable classes when some have no (foreground) prototypes; say which were left out.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.registered_commands.extend(top.registered_commands)
+
+
+def options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
+            explain=False, skip_missing=False) -> SegmentOptions:
+    return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
+                          background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
+                          dtype=dtype, explain=explain, skip_missing=skip_missing)
+
+
+def _report(report: SegmentReport) -> None:
+    for o in report.outputs:
+        shown = ", ".join(f"{k} {v['fraction']:.0%}" for k, v in sorted(o.present.items(), key=lambda kv: -kv[1]["fraction"]))
+        say(f"{o.input}: {shown}")
+        for f in (o.files or {}).values():
+            say(f"  {f}")
+    for name in report.vocabulary.get("skipped", []):
+        say(f"left out (no usable prototypes): {name}")
+
+
+@command(top, "segment")
+def segment(
+    ctx: Ctx,
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders or glob patterns.")],
+    vocab: VocabOpt = None, classes: ClassesOpt = None, extractor: ExtractorOpt = None,
+    levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
+    prefilter: PrefilterOpt = None, clip_model: ClipOpt = None, pamr: PamrOpt = False,
+    explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
+    skip_missing: SkipOpt = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out); outputs mirror the inputs' relative paths.")] = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+) -> None:
+    """Label every pixel of images with the classes of a vocabulary.
+
+    Writes, per input: NAME.labels.png (palette; with background 0 = background, class i = i+1),
+    NAME.overlay.png and NAME.json (classes present, pixel fractions, scores, vocabulary version,
+    the resolved settings). Inputs from several folders keep their relative paths under --out.
+    Exit code 3 when some inputs failed (the others are still written).
+
+    Example: protodb segment photo.jpg --vocab voc --out out/
+    Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
+    """
+    opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
+                   explain, skip_missing)
+    with input_progress(ctx.quiet or ctx.json, "segment") as progress:
+        report = ctx.db.segment(inputs, opts, out or Path("protodb-out"), progress=progress)
+    ctx.emit(report, _report)
+    for f in report.failed:
+        err_console.print(f"error: {f.error}", markup=False, highlight=False)
+    if report.failed:  # 3: some inputs failed, the others were written; 1: nothing succeeded
+        raise typer.Exit(EXIT_PARTIAL if report.outputs else 1)
+
+
+def _eval(res: EvalReport) -> None:
+    table(["class", "IoU"], [(name, "-" if iou is None else f"{100 * iou:.1f}") for name, iou in res.per_class.items()])
+    miou = "n/a" if res.miou is None else f"{100 * res.miou:.2f}"
+    say(f"mIoU {miou} on {res.images} images of {res.dataset}/{res.split} ({res.seconds_per_image} s/image)")
+
+
+@command(top, "eval")
+def eval_(
+    ctx: Ctx,
+    dataset: Annotated[str, typer.Option(help="voc, context, context60, context59, coco-object, ade20k, cityscapes, camvid.")],
+    root: Annotated[Path, typer.Option(help="Dataset folder (mmsegmentation layout).")],
+    vocab: VocabOpt = None, classes: ClassesOpt = None,
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
+    extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part",
+    background: BackgroundOpt = None, prefilter: PrefilterOpt = None, clip_model: ClipOpt = None,
+    pamr: PamrOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+) -> None:
+    """mIoU of a vocabulary on a labelled dataset (intersections/unions summed over the split).
+
+    Example: protodb eval --dataset camvid --root ../shared/data/camvid --vocab camvid --no-background
+    """
+    opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype)
+    with input_progress(ctx.quiet or ctx.json, "eval") as progress:
+        res = ctx.db.evaluate(dataset, root, opts, split=split, limit=limit, progress=progress)
+    ctx.emit(res, _eval)

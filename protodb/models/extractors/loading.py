@@ -1,0 +1,60 @@
+"""Loading extractors once per process, by kind (see the package docstring)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+
+import torch
+
+from protodb.errors import InvalidInput
+from protodb.models.extractors.base import Extractor
+from protodb.models.extractors.spec import ExtractorSpec
+
+log = logging.getLogger(__name__)
+
+#: kind -> "module:function" that loads a spec of that kind on (device, dtype).
+LOADERS: dict[str, str] = {
+    "timm": "protodb.models.extractors.timm:load",
+    "tiny": "protodb.models.extractors.timm:load",
+    "clip": "protodb.models.extractors.clip:load",
+    "sd": "protodb.models.extractors.sd:load",
+    "onnx": "protodb.models.extractors.onnx:load",
+    "dinov2": "protodb.models.extractors.dinov2:load",
+}
+_CACHE: dict[tuple[str, str, str], Extractor] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _loader(kind: str):
+    module, _, func = LOADERS[kind].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | str = torch.float32) -> Extractor:
+    """Load (once per process and (config_hash, device, dtype)) the extractor ``spec`` describes.
+    ``dtype`` is the compute dtype of torch models (e.g. torch.bfloat16; ONNX runs in its graph's dtype);
+    outputs are float32 whatever it is."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise InvalidInput("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
+    if spec.kind == "onnx":
+        dtype = torch.float32  # the graph's own dtype: one session whatever the caller asks
+    device = torch.device(device)
+    key = (spec.config_hash(), str(device), str(dtype))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            log.info("loading extractor %s (%s) on %s/%s", spec.name, spec.kind, device, dtype)
+            _CACHE[key] = _loader(spec.kind)(spec, device, dtype)
+        else:
+            log.debug("extractor %s already loaded", spec.name)
+        return _CACHE[key]
+
+
+def clear_extractor_cache() -> None:
+    """Forget all loaded extractors (frees their memory once no caller holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,0 +1,152 @@
+"""ONNX ViTs through onnxruntime: any tensor of the graph can be the patch tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import torch
+
+from protodb.errors import InvalidInput
+from protodb.images import crop_starts
+from protodb.lazy import lazy_import
+from protodb.models.extractors.base import Extractor, load_error
+from protodb.models.extractors.onnx_proto import graph_output_names, with_extra_output
+from protodb.models.extractors.spec import FOCUS_PACKAGE, FOCUS_RESOURCE, PKG_PREFIX, ExtractorSpec, focus_onnx_path
+
+ort = lazy_import("onnxruntime")
+
+def _available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_onnx_path(spec: ExtractorSpec) -> pathlib.Path:
+    raw = spec.config.get("path")
+    if not raw:
+        raise InvalidInput(f"extractor {spec.name!r}: config needs 'path' (an .onnx file)")
+    if raw.startswith(PKG_PREFIX):
+        package, _, resource = raw[len(PKG_PREFIX):].partition("/")
+        if package == FOCUS_PACKAGE and resource == FOCUS_RESOURCE:
+            return focus_onnx_path()
+        found = importlib.util.find_spec(package)
+        for location in (found.submodule_search_locations or []) if found else []:
+            if (pathlib.Path(location) / resource).is_file():
+                return pathlib.Path(location) / resource
+        raise InvalidInput(f"extractor {spec.name!r}: {resource} not found in package {package}; install it")
+    path = pathlib.Path(raw).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"extractor {spec.name!r}: ONNX file not found: {path}")
+    return path
+
+
+class _OnnxExtractor(Extractor):
+    """ONNX ViT via onnxruntime. Graph tensor ``output_name`` holds tokens (B, N, D); the first N - h*w
+    (or ``prefix_tokens``) are dropped. A graph with a fixed input side S runs on S x S crops at stride
+    ``stride`` (default S/2 aligned to the patch grid; images smaller than S are padded with the mean
+    colour), overlapping patch features are averaged, then normalised."""
+
+    def __init__(self, spec: ExtractorSpec, session, weights_hash: str, device: torch.device, dtype: torch.dtype):
+        cfg = spec.config
+        self._session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self._input = inputs[cfg["input_name"]] if cfg.get("input_name") in inputs else session.get_inputs()[0]
+        self._output = cfg["output_name"]
+        shape = list(self._input.shape)
+        if len(shape) != 4:
+            raise InvalidInput(f"extractor {spec.name!r}: ONNX input {self._input.name} is not (B, 3, H, W)")
+        self._batch = shape[0] if isinstance(shape[0], int) else int(cfg.get("batch", 8))
+        fixed = isinstance(shape[2], int) and isinstance(shape[3], int)
+        p = cfg["patch_size"]
+        if fixed:
+            self._crop = (shape[2], shape[3])
+            if shape[2] % p or shape[3] % p:
+                raise InvalidInput(f"extractor {spec.name!r}: graph input {shape[2]}x{shape[3]} is not a "
+                                   f"multiple of patch_size {p}")
+            want = cfg.get("input_size")
+            if want is not None and (want != shape[2] or want != shape[3]):
+                raise InvalidInput(f"extractor {spec.name!r}: config input_size {cfg.get('input_size')} but "
+                                   f"the graph takes {shape[2]}x{shape[3]}; fix the config")
+        input_size = shape[2] if fixed and shape[2] == shape[3] else cfg.get("input_size")
+        out_meta = {o.name: o for o in session.get_outputs()}[self._output]
+        dim = out_meta.shape[-1] if out_meta.shape and isinstance(out_meta.shape[-1], int) else 0
+        super().__init__(spec, dim=dim, patch_size=p, input_size=input_size, weights_hash=weights_hash,
+                         device=device, dtype=dtype, fixed_size=fixed)
+        if not dim:  # unknown statically: probe once
+            side = self._crop if fixed else (p * 2, p * 2)
+            self.dim = int(self._run(np.zeros((1, 3, *side), np.float32)).shape[-1])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """x: (n, 3, h, w) float32 normalised -> tokens (n, N, D) float32."""
+        outs = [self._session.run([self._output], {self._input.name: x[i:i + self._batch]})[0]
+                for i in range(0, len(x), self._batch)]
+        tokens = np.concatenate(outs, axis=0)
+        if tokens.ndim != 3:
+            raise InvalidInput(f"extractor {self.spec.name!r}: tensor {self._output} has shape {tokens.shape}, "
+                               "expected tokens (B, N, D)")
+        return tokens
+
+    def _grid(self, tokens: np.ndarray, gh: int, gw: int) -> np.ndarray:
+        """tokens (n, N, D) -> (n, gh, gw, D), prefix tokens dropped."""
+        prefix = self.spec.config.get("prefix_tokens")
+        prefix = tokens.shape[1] - gh * gw if prefix is None else prefix
+        if prefix < 0 or tokens.shape[1] - prefix != gh * gw:
+            raise InvalidInput(f"extractor {self.spec.name!r}: {tokens.shape[1]} tokens do not hold a "
+                               f"{gh}x{gw} patch grid; check patch_size and prefix_tokens")
+        return tokens[:, prefix:].reshape(len(tokens), gh, gw, -1)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        x = self._normalise(images).cpu().numpy()
+        b, _, h, w = x.shape
+        if not self.fixed_size:
+            return torch.from_numpy(self._grid(self._run(x), h // p, w // p))
+        ch, cw = self._crop
+        ph, pw = max(h, ch), max(w, cw)
+        if (ph, pw) != (h, w):  # zeros after normalisation = the mean colour
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+        default = max(p, (min(ch, cw) // 2) // p * p)
+        stride = int(self.spec.config.get("stride") or default)
+        ys, xs = crop_starts(ph, ch, stride), crop_starts(pw, cw, stride)
+        windows = [(y, xx) for y in ys for xx in xs]
+        total = np.zeros((b, ph // p, pw // p, self.dim), np.float32)
+        count = np.zeros((1, ph // p, pw // p, 1), np.float32)
+        crops = np.stack([x[:, :, y:y + ch, xx:xx + cw] for y, xx in windows], axis=1)  # (b, n, 3, ch, cw)
+        feats = self._grid(self._run(crops.reshape(-1, 3, ch, cw)), ch // p, cw // p)
+        feats = feats.reshape(b, len(windows), ch // p, cw // p, -1)
+        for i, (y, xx) in enumerate(windows):
+            total[:, y // p:(y + ch) // p, xx // p:(xx + cw) // p] += feats[:, i]
+            count[:, y // p:(y + ch) // p, xx // p:(xx + cw) // p] += 1
+        return torch.from_numpy(total / count)[:, : h // p, : w // p]
+
+
+def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extractor:
+
+    cfg = spec.config
+    if not cfg.get("output_name"):
+        raise InvalidInput(f"extractor {spec.name!r}: config needs 'output_name' (the tokens tensor)")
+    path = _resolve_onnx_path(spec)
+    model_bytes = path.read_bytes()
+    weights_hash = hashlib.sha256(model_bytes).hexdigest()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _available_cpus()
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        if cfg["output_name"] not in graph_output_names(model_bytes):
+            if cfg["output_name"].encode("utf-8") not in model_bytes:
+                raise InvalidInput(f"extractor {spec.name!r}: {path.name} has no tensor named "
+                                   f"{cfg['output_name']!r}; check output_name")
+            model_bytes = with_extra_output(model_bytes, cfg["output_name"])
+        session = ort.InferenceSession(model_bytes, options, providers=providers)
+    except InvalidInput:
+        raise
+    except Exception as err:  # noqa: BLE001 - onnxruntime (and a malformed file) raise their own types
+        raise load_error(spec, err, "check that the file is a valid ONNX model with its weights inside") from None
+    return _OnnxExtractor(spec, session, weights_hash, device, dtype)

@@ -1,0 +1,242 @@
+"""``add-class`` requests and the one resolved configuration that is their provenance.
+
+An :class:`AddClassRequest` is what a user asked for (many fields optional). :func:`resolve` checks
+every input before anything is written and turns it into a frozen :class:`BuildConfig` (generator
+spec with its resolved revision, extractor records with weights hashes, k, seed, sizes, segmenter,
+mask rules, pipeline and protodb versions), in the manner of diffusers' ``register_to_config``:
+the config is stored whole with each set it builds (``SetConfig.to_dict()``) and its canonical
+hash is the set's ``config_hash``. ``protodb inspect`` shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from protodb import __version__
+from protodb.entities import ExtractorRecord, plain
+from protodb.errors import InvalidInput
+from protodb.hashing import sha256_json
+from protodb.lazy import lazy_import
+from protodb.names import normalize_class_name
+
+np = lazy_import("numpy")
+if TYPE_CHECKING:
+    from protodb.models.generators import GeneratorSpec
+
+#: Bump when the way prototypes are computed from the same inputs changes (new config hashes).
+PIPELINE_VERSION = 2
+#: Above this many generated images add-class asks for ``--yes`` (see ``check_scale``).
+MAX_IMAGES_WITHOUT_CONFIRM = 1024
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class AddClassRequest:
+    """What ``protodb add-class`` was asked to build. Defaults follow the OVDiff paper (None: the
+    preset's default)."""
+
+    name: str
+    images: int | None = None  # generated support images (default: 64; 4 with --preset tiny)
+    generator: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    size: int | None = None
+    seed: int = 0
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    extractors: Sequence[str] = ()
+    exemplars: Path | None = None
+    masks: Path | None = None
+    mask_value: int | None = None
+    bg_value: int | None = 0  # label maps: pixels of this value are background; None: any other label
+    exemplar_background: bool = True  # False: exemplar photos give no background prototypes
+    kind: str | None = None  # "thing" | "stuff" override
+    k: int = 32
+    new_version: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 4
+    short_side: int | None = None  # feature resolution of support images (default: 448; tiny: 64)
+    mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
+    segmenter: str = "auto"  # unsupervised proposals: auto (a usable plugin, else ncut), ncut, NAME
+    mask_extractor: str | None = None  # whose features make the (shared) masks; default: the first
+    yes: bool = False  # confirm a very large build
+
+    def replace(self, **changes: Any) -> "AddClassRequest":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How support images are drawn: the generator (with its resolved revision) and the prompts."""
+
+    spec: GeneratorSpec
+    revision: str | None
+    images: int
+    seed: int
+    prompt: str
+    negative_prompt: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generator": self.spec.to_dict(), "revision": self.revision, "images": self.images,
+                "seed": self.seed, "prompt": self.prompt, "negative_prompt": self.negative_prompt}
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """How support images are split into foreground and background (one mask per image, shared by
+    every extractor of the class: made on ``source``'s patch grid)."""
+
+    segmenter: str  # "ncut" or a plugin's name
+    segmenter_params: dict[str, Any]
+    source: str  # extractor name whose features make the masks
+    source_id: str  # its catalog id (the mask rows carry it)
+    given_value: int | None
+    bg_value: int | None
+    min_fraction: float
+    exemplar_background: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class ExemplarInput:
+    """A real support image as given: file name, decoded image, its mask (and background mask)."""
+
+    path: Path
+    image: Any  # PIL.Image.Image, RGB
+    mask: Any = None  # (H, W) bool or None
+    background: Any = None  # (H, W) bool or None: pixels known to be background
+
+    def digest(self) -> dict[str, Any]:
+        return {"file": self.path.name, "mask": mask_digest(self.mask), "background": mask_digest(self.background)}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The resolved add-class configuration (everything that decides what a set holds)."""
+
+    class_name: str
+    generation: GenerationConfig | None
+    extractors: tuple[ExtractorRecord, ...]
+    k: int
+    seed: int
+    short_side: int
+    masks: MaskConfig
+    preset: str | None
+    new_version: bool = False
+    pipeline_version: int = PIPELINE_VERSION
+    protodb_version: str = __version__
+    exemplars: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.class_name, "pipeline_version": self.pipeline_version,
+                "protodb_version": self.protodb_version, "preset": self.preset,
+                "generation": self.generation.to_dict() if self.generation else None,
+                "exemplars": list(self.exemplars), "extractors": [e.to_dict() for e in self.extractors],
+                "k": self.k, "seed": self.seed, "short_side": self.short_side, "masks": self.masks.to_dict()}
+
+    def set_config(self, extractor: ExtractorRecord, support: Sequence[str]) -> "SetConfig":
+        """The config of the set built for ``extractor`` from support images ``support`` (sha256s)."""
+        return SetConfig(self, extractor, tuple(support))
+
+
+@dataclass(frozen=True)
+class SetConfig:
+    """What one prototype set was built from: the build config, its extractor and its support images.
+    ``to_dict()`` is stored with the set; ``config_hash`` is its canonical hash."""
+
+    build: BuildConfig
+    extractor: ExtractorRecord
+    support: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.build.to_dict()
+        out.pop("extractors")
+        out["protodb_version"] = None  # provenance, not identity: the same config from a newer protodb
+        return {**out, "extractor": self.extractor.to_dict(), "support": list(self.support),
+                "built_by": self.build.protodb_version}
+
+    @property
+    def config_hash(self) -> str:
+        d = self.to_dict()
+        d.pop("built_by")
+        return sha256_json(d)
+
+
+def mask_digest(mask) -> str | None:
+    """Content hash of a given (H, W) bool mask, so corrected masks make a new set."""
+    if mask is None:
+        return None
+    m = np.asarray(mask, dtype=bool)
+    return hashlib.sha256(np.packbits(m).tobytes() + str(m.shape).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------- checks
+def check_request(req: AddClassRequest) -> str:
+    """Everything about a request that needs no model and no file: returns the class name."""
+    name = normalize_class_name(req.name)
+    if req.images is not None and req.images < 0:
+        raise InvalidInput(f"--images must be >= 0, got {req.images}")
+    if not 0.0 < req.mask_min_fraction <= 1.0:
+        raise InvalidInput(f"--mask-min-fraction must be in (0, 1], got {req.mask_min_fraction}")
+    if req.k < 1:
+        raise InvalidInput(f"-k must be >= 1, got {req.k}")
+    if req.kind not in (None, "thing", "stuff"):
+        raise InvalidInput(f"kind must be thing or stuff, got {req.kind!r}")
+    if not 0 <= req.seed <= MAX_SEED:
+        raise InvalidInput(f"--seed must be between 0 and {MAX_SEED}, got {req.seed}")
+    if req.guidance is not None and (not math.isfinite(req.guidance) or req.guidance < 0):
+        raise InvalidInput(f"--guidance must be a finite number >= 0, got {req.guidance}")
+    if req.steps is not None and req.steps < 1:
+        raise InvalidInput(f"--steps must be >= 1, got {req.steps}")
+    if req.size is not None and (req.size < 8 or req.size % 8):
+        raise InvalidInput(f"--size must be a positive multiple of 8, got {req.size}")
+    if req.batch_size < 1:
+        raise InvalidInput(f"--batch-size must be >= 1, got {req.batch_size}")
+    if req.short_side is not None and not 16 <= req.short_side <= 4096:
+        raise InvalidInput(f"short side must be between 16 and 4096 pixels, got {req.short_side}")
+    if req.mask_value is not None and not 0 <= req.mask_value <= 65535:
+        raise InvalidInput(f"--mask-value must be a label value 0..65535, got {req.mask_value}")
+    if req.masks is not None and req.exemplars is None:
+        raise InvalidInput("--masks needs --exemplars (masks are matched to exemplars by file stem)")
+    if req.masks is None and req.mask_value is not None:
+        raise InvalidInput("--mask-value needs --masks")
+    return name
+
+
+def prompt_template(name: str, prompt: str) -> str:
+    """A user's ``--prompt`` as a template with ``{name}`` (the class name itself may stand for it)."""
+    template = prompt
+    if "{name}" not in template:
+        template, n = re.subn(re.escape(name), "{name}", template, flags=re.IGNORECASE)
+        if not n:
+            raise InvalidInput(f"--prompt must contain the class name or '{{name}}': {prompt!r}")
+    try:
+        template.format(name=name)
+    except (KeyError, IndexError, ValueError):
+        raise InvalidInput(f"--prompt may hold no other {{...}} field than {{name}}: {prompt!r}") from None
+    return template
+
+
+def generator_changes(req: AddClassRequest, name: str) -> dict[str, Any]:
+    """The fields of the generator spec a request overrides."""
+    changes: dict[str, Any] = {}
+    if req.steps is not None:
+        changes["steps"] = req.steps
+    if req.guidance is not None:
+        changes["guidance"] = req.guidance
+    if req.size is not None:
+        changes["width"] = changes["height"] = req.size
+    if req.prompt is not None:
+        changes["prompt_template"] = prompt_template(name, req.prompt)
+    if req.negative_prompt is not None:
+        changes["negative_prompt"] = req.negative_prompt or None
+    return changes

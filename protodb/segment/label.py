@@ -1,0 +1,163 @@
+"""Labelling one image: sliding-window scores per extractor, their ensemble, optional PAMR, argmax,
+and for each label present the prototype that won it (explanations).
+
+Label convention (as :class:`protodb.segment.match.MatchTable`): ``0..C-1`` are the classes in
+vocabulary order, ``C`` is the background (only when the tables have a background column).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protodb.errors import InvalidInput
+from protodb.segment.match import MatchTable
+from protodb.segment.options import WindowSpec
+from protodb.segment.pamr import pamr as refine
+from protodb.segment.windows import window_grid_scores
+
+# Score maps (C', H, W) are kept whole up to this many floats (256 MB); above, labels come from a
+# column-chunked argmax and SegmentResult.scores is None.
+FULL_SCORES_MAX = 1 << 26
+
+
+@dataclass
+class SegmentResult:
+    """Segmentation of one image.
+
+    ``labels``: (H, W) int32 column index per pixel: 0..C-1 the classes of ``names``, C the background
+    (only when ``background``). ``scores``: (C', H, W) float32 (CPU) ensembled (and refined) score maps, or
+    None when C' x H x W exceeds ``FULL_SCORES_MAX`` (labels then come from a column-chunked argmax).
+    ``best``: (H, W) float32 the winning score per pixel. ``winners``: column -> {"prototype_index": table
+    row in extractor ``extractor``'s table, "prototype_id": its id or None, "score": cosine of that
+    prototype with the patch, "extractor": index into the extractor list, "window": window index,
+    "patch": (row, col) in that window's patch grid, "pixel": (y, x) of the patch centre in the image}
+    for each column present in ``labels``. ``fractions``: column -> share of the image's pixels (present
+    columns only, summing to 1).
+    """
+
+    labels: np.ndarray
+    scores: torch.Tensor | None
+    names: list[str]
+    background: bool
+    best: torch.Tensor
+    winners: dict[int, dict]
+    fractions: dict[int, float]
+
+    @property
+    def column_names(self) -> list[str]:
+        """Names of the C' label values; the background column is called ``"background"``."""
+        return list(self.names) + (["background"] if self.background else [])
+
+
+def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, MatchTable]], *,
+                  windows=None, pamr: bool = False, pamr_iterations: int = 10) -> SegmentResult:
+    """Segment ``image``: (3, H, W) float32 RGB in [0, 1] with one or more (extractor, table) pairs.
+
+    For each extractor, sliding-window score maps (:func:`protodb.segment.windows.window_scores`) at the
+    image's size; the ensemble is their mean; optionally refined by PAMR; the label is the argmax over
+    columns. All tables must have the same columns (same names, same background flag). Explanations: for
+    each column present, the patch (over all extractors and windows) whose centre pixel carries that label
+    and whose score for the column is highest, with the prototype reaching that score.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
+    if not extractors:
+        raise InvalidInput("no extractors given: segmenting needs at least one (extractor, table) pair")
+    first = extractors[0][1]
+    for _, table in extractors[1:]:
+        if table.names != first.names or table.background != first.background:
+            raise InvalidInput("all extractors' tables must list the same classes in the same order")
+    spec = windows or WindowSpec()
+    H, W = int(image.shape[1]), int(image.shape[2])
+    grids, passes = [], []
+    for extract, table in extractors:
+        grid, patches = window_grid_scores(image, extract, table, spec, keep_patches=True)
+        grids.append(grid.float().to(first.vectors.device))
+        passes.append(patches)
+    cols = first.num_columns
+
+    def upsampled(c0: int, c1: int) -> torch.Tensor:
+        """Ensemble score maps of columns [c0, c1) at (H, W): mean of the extractors' upsampled grids."""
+        total = None
+        for g in grids:
+            up = F.interpolate(g[None, c0:c1], size=(H, W), mode="bilinear", align_corners=False)[0]
+            total = up if total is None else total + up
+        return total / len(grids)
+
+    if cols * H * W <= FULL_SCORES_MAX:
+        scores = upsampled(0, cols)
+        if pamr:  # on the first table's device: 10 x 48 shifted multiply-adds of (C', H, W)
+            scores = refine(image[None].float().to(scores.device), scores[None], iterations=pamr_iterations)[0]
+        scores = scores.cpu()
+        best, labels = scores.max(dim=0)
+    else:  # many classes: argmax over column chunks, never holding (C', H, W)
+        best = torch.full((H, W), float("-inf"), device=first.vectors.device)
+        labels = torch.zeros((H, W), dtype=torch.int64, device=first.vectors.device)
+        step = max(1, FULL_SCORES_MAX // (H * W))
+        for c0 in range(0, cols, step):
+            c1 = min(cols, c0 + step)
+            v, a = upsampled(c0, c1).max(dim=0)
+            better = v > best
+            best = torch.where(better, v, best)
+            labels = torch.where(better, a + c0, labels)
+        scores = None
+        if pamr:  # refine among the columns that won somewhere (others cannot win after a local smoothing)
+            present = torch.unique(labels).tolist()
+            sub = torch.cat([upsampled(c, c + 1) for c in present])
+            sub = refine(image[None].float().to(sub.device), sub[None], iterations=pamr_iterations)[0]
+            b2, l2 = sub.max(dim=0)
+            best, labels = b2, torch.tensor(present, device=l2.device)[l2]
+        best, labels = best.cpu(), labels.cpu()
+    labels_np = labels.numpy().astype(np.int32)
+    counts = np.bincount(labels_np.ravel(), minlength=cols)
+    fractions = {int(c): float(n) / labels_np.size for c, n in enumerate(counts) if n}
+    winners = _winners(labels, best, passes, [t for _, t in extractors], (H, W))
+    return SegmentResult(labels=labels_np, scores=scores, names=list(first.names),
+                         background=first.background, best=best, winners=winners, fractions=fractions)
+
+
+def _winners(labels: torch.Tensor, best: torch.Tensor, passes: list, tables: list[MatchTable],
+             size: tuple[int, int]) -> dict[int, dict]:
+    """For each label present: the highest-scoring patch whose centre pixel has that label."""
+    H, W = size
+    present = torch.unique(labels).tolist()
+    found: dict[int, dict] = {}
+    for k, patches in enumerate(passes):
+        for wi, p in enumerate(patches):
+            cy, cx = p.centres()  # (h,), (w,) pixel coordinates in the image
+            lab = labels[cy][:, cx]  # (h, w) label at each patch centre
+            for c in present:
+                mask = lab == c
+                if not bool(mask.any()):
+                    continue
+                sc = torch.where(mask, p.scores[c], float("-inf"))
+                flat = int(sc.argmax())
+                r, q = divmod(flat, sc.shape[1])
+                score = float(sc[r, q])
+                if c not in found or score > found[c]["score"]:
+                    row = int(p.best[c, r, q])
+                    found[c] = {"prototype_index": row, "prototype_id": tables[k].ids[row] if row >= 0 else None,
+                                "score": score, "extractor": k, "window": wi, "patch": (r, q),
+                                "pixel": (int(cy[r]), int(cx[q]))}
+    for c in present:  # regions too small to hold a patch centre: the patch under their best pixel
+        if c in found:
+            continue
+        region = torch.where(labels == c, best, float("-inf"))
+        y, x = divmod(int(region.argmax()), W)
+        for k, patches in enumerate(passes):
+            for wi, p in enumerate(patches):
+                cell = p.cell_of(y, x)
+                if cell is None:
+                    continue
+                r, q = cell
+                score = float(p.scores[c, r, q])
+                if c not in found or score > found[c]["score"]:
+                    row = int(p.best[c, r, q])
+                    found[c] = {"prototype_index": row, "prototype_id": tables[k].ids[row] if row >= 0 else None,
+                                "score": score, "extractor": k, "window": wi, "patch": (r, q), "pixel": (y, x)}
+    return found

@@ -1,0 +1,310 @@
+"""Prototype sets: commit in crash-safe order, resolve names, read vectors, list classes, tag.
+
+Write order (``commit``): a ``pending`` catalog row (invisible) -> the vectors (under the table's
+vector lock) -> one transaction that assigns the next version and marks the set ``ready``. Stale
+pending sets of dead writers are discarded first. With ``reuse_same_config`` the final transaction
+first looks for a ready set of the same (class, extractor, config hash): if a concurrent writer got
+there first, this writer's pending set is discarded and the existing set returned, so the same
+configuration gives one set on every catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from protodb.catalog import queries
+from protodb.catalog.schema import (
+    SET_PENDING,
+    SET_READY,
+    ClassRow,
+    ExtractorRow,
+    LabelRow,
+    PrototypeSetRow,
+    SetImageRow,
+    SupportImageRow,
+    TagRow,
+)
+from protodb.entities import (
+    PROTOTYPE_KINDS,
+    BuiltSet,
+    ExtractorRecord,
+    ClassVersion,
+    ClassVersions,
+    PrototypeSet,
+    SupportImageRecord,
+    TaggedSets,
+    Untagged,
+    counts_of,
+)
+from protodb.errors import DamagedData, InvalidInput, NotFound
+from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
+from protodb.storage.vectors import table_name
+from protodb.stores import Stores
+
+log = logging.getLogger(__name__)
+StageCallback = Callable[[str], None]
+
+
+def to_entity(s: Session, row: PrototypeSetRow) -> PrototypeSet:
+    """An ORM set row (with its class, extractor, images and tags) as a :class:`PrototypeSet`."""
+    images = s.scalars(select(SetImageRow.image_id).where(SetImageRow.set_id == row.id)
+                       .order_by(SetImageRow.position)).all()
+    tags = s.scalars(select(TagRow.name).where(TagRow.set_id == row.id)).all()
+    return PrototypeSet(
+        id=row.id, class_name=row.cls.name, kind=row.cls.kind, extractor=row.extractor.name,
+        extractor_id=row.extractor_id, version=row.version, status=row.status,
+        counts=dict(row.counts or {}), images=tuple(images), tags=tuple(sorted(tags)),
+        config_hash=row.config_hash, run_id=row.run_id, params=dict(row.params or {}),
+        vector_table=row.vector_table, vector_table_version=row.vector_table_version,
+        bytes=int(row.nbytes or 0), protodb_version=row.protodb_version,
+        created_at=row.ready_at.isoformat() if row.ready_at else None,
+        config=dict(row.config) if row.config else None, vectors_sha256=row.vectors_sha256,
+    )
+
+
+class SetService:
+    """Prototype sets of one database."""
+
+    def __init__(self, stores: Stores):
+        self.stores = stores
+        self.sessions = stores.sessions
+
+    # ------------------------------------------------------------------ rows other writers share
+    def ensure_class(self, s: Session, name: str, *, label: dict | None = None) -> ClassRow:
+        """The class row for ``name`` (created when new; ``label`` records its thing/stuff label)."""
+        name = normalize_class_name(name)
+        cls = queries.get_class(s, name)
+        if cls is None:
+            cls = ClassRow(name=name, kind=(label or {}).get("kind", "thing"))
+            s.add(cls)
+            s.flush()
+            if label:
+                s.add(LabelRow(class_id=cls.id, **label))
+        return cls
+
+    @staticmethod
+    def ensure_extractor(s: Session, record: ExtractorRecord) -> ExtractorRow:
+        row = s.get(ExtractorRow, record.id)
+        if row is None:
+            row = ExtractorRow(id=record.id, name=record.name, kind=record.kind, config=record.config,
+                               dim=record.dim, weights_hash=record.weights_hash)
+            s.add(row)
+            s.flush()
+        return row
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, class_name: str, extractor: ExtractorRecord, rows, *, config_hash: str,
+               config: dict | None = None, image_ids: Sequence[str] = (), run_id: str | None = None,
+               params: dict | None = None, label: dict | None = None,
+               on_stage: StageCallback | None = None) -> PrototypeSet:
+        """Store one prototype set as a new version and make it visible (see the module docstring).
+
+        rows: :class:`protodb.storage.vectors.PrototypeRows` (artifacts they point to already stored).
+        """
+        return self._commit(class_name, extractor, rows, config_hash=config_hash, config=config,
+                            image_ids=image_ids, run_id=run_id, params=params, label=label,
+                            on_stage=on_stage, reuse=False).set
+
+    def commit_unless_present(self, class_name: str, extractor: ExtractorRecord, rows, **kw) -> BuiltSet:
+        """As :meth:`commit`, but when a ready set of the same config exists by the time this one would
+        become ready, that set is returned (``reused``) and this one discarded."""
+        return self._commit(class_name, extractor, rows, reuse=True, **kw)
+
+    def _commit(self, class_name, extractor: ExtractorRecord, rows, *, config_hash: str, config: dict | None = None,
+                image_ids: Sequence[str] = (), run_id: str | None = None, params: dict | None = None,
+                label: dict | None = None, on_stage: StageCallback | None = None, reuse: bool) -> BuiltSet:
+        stage = on_stage or (lambda _s: None)
+        if len(rows) == 0:
+            raise InvalidInput(f"no prototypes to store for {class_name!r} (no masked patches)")
+        if rows.vectors.shape[1] != int(extractor.dim):
+            raise InvalidInput(f"prototype vectors are {rows.vectors.shape[1]}-d, extractor "
+                               f"{extractor.name} gives {extractor.dim}-d")
+        table = table_name(extractor.id)
+        checksum = rows.checksum()
+
+        def pending(s: Session) -> str:
+            cls = self.ensure_class(s, class_name, label=label)
+            ext = self.ensure_extractor(s, extractor)
+            self._discard_stale(s, cls.id, ext.id)
+            row = PrototypeSetRow(
+                class_id=cls.id, extractor_id=ext.id, status=SET_PENDING, config_hash=config_hash,
+                run_id=run_id, vector_table=table, config=config, vectors_sha256=checksum,
+                params={**(params or {}), "owner": queries.owner_token()},
+                counts={k: rows.kinds.count(k) for k in PROTOTYPE_KINDS}, nbytes=int(rows.vectors.nbytes),
+            )
+            s.add(row)
+            s.flush()
+            for pos, image_id in enumerate(dict.fromkeys(image_ids)):
+                s.add(SetImageRow(set_id=row.id, image_id=image_id, position=pos))
+            return row.id
+
+        set_id = self.sessions.transact(pending, what=f"pending set of {class_name!r}")
+        stage("pending")
+        with self.stores.vector_lock(table):
+            table_version = self.stores.vectors.add(table, set_id, rows)
+        stage("vectors")
+
+        def ready(s: Session) -> tuple[str, bool]:
+            row = s.get(PrototypeSetRow, set_id)
+            if reuse:
+                same = queries.find_ready_by_config(s, row.class_id, row.extractor_id, config_hash)
+                if same is not None:
+                    s.delete(row)
+                    return same.id, True
+            queries.mark_ready(s, row, table_version=table_version)
+            return row.id, False
+
+        final_id, reused = self.sessions.transact(ready, attempts=20, what=f"version of {class_name!r}")
+        if reused:
+            log.info("%s: a set with the same config became ready meanwhile; discarding this one", class_name)
+            self.stores.vectors.delete_sets(table, [set_id])
+        stage("ready")
+        return BuiltSet(self.get(final_id), reused)
+
+    def _discard_stale(self, s: Session, class_id: str, extractor_id: str) -> None:
+        for row in queries.stale_pending(s, class_id, extractor_id):
+            log.info("discarding pending set %s of a writer that is gone", row.id)
+            self.stores.vectors.delete_sets(row.vector_table, [row.id])
+            s.delete(row)
+        s.flush()
+
+    # ------------------------------------------------------------------ reading
+    def get(self, set_id: str) -> PrototypeSet:
+        with self.sessions.reader() as s:
+            row = s.get(PrototypeSetRow, set_id)
+            if row is None:
+                raise NotFound(f"no prototype set {set_id}")
+            return to_entity(s, row)
+
+    def find(self, class_name: str, extractor_id: str, config_hash: str) -> PrototypeSet | None:
+        """The newest ready set of a class built with exactly this config, if any."""
+        with self.sessions.reader() as s:
+            cls = queries.get_class(s, normalize_class_name(class_name))
+            if cls is None:
+                return None
+            row = queries.find_ready_by_config(s, cls.id, extractor_id, config_hash)
+            return to_entity(s, row) if row else None
+
+    def resolve(self, ref: str | Ref, extractor: str | None = None) -> list[PrototypeSet]:
+        """Ready sets named by ``ref`` (``boat``, ``boat@3``, ``boat@tag``), one per extractor."""
+        with self.sessions.reader() as s:
+            if extractor is not None and queries.extractor_by_name(s, extractor) is None:
+                cls = queries.get_class(s, (Ref.parse(ref) if isinstance(ref, str) else ref).name)
+                if cls is not None:
+                    raise NotFound(f"class {cls.name!r} has no prototypes for extractor {extractor}; "
+                                   f"run: protodb add-class {quoted(cls.name)} --extractor {extractor}")
+            return [to_entity(s, r) for r in queries.resolve(s, ref, extractor)]
+
+    def prototypes(self, pset: PrototypeSet, kinds: Sequence[str] | None = None, *, check: bool = True):
+        """The vectors of a ready set (optionally only some kinds) as PrototypeRows.
+
+        With ``check`` the set's rows are compared with the checksum recorded at commit; damage is
+        DamagedData naming the set and ``protodb verify``.
+        """
+        try:
+            rows = self.stores.vectors.read(pset.vector_table, [pset.id])
+        except Exception as err:  # noqa: BLE001 - LanceDB raises RuntimeError/OSError/ArrowInvalid for damage
+            raise DamagedData(f"prototype set {pset.ref} ({pset.extractor}) cannot be read from its vector "
+                              f"table ({type(err).__name__}); run: protodb verify") from None
+        if check:
+            expected = sum(pset.counts.values())
+            if len(rows) != expected or (pset.vectors_sha256 and rows.checksum() != pset.vectors_sha256):
+                raise DamagedData(f"prototype set {pset.ref} ({pset.extractor}) is damaged: its vectors do not "
+                                  "match the checksum recorded at commit; run: protodb verify")
+        if kinds:
+            wanted = set(kinds)
+            rows = rows.select(np.array([k in wanted for k in rows.kinds], bool))
+        return rows
+
+    def support_images(self, ids: Sequence[str]) -> dict[str, SupportImageRecord]:
+        """The support images ``ids`` (those that exist), by id."""
+        with self.sessions.reader() as s:
+            rows = s.scalars(select(SupportImageRow).where(SupportImageRow.id.in_(list(set(ids))))).all()
+            return {r.id: SupportImageRecord(r.id, r.artifact_sha256, r.width, r.height, r.source, r.seed, r.origin,
+                                             r.attention_sha256) for r in rows}
+
+    @staticmethod
+    def extractor_records(s: Session) -> list[ExtractorRecord]:
+        """Every registered extractor."""
+        return [ExtractorRecord(r.id, r.name, r.kind, dict(r.config), int(r.dim), r.weights_hash)
+                for r in s.scalars(select(ExtractorRow))]
+
+    def extractor_row(self, extractor_id: str) -> ExtractorRecord:
+        """The catalog record of an extractor (DamagedData when a set names one that is missing)."""
+        with self.sessions.reader() as s:
+            row = s.get(ExtractorRow, extractor_id)
+            if row is None:
+                raise DamagedData(f"extractor {extractor_id[:16]} is missing from the catalog; run: protodb verify")
+            return ExtractorRecord(row.id, row.name, row.kind, dict(row.config), int(row.dim), row.weights_hash)
+
+    def ls(self, names: Sequence[str] | None = None) -> list[ClassVersions]:
+        """Every class with ready versions (grouped across extractors); classes without any are hidden."""
+        with self.sessions.reader() as s:
+            q = select(ClassRow).order_by(ClassRow.name)
+            if names:
+                q = q.where(ClassRow.name.in_([normalize_class_name(n) for n in names]))
+            classes = s.scalars(q).all()
+            rows = s.execute(
+                select(PrototypeSetRow, ExtractorRow.name)
+                .join(ExtractorRow, ExtractorRow.id == PrototypeSetRow.extractor_id)
+                .where(PrototypeSetRow.status == SET_READY).order_by(PrototypeSetRow.version)
+            ).all()
+            n_images = dict(s.execute(select(SetImageRow.set_id, func.count()).group_by(SetImageRow.set_id)).all())
+            tags = defaultdict(list)
+            for name, set_id in s.execute(select(TagRow.name, TagRow.set_id)).all():
+                tags[set_id].append(name)
+        grouped: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+        for row, ext_name in rows:
+            e = grouped[row.class_id].setdefault(row.version, {
+                "status": row.status, "extractors": [], "images": 0, "counts": None, "sets": [],
+                "tags": set(), "bytes": 0, "created_at": row.ready_at.isoformat() if row.ready_at else None})
+            e["extractors"].append(ext_name)
+            e["sets"].append(row.id)
+            e["images"] = max(e["images"], int(n_images.get(row.id, 0)))
+            e["bytes"] += int(row.nbytes or 0)
+            e["tags"] |= set(tags.get(row.id, []))
+            if e["counts"] is None:
+                e["counts"] = counts_of(row.counts)
+        out = []
+        for c in classes:
+            versions = tuple(
+                ClassVersion(version=v, status=e["status"], extractors=tuple(e["extractors"]), images=e["images"],
+                             counts=e["counts"], sets=tuple(e["sets"]), tags=tuple(sorted(e["tags"])),
+                             bytes=e["bytes"], created_at=e["created_at"])
+                for v, e in sorted(grouped[c.id].items()))
+            if versions:
+                out.append(ClassVersions(name=c.name, kind=c.kind, id=c.id, versions=versions))
+        return out
+
+    # ------------------------------------------------------------------ tags
+    def tag(self, tag: str, refs: Sequence[str], *, extractor: str | None = None,
+            note: str | None = None) -> TaggedSets:
+        """Pin the sets ``refs`` resolve to under ``tag`` (``boat@tag`` then names them)."""
+        check_tag_name(tag)
+        targets = [p for ref in refs for p in self.resolve(ref, extractor)]
+        with self.sessions.session() as s:
+            queries.tag_sets(s, tag, [s.get(PrototypeSetRow, t.id) for t in targets], note)
+        return TaggedSets(tag, tuple(self.get(t.id) for t in targets))
+
+    def untag(self, tag: str) -> Untagged:
+        check_tag_name(tag)
+        with self.sessions.session() as s:
+            rows = s.scalars(select(TagRow).where(TagRow.name == tag)).all()
+            for r in rows:
+                s.delete(r)
+        return Untagged(tag, len(rows))
+
+    def tagged(self, tag: str) -> TaggedSets:
+        check_tag_name(tag)
+        with self.sessions.reader() as s:
+            found = [to_entity(s, r) for r in queries.sets_with_tag(s, tag)]
+        if not found:
+            raise NotFound(f"no sets are tagged {tag!r}; tag some with: protodb alias {tag} CLASS...")
+        return TaggedSets(tag, tuple(found))

@@ -1,0 +1,108 @@
+"""A verified bundle's contents: catalog rows (checked and cross-referenced), vectors, artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protodb.catalog.schema import SET_READY
+from protodb.entities import PROTOTYPE_KINDS as KINDS
+from protodb.errors import InvalidInput
+from protodb.names import check_tag_name, normalize_class_name
+from protodb.sharing.bundle.read import Staged, _load_json
+from protodb.sharing.bundle.tables import FOREIGN_KEYS, TABLES, _check_rows
+from protodb.sharing.bundle.format import refuse
+from protodb.sharing.bundle.vectors import vectors_from_arrow
+from protodb.storage.vectors import PrototypeRows
+
+@dataclass
+class Contents:
+    """A verified bundle's catalog rows (by table), vectors (by set id) and artifact files."""
+
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    rows: dict[str, list[dict[str, Any]]]
+    vectors: dict[str, PrototypeRows]
+    artifacts: dict[str, Path | None]  # sha256 → staged file (None: already in the local store)
+
+    @property
+    def short(self) -> str:
+        return self.manifest_sha256[:12]
+
+
+def load_contents(staged: Staged) -> Contents:
+    """Parse and cross-check the catalog rows and vectors of a verified bundle (no catalog access)."""
+    staged.verify()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table in TABLES:
+        name = f"catalog/{table}.json"
+        if name not in staged.files:
+            raise refuse(f"the bundle has no {name}")
+        rows[table] = _check_rows(table, _load_json(staged.files[name], name))
+    ids = {t: {r["id"] for r in rows[t]} for t in TABLES if "id" in TABLES[t].__table__.columns}
+
+    for table, column, target, nullable in FOREIGN_KEYS:  # every reference stays inside the bundle
+        if "id" not in TABLES[target].__table__.columns:
+            continue
+        for r in rows[table]:
+            value = r.get(column)
+            if value is None and nullable:
+                continue
+            if value not in ids[target]:
+                raise refuse(f"catalog/{table}.json refers to {target} {str(value)[:64]} that the bundle lacks")
+    names = [c["name"] for c in rows["classes"]]
+    if len(set(names)) != len(names):
+        raise refuse("catalog/classes.json names a class twice")
+    for c in rows["classes"]:
+        try:
+            if normalize_class_name(c["name"]) != c["name"]:
+                raise InvalidInput("not normalised")
+        except InvalidInput:
+            raise refuse(f"class name {c['name'][:60]!r} is not a valid class name") from None
+    for t in rows["tags"]:
+        try:
+            check_tag_name(t["name"])
+        except InvalidInput:
+            raise refuse(f"tag {t['name'][:60]!r} is not a valid tag name") from None
+    for v in rows["vocabularies"]:
+        try:
+            check_tag_name(v["name"])
+        except InvalidInput:
+            raise refuse(f"vocabulary {v['name'][:60]!r} is not a valid vocabulary name") from None
+
+    artifacts: dict[str, Path | None] = {}
+    for name, meta in staged.manifest["members"].items():
+        if name.startswith("artifacts/"):
+            artifacts[meta["sha256"]] = staged.files.get(name)
+    for img in rows["support_images"]:
+        for key in ("artifact_sha256", "attention_sha256"):
+            if img.get(key) and img[key] not in artifacts:
+                raise refuse(f"support image {img['id']} needs artifact {img[key]} that the bundle lacks")
+    for m in rows["masks"]:
+        if m["artifact_sha256"] not in artifacts:
+            raise refuse(f"mask {m['id']} needs artifact {m['artifact_sha256']} that the bundle lacks")
+
+    dims = {e["id"]: int(e["dim"]) for e in rows["extractors"]}
+    listed = {s.get("id") for s in staged.manifest["contents"]["sets"] if isinstance(s, dict)}
+    set_ids = {s["id"] for s in rows["prototype_sets"]}
+    if listed != set_ids:
+        raise refuse("the manifest's list of sets does not match catalog/prototype_sets.json")
+    vector_members = {n for n in staged.manifest["members"] if n.startswith("vectors/")}
+    if vector_members != {f"vectors/{i}.arrow" for i in set_ids}:
+        raise refuse("the bundle's vector files do not match its prototype sets")
+    vectors = {}
+    for s in rows["prototype_sets"]:
+        if s.get("status") != SET_READY or not isinstance(s.get("version"), int):
+            raise refuse(f"set {s['id']} is not a ready, versioned set")
+        counts = s.get("counts") or {}
+        if set(counts) - set(KINDS) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+            raise refuse(f"set {s['id']} has invalid prototype counts")
+        expected = sum(counts.values())
+        rows_ = vectors_from_arrow(staged.files[f"vectors/{s['id']}.arrow"], s["id"], dims[s["extractor_id"]],
+                                   expected)
+        got = {k: rows_.kinds.count(k) for k in KINDS}
+        if any(got[k] != int(counts.get(k, 0)) for k in KINDS):
+            raise refuse(f"vectors/{s['id']}.arrow kinds do not match the set's counts")
+        vectors[s["id"]] = rows_
+    return Contents(staged.manifest, staged.manifest_sha256, rows, vectors, artifacts)

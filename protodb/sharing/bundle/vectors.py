@@ -1,0 +1,74 @@
+"""Prototype vectors in bundles: one Arrow IPC file per set (``prototype_schema(dim)``).
+
+Incoming vectors are checked like local writes: the exact schema, only their own set id, known kinds,
+finite values of unit length (an all-zero or 3e38 vector is refused), image ids that are
+identifiers and regions inside the patch grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from protodb.entities import PROTOTYPE_KINDS as KINDS
+from protodb.sharing.bundle.format import HEX, refuse
+from protodb.storage.vectors import PrototypeRows, prototype_schema
+
+def vectors_to_arrow(rows: PrototypeRows, set_id: str) -> bytes:
+    """One set's prototypes as an Arrow IPC file (``prototype_schema(dim)``), byte-deterministic."""
+    dim = int(rows.vectors.shape[1])
+    n = len(rows)
+    table = pa.table(
+        {
+            "id": pa.array(list(rows.ids) if rows.ids else [f"{set_id}-{i}" for i in range(n)], pa.string()),
+            "set_id": pa.array([set_id] * n, pa.string()),
+            "kind": pa.array(list(rows.kinds), pa.string()),
+            "image_id": pa.array(list(rows.image_ids), pa.string()),
+            "region": pa.array([list(r) if r is not None else None for r in rows.regions],
+                               type=pa.list_(pa.int32(), 4)),
+            "weight": pa.array(rows.weights, type=pa.float32()),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(rows.vectors, np.float32).reshape(-1), type=pa.float32()), dim),
+        },
+        schema=prototype_schema(dim),
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def vectors_from_arrow(path: Path, set_id: str, dim: int, expected: int) -> PrototypeRows:
+    """Read and check one set's Arrow IPC file: exact schema, its set id only, finite vectors."""
+    name = f"vectors/{set_id}.arrow"
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            reader = pa.ipc.open_file(source)
+            if not reader.schema.equals(prototype_schema(dim)):
+                raise refuse(f"{name} does not have the prototype schema for {dim}-d vectors")
+            table = reader.read_all()
+            table.validate(full=True)
+    except pa.ArrowException as err:
+        raise refuse(f"{name} is not a valid Arrow IPC file ({str(err).splitlines()[0][:120]})") from None
+    if table.num_rows != expected:
+        raise refuse(f"{name} holds {table.num_rows} prototypes, its catalog row says {expected}")
+    if set(table.column("set_id").to_pylist()) - {set_id}:
+        raise refuse(f"{name} holds prototypes of another set")
+    vectors = (table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+               .astype(np.float32).reshape(-1, dim))
+    if not np.isfinite(vectors).all():
+        raise refuse(f"{name} holds non-finite vectors")
+    kinds = table.column("kind").to_pylist()
+    if set(kinds) - set(KINDS):
+        raise refuse(f"{name} holds unknown prototype kinds {sorted(set(kinds) - set(KINDS))}")
+    image_ids = table.column("image_id").to_pylist()
+    if any(i is not None and not HEX.match(i) for i in image_ids):
+        raise refuse(f"{name} holds an image id that is not a hex identifier")
+    return PrototypeRows(
+        vectors=vectors, kinds=kinds, image_ids=image_ids,
+        regions=[tuple(r) if r is not None else None for r in table.column("region").to_pylist()],
+        weights=table.column("weight").to_pylist(), ids=table.column("id").to_pylist(),
+        set_ids=table.column("set_id").to_pylist(),
+    )

@@ -1,0 +1,208 @@
+"""The stores of one database, typed and opened once: catalog sessions, vectors, artifacts, locks.
+
+A database is a catalog (SQL), a vector store (LanceDB) and an artifact store (files), found from one
+home folder by default::
+
+    HOME/catalog.sqlite   the SQL catalog (or PROTODB_CATALOG_URL, e.g. postgresql://...)
+    HOME/vectors/         LanceDB tables, one per extractor
+    HOME/artifacts/       content-addressed images, masks, attention maps
+    HOME/cache/           features and fetched objects (safe to delete)
+    HOME/models/          locally built models (tiny preset, converted weights)
+    HOME/staging/         temporary space of imports (cleaned when the database is opened)
+
+A shared database records its vector and artifact URLs in the catalog's settings (``protodb init
+--vectors s3://... --artifacts s3://...``) so that every user of the catalog finds the same stores.
+Services (``protodb.services``) and workflows receive a :class:`Stores`, never the facade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from protodb.catalog import engine as engines
+from protodb.catalog.locks import vector_lock
+from protodb.catalog.schema import SettingRow
+from protodb.errors import NotFound
+from protodb.fileio import remove_stale_temps
+from protodb.lazy import lazy_import
+
+vectors_mod = lazy_import("protodb.storage.vectors")  # LanceDB: imported when vectors are touched
+artifacts_mod = lazy_import("protodb.storage.artifacts")
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def default_home() -> Path:
+    env = os.environ.get("PROTODB_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".protodb"
+
+
+class Sessions:
+    """Catalog transactions. ``session()``: one transaction (commit on success, rollback on error);
+    ``transact(fn)``: the one retry helper, for writes that can lose a race on a unique row."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._maker = sessionmaker(engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._maker() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A session for reading only (never commits)."""
+        with self._maker() as session:
+            yield session
+
+    def transact(self, fn: Callable[[Session], T], attempts: int = 5, what: str = "write") -> T:
+        """Run ``fn(session)`` in one transaction, again (up to ``attempts`` times) when a concurrent
+        writer inserted the same unique row first: the next attempt finds that row."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as s:
+                    return fn(s)
+            except IntegrityError as err:
+                if attempt == attempts:
+                    raise
+                log.info("%s lost a race (%s); retrying (%d/%d)", what, type(err.orig).__name__, attempt, attempts)
+        raise AssertionError("unreachable")
+
+
+class Settings:
+    """Database-wide key/value settings in the catalog (store URLs, remotes, user extractors)."""
+
+    def __init__(self, sessions: Sessions):
+        self._sessions = sessions
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        with self._sessions.reader() as s:
+            row = s.get(SettingRow, key)
+            return row.value if row else default
+
+    def set(self, key: str, value: str) -> None:
+        with self._sessions.session() as s:
+            s.merge(SettingRow(key=key, value=value))
+
+    def delete(self, key: str) -> None:
+        with self._sessions.session() as s:
+            row = s.get(SettingRow, key)
+            if row is not None:
+                s.delete(row)
+
+    def with_prefix(self, prefix: str) -> dict[str, str]:
+        with self._sessions.reader() as s:
+            rows = s.scalars(select(SettingRow).where(SettingRow.key.startswith(prefix))
+                             .order_by(SettingRow.key)).all()
+            return {r.key[len(prefix):]: r.value for r in rows}
+
+
+class Stores:
+    """Catalog sessions, settings, vectors, artifacts, locks and the local folders of one database.
+
+    Open with :meth:`open`. Vectors and artifacts connect on first use (metadata commands never load
+    LanceDB).
+    """
+
+    def __init__(self, home: Path, catalog_url: str, engine: Engine, schema_revision: str | None):
+        self.home = home
+        self.catalog_url = catalog_url
+        self.engine = engine
+        self.schema_revision = schema_revision
+        self.sessions = Sessions(engine)
+        self.settings = Settings(self.sessions)
+        self._vectors = None
+        self._artifacts = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, catalog_url: str | None = None,
+             create: bool = True, check_schema: bool = True) -> "Stores":
+        """Open the database at ``path`` (default ``$PROTODB_HOME`` or ``~/.protodb``).
+
+        create: make the home folder and an empty catalog at the newest schema when there is none;
+        without it a missing database is NotFound (read-only commands never create one).
+        check_schema: refuse a catalog at another revision (only ``protodb db ...`` turns it off).
+        """
+        home = (Path(path).expanduser() if path else default_home()).resolve()
+        url = catalog_url or engines.env_catalog_url()
+        if url is None:
+            if not create and not (home / "catalog.sqlite").is_file():
+                raise NotFound(f"no protodb database at {home}; create one with: protodb init --db {home}")
+            url = engines.sqlite_url(home / "catalog.sqlite")
+        engine = engines.make_engine(url, create=create)
+        revision = engines.ensure_schema(engine, create=create) if check_schema else None
+        stores = cls(home, url, engine, revision)
+        if create:
+            stores.clean_staging()
+        return stores
+
+    # ------------------------------------------------------------------ stores
+    @property
+    def vectors_uri(self) -> str:
+        return self.settings.get("vectors_uri") or str(self.home / "vectors")
+
+    @property
+    def artifacts_uri(self) -> str:
+        return self.settings.get("artifacts_uri") or str(self.home / "artifacts")
+
+    @property
+    def vectors(self):
+        """The :class:`protodb.storage.vectors.VectorStore` (LanceDB) of this database."""
+        if self._vectors is None:
+            self._vectors = vectors_mod.VectorStore(self.vectors_uri)
+        return self._vectors
+
+    @property
+    def artifacts(self):
+        """The :class:`protodb.storage.artifacts.ArtifactStore` of this database."""
+        if self._artifacts is None:
+            self._artifacts = artifacts_mod.ArtifactStore(self.artifacts_uri)
+        return self._artifacts
+
+    def vector_lock(self, table: str):
+        """Context manager serialising commits to vector table ``table`` across processes."""
+        return vector_lock(self.engine, table)
+
+    # ------------------------------------------------------------------ local folders
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where imports unpack bundles: inside the home, so a killed import leaves nothing elsewhere."""
+        return self.home / "staging"
+
+    def clean_staging(self) -> None:
+        """Remove what killed imports and writers left behind (their processes are gone)."""
+        for folder in (self.staging_dir, self.home):
+            n = remove_stale_temps(folder)
+            if n:
+                log.info("removed %d leftovers of killed runs in %s", n, folder)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def describe(self) -> dict[str, Any]:
+        return {"home": str(self.home), "catalog_url": engines.safe_url(self.engine),
+                "vectors_uri": self.vectors_uri, "artifacts_uri": self.artifacts_uri}
