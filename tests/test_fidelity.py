@@ -18,8 +18,199 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+from scipy.linalg import eigh
+from threadpoolctl import threadpool_limits
 
+from protodb.pipeline import masks as M
+from protodb.pipeline.masks import attention_fg_bg, maskcut_partition, ncut_segments
 from protodb.segment.pamr import affinities, pamr
+
+
+# ------------------------------------------------------------------------------------------ MaskCut
+
+
+def test_maskcut_partition_corner_rule_comes_before_the_seed_rule():
+    x = np.array([[5, 1, 1, 4],
+                  [1, -1, -2, 1],
+                  [1, -1, -1, 1],
+                  [4, 1, 1, 4]], dtype=np.float64)
+    # mean = 20 / 16 = 1.25: x > mean is the 4 corners, which also hold the seed argmax|x| = (0, 0);
+    # the corner rule reverses anyway: the object is the 12 other patches (seed argmin x = (1, 2))
+    mask, why = maskcut_partition(x.ravel(), (4, 4))
+    corners = np.zeros((4, 4), bool)
+    corners[[0, 0, 3, 3], [0, 3, 0, 3]] = True
+    assert why == "corners" and np.array_equal(mask, ~corners)
+    # the opposite sign: x > mean is now the 12 patches (no corner), the seed (0, 0) is not in it, so
+    # the seed rule reverses to the corners, and the seed's component is (0, 0) alone
+    mask, why = maskcut_partition(-x.ravel(), (4, 4))
+    alone = np.zeros((4, 4), bool)
+    alone[0, 0] = True
+    assert why == "seed" and np.array_equal(mask, alone)
+    # hence the fixed sign (seed entry positive): both signs give the corner-rule result
+    for v in (x, -x):
+        mask, why = maskcut_partition(M._orient(v.ravel()), (4, 4))
+        assert why == "corners" and np.array_equal(mask, ~corners)
+
+
+def test_maskcut_partition_seed_rule():
+    x = np.array([[1, 1, 0, 0],
+                  [1, 1, 0, 0],
+                  [1, 1, 0, -3],
+                  [1, 1, 0, 0]], dtype=np.float64)
+    # mean = 5 / 16: x > mean = left two columns (2 corners); seed argmax|x| = (2, 3) is not in it
+    mask, why = maskcut_partition(x.ravel(), (4, 4))
+    right = np.zeros((4, 4), bool)
+    right[:, 2:] = True
+    assert why == "seed" and np.array_equal(mask, right)
+
+
+def test_maskcut_partition_keeps_the_seed_component_not_the_largest():
+    x = -np.ones((5, 5))
+    x[3:5, 0:3] = 1.0  # 6 patches, one corner
+    x[1, 3] = 3.0  # the seed, alone
+    # mean = (6 + 3 - 18) / 25 = -0.36: x > mean = both blobs (1 corner); seed (1, 3) is in it
+    mask, why = maskcut_partition(x.ravel(), (5, 5))
+    assert why is None and mask.sum() == 1 and mask[1, 3]
+
+
+def clustered(labels: np.ndarray, d: int = 64, noise: float = 0.03, seed: int = 0) -> np.ndarray:
+    """(h, w) int labels -> (h, w, d) unit features: e_label + noise (same label: cosine ~1 > tau;
+    different labels: ~0 < tau)."""
+    rng = np.random.default_rng(seed)
+    f = np.eye(d)[labels] + noise * rng.standard_normal(labels.shape + (d,))
+    return (f / np.linalg.norm(f, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def trace_cuts(feats: np.ndarray, n: int, **kw):
+    g = M._as_feature_grid(feats)
+    h, w, _ = g.shape
+    flat = g.reshape(h * w, -1)
+    adj = (flat @ flat.T > 0.2).astype(np.float32)
+    trace: list = []
+    segs = M._repeated_cuts(adj, (h, w), n, 1e-5, trace=trace, **kw)
+    return segs, trace
+
+
+def reference_maskcut(feats, n, tau=0.2, eps=1e-5, remove=False, trace=None):
+    """MaskCut written out from its description, independently of protodb's solver: each round the taken
+    patches' features are set to 0 (or, ``remove``, the patches are left out of the graph: the old rule),
+    W = [F F^T > tau] with eps for False, scipy's GENERALISED eigh of (D - W, D); the sign with the seed
+    entry positive (protodb's documented convention); split at the mean; corner rule; seed rule; the
+    seed's 4-component; IoU > 0.5 / area <= 1% drops after round 0; outputs minus the taken patches."""
+    with threadpool_limits(1):  # small eighs: multi-threaded BLAS only spins on shared cores
+        return _reference_maskcut(feats, n, tau, eps, remove, trace)
+
+
+def _reference_maskcut(feats, n, tau, eps, remove, trace):
+    h, w, d = feats.shape
+    N = h * w
+    f = feats.reshape(N, d).astype(np.float64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    painting, prev, outs = np.zeros(N, bool), np.zeros(N, bool), []
+    for r in range(n):
+        nodes = np.flatnonzero(~painting) if remove else np.arange(N)
+        fz = f * (~painting)[:, None]
+        a = (fz[nodes] @ fz[nodes].T > tau).astype(np.float64)
+        a[a == 0] = eps
+        dm = np.diag(a.sum(1))
+        xs = eigh(dm - a, dm, subset_by_index=[1, 1])[1][:, 0]
+        if xs[np.argmax(np.abs(xs))] < 0:
+            xs = -xs
+        bip = np.zeros(N, bool)
+        bip[nodes] = xs > xs.mean()
+        corners = int(bip[0]) + int(bip[w - 1]) + int(bip[N - w]) + int(bip[N - 1])
+        if corners >= 3 or not bip[nodes[np.argmax(np.abs(xs))]]:
+            bip[nodes] = ~bip[nodes]
+            seed = nodes[np.argmin(xs)]
+        else:
+            seed = nodes[np.argmax(xs)]
+        lab, _ = ndimage.label(bip.reshape(h, w))
+        m = (lab == lab.reshape(-1)[seed]).reshape(-1)
+        if trace is not None:
+            trace.append(m.reshape(h, w).copy())
+        if r >= 1 and ((prev & m).sum() / (prev | m).sum() > 0.5 or m.sum() / N <= 0.01):
+            m = np.zeros(N, bool)
+        prev = m
+        outs.append((m & ~painting).reshape(h, w))
+        painting |= m
+    return [o for o in outs if o.any()]
+
+
+def _bridge_scene():
+    """12x12: background frame (44 patches, all 4 corners), object A filling the inside (84) except two
+    4x2 blocks B1, B2 of a third kind (16 together), each enclosed by A."""
+    lab = np.zeros((12, 12), np.int64)
+    lab[1:11, 1:11] = 1
+    lab[4:8, 2:4] = 2
+    lab[4:8, 8:10] = 2
+    return lab
+
+
+def test_taken_patches_are_zeroed_not_removed_and_overlap_drops():
+    lab = _bridge_scene()
+    a, b, inside = lab == 1, lab == 2, lab >= 1
+    segs, trace = trace_cuts(clustered(lab), 3)
+    # round 0: A (the x > mean side is frame + B, holding the 4 corners: reversed)
+    assert np.array_equal(trace[0]["mask"], a) and trace[0]["reversed"] == "corners"
+    # round 1: B against the frame; the zeroed A patches (affinity eps to all) lie on B's side and join
+    # B1 and B2 into one component: the inside, IoU with A 84/100 = 0.84 > 0.5 -> dropped
+    assert np.array_equal(trace[1]["mask"], inside) and trace[1]["dropped"] == "overlap"
+    # round 2: nothing was taken, same cut; the previous mask is now the empty one -> kept, minus A
+    assert np.array_equal(trace[2]["mask"], inside) and trace[2]["dropped"] is None
+    assert len(segs) == 2 and np.array_equal(segs[0], a) and np.array_equal(segs[1], b)
+    assert len(ncut_segments(clustered(lab), 2)) == 1  # the drop is the last round: A only
+    kept = ncut_segments(clustered(lab), 2, max_iou=0.9)  # 0.84 <= 0.9: kept at round 1
+    assert len(kept) == 2 and np.array_equal(kept[1], b)
+    # removing the taken patches (the old rule) gives a different second cut: B1 or B2 alone
+    ref_zero, ref_removed = [], []
+    assert [s.sum() for s in reference_maskcut(clustered(lab), 3, trace=ref_zero)] == [84, 16]
+    reference_maskcut(clustered(lab), 3, remove=True, trace=ref_removed)
+    assert np.array_equal(ref_zero[1], inside) and ref_removed[1].sum() == 8 and (ref_removed[1] <= b).all()
+
+
+def test_small_extra_masks_are_dropped():
+    for k, expect in ((1, [30]), (2, [30, 2])):  # 10x10 grid: 1 patch is 1% (dropped), 2 patches 2%
+        lab = np.zeros((10, 10), np.int64)
+        lab[1:6, 1:7] = 1
+        lab[8, 8:8 + k] = 2
+        segs, trace = trace_cuts(clustered(lab), 3)
+        assert [s.sum() for s in segs] == expect
+        assert trace[1]["mask"].sum() == k and trace[1]["dropped"] == (None if k == 2 else "area")
+    lab = np.zeros((20, 20), np.int64)
+    lab[2:8, 2:8] = 1  # 36 patches: the second cut (the first is the 70-patch object 2)
+    lab[11:18, 9:19] = 2
+    assert [s.sum() for s in ncut_segments(clustered(lab), 3)] == [70, 36]
+    assert [s.sum() for s in ncut_segments(clustered(lab), 3, min_area=36 / 400)] == [70]  # <= min_area
+    assert [s.sum() for s in ncut_segments(clustered(lab), 3, min_area=35.9 / 400)] == [70, 36]
+
+
+@pytest.mark.parametrize("size, trials", [(12, 12), (24, 3)])  # 576 patches: the Lanczos path
+def test_ncut_segments_match_an_independent_maskcut(size, trials):
+    rng = np.random.default_rng(size)
+    done = 0
+    while done < trials:
+        lab = np.zeros((size, size), np.int64)
+        for k in (1, 2, 3):
+            y0, x0 = rng.integers(0, size - 2, 2)
+            hh, ww = rng.integers(2, size // 2, 2)
+            lab[y0:y0 + hh, x0:x0 + ww] = k
+        sizes = np.bincount(lab.ravel(), minlength=4)
+        if sizes.min() == 0 or len(set(sizes.tolist())) < 4:
+            continue  # equal-size regions give tied eigenvalues: any cut among them is right
+        feats = clustered(lab, seed=done)
+        ours, ref = ncut_segments(feats, 3), reference_maskcut(feats, 3)
+        assert len(ours) == len(ref) and all(np.array_equal(a, b) for a, b in zip(ours, ref)), (done, sizes)
+        done += 1
+
+
+def test_mask_params_record_the_maskcut_rules():
+    lab = _bridge_scene()
+    att = np.where(lab == 1, 0.9, 0.05).astype(np.float32)
+    res = attention_fg_bg(clustered(lab), att, erode=0)
+    assert res.params["ncut_rules"] == "maskcut"
+    assert res.params["ncut_max_iou"] == 0.5 and res.params["ncut_min_area"] == 0.01
+    assert res.method == "ncut+attention" and np.array_equal(res.fg, lab == 1)
 
 
 # ------------------------------------------------------------------------------------------ PAMR
