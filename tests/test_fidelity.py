@@ -13,11 +13,13 @@ Expected values are computed by hand (comments) or by independent numpy / scipy 
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 from scipy.linalg import eigh
 from threadpoolctl import threadpool_limits
@@ -25,6 +27,183 @@ from threadpoolctl import threadpool_limits
 from protodb.pipeline import masks as M
 from protodb.pipeline.masks import attention_fg_bg, maskcut_partition, ncut_segments
 from protodb.segment.pamr import affinities, pamr
+from protodb.segment.prefilter import ClipPrefilter, choose_classes, class_prompt, subset_prompt
+
+
+def unit(*v) -> torch.Tensor:
+    t = torch.tensor(v, dtype=torch.float64)
+    return t / t.norm()
+
+
+def at_cos(c: float) -> torch.Tensor:
+    """A unit vector in R^3 whose cosine with e0 is c."""
+    return torch.tensor([c, math.sqrt(max(0.0, 1 - c * c)), 0.0], dtype=torch.float64)
+
+
+class SubsetLookup:
+    """subset_embs for choose_classes: records the subsets asked for; ``winner`` gets the image's own
+    direction (cosine 1), every other subset an orthogonal one (cosine 0)."""
+
+    def __init__(self, image: torch.Tensor, winner: tuple[int, ...]):
+        self.image, self.winner, self.asked = image, winner, None
+
+    def __call__(self, subsets):
+        self.asked = list(subsets)
+        other = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        return torch.stack([self.image if s == self.winner else other for s in subsets])
+
+
+E0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+
+# ------------------------------------------------------------------------------------------ pre-filter
+
+
+def test_prompts():
+    assert class_prompt("cat") == "a cat"
+    assert subset_prompt(["cat"]) == "a cat"
+    assert subset_prompt(["cat", "dog"]) == "a cat and a dog"
+    assert subset_prompt(["cat", "dog", "bird"]) == "a cat and a dog and a bird"
+
+
+def test_choose_classes_raw_cosines_things_only_and_best_subset():
+    # vocabulary: cat, sky (stuff), dog, bird, grass (stuff), car; image direction e0
+    stuff = [False, True, False, False, True, False]
+    cos = [1.0, 0.7071, 0.1, -1.0]  # cat, dog, bird, car
+    things = torch.stack([at_cos(c) for c in cos])
+    # softmax of the raw cosines: exp = 2.71828, 2.02811, 1.10517, 0.36788 (sum 6.21944)
+    # -> p = 0.43706, 0.32609, 0.17770, 0.05915; 1/N_thing = 0.25: cat and dog survive.
+    # (1/N over all 6 classes, 0.1667, would keep bird too; CLIP's logit scale 100 would keep cat only.)
+    e = np.exp(cos)
+    assert np.allclose(e / e.sum(), [0.43706, 0.32609, 0.17770, 0.05915], atol=1e-5)
+    look = SubsetLookup(E0, winner=(0, 2))
+    assert choose_classes(E0, things, stuff, look) == [0, 1, 2, 4]  # {cat, dog} + both stuff classes
+    assert look.asked == [(0,), (2,), (0, 2)]  # vocabulary indices, every non-empty subset, sizes ascending
+    look = SubsetLookup(E0, winner=(2,))
+    assert choose_classes(E0, things, stuff, look) == [1, 2, 4]
+    # embeddings need not be normalised; only cosines count
+    assert choose_classes(3 * E0, 2 * things, stuff, SubsetLookup(E0, winner=(2,))) == [1, 2, 4]
+
+
+def test_choose_classes_ties_go_to_the_smaller_then_earlier_subset():
+    things = torch.stack([at_cos(0.9), at_cos(0.9)])  # p = 0.5 each, both survive
+    same = lambda subsets: torch.stack([E0 for _ in subsets])  # noqa: E731  every subset cosine 1
+    assert choose_classes(E0, things, [False, False], same) == [0]
+
+
+def test_choose_classes_none_survive_takes_the_ten_most_probable():
+    # 12 things at cosines k/12, k = 0..11; with a threshold above every probability none survives,
+    # so the 10 most probable (k = 2..11) are the pool: 2^10 - 1 subsets.
+    things = torch.stack([at_cos(k / 12) for k in range(12)])
+    look = SubsetLookup(E0, winner=(3, 7))
+    assert choose_classes(E0, things, [False] * 12, look, threshold=1.0) == [3, 7]
+    assert len(look.asked) == 1023 and set().union(*look.asked) == set(range(2, 12))
+    assert look.asked[:10] == [(k,) for k in range(2, 12)]
+
+
+def test_choose_classes_more_than_ten_survivors_keeps_the_ten_most_probable():
+    # 14 things: 12 at cosines 0.90, 0.89, ..., 0.79 and 2 at -1 (vocabulary positions 0 and 13)
+    cos = [-1.0] + [0.90 - 0.01 * k for k in range(12)] + [-1.0]
+    e = np.exp(cos)
+    p = e / e.sum()
+    assert (p >= 1 / 14).sum() == 12 and p[1:13].min() >= 1 / 14  # premise: 12 survivors, computed here
+    things = torch.stack([at_cos(c) for c in cos])
+    stuff = [False] * 14 + [True]  # one stuff class at the end: not classified, not counted in N_thing
+    look = SubsetLookup(E0, winner=(1, 10))
+    assert choose_classes(E0, things, stuff, look) == [1, 10, 14]
+    assert set().union(*look.asked) == set(range(1, 11))  # the 10 highest cosines: positions 1..10
+    # all cosines equal: p = 1/N_thing exactly, all 12 survive, ties keep vocabulary order -> first 10
+    look = SubsetLookup(E0, winner=(0,))
+    assert choose_classes(E0, torch.stack([at_cos(0.5)] * 12), [False] * 12, look) == [0]
+    assert set().union(*look.asked) == set(range(10))
+
+
+def test_choose_classes_stuff_only_and_bad_inputs():
+    never = lambda subsets: pytest.fail("no subset search without thing classes")  # noqa: E731
+    assert choose_classes(E0, torch.zeros(0, 3), [True, True], never) == [0, 1]
+    from protodb.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        choose_classes(E0, torch.zeros(2, 3), [False, True, False, False], never)
+    with pytest.raises(InvalidInput):
+        choose_classes(E0, at_cos(1.0)[None], [False], never, max_keep=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from protodb.models.generators import clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip-fidelity")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def _three_bands(h=40, w=120) -> Image.Image:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 3, 0] = 255  # red left third
+    arr[:, w // 3: 2 * w // 3, 1] = 255  # green middle
+    arr[:, 2 * w // 3:, 2] = 255  # blue right third
+    return Image.fromarray(arr)
+
+
+def test_clip_prefilter_squashes_the_whole_image(tiny_clip):
+    pre = ClipPrefilter(tiny_clip)
+    image = _three_bands()
+    pv = pre.pixel_values(image)
+    assert pv.shape == (1, 3, 32, 32) and pv.dtype == torch.float32
+    mean = np.array([0.48145466, 0.4578275, 0.40821073])
+    std = np.array([0.26862954, 0.26130258, 0.27577711])
+    red, blue = (np.array([1, 0, 0]) - mean) / std, (np.array([0, 0, 1]) - mean) / std
+    # the left and right columns of the 32x32 input still show the red and blue thirds (a resize of the
+    # short side to 32 and a centre crop would keep only the green middle)
+    assert np.allclose(pv[0, :, :, 0].numpy(), red[:, None], atol=1e-5)
+    assert np.allclose(pv[0, :, :, -1].numpy(), blue[:, None], atol=1e-5)
+    expected = (np.asarray(image.resize((32, 32), Image.Resampling.BICUBIC), np.float64) / 255 - mean) / std
+    assert np.allclose(pv[0].numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    with torch.no_grad():
+        out = pre.model.get_image_features(pixel_values=torch.from_numpy(expected.transpose(2, 0, 1)[None]).float())
+        cropped = pre.processor(images=image, return_tensors="pt")["pixel_values"]
+    out = out if isinstance(out, torch.Tensor) else out.pooler_output
+    assert torch.allclose(pre.image_embedding(image), F.normalize(out[0], dim=0), atol=1e-5)
+    assert not torch.allclose(cropped, pv, atol=0.1)  # the processor's own path centre-crops
+
+
+def test_clip_prefilter_select_follows_the_rule_on_real_embeddings(tiny_clip):
+    pre = ClipPrefilter(tiny_clip)
+    names = ["cat", "sky", "dog", "bird", "car", "grass", "boat"]
+    stuff = [False, True, False, False, False, True, False]
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    calls = []
+    embed = pre.text_embeddings
+
+    def recording(prompts):
+        out = embed(prompts)
+        calls.append((list(prompts), out.double().numpy()))
+        return out
+
+    pre.text_embeddings = recording
+    chosen = pre.select(image, names, stuff)
+    assert calls[0][0] == ["a cat", "a dog", "a bird", "a car", "a boat"]  # things only, "a {name}"
+    img = pre.image_embedding(image).double().numpy()
+    sims = calls[0][1] @ img
+    p = np.exp(sims) / np.exp(sims).sum()  # raw cosines, no logit scale
+    things = [0, 2, 3, 4, 6]
+    pool = [things[k] for k in range(5) if p[k] >= 1 / 5]
+    subsets = [c for r in range(1, len(pool) + 1) for c in combinations(pool, r)]
+    assert calls[1][0] == [" and ".join(f"a {names[i]}" for i in s) for s in subsets]
+    best = subsets[int(np.argmax(calls[1][1] @ img))]
+    assert chosen == sorted(set(best) | {1, 5})
 
 
 # ------------------------------------------------------------------------------------------ MaskCut
