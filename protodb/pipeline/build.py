@@ -42,7 +42,7 @@ from protodb.pipeline.exemplars import find_exemplars, load_exemplars
 from protodb.pipeline.features import FeatureCache, featurize
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
-from protodb.pipeline.support_masks import GridMasks, for_extractor, masks_for, upsample
+from protodb.pipeline.support_masks import NCUT_PARAMS, GridMasks, for_extractor, masks_for, upsample
 from protodb.services.labels import LabelService, label_record
 from protodb.services.sets import SetService
 from protodb.catalog.schema import MaskRow
@@ -111,7 +111,7 @@ class ClassBuilder:
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
         records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
         masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
-                           segmenter_params=plugin.params() if plugin is not None else {"n_segments": 3, "tau": 0.2},
+                           segmenter_params=plugin.params() if plugin is not None else dict(NCUT_PARAMS),
                            source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=req.bg_value,
                            min_fraction=req.mask_min_fraction, exemplar_background=req.exemplar_background)
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=req.k, seed=req.seed,

@@ -2,8 +2,8 @@
 
 OVDiff splits every support image into foreground and background by combining two signals:
 
-* an unsupervised segmenter that proposes a few regions from the patch features alone: a
-  MaskCut-style repeated normalised cut (:func:`ncut_segments`);
+* an unsupervised segmenter that proposes a few regions from the patch features alone: MaskCut's
+  repeated normalised cut (CutLER; :func:`ncut_segments`);
 * the generator's cross-attention map for the class token, which says which region is the object
   (:func:`attention_fg_bg`).
 
@@ -73,34 +73,47 @@ def _as_feature_grid(feats: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr / np.maximum(norm, np.float32(1e-12))
 
 
-def _fiedler_vector(adj: np.ndarray, keep: np.ndarray, deg01: np.ndarray, eps: float) -> np.ndarray | None:
-    """Second-smallest generalised eigenvector of (D - W) x = lambda D x on the kept patches.
+# MaskCut's rules for the extra masks (rounds after the first): one overlapping the previous round's
+# mask with IoU above MAX_IOU, or covering at most MIN_AREA of the grid, is dropped.
+MAX_IOU = 0.5
+MIN_AREA = 0.01
+RULES = "maskcut"  # recorded with the masks: corner/seed orientation, seed component, taken patches zeroed
 
-    adj: (N, N) float32 of 0/1, the thresholded affinity of ALL patches; keep: (n,) int indices
-    of the patches still in the graph; deg01: (n,) row sums of adj[keep][:, keep].
-    W = 1 where adj is 1 and ``eps`` elsewhere (MaskCut's eps keeps every degree positive),
-    i.e. W = (1 - eps) adj + eps. Solved through the symmetric form M = D^-1/2 W D^-1/2: its
-    second-LARGEST eigenvector y gives x = D^-1/2 y. Small graphs: dense LAPACK; large ones:
-    Lanczos (ARPACK) on products with the full matrix (no (n, n) copy per round).
-    Returns x: (n,) float64 aligned with ``keep`` (sign arbitrary), or None when Lanczos does not
-    converge within ``_LANCZOS_MAX_RESTARTS``.
+
+def _fiedler_vector(adj: np.ndarray, alive: np.ndarray, deg01: np.ndarray, eps: float,
+                    link: float = 0.0) -> np.ndarray | None:
+    """Second-smallest generalised eigenvector of (D - W) x = lambda D x over ALL N patches.
+
+    adj: (N, N) float32 of 0/1, the thresholded affinity of the original features. alive: (N,) float32,
+    1 for the patches not yet taken, 0 for taken ones, whose features count as zero: their 0/1 affinity
+    to every patch (themselves included) is ``link`` = [0 > tau] (0 for tau >= 0), i.e.
+    P = a a^T * adj + link (1 - a a^T). deg01: (N,) row sums of P. W = 1 where P is 1 and ``eps``
+    elsewhere (MaskCut's eps keeps every degree positive), i.e. W = (1 - eps) P + eps. Solved through the
+    symmetric form M = D^-1/2 W D^-1/2: its second-LARGEST eigenvector y gives x = D^-1/2 y (so
+    x^T D x = 1, as the generalised solver's normalisation). Small graphs: dense LAPACK; large ones:
+    Lanczos (ARPACK) on products with ``adj`` (no (N, N) copy per round).
+    Returns x: (N,) float64 (sign arbitrary), or None when Lanczos does not converge within
+    ``_LANCZOS_MAX_RESTARTS``.
     """
-    n_all = adj.shape[0]
-    n = keep.size
+    n = adj.shape[0]
     inv_sqrt = 1.0 / np.sqrt(deg01.astype(np.float64) * (1.0 - eps) + eps * n)
     if n <= _DENSE_MAX_PATCHES:
-        w = adj[np.ix_(keep, keep)].astype(np.float64) * (1.0 - eps) + eps
+        both = np.outer(alive, alive).astype(np.float64)
+        p = adj.astype(np.float64) * both + link * (1.0 - both)
+        w = p * (1.0 - eps) + eps
         m = (inv_sqrt[:, None] * w) * inv_sqrt[None, :]
         _, vecs = eigh(m, subset_by_index=[n - 2, n - 1])
         y = vecs[:, 0]
     else:
         s32 = inv_sqrt.astype(np.float32)
-        full = np.zeros(n_all, dtype=np.float32)
+        a32 = alive.astype(np.float32)
 
         def matvec(v: np.ndarray) -> np.ndarray:
             u = s32 * np.asarray(v, dtype=np.float32).reshape(-1)
-            full[keep] = u  # removed patches stay 0, so they drop out of the product
-            wu = (adj @ full)[keep] * (1.0 - eps) + eps * u.sum()
+            pu = a32 * (adj @ (a32 * u))  # taken rows and columns of P are 0 ...
+            if link:
+                pu += link * (u.sum() - a32 * float(a32 @ u))  # ... or 1 (tau < 0) off the alive block
+            wu = pu * (1.0 - eps) + eps * u.sum()
             return (s32 * wu).astype(np.float64)
 
         op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
@@ -113,31 +126,80 @@ def _fiedler_vector(adj: np.ndarray, keep: np.ndarray, deg01: np.ndarray, eps: f
     return inv_sqrt * y
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """(h, w) bool -> its largest 4-connected component, (h, w) bool (all False if mask is)."""
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
+def maskcut_partition(x: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """MaskCut's object mask from one bipartition eigenvector, in this order:
+
+    1. fg = the patches with x > mean(x) (mean over all N patches);
+    2. corner rule: if fg holds >= 3 of the grid's 4 corner patches, reverse (fg = x <= mean);
+    3. otherwise seed rule: if the seed s = argmax |x| is not in fg, reverse;
+    4. the component seed is the patch furthest into the chosen side: argmax x when not reversed,
+       argmin x when reversed (the same patch as s except after a corner reversal);
+    5. the mask is the 4-connected component of fg containing that seed.
+
+    x: (N,) float, N = h * w in row-major grid order. Returns ((h, w) bool mask, never empty;
+    ``"corners"``, ``"seed"`` or None: why the partition was reversed).
+    """
+    h, w = grid
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    fg = x > x.mean()
+    corners = fg[[0, w - 1, (h - 1) * w, h * w - 1]]  # 4 lookups, as MaskCut (they coincide on 1-wide grids)
+    reverse = "corners" if int(corners.sum()) >= 3 else ("seed" if not fg[int(np.argmax(np.abs(x)))] else None)
+    if reverse:
+        fg, seed = ~fg, int(np.argmin(x))
+    else:
+        seed = int(np.argmax(x))
+    labels, _ = ndimage.label(fg.reshape(h, w))  # default structure: 4-connectivity
+    return labels == labels.reshape(-1)[seed], reverse
+
+
+def _orient(x: np.ndarray) -> np.ndarray:
+    """The eigenvector with the sign that makes its largest-magnitude entry positive (the first such
+    entry on ties).
+
+    An eigenvector's sign is arbitrary (LAPACK and ARPACK may return either), and MaskCut's outcome
+    depends on it when the seed lies on a side holding >= 3 corners: with x[seed] > 0 that side is
+    x > mean, the corner rule fires and the other side is taken; with x[seed] < 0 the side x > mean is
+    the other one, the corner rule cannot fire and the seed rule reverses to the seed's side. Fixing
+    x[seed] > 0 makes the result the same on every solver and keeps the corner rule effective (the seed
+    rule then never fires: the seed, the maximum, is above the mean)."""
+    return -x if x[int(np.argmax(np.abs(x)))] < 0 else x
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return int(np.count_nonzero(a & b)) / union if union else 0.0
 
 
 def ncut_segments(
-    feats: torch.Tensor | np.ndarray, n_segments: int = 3, tau: float = 0.2, eps: float = 1e-5
+    feats: torch.Tensor | np.ndarray, n_segments: int = 3, tau: float = 0.2, eps: float = 1e-5,
+    *, max_iou: float = MAX_IOU, min_area: float = MIN_AREA,
 ) -> list[np.ndarray]:
-    """Up to ``n_segments`` regions of an image by repeated normalised cut (MaskCut-style).
+    """Up to ``n_segments`` regions of an image by repeated normalised cut, with MaskCut's rules (CutLER).
 
     feats: (h, w, D) float, L2-normalised patch features (re-normalised here, which is harmless).
-    Each round: W = [F F^T > tau] (binary, ``eps`` where False) over the patches not yet taken;
-    solve (D - W) x = lambda D x for the second-smallest eigenvector; split at its mean; the side
-    holding the patch with the largest |x| is the object; keep that side's largest 4-connected
-    component; remove it and repeat.
+    Each round r = 0, 1, ...:
 
-    Removed patches leave the graph entirely (MaskCut instead sets their affinity to ``eps``,
-    which tends to the same cut as eps -> 0 but lets the removed patches form a partition of their
-    own). The loop stops early when the remaining thresholded graph has no structure to cut: every
-    pair connected (e.g. uniform features) or no pair connected, fewer than 2 patches remain, or
-    (large grids) the eigensolver does not converge, which happens on nearly edgeless graphs.
+    * the features of the patches already taken are set to zero (they stay in the graph);
+      W = [F F^T > tau] (binary, ``eps`` where False) over all h * w patches, so a taken patch has
+      affinity ``eps`` to everything;
+    * solve (D - W) x = lambda D x for the second-smallest eigenvector x;
+    * pseudo-mask = :func:`maskcut_partition` of x signed so that the seed argmax |x| is positive
+      (:func:`_orient`): split at the mean, corner rule, seed rule, the seed's 4-connected component.
+      So the object is the seed's side of the cut, unless that side holds >= 3 of the 4 corner
+      patches, then the other side;
+    * rounds r >= 1: the pseudo-mask is dropped (made empty) when its IoU with the previous round's
+      pseudo-mask exceeds ``max_iou`` or it covers at most ``min_area`` of the grid. As in MaskCut,
+      "previous" is the previous round's pseudo-mask after this rule, so empty after a drop; and a drop
+      takes nothing, so the next round sees the same graph and gets the same pseudo-mask, compared with
+      that empty mask;
+    * the patches of the kept pseudo-mask are taken; the segment of the round is the pseudo-mask minus
+      the patches taken before it (so segments are disjoint); empty segments are not returned.
+
+    The loop ends early, with the same result, after a drop for the area rule (every later round would
+    repeat that cut and drop it). Protodb's own stops (MaskCut has none; the cut would be arbitrary):
+    every patch is taken; the 0/1 graph is complete (every pair connected, e.g. uniform features) or has
+    no edge but self-loops; (large grids) the eigensolver does not converge, which happens on nearly
+    edgeless graphs.
 
     Returns: list of (h, w) bool arrays, disjoint, non-empty, in the order found (possibly fewer
     than ``n_segments``, possibly none).
@@ -151,41 +213,66 @@ def ncut_segments(
     np.greater(adj, np.float32(tau), out=adj, casting="unsafe")
 
     with _THREADS.limit(limits=1, user_api="blas"):
-        return _repeated_cuts(adj, (h, w), n_segments, eps)
+        return _repeated_cuts(adj, (h, w), n_segments, eps, link=1.0 if 0.0 > tau else 0.0,
+                              max_iou=max_iou, min_area=min_area)
 
 
-def _repeated_cuts(adj: np.ndarray, grid: tuple[int, int], n_segments: int, eps: float) -> list[np.ndarray]:
-    """The cut loop of :func:`ncut_segments` on the (N, N) 0/1 float32 affinity of an (h, w) grid."""
+def _repeated_cuts(adj: np.ndarray, grid: tuple[int, int], n_segments: int, eps: float, *,
+                   link: float = 0.0, max_iou: float = MAX_IOU, min_area: float = MIN_AREA,
+                   trace: list | None = None) -> list[np.ndarray]:
+    """The cut loop of :func:`ncut_segments` on the (N, N) 0/1 float32 affinity ``adj`` of an (h, w) grid's
+    original features. ``link``: the 0/1 affinity of a zeroed (taken) patch, [0 > tau].
+
+    ``trace``: when a list, one dict per round is appended: ``"mask"`` (h, w) bool pseudo-mask before the
+    drop rule, ``"reversed"`` (see :func:`maskcut_partition`), ``"dropped"`` (None, ``"overlap"`` or
+    ``"area"``), ``"segment"`` (h, w) bool, the round's output (possibly empty).
+    """
     h, w = grid
-    diag = np.diagonal(adj)
-    remaining = np.ones(h * w, dtype=bool)
+    n = h * w
+    diag = np.diagonal(adj).astype(np.float64)
+    taken = np.zeros(n, dtype=bool)
+    previous = np.zeros((h, w), dtype=bool)
+    repeat = None  # the last pseudo-mask when nothing was taken since it (same graph, same cut)
     segments: list[np.ndarray] = []
-    for _ in range(n_segments):
-        keep = np.flatnonzero(remaining)
-        n = keep.size
-        if n < 2:
+    for r in range(n_segments):
+        if taken.all():
             break
-        deg01 = (adj @ remaining.astype(np.float32))[keep]  # float32 counts, exact below 2**24
-        n_edges = float(deg01.sum(dtype=np.float64))
-        if n_edges >= float(n) * n or n_edges <= float(diag[keep].sum()):
-            break  # complete or edgeless graph: nothing to cut
-        x = _fiedler_vector(adj, keep, deg01, eps)
-        if x is None:
-            break
-        side = x > x.mean()
-        if not side[int(np.argmax(np.abs(x)))]:
-            side = ~side
-        side_grid = np.zeros(h * w, dtype=bool)
-        side_grid[keep[side]] = True
-        seg = _largest_component(side_grid.reshape(h, w))
-        if not seg.any():
-            break
-        segments.append(seg)
-        remaining &= ~seg.reshape(-1)
+        if repeat is not None:
+            mask, reverse = repeat
+        else:
+            alive = (~taken).astype(np.float32)
+            n_alive = float(alive.sum())
+            deg01 = alive * (adj @ alive) + link * (n - alive * n_alive)  # float32 counts, exact below 2**24
+            n_edges = float(deg01.sum(dtype=np.float64))
+            self_loops = float(diag @ alive) + link * (n - n_alive)
+            if n_edges >= float(n) * n or n_edges <= self_loops:
+                break  # complete graph, or no edge but self-loops: nothing to cut
+            x = _fiedler_vector(adj, alive, deg01, eps, link)
+            if x is None:
+                break
+            x = _orient(x)
+            mask, reverse = maskcut_partition(x, grid)
+        dropped = None
+        if r >= 1:
+            if _iou(mask, previous) > max_iou:
+                dropped = "overlap"
+            elif int(np.count_nonzero(mask)) / h / w <= min_area:
+                dropped = "area"
+        kept = np.zeros_like(mask) if dropped else mask
+        segment = kept & ~taken.reshape(h, w)
+        if trace is not None:
+            trace.append({"mask": mask, "reversed": reverse, "dropped": dropped, "segment": segment})
+        if segment.any():
+            segments.append(segment)
+        if dropped == "area":
+            break  # the graph is unchanged: every later round repeats this cut and drops it again
+        repeat = (mask, reverse) if dropped else None
+        taken |= kept.reshape(-1)
+        previous = kept
     return segments
 
 
-def _resize_area(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+def resize_area(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(H, W) float -> (h, w) float32, each cell the mean over its pixel bin.
 
     Bins are those of adaptive average pooling: rows floor(i*H/h) .. ceil((i+1)*H/h) (end-exclusive),
@@ -251,7 +338,7 @@ def attention_fg_bg(
     if erode < 0:
         raise InvalidInput(f"erode must be >= 0 patches, got {erode}")
 
-    att_grid = _resize_area(att, (h, w))
+    att_grid = resize_area(att, (h, w))
     params: dict[str, Any] = {
         "n_segments": int(n_segments),
         "tau": float(tau),
@@ -260,6 +347,9 @@ def attention_fg_bg(
         "bg_threshold": float(bg_threshold),
         "erode": int(erode),
         "grid": [h, w],
+        "ncut_rules": RULES,  # corner/seed orientation, seed component, taken patches zeroed
+        "ncut_max_iou": float(MAX_IOU),
+        "ncut_min_area": float(MIN_AREA),
     }
 
     if segments is None:
@@ -320,5 +410,5 @@ def downsample_mask(mask: np.ndarray, grid: tuple[int, int], min_fraction: float
     h, w = int(grid[0]), int(grid[1])
     if h < 1 or w < 1:
         raise InvalidInput(f"grid must be positive (h, w), got {grid}")
-    frac = _resize_area(m.astype(np.float32), (h, w))
+    frac = resize_area(m.astype(np.float32), (h, w))
     return frac >= np.float32(min_fraction) - 1e-6

@@ -21,16 +21,18 @@ import numpy as np
 import PIL.Image
 from scipy import ndimage
 
-from protodb.pipeline.masks import _resize_area, attention_fg_bg, ncut_segments
+from protodb.pipeline.masks import MAX_IOU, MIN_AREA, RULES, attention_fg_bg, ncut_segments, resize_area
 
 MIN_OBJECT_AREA = 0.03  # an object segment covers at least 3% of the image
+#: The built-in normalised cut's parameters (recorded with every mask and in the build config).
+NCUT_PARAMS = {"n_segments": 3, "tau": 0.2, "rules": RULES, "max_iou": MAX_IOU, "min_area": MIN_AREA}
 
 
 def to_grid(mask: np.ndarray, grid: tuple[int, int], min_fraction: float, *, keep_some: bool = False) -> np.ndarray:
     """Pixel mask (H, W) bool -> patch-grid mask (h, w) bool: a patch is in when at least
     ``min_fraction`` of its pixels are. ``keep_some``: a non-empty mask never comes out empty — the
     patches it covers most are kept (a thin object narrower than a patch still gives features)."""
-    frac = _resize_area(np.asarray(mask, dtype=np.float32), grid)
+    frac = resize_area(np.asarray(mask, dtype=np.float32), grid)
     out = frac >= np.float32(min_fraction) - 1e-6
     if keep_some and not out.any() and frac.max() > 0:
         out = frac >= frac.max() - 1e-6
@@ -110,7 +112,7 @@ def masks_for(feats, grid: tuple[int, int], *, image: PIL.Image.Image, attention
     name = plugin.name if plugin is not None else "ncut"
     params = {"dilate": 1, "min_area": MIN_OBJECT_AREA, "grid": list(grid),
               "background": "rest of the image" if exemplar_background else "none (--no-exemplar-background)"}
-    params.update({plugin.name: plugin.params()} if plugin is not None else {"n_segments": 3, "tau": 0.2})
+    params.update({plugin.name: plugin.params()} if plugin is not None else NCUT_PARAMS)
     return GridMasks(fg, bg, f"{name}+border", params)
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from protodb.errors import InvalidInput
 from protodb.segment.match import MatchTable
 from protodb.segment.options import WindowSpec
+from protodb.segment.pamr import affinities
 from protodb.segment.pamr import pamr as refine
 from protodb.segment.windows import window_grid_scores
 
@@ -96,22 +97,23 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
         scores = scores.cpu()
         best, labels = scores.max(dim=0)
     else:  # many classes: argmax over column chunks, never holding (C', H, W)
+        # With PAMR every column is refined, chunk by chunk, with affinities computed once: PAMR is linear
+        # and per column given its affinities, so this equals refining (C', H, W) at once; a column that
+        # wins nowhere before refinement can win after it, so none may be skipped.
         best = torch.full((H, W), float("-inf"), device=first.vectors.device)
         labels = torch.zeros((H, W), dtype=torch.int64, device=first.vectors.device)
         step = max(1, FULL_SCORES_MAX // (H * W))
+        alpha = affinities(image[None].float().to(first.vectors.device)) if pamr else None  # (1, 48, H, W)
         for c0 in range(0, cols, step):
             c1 = min(cols, c0 + step)
-            v, a = upsampled(c0, c1).max(dim=0)
+            chunk = upsampled(c0, c1)
+            if alpha is not None:
+                chunk = refine(None, chunk[None], iterations=pamr_iterations, alpha=alpha)[0]
+            v, a = chunk.max(dim=0)
             better = v > best
             best = torch.where(better, v, best)
             labels = torch.where(better, a + c0, labels)
         scores = None
-        if pamr:  # refine among the columns that won somewhere (others cannot win after a local smoothing)
-            present = torch.unique(labels).tolist()
-            sub = torch.cat([upsampled(c, c + 1) for c in present])
-            sub = refine(image[None].float().to(sub.device), sub[None], iterations=pamr_iterations)[0]
-            b2, l2 = sub.max(dim=0)
-            best, labels = b2, torch.tensor(present, device=l2.device)[l2]
         best, labels = best.cpu(), labels.cpu()
     labels_np = labels.numpy().astype(np.int32)
     counts = np.bincount(labels_np.ravel(), minlength=cols)

@@ -1,19 +1,28 @@
 """CLIP multi-label pre-filter (OVDiff): guess which vocabulary classes are in an image before matching.
 
-1. CLIP probabilities over the N classes: softmax of the image-text logits for prompts
-   ``"a photo of a {name}."``; thing classes with p >= 1/N survive (the ``max_keep`` most probable if more).
-2. Among all non-empty subsets of the survivors (at most 2^max_keep - 1), keep the one whose prompt listing
-   it (``"a photo of a cat, a dog and a bird."``) has the highest cosine with the image embedding; ties go
-   to the smaller subset, then the earlier one in vocabulary order.
-3. Stuff classes are always kept (they are not part of the subset search).
+The rule (:func:`choose_classes`, applied by :meth:`ClipPrefilter.select`):
+
+1. The whole image is squashed (resized ignoring its aspect ratio, never centre-cropped) to CLIP's input
+   size and embedded.
+2. Only THING classes are classified; stuff classes are always kept and do not count. Each thing class
+   gets one prompt ``"a {name}"``; p = softmax over the N_thing raw cosine similarities (no logit scale).
+3. Thing classes with p >= 1/N_thing survive. If none do, the ``max_keep`` (10) most probable are taken
+   instead; if more than ``max_keep`` do, the ``max_keep`` most probable of them (ties: vocabulary order).
+4. Every non-empty subset of the survivors (at most 2^max_keep - 1) gets one prompt joining its classes,
+   in vocabulary order, with ``" and "`` (``"a cat and a dog and a bird"``); the subset whose text
+   embedding has the highest cosine with the image embedding wins (ties: the smaller subset, then the
+   earlier one in :func:`itertools.combinations` order).
+5. Kept: the winning subset plus every stuff class.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
@@ -21,16 +30,54 @@ from protodb.errors import InvalidInput
 
 
 def class_prompt(name: str) -> str:
-    """Prompt for one class: ``"a photo of a {name}."``."""
-    return f"a photo of a {name}."
+    """Prompt for one class: ``"a {name}"``."""
+    return f"a {name}"
 
 
 def subset_prompt(names: Sequence[str]) -> str:
-    """Prompt listing several classes: ``"a photo of a cat."``, ``"a photo of a cat and a dog."``,
-    ``"a photo of a cat, a dog and a bird."``."""
-    items = [f"a {n}" for n in names]
-    listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-    return f"a photo of {listed}."
+    """Prompt for several classes: their :func:`class_prompt` parts joined with ``" and "``:
+    ``"a cat"``, ``"a cat and a dog"``, ``"a cat and a dog and a bird"``."""
+    return " and ".join(class_prompt(n) for n in names)
+
+
+def choose_classes(image_emb: torch.Tensor, thing_embs: torch.Tensor, stuff: Sequence[bool],
+                   subset_embs: Callable[[list[tuple[int, ...]]], torch.Tensor], max_keep: int = 10,
+                   threshold: float | None = None) -> list[int]:
+    """The pre-filter rule (module docstring, steps 2-5) on embeddings.
+
+    image_emb: (E,) image embedding. thing_embs: (N_thing, E) text embeddings of the thing classes'
+    prompts, row k for the k-th False entry of ``stuff`` (stuff classes have no row). stuff: (N,) bools,
+    one per vocabulary class. subset_embs: called once with the list of candidate subsets (tuples of
+    vocabulary indices, increasing), returns their (S, E) text embeddings in that order. Embeddings need
+    not be normalised (cosines are taken). threshold: survival probability, default 1/N_thing (the
+    softmax's mean, so with it at least one class survives except through rounding).
+    Returns the kept vocabulary indices, sorted.
+    """
+    if not 1 <= max_keep <= 16:
+        raise InvalidInput(f"max_keep must be between 1 and 16; got {max_keep}")
+    keep_stuff = [i for i, s in enumerate(stuff) if s]
+    things = [i for i, s in enumerate(stuff) if not s]
+    if thing_embs.shape[0] != len(things):
+        raise InvalidInput(f"{thing_embs.shape[0]} thing embeddings for {len(things)} thing classes")
+    if not things:
+        return keep_stuff
+    img = F.normalize(image_emb.double().reshape(-1), dim=0)
+    sims = F.normalize(thing_embs.double(), dim=-1) @ img  # (N_thing,) raw cosines
+    probs = torch.softmax(sims, dim=0).tolist()
+    cut = 1.0 / len(things) if threshold is None else float(threshold)
+    by_prob = sorted(range(len(things)), key=lambda k: -probs[k])  # stable: vocabulary order on ties
+    survivors = [k for k in range(len(things)) if probs[k] >= cut]
+    if not survivors:
+        survivors = by_prob[:max_keep]
+    elif len(survivors) > max_keep:
+        survivors = [k for k in by_prob if probs[k] >= cut][:max_keep]
+    pool = sorted(things[k] for k in survivors)
+    subsets = [c for r in range(1, len(pool) + 1) for c in combinations(pool, r)]
+    embs = F.normalize(subset_embs(subsets).double(), dim=-1)
+    if embs.shape[0] != len(subsets):
+        raise InvalidInput(f"{embs.shape[0]} subset embeddings for {len(subsets)} subsets")
+    best = subsets[int(torch.argmax(embs @ img))]  # argmax returns the first maximum
+    return sorted(set(best) | set(keep_stuff))
 
 
 def _features(out) -> torch.Tensor:
@@ -38,8 +85,26 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def _size_hw(size) -> tuple[int, int] | None:
+    """(height, width) of a processor size setting (dict, SizeDict or int), None when it has none."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+    if get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    if get("shortest_edge"):
+        return int(get("shortest_edge")), int(get("shortest_edge"))
+    return None
+
+
 class ClipPrefilter:
-    """A transformers CLIP model (hub id or local folder with the model, tokenizer and image processor)."""
+    """A transformers CLIP model (hub id or local folder with the model, tokenizer and image processor).
+
+    The image processor is used for its settings only (input size, mean, std, resampling filter): images
+    are squashed to the input size, not resized and centre-cropped (:meth:`pixel_values`).
+    """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, revision: str | None = None, batch: int = 256):
@@ -57,12 +122,29 @@ class ClipPrefilter:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch = int(batch)
+        p = self.processor
+        side = int(self.model.config.vision_config.image_size)
+        self.input_size = (_size_hw(getattr(p, "crop_size", None)) if getattr(p, "do_center_crop", True) else None) \
+            or _size_hw(getattr(p, "size", None)) or (side, side)  # (height, width)
+        self.mean = np.asarray(getattr(p, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073), np.float32)
+        self.std = np.asarray(getattr(p, "image_std", None) or (0.26862954, 0.26130258, 0.27577711), np.float32)
+        self.rescale = float(getattr(p, "rescale_factor", None) or 1 / 255)
+        resample = getattr(p, "resample", None)
+        self.resample = PIL.Image.Resampling(int(resample)) if resample is not None else PIL.Image.Resampling.BICUBIC
+
+    def pixel_values(self, image) -> torch.Tensor:
+        """PIL image -> (1, 3, h, w) float32 CLIP input: the WHOLE image resized to the processor's input
+        size (h, w) ignoring its aspect ratio (processor's resampling filter), scaled by its rescale factor
+        (1/255) and normalised with its mean and std."""
+        h, w = self.input_size
+        arr = np.asarray(image.convert("RGB").resize((w, h), self.resample), dtype=np.float32) * self.rescale
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
     @torch.no_grad()
     def image_embedding(self, image) -> torch.Tensor:
-        """PIL RGB image -> (E,) float32 L2-normalised image embedding."""
-        pixels = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
+        """PIL image -> (E,) float32 L2-normalised embedding of the squashed image (:meth:`pixel_values`)."""
+        out = self.model.get_image_features(pixel_values=self.pixel_values(image).to(self.device, self.dtype))
         return F.normalize(_features(out).float()[0], dim=-1)
 
     @torch.no_grad()
@@ -78,38 +160,25 @@ class ClipPrefilter:
 
     @torch.no_grad()
     def probabilities(self, image, names: Sequence[str]) -> torch.Tensor:
-        """(N,) float32 softmax over classes of CLIP's image-text logits (``logit_scale`` applied)."""
-        return self._probabilities(self.image_embedding(image), names)
-
-    def _probabilities(self, img: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        txt = self.text_embeddings([class_prompt(n) for n in names])
-        scale = self.model.logit_scale.exp().float().to(img.device)
-        return torch.softmax(scale * (txt @ img), dim=0).cpu()
+        """(N,) float32 softmax over ``names`` of the raw cosines between the image and ``"a {name}"``
+        (no logit scale). :meth:`select` applies it to the thing classes only."""
+        img = self.image_embedding(image)
+        return torch.softmax(self.text_embeddings([class_prompt(n) for n in names]) @ img, dim=0).cpu()
 
     @torch.no_grad()
     def select(self, image, names: Sequence[str], stuff: Sequence[bool], max_keep: int = 10) -> list[int]:
-        """Indices (sorted) of the classes to match in ``image``: the best-matching subset of the likely
-        thing classes, plus every stuff class. ``max_keep`` (1..16) bounds the survivors, hence the
-        subsets scored (2^max_keep - 1)."""
+        """Indices (sorted) of the classes to match in ``image`` (PIL): the best-matching subset of the
+        likely thing classes plus every stuff class (:func:`choose_classes`). ``max_keep`` (1..16) bounds
+        the survivors, hence the subsets scored (2^max_keep - 1)."""
         if len(names) != len(stuff):
             raise InvalidInput(f"{len(names)} class names but {len(stuff)} stuff flags")
         if not 1 <= max_keep <= 16:
             raise InvalidInput(f"max_keep must be between 1 and 16; got {max_keep}")
-        if not names:
-            return []
-        keep_stuff = [i for i, s in enumerate(stuff) if s]
-        things = [i for i, s in enumerate(stuff) if not s]
+        things = [n for n, s in zip(names, stuff) if not s]
         if not things:
-            return keep_stuff
+            return [i for i, s in enumerate(stuff) if s]
         img = self.image_embedding(image)
-        probs = self._probabilities(img, names)
-        threshold = 1.0 / len(names)
-        survivors = [i for i in things if float(probs[i]) >= threshold]
-        if not survivors:
-            return keep_stuff
-        if len(survivors) > max_keep:  # most probable first; stable for equal probabilities
-            survivors = sorted(sorted(survivors, key=lambda i: -float(probs[i]))[:max_keep])
-        subsets = [c for r in range(1, len(survivors) + 1) for c in combinations(survivors, r)]
-        sims = self.text_embeddings([subset_prompt([names[i] for i in s]) for s in subsets]) @ img
-        best = subsets[int(torch.argmax(sims))]  # argmax returns the first maximum
-        return sorted(set(best) | set(keep_stuff))
+        thing_embs = self.text_embeddings([class_prompt(n) for n in things])
+        subset_embs = lambda subsets: self.text_embeddings(  # noqa: E731
+            [subset_prompt([names[i] for i in s]) for s in subsets])
+        return choose_classes(img, thing_embs, list(stuff), subset_embs, max_keep=max_keep)
