@@ -154,10 +154,10 @@ def _f32(x: float) -> float:
 # --------------------------------------------------------------------------------------------- pieces
 
 
-def _linear(g: _Graph, bias_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (out, in), bias (out,)) of the linear layer whose named bias is ``bias_name``: the Add that
-    takes the bias adds it to a MatMul whose other operand is the (in, out) weight initializer (or a Gemm
-    takes the bias as its C input)."""
+def _linear(g: _Graph, bias_name: str) -> tuple[np.ndarray, np.ndarray, Any, str]:
+    """(weight (out, in), bias (out,), matmul node, output tensor) of the linear layer whose named bias is
+    ``bias_name``: the Add that takes the bias adds it to a MatMul whose other operand is the (in, out)
+    weight initializer (or a Gemm takes the bias as its C input)."""
     bias = g.array(bias_name)
     if bias is None or bias.ndim != 1:
         raise _Layout(f"no 1-D initializer {bias_name}")
@@ -172,6 +172,7 @@ def _linear(g: _Graph, bias_name: str) -> tuple[np.ndarray, np.ndarray]:
         scale = (_attr(node, "alpha", 1.0), _attr(node, "beta", 1.0))
         if scale != (1.0, 1.0):
             raise _Layout(f"Gemm {node.name} has alpha/beta {scale}")
+        mm = node
     else:
         mm = g.producer.get(g.other_input(node, bias_name))
         if mm is None or mm.op_type != "MatMul":
@@ -182,7 +183,7 @@ def _linear(g: _Graph, bias_name: str) -> tuple[np.ndarray, np.ndarray]:
         weight = consts[0][1].T  # ONNX MatMul x @ W with W (in, out); torch Linear keeps (out, in)
     if weight.shape[0] != bias.shape[0]:
         raise _Layout(f"weight {weight.shape} does not match bias {bias.shape} of {bias_name}")
-    return np.ascontiguousarray(weight), bias
+    return np.ascontiguousarray(weight), bias, mm, node.output[0]
 
 
 def _layernorm_eps(g: _Graph, weight_name: str) -> float:
@@ -422,14 +423,16 @@ def _read(g: _Graph) -> tuple[dict, dict[str, torch.Tensor]]:
     hidden = int(cls_token.shape[-1])
     if cls_token.size != hidden:
         raise _Layout(f"cls_token has shape {cls_token.shape}, expected (1, 1, D)")
-    proj_w, proj_b = get("embeddings.patch_embeddings.projection.weight"), get("embeddings.patch_embeddings.projection.bias")
+    proj = "embeddings.patch_embeddings.projection."
+    proj_w, proj_b = get(proj + "weight"), get(proj + "bias")
     if proj_w.ndim != 4 or proj_w.shape[0] != hidden:
         raise _Layout(f"patch projection weight {proj_w.shape} is not (D, C, p, p)")
-    patch = _patch_conv(g, prefix + "embeddings.patch_embeddings.projection.weight")
+    patch = _patch_conv(g, prefix + proj + "weight")
     pos = _position_embeddings(g, prefix + "embeddings.cls_token", hidden).astype(np.float32)
     grid = math.isqrt(pos.shape[1] - 1)
 
-    layers = sorted({int(n.split(".")[2]) for n in names if n.startswith("encoder.layer.") and n.endswith(".norm1.weight")})
+    layers = sorted({int(n.split(".")[2]) for n in names
+                     if n.startswith("encoder.layer.") and n.endswith(".norm1.weight")})
     if not layers or layers != list(range(len(layers))):
         raise _Layout(f"encoder layers are {layers or 'missing'}, expected 0..N-1")
     if any(n.startswith("encoder.layer.") and "mlp.weights_in" in n for n in names):
@@ -438,49 +441,46 @@ def _read(g: _Graph) -> tuple[dict, dict[str, torch.Tensor]]:
     state: dict[str, np.ndarray] = {
         "embeddings.cls_token": cls_token.reshape(1, 1, hidden),
         "embeddings.position_embeddings": pos,
-        "embeddings.patch_embeddings.projection.weight": proj_w,
-        "embeddings.patch_embeddings.projection.bias": proj_b,
+        proj + "weight": proj_w,
+        proj + "bias": proj_b,
         "layernorm.weight": get("layernorm.weight"),
         "layernorm.bias": get("layernorm.bias"),
     }
     eps = {_layernorm_eps(g, prefix + "layernorm.weight")}
-    heads = set()
-    acts, ratios = set(), set()
+    heads, acts, widths = set(), set(), set()
+    q, k, v, o = ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                  "attention.output.dense")
     for i in layers:
         base = f"encoder.layer.{i}."
         for part in ("norm1", "norm2"):
-            state[f"{base}{part}.weight"], state[f"{base}{part}.bias"] = get(f"{base}{part}.weight"), get(f"{base}{part}.bias")
+            for kind in ("weight", "bias"):
+                state[f"{base}{part}.{kind}"] = get(f"{base}{part}.{kind}")
             eps.add(_layernorm_eps(g, prefix + f"{base}{part}.weight"))
         for part in ("layer_scale1", "layer_scale2"):
             state[f"{base}{part}.lambda1"] = get(f"{base}{part}.lambda1")
-        outs = {}
-        for part in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                     "attention.output.dense", "mlp.fc1", "mlp.fc2"):
-            w, b = _linear(g, prefix + f"{base}{part}.bias")
+        found = {}
+        for part in (q, k, v, o, "mlp.fc1", "mlp.fc2"):
+            w, b, mm, out = _linear(g, prefix + f"{base}{part}.bias")
             state[f"{base}{part}.weight"], state[f"{base}{part}.bias"] = w.astype(np.float32), b.astype(np.float32)
-            outs[part] = g.only_consumer(prefix + f"{base}{part}.bias", ("Add", "Gemm"), "bias").output[0]
-        h, head_dim = _heads(g, outs["attention.attention.query"], hidden)
-        if _heads(g, outs["attention.attention.key"], hidden) != (h, head_dim):
+            found[part] = (mm, out)
+            if part in (q, k, v, o) and w.shape != (hidden, hidden):
+                raise _Layout(f"{base}{part} weight is {w.shape}, expected {(hidden, hidden)}")
+        h, head_dim = _heads(g, found[q][1], hidden)
+        if _heads(g, found[k][1], hidden) != (h, head_dim):
             raise _Layout(f"layer {i}: query and key are split into different heads")
-        scale = _attention_scale(g, outs["attention.attention.query"], outs["attention.attention.key"])
+        scale = _attention_scale(g, found[q][1], found[k][1])
         if not math.isclose(scale, head_dim ** -0.5, rel_tol=1e-4):
             raise _Layout(f"layer {i}: attention scale {scale:.6g} is not head_dim^-0.5 = {head_dim ** -0.5:.6g}")
         heads.add(h)
-        fc2_mm = g.producer[g.other_input(g.only_consumer(prefix + f"{base}mlp.fc2.bias", ("Add",), "bias"),
-                                          prefix + f"{base}mlp.fc2.bias")]
-        acts.add(_activation(g, outs["mlp.fc1"], fc2_mm))
-        ratios.add(state[f"{base}mlp.fc1.weight"].shape[0])
-        for part, shape in (("attention.attention.query", (hidden, hidden)), ("attention.attention.key", (hidden, hidden)),
-                            ("attention.attention.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden))):
-            if state[f"{base}{part}.weight"].shape != shape:
-                raise _Layout(f"{base}{part}.weight is {state[f'{base}{part}.weight'].shape}, expected {shape}")
-    for what, found in (("heads", heads), ("activations", acts), ("MLP widths", ratios)):
-        if len(found) != 1:
-            raise _Layout(f"layers differ in {what}: {sorted(found)}")
+        acts.add(_activation(g, found["mlp.fc1"][1], found["mlp.fc2"][0]))
+        widths.add(state[f"{base}mlp.fc1.weight"].shape[0])
+    for what, values in (("heads", heads), ("activations", acts), ("MLP widths", widths)):
+        if len(values) != 1:
+            raise _Layout(f"layers differ in {what}: {sorted(values)}")
     eps_values = {_f32(e) for e in eps}
     if len(eps_values) != 1:
         raise _Layout(f"layer norms differ in eps: {sorted(eps_values)}")
-    mlp_width = ratios.pop()
+    mlp_width = widths.pop()
     mlp_ratio: float | int = mlp_width // hidden if mlp_width % hidden == 0 else mlp_width / hidden
     if int(hidden * mlp_ratio) != mlp_width:
         raise _Layout(f"MLP width {mlp_width} is not an integer multiple of hidden size {hidden}")
