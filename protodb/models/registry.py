@@ -27,7 +27,7 @@ from protodb.models import extractors as ex
 from protodb.models.extractors.loading import load_extractor
 from protodb.models import generators as gen
 from protodb.models import tiny
-from protodb.models.extractors.spec import LOCAL_KEYS, PKG_PREFIX, resolve_paths
+from protodb.models.extractors.spec import LOCAL_KEYS, resolve_file, resolve_paths
 from protodb.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -168,20 +168,17 @@ class ModelRegistry:
 
 
 def local_weight_file(spec: ex.ExtractorSpec, home: Path) -> Path | None:
-    """The one local file whose sha256 is the extractor's ``weights_hash`` (a timm/tiny
-    ``checkpoint`` or an ONNX ``path``), or None when the weights are elsewhere (hub cache, folders)."""
+    """The one local file whose sha256 is the extractor's ``weights_hash`` (a timm/tiny ``checkpoint``,
+    an ONNX ``path``, the ONNX a ``dinov2`` was converted from), or None when the weights are elsewhere
+    (hub cache, folders) or not on this machine."""
     resolved = resolve_paths(spec, home)
-    if spec.kind in ("timm", "tiny") and resolved.config.get("checkpoint"):
-        return Path(resolved.config["checkpoint"]).expanduser()
-    if spec.kind == "onnx":
-        raw = str(resolved.config.get("path") or "")
-        if raw.startswith(PKG_PREFIX):
-            try:
-                return ex.focus_onnx_path() if raw.endswith(ex.FOCUS_RESOURCE) else None
-            except InvalidInput:
-                return None
-        return Path(raw).expanduser() if raw else None
-    return None
+    key = {"timm": "checkpoint", "tiny": "checkpoint", "onnx": "path", "dinov2": "onnx"}.get(spec.kind)
+    if key is None or not resolved.config.get(key):
+        return None
+    try:
+        return resolve_file(resolved, key)
+    except InvalidInput:
+        return None
 
 
 def check_weights(records: list[ExtractorRecord], home: Path) -> tuple[int, list[Damage]]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import pathlib
 
 import numpy as np
 import torch
 
 from protodb.errors import InvalidInput
+from protodb.hashing import sha256_bytes
 from protodb.images import crop_starts
 from protodb.lazy import lazy_import
 from protodb.models.extractors.base import Extractor, load_error
 from protodb.models.extractors.onnx_proto import graph_output_names, with_extra_output
-from protodb.models.extractors.spec import FOCUS_PACKAGE, FOCUS_RESOURCE, PKG_PREFIX, ExtractorSpec, focus_onnx_path
+from protodb.models.extractors.spec import ExtractorSpec, resolve_file
 
 ort = lazy_import("onnxruntime")
 
@@ -24,25 +22,6 @@ def _available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _resolve_onnx_path(spec: ExtractorSpec) -> pathlib.Path:
-    raw = spec.config.get("path")
-    if not raw:
-        raise InvalidInput(f"extractor {spec.name!r}: config needs 'path' (an .onnx file)")
-    if raw.startswith(PKG_PREFIX):
-        package, _, resource = raw[len(PKG_PREFIX):].partition("/")
-        if package == FOCUS_PACKAGE and resource == FOCUS_RESOURCE:
-            return focus_onnx_path()
-        found = importlib.util.find_spec(package)
-        for location in (found.submodule_search_locations or []) if found else []:
-            if (pathlib.Path(location) / resource).is_file():
-                return pathlib.Path(location) / resource
-        raise InvalidInput(f"extractor {spec.name!r}: {resource} not found in package {package}; install it")
-    path = pathlib.Path(raw).expanduser()
-    if not path.is_file():
-        raise InvalidInput(f"extractor {spec.name!r}: ONNX file not found: {path}")
-    return path
 
 
 class _OnnxExtractor(Extractor):
@@ -130,9 +109,9 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
     cfg = spec.config
     if not cfg.get("output_name"):
         raise InvalidInput(f"extractor {spec.name!r}: config needs 'output_name' (the tokens tensor)")
-    path = _resolve_onnx_path(spec)
+    path = resolve_file(spec, "path", "ONNX file")
     model_bytes = path.read_bytes()
-    weights_hash = hashlib.sha256(model_bytes).hexdigest()
+    weights_hash = sha256_bytes(model_bytes)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _available_cpus()
     providers = ["CPUExecutionProvider"]

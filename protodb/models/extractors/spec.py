@@ -155,7 +155,7 @@ def focus_onnx_path() -> pathlib.Path:
 
 
 #: Config keys that hold file locations (machine-local: not part of an extractor's identity).
-LOCAL_KEYS = ("checkpoint", "path", "folder")
+LOCAL_KEYS = ("checkpoint", "path", "folder", "onnx", "cache")
 
 
 def resolve_paths(spec: ExtractorSpec, home: str | os.PathLike) -> ExtractorSpec:
@@ -182,3 +182,24 @@ def parse_triple(text: str | None, default: tuple[float, float, float]) -> tuple
     if len(vals) != 3:
         raise InvalidInput(f"expected three comma-separated numbers, got {text!r}")
     return vals  # type: ignore[return-value]
+
+
+def resolve_file(spec: ExtractorSpec, key: str, what: str = "file") -> pathlib.Path:
+    """The file a config key names: ``pkg:<package>/<resource>`` inside an installed package, or a
+    path (already absolute after :func:`resolve_paths`). InvalidInput (one line) when it is missing."""
+    raw = spec.config.get(key)
+    if not raw:
+        raise InvalidInput(f"extractor {spec.name!r}: config needs {key!r} ({what})")
+    if raw.startswith(PKG_PREFIX):
+        package, _, resource = raw[len(PKG_PREFIX):].partition("/")
+        if package == FOCUS_PACKAGE and resource == FOCUS_RESOURCE:
+            return focus_onnx_path()
+        found = importlib.util.find_spec(package)
+        for location in (found.submodule_search_locations or []) if found else []:
+            if (pathlib.Path(location) / resource).is_file():
+                return pathlib.Path(location) / resource
+        raise InvalidInput(f"extractor {spec.name!r}: {resource} not found in package {package}; install it")
+    path = pathlib.Path(raw).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"extractor {spec.name!r}: {what} not found: {path}")
+    return path

