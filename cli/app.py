@@ -90,11 +90,13 @@ def command(group: typer.Typer, name: str | None = None, *, db: str | None = REA
         for key in shared:
             annotation, default = _SHARED[key]
             params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        # typer passes the click context to a parameter annotated typer.Context (root options live there)
+        params.append(inspect.Parameter("click_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(fn)
         @handle_errors
         def run(*args, **kwargs):
-            root = _root_options()
+            root = _root_options(kwargs.pop("click_ctx", None))
             opts = {k: kwargs.pop(k, _SHARED[k][1]) for k in shared}
             logs.configure(max(opts.get("verbose", 0), root.get("verbose", 0)))
             ctx = Ctx(db, opts.get("db_path") or root.get("db_path"), opts.get("catalog") or root.get("catalog"),
@@ -112,8 +114,8 @@ def command(group: typer.Typer, name: str | None = None, *, db: str | None = REA
     return deco
 
 
-def _root_options() -> dict[str, Any]:
-    click_ctx = click.get_current_context(silent=True)
+def _root_options(click_ctx: click.Context | None) -> dict[str, Any]:
+    """What the root callback stored (``protodb --db X -v CMD``): ``db_path``, ``catalog``, ``verbose``."""
     while click_ctx is not None and click_ctx.parent is not None:
         click_ctx = click_ctx.parent
     return dict((click_ctx.obj or {}) if click_ctx is not None else {})

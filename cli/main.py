@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb_cli import build, db, demo, extractor, inspect, segment, share, vocab
 from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt
 from protodb_cli.output import EXIT_CODES_HELP

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from protodb._version import __version__  # noqa: E402,F401
 
 from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError, SchemaMismatch  # noqa: E402
 from protodb.lazy import lazy_import  # noqa: E402

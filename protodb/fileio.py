@@ -102,7 +102,7 @@ def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 3600.
         if not entry.name.startswith(".") or TMP_MARK not in entry.name:
             continue
         pid_text = entry.name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0]
-        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
+        alive = pid_text.isdigit() and pid_alive(int(pid_text))
         try:
             age = now - entry.lstat().st_mtime
         except OSError:
@@ -119,7 +119,8 @@ def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 3600.
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (ours always does)."""
     if pid == os.getpid():
         return True
     try:

@@ -13,10 +13,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing can be downloaded in tes
 PG_ADMIN_URL = os.environ.get("PROTODB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def clean_env(environ=None) -> dict:
+    """Remove every PROTODB_* variable (they could redirect protodb: catalog, home, LLM, CLIP, limits,
+    logging) from ``environ`` (default: this process's) and return it. The one list for all tests."""
+    environ = os.environ if environ is None else environ
+    for var in [k for k in environ if k.startswith("PROTODB_")]:
+        environ.pop(var, None)
+    return environ
+
+
+def child_env(**extra) -> dict:
+    """An environment for a protodb subprocess: this one without PROTODB_* variables, plus ``extra``."""
+    return {**clean_env(dict(os.environ)), **{k: str(v) for k, v in extra.items()}}
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty database folder; env vars that could redirect protodb are cleared."""
-    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_LLM_MODEL"):
+    for var in [k for k in os.environ if k.startswith("PROTODB_")]:
         monkeypatch.delenv(var, raising=False)
     return tmp_path / "db"
 

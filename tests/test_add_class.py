@@ -26,7 +26,7 @@ from protodb.catalog.schema import (
     SupportImageRow,
 )
 from protodb.pipeline.generate import derive_seed
-from tests.conftest import cli
+from tests.conftest import child_env, clean_env, cli
 from tests.test_labels import llm_server  # noqa: F401 - the local chat-completions server
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -41,8 +41,7 @@ def add_tiny(home, *extra, ok=True):
 def built(tmp_path_factory):
     """One tiny database with boat built from 4 generated images."""
     home = tmp_path_factory.mktemp("built") / "db"
-    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_LLM_MODEL"):
-        os.environ.pop(var, None)
+    clean_env()
     out = add_tiny(home, "boat", "--images", "4")
     return home, out
 
@@ -248,7 +247,7 @@ main()
 def test_resume_after_sigkill(home):
     home.mkdir(parents=True)
     protodb.open(home).close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", KILLER, str(home)], env=env)
     db = protodb.open(home)
     deadline = time.time() + 300
@@ -331,7 +330,7 @@ def test_two_add_class_runs_of_a_new_class_at_once(home):
     home.mkdir(parents=True)
     protodb.open(home).close()
     add_tiny(home, "warmup", "--images", "1", "-k", "2")  # builds the tiny models once
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
+    env = child_env()
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(home)], env=env, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
@@ -402,3 +401,26 @@ def test_segmenter_plugin_is_used_only_with_its_checkpoint(home, tmp_path, monke
     before = _snapshot(home)
     bad = add_tiny(home, "kite", "--images", "0", "--exemplars", tmp_path / "ex", "--segmenter", "nope", ok=False)
     assert bad.exit_code == 1 and "unknown segmenter 'nope'" in bad.stderr and _snapshot(home) == before
+
+
+def test_a_broken_plugin_is_skipped_and_logged_with_its_error(home, tmp_path, monkeypatch, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_plugin.py").write_text("raise ImportError('needs detectron2')\n")
+    info = site / "broken_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[protodb.segmenters]\nbroken = broken_plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    from protodb.pipeline import segmenters
+
+    with caplog.at_level("WARNING", logger="protodb.pipeline.segmenters"):
+        assert segmenters.choose("auto") is None  # the built-in ncut, not a crash
+    assert "broken" in caplog.text and "needs detectron2" in caplog.text
+    _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
+    quiet = cli("add-class", "box", "--images", "0", "--exemplars", tmp_path / "ex", "-k", "2", "--preset", "tiny",
+                "--db", home)
+    assert "needs detectron2" not in quiet.stderr  # silent by default
+    loud = cli("-v", "add-class", "box", "--images", "0", "--exemplars", tmp_path / "ex", "-k", "2",
+               "--preset", "tiny", "--db", home)
+    assert "broken" in loud.stderr and "needs detectron2" in loud.stderr  # shown with -v

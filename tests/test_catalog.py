@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 import protodb
+from tests.conftest import fake_extractor, random_rows
 from protodb.catalog import engine as engines
 from protodb.catalog import migrate
 from protodb.catalog.schema import Base
@@ -126,8 +127,6 @@ def test_revisions_list_matches_the_migration_scripts():
 
 
 def test_a_0001_catalog_upgrades_to_0002_keeping_its_sets(home):
-    from tests.conftest import fake_extractor, random_rows
-
     pdb = protodb.open(home)
     pdb.sets.commit("boat", fake_extractor(), random_rows(), config_hash="a")
     pdb.schema.downgrade("0001")

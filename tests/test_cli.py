@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from protodb_cli.main import app
-from tests.conftest import fake_extractor, random_rows
+from tests.conftest import child_env, fake_extractor, random_rows
 
 runner = CliRunner()
 
@@ -129,7 +129,7 @@ def test_postgres_through_catalog_option(pg_url, home):
 @pytest.mark.slow
 def test_console_script_end_to_end(home):
     exe = shutil.which("protodb") or os.path.join(os.path.dirname(os.sys.executable), "protodb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
+    env = child_env()
     env["PROTODB_HOME"] = str(home)
     missing = subprocess.run([exe, "info"], capture_output=True, text=True, env=env)
     assert missing.returncode == 1 and "protodb init" in missing.stderr and not home.exists()  # never created
@@ -140,3 +140,19 @@ def test_console_script_end_to_end(home):
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     usage = subprocess.run([exe, "info", "--no-such-flag"], capture_output=True, text=True, env=env)
     assert usage.returncode == 2
+
+
+def test_database_options_before_the_command(db, home):
+    info = json.loads(run("--db", home, "info", "--json").stdout)
+    assert info["home"] == str(home.resolve())
+    assert json.loads(run("--db", home, "ls", "--json").stdout) == []
+
+
+def test_read_only_commands_never_create_a_database(tmp_path):
+    typo = tmp_path / "typo"
+    for args in (["ls"], ["info"], ["verify"], ["vocab", "list"], ["inspect", "boat"], ["db", "current"]):
+        res = run(*args, "--db", typo, ok=False)
+        assert res.exit_code == 1 and "protodb init --db" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    bad_dir = tmp_path / "nonexistent" / "dir" / "x.sqlite"
+    res = run("ls", "--catalog", f"sqlite:///{bad_dir}", "--db", typo, ok=False)
+    assert res.exit_code == 1 and not (tmp_path / "nonexistent").exists() and not typo.exists()

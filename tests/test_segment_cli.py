@@ -13,7 +13,7 @@ import pytest
 
 import protodb
 from protodb.render import sheet_size
-from tests.conftest import cli
+from tests.conftest import clean_env, cli
 
 
 
@@ -49,8 +49,7 @@ def scenes(tmp_path_factory):
 def tinydb(tmp_path_factory, scenes):
     """Two exemplar classes from the scenes (red box = 0, blue stripes = 1) + one generated class."""
     home = tmp_path_factory.mktemp("segdb") / "db"
-    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_CLIP_MODEL"):
-        os.environ.pop(var, None)
+    clean_env()
     for value, name in ((0, "red box"), (1, "blue stripes")):
         cli("add-class", name, "--preset", "tiny", "--images", "0", "--exemplars", scenes / "train",
             "--masks", scenes / "trainannot", "--mask-value", value, "-k", "4", "--db", home, "--json")
@@ -309,23 +308,9 @@ def test_demo_quick(tmp_path):
 
 
 def test_prefilter_with_a_tiny_clip(tinydb, scenes, tmp_path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from protodb.models.tiny import build_tiny_clip
 
-    from protodb.models.tiny import clip_tokenizer
-
-    folder = tmp_path / "clip"
-    import torch
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "vocab_size": 49408, "max_position_embeddings": 77},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
-    clip_tokenizer().save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    folder = build_tiny_clip(tmp_path / "clip")
     res = json.loads(cli("segment", scenes / "val" / "s10.png", "--classes", "red box,blue stripes,boat",
                          "--clip-model", folder, "--out", tmp_path / "o", "--db", tinydb, "--json").stdout)
     meta = json.loads(Path(res["outputs"][0]["files"]["json"]).read_text())

@@ -37,7 +37,7 @@ from protodb.catalog.schema import (
 from protodb.errors import InvalidInput
 from protodb.sharing.bundle import TABLES
 from protodb_cli.main import app
-from tests.conftest import fake_extractor, random_rows
+from tests.conftest import clean_env, fake_extractor, random_rows
 
 runner = CliRunner()
 BUCKET = "protodb-test"
@@ -52,9 +52,7 @@ def cli(*args, ok=True):
 
 
 def _clean_env():
-    for var in ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_CLIP_MODEL",
-                "PROTODB_IMPORT_MAX_BYTES", "PROTODB_IMPORT_MAX_MEMBER_BYTES"):
-        os.environ.pop(var, None)
+    clean_env()
 
 
 # ================================================================================ servers

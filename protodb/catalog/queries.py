@@ -29,6 +29,7 @@ from protodb.catalog.schema import (
     utcnow,
 )
 from protodb.errors import InvalidInput, NotFound
+from protodb.fileio import pid_alive
 from protodb.names import Ref, check_tag_name, quoted
 
 
@@ -41,16 +42,7 @@ def owner_alive(owner: dict | None) -> bool:
     """Whether the process that owns a pending set may still be running (other hosts: assume so)."""
     if not owner or owner.get("host") != socket.gethostname():
         return True
-    pid = int(owner.get("pid", -1))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(owner.get("pid", -1)))
 
 
 def get_class(session: Session, name: str) -> ClassRow | None:

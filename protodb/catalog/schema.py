@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.entities import PROTOTYPE_KINDS as PROTO_KINDS  # noqa: F401 - the one definition
 
 # Constraint names are explicit so that Alembic batch mode (SQLite) can find and alter them.

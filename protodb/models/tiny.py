@@ -200,3 +200,27 @@ def build_tiny_extractor(folder: str | os.PathLike, *, seed: int = 0, name: str 
         "std": list(IMAGENET_STD),
     }
     return ExtractorSpec(name=name, kind="tiny", config=config)
+
+
+def build_tiny_clip(folder: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    """A tiny random-weight transformers CLIP (text and vision towers of 2 layers, width 32, 32 px
+    images, projection 16) with the real CLIP tokenizer and an image processor, saved with
+    ``save_pretrained`` into ``folder``: a stand-in for ``--clip-model`` (the pre-filter) offline."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = pathlib.Path(folder)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    with quiet_loading():
+        model.save_pretrained(folder)
+        clip_tokenizer().save_pretrained(folder)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.entities import ExtractorRecord, plain
 from protodb.errors import InvalidInput
 from protodb.hashing import sha256_json

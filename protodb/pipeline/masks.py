@@ -308,6 +308,9 @@ def attention_fg_bg(
 ) -> MaskResult:
     """Foreground and background of one support image (OVDiff's combination of ncut and attention).
 
+    (One function on purpose: the candidate weighting, the fallback and the erosion read the same
+    arrays in order, and splitting them would pass half a dozen intermediate grids around.)
+
     ``segments``: (h, w) bool proposals from another unsupervised segmenter (a plugin such as
     CutLER); by default the normalised-cut segments of ``feats``.
 

@@ -6,7 +6,7 @@ import logging
 
 from sqlalchemy import func, select
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.catalog import engine as engines
 from protodb.catalog import migrate
 from protodb.catalog.locks import migration_lock

@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.catalog import queries
 from protodb.catalog.schema import (
     SET_READY,

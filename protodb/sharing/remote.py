@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 
 import fsspec
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.entities import PullReport, PushReport, Remote, RemoteRef
 from protodb.errors import InvalidInput, NotFound
 from protodb.hashing import sha256_file

@@ -395,6 +395,9 @@ def read_dinov2_onnx(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
 
 
 def _read(g: _Graph) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Config kwargs and Dinov2Model state dict from a parsed graph. (Long on purpose: one walk over
+    the embeddings, every layer and the final norm, each tensor checked where it is read, so an
+    unexpected layout fails at the line that names it.)"""
     cls = [n for n in g.initializers if n == "embeddings.cls_token" or n.endswith(".embeddings.cls_token")]
     if len(cls) != 1:
         raise _Layout(f"{len(cls)} initializers named '<prefix>embeddings.cls_token', expected 1")

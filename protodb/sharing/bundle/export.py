@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from protodb import __version__
+from protodb._version import __version__
 from protodb.catalog import migrate
 from protodb.catalog import queries
 from protodb.catalog.schema import (
@@ -139,97 +139,99 @@ def select_sets(stores: Stores, sets: SetService, vocabs: VocabService,
     return sorted(set(ids)), vocab_rows, vocab_ids
 
 
+def _catalog_rows(s: Session, set_ids: list[str], vocab_ids: list[str], lean: bool) -> dict[str, list]:
+    """The ORM rows a bundle carries, by table: the sets and everything they depend on."""
+    sets = _rows_in(s, PrototypeSetRow, PrototypeSetRow.id, set_ids)
+    if any(r.status != SET_READY for r in sets):  # pragma: no cover - select_sets only finds ready ones
+        raise InvalidInput("only ready prototype sets can be shared")
+    vocab_rows = _rows_in(s, VocabularyRow, VocabularyRow.id, vocab_ids)
+    members = _rows_in(s, VocabularyMemberRow, VocabularyMemberRow.vocabulary_id, vocab_ids)
+    class_ids = {r.class_id for r in sets} | {m.class_id for m in members}
+    ext_ids = {r.extractor_id for r in sets}
+    run_ids = {r.run_id for r in sets}
+    links, images, masks = [], [], []
+    if not lean:
+        links = _rows_in(s, SetImageRow, SetImageRow.set_id, set_ids)
+        images = _rows_in(s, SupportImageRow, SupportImageRow.id, [link.image_id for link in links])
+        masks = _rows_in(s, MaskRow, MaskRow.image_id, [i.id for i in images])
+        run_ids |= {i.run_id for i in images}
+        ext_ids |= {m.extractor_id for m in masks}
+        class_ids |= {i.class_id for i in images}
+    runs = _rows_in(s, GenerationRunRow, GenerationRunRow.id, run_ids)
+    class_ids |= {r.class_id for r in runs}
+    return {
+        "classes": _rows_in(s, ClassRow, ClassRow.id, class_ids),
+        "class_labels": _rows_in(s, LabelRow, LabelRow.class_id, class_ids),
+        "extractors": _rows_in(s, ExtractorRow, ExtractorRow.id, ext_ids),
+        "generator_specs": _rows_in(s, GeneratorSpecRow, GeneratorSpecRow.id, [r.generator_spec_id for r in runs]),
+        "generation_runs": runs, "support_images": images, "masks": masks, "prototype_sets": sets,
+        "prototype_set_images": links, "tags": _rows_in(s, TagRow, TagRow.set_id, set_ids),
+        "vocabularies": vocab_rows, "vocabulary_members": members,
+    }
+
+
+def _artifact_sizes(stores: Stores, tables: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """sha256 -> size of every artifact the rows name (each must exist in the store)."""
+    digests = {img[key] for img in tables["support_images"] for key in ("artifact_sha256", "attention_sha256")
+               if img[key]} | {m["artifact_sha256"] for m in tables["masks"]}
+    sizes = {}
+    for digest in sorted(digests):
+        if not stores.artifacts.exists(digest):
+            raise ProtoDBError(f"artifact {digest} is missing from {stores.artifacts_uri}; run: protodb verify")
+        sizes[digest] = stores.artifacts.size(digest)
+    return sizes
+
+
+def _vector_blobs(stores: Stores, sets: list[dict[str, Any]], class_names: dict[str, str],
+                  ext_info: dict[str, tuple[str, int]]) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    """One Arrow file per set (its vectors checked against the catalog first) and the manifest's set list."""
+    blobs, listed = {}, []
+    for r in sets:
+        rows = stores.vectors.read(r["vector_table"], [r["id"]])
+        counts = dict(r["counts"] or {})
+        expected = sum(int(v) for v in counts.values())
+        ref = f"{class_names[r['class_id']]}@{r['version']}"
+        if len(rows) != expected:
+            raise ProtoDBError(f"set {ref} has {len(rows)} vectors but its catalog row says {expected}; "
+                               "run: protodb verify")
+        if r.get("vectors_sha256") and rows.checksum() != r["vectors_sha256"]:
+            raise ProtoDBError(f"set {ref} has damaged vectors (checksum); run: protodb verify")
+        name, dim = ext_info[r["extractor_id"]]
+        if len(rows) and rows.vectors.shape[1] != dim:
+            raise ProtoDBError(f"set {ref} vectors are not {dim}-d; run: protodb verify")
+        blobs[f"vectors/{r['id']}.arrow"] = vectors_to_arrow(rows, r["id"])
+        listed.append({"id": r["id"], "class": class_names[r["class_id"]], "extractor": name,
+                       "extractor_id": r["extractor_id"], "version": r["version"], "counts": counts})
+    listed.sort(key=lambda d: (d["class"], d["extractor"], d["version"], d["id"]))
+    return blobs, listed
+
+
 def build_bundle(stores: Stores, sets: SetService, vocabs: VocabService, sel: Selection, *,
                  lean: bool = False) -> BundleParts:
     """Collect the chosen ready sets and everything they depend on into bundle members."""
     set_ids, vocab_entries, vocab_ids = select_sets(stores, sets, vocabs, sel)
-    tables: dict[str, list[dict[str, Any]]] = {}
     with stores.sessions.reader() as s:
-        sets = _rows_in(s, PrototypeSetRow, PrototypeSetRow.id, set_ids)
-        if any(r.status != SET_READY for r in sets):  # pragma: no cover - select_sets only finds ready ones
-            raise InvalidInput("only ready prototype sets can be shared")
-        vocab_rows = _rows_in(s, VocabularyRow, VocabularyRow.id, vocab_ids)
-        members = _rows_in(s, VocabularyMemberRow, VocabularyMemberRow.vocabulary_id, vocab_ids)
-        class_ids = {r.class_id for r in sets} | {m.class_id for m in members}
-        ext_ids = {r.extractor_id for r in sets}
-        run_ids = {r.run_id for r in sets}
-        links, images, masks = [], [], []
-        if not lean:
-            links = _rows_in(s, SetImageRow, SetImageRow.set_id, set_ids)
-            images = _rows_in(s, SupportImageRow, SupportImageRow.id, [link.image_id for link in links])
-            masks = _rows_in(s, MaskRow, MaskRow.image_id, [i.id for i in images])
-            run_ids |= {i.run_id for i in images}
-            ext_ids |= {m.extractor_id for m in masks}
-            class_ids |= {i.class_id for i in images}
-        runs = _rows_in(s, GenerationRunRow, GenerationRunRow.id, run_ids)
-        class_ids |= {r.class_id for r in runs}
-        specs = _rows_in(s, GeneratorSpecRow, GeneratorSpecRow.id, [r.generator_spec_id for r in runs])
-        classes = _rows_in(s, ClassRow, ClassRow.id, class_ids)
-        labels = _rows_in(s, LabelRow, LabelRow.class_id, class_ids)
-        extractors = _rows_in(s, ExtractorRow, ExtractorRow.id, ext_ids)
-        tags = _rows_in(s, TagRow, TagRow.set_id, set_ids)
-        by_table = {
-            "classes": classes, "class_labels": labels, "extractors": extractors,
-            "generator_specs": specs, "generation_runs": runs, "support_images": images,
-            "masks": masks, "prototype_sets": sets, "prototype_set_images": links, "tags": tags,
-            "vocabularies": vocab_rows, "vocabulary_members": members,
-        }
-        for table, objs in by_table.items():
-            model = TABLES[table]
-            rows = [row_to_dict(o, model) for o in objs]
-            tables[table] = sorted(rows, key=lambda r: _pk(model, r))
-        class_names = {c.id: c.name for c in classes}
-        ext_info = {e.id: (e.name, int(e.dim)) for e in extractors}
-        set_meta = [(r.id, r.class_id, r.extractor_id, r.version, r.vector_table,
-                     dict(r.counts or {}), r.vectors_sha256) for r in sets]
-    artifacts: dict[str, int] = {}
-    for img in tables["support_images"]:
-        for key in ("artifact_sha256", "attention_sha256"):
-            if img[key]:
-                artifacts[img[key]] = 0
-    for m in tables["masks"]:
-        artifacts[m["artifact_sha256"]] = 0
-    for digest in sorted(artifacts):
-        if not stores.artifacts.exists(digest):
-            raise ProtoDBError(f"artifact {digest} is missing from {stores.artifacts_uri}; run: protodb verify")
-        artifacts[digest] = stores.artifacts.size(digest)
-
-    blobs: dict[str, bytes] = {}
-    for table, rows in tables.items():
-        blobs[f"catalog/{table}.json"] = json_bytes(rows)
-    contents_sets = []
-    for set_id, class_id, ext_id, version, vtable, counts, checksum in set_meta:
-        rows = stores.vectors.read(vtable, [set_id])
-        expected = sum(int(v) for v in counts.values())
-        if len(rows) != expected:
-            raise ProtoDBError(f"set {set_id} has {len(rows)} vectors but its catalog row says {expected}; "
-                               "run: protodb verify")
-        if checksum and rows.checksum() != checksum:
-            raise ProtoDBError(f"set {class_names[class_id]}@{version} has damaged vectors (checksum); "
-                               "run: protodb verify")
-        if len(rows) and rows.vectors.shape[1] != ext_info[ext_id][1]:
-            raise ProtoDBError(f"set {set_id} vectors are not {ext_info[ext_id][1]}-d; run: protodb verify")
-        blobs[f"vectors/{set_id}.arrow"] = vectors_to_arrow(rows, set_id)
-        contents_sets.append({"id": set_id, "class": class_names[class_id], "extractor": ext_info[ext_id][0],
-                              "extractor_id": ext_id, "version": version, "counts": counts})
-    contents_sets.sort(key=lambda d: (d["class"], d["extractor"], d["version"], d["id"]))
+        objs = _catalog_rows(s, set_ids, vocab_ids, lean)
+        tables = {t: sorted((row_to_dict(o, TABLES[t]) for o in rows), key=lambda r, m=TABLES[t]: _pk(m, r))
+                  for t, rows in objs.items()}
+    class_names = {c["id"]: c["name"] for c in tables["classes"]}
+    ext_info = {e["id"]: (e["name"], int(e["dim"])) for e in tables["extractors"]}
+    artifacts = _artifact_sizes(stores, tables)
+    blobs = {f"catalog/{table}.json": json_bytes(rows) for table, rows in tables.items()}
+    vector_blobs, contents_sets = _vector_blobs(stores, tables["prototype_sets"], class_names, ext_info)
+    blobs.update(vector_blobs)
     member_meta = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                    for name, data in blobs.items()}
     member_meta.update({f"artifacts/{h}": {"sha256": h, "size": n} for h, n in artifacts.items()})
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "protodb_version": __version__,
-        "schema_revision": migrate.head_revision(),
-        "lean": bool(lean),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "protodb_version": __version__,
+        "schema_revision": migrate.head_revision(), "lean": bool(lean),
         "lean_omits": ["support_images", "masks", "attention_maps"] if lean else [],
         "selection": sel.to_dict(),
         "contents": {
-            "classes": sorted(class_names.values()),
-            "sets": contents_sets,
+            "classes": sorted(class_names.values()), "sets": contents_sets,
             "extractors": [{"id": i, "name": n, "dim": d} for i, (n, d) in sorted(ext_info.items())],
-            "vocabularies": vocab_entries,
-            "artifacts": len(artifacts),
+            "vocabularies": vocab_entries, "artifacts": len(artifacts),
         },
         "members": dict(sorted(member_meta.items())),
     }
