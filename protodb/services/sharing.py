@@ -48,7 +48,7 @@ class SharingService:
         nothing written."""
         limits = Limits.from_env(max_bytes, max_member_bytes)
         with read_tar(path, self.stores.staging_dir, limits) as staged:
-            contents = load_contents(staged)
+            contents = load_contents(staged, limits)
             out = merge.apply(self.stores, contents, dry_run=dry_run, progress=progress)
         return dataclasses.replace(out, path=str(path))
 

@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,6 +60,7 @@ from protodb.storage.vectors import PrototypeRows, table_name
 from protodb.stores import Stores
 
 ORIGIN_TAG = "import:{short}"
+INSERT_BATCH = 2000
 _LOCAL_PATH_KEYS = ("checkpoint", "path")
 
 
@@ -109,6 +110,14 @@ class _Planner:
         self.set_where: dict[str, tuple[str, str, int]] = {}  # bundle set id -> (local class, extractor, version)
         self.pinned: dict[tuple[str, str, str], str] = {}  # (tag, local class, extractor) -> set id
 
+    def existing(self, column, values) -> set:
+        """Which of ``values`` already stand in ``column`` here (one IN query per 500 values)."""
+        values = sorted({v for v in values if v is not None})
+        found: set = set()
+        for i in range(0, len(values), 500):
+            found |= set(self.s.scalars(select(column).where(column.in_(values[i:i + 500]))).all())
+        return found
+
     def classes(self) -> None:
         s, p = self.s, self.p
         for r in self.rows["classes"]:
@@ -127,14 +136,19 @@ class _Planner:
                                   f"kept {local.kind} (change it with: protodb label {quoted(r['name'])} --{r['kind']})")
 
     def labels(self) -> None:
+        have = self.existing(LabelRow.id, [r["id"] for r in self.rows["class_labels"]])
         for r in self.rows["class_labels"]:
-            if self.status[r["class_id"]] != "other" and self.s.get(LabelRow, r["id"]) is None:
+            if self.status[r["class_id"]] != "other" and r["id"] not in have:
                 self.p.inserts["class_labels"].append({**r, "class_id": self.class_map[r["class_id"]]})
 
     def extractors_and_runs(self) -> None:
         s, p = self.s, self.p
         for r in self.rows["extractors"]:
-            if s.get(ExtractorRow, r["id"]) is None:
+            local = s.get(ExtractorRow, r["id"])
+            if local is not None and int(local.dim) != int(r["dim"]):
+                raise refuse(f"extractor {r['name']} ({r['id'][:16]}) is {local.dim}-d here but "
+                             f"{r['dim']}-d in the bundle")
+            if local is None:
                 p.inserts["extractors"].append(r)
                 for key in _LOCAL_PATH_KEYS:
                     value = (r.get("config") or {}).get(key)
@@ -155,8 +169,9 @@ class _Planner:
     def images(self) -> None:
         s, p = self.s, self.p
         unlinked = 0
+        have = self.existing(SupportImageRow.id, [r["id"] for r in self.rows["support_images"]])
         for r in self.rows["support_images"]:
-            if s.get(SupportImageRow, r["id"]) is not None:
+            if r["id"] in have:
                 self.image_map[r["id"]] = r["id"]
                 continue
             row = {**r, "class_id": self.class_map[r["class_id"]]}
@@ -176,8 +191,9 @@ class _Planner:
                               "generation run and index; they were imported without the run link")
 
     def masks(self) -> None:
+        have = self.existing(MaskRow.id, [r["id"] for r in self.rows["masks"]])
         for r in self.rows["masks"]:
-            if self.s.get(MaskRow, r["id"]) is not None:
+            if r["id"] in have:
                 continue
             image_id = self.image_map[r["image_id"]]
             same = self.s.scalar(select(MaskRow.id).where(
@@ -231,22 +247,28 @@ class _Planner:
     def tags(self) -> None:
         s, p = self.s, self.p
         set_class = {r["id"]: self.cls_name[r["class_id"]] for r in self.rows["prototype_sets"]}
-        for r in self.rows["tags"]:
-            where = self.set_where.get(r["set_id"])
-            if where is None:
+        relevant = [r for r in self.rows["tags"] if r["set_id"] in self.set_where]
+        have_ids = self.existing(TagRow.id, [r["id"] for r in relevant])
+        pairs, local_pins = set(), {}  # local (tag, set) pairs; (tag, class, extractor) -> pinned set
+        names = sorted({r["name"] for r in relevant})
+        for i in range(0, len(names), 500):
+            for name, cid, ext, sid in s.execute(
+                    select(TagRow.name, PrototypeSetRow.class_id, PrototypeSetRow.extractor_id, TagRow.set_id)
+                    .join(PrototypeSetRow, TagRow.set_id == PrototypeSetRow.id)
+                    .where(TagRow.name.in_(names[i:i + 500]))):
+                pairs.add((name, sid))
+                local_pins.setdefault((name, cid, ext), sid)
+        for r in relevant:
+            cid, ext, _v = self.set_where[r["set_id"]]
+            key = (r["name"], cid, ext)
+            if r["id"] in have_ids or (r["name"], r["set_id"]) in pairs:
+                self.pinned[key] = r["set_id"]
                 continue
-            cid, ext, _v = where
-            if s.get(TagRow, r["id"]) is not None or s.scalar(
-                    select(TagRow.id).where(TagRow.name == r["name"], TagRow.set_id == r["set_id"])):
-                self.pinned[(r["name"], cid, ext)] = r["set_id"]
-                continue
-            other = self.pinned.get((r["name"], cid, ext)) or s.scalar(
-                select(TagRow.set_id).join(PrototypeSetRow, TagRow.set_id == PrototypeSetRow.id).where(
-                    TagRow.name == r["name"], PrototypeSetRow.class_id == cid, PrototypeSetRow.extractor_id == ext))
+            other = self.pinned.get(key) or local_pins.get(key)
             if other is not None and other != r["set_id"]:
                 p.tag_conflicts.append(f"{set_class[r['set_id']]}@{r['name']}")
                 continue
-            self.pinned[(r["name"], cid, ext)] = r["set_id"]
+            self.pinned[key] = r["set_id"]
             p.inserts["tags"].append(r)
         if not p.new_sets:
             return
@@ -400,18 +422,20 @@ def apply(stores: Stores, c: Contents, *, dry_run: bool = False,
         first = plan(s, c, stores.artifacts.exists)
     if dry_run:
         return report(c, first, dry_run=True)
-    if first.artifacts_missing:
-        tick("artifacts", 0, sum(c.artifacts[h].stat().st_size for h in first.artifacts_missing))
-    for digest in first.artifacts_missing:
-        data = c.artifacts[digest].read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise refuse(f"artifact {digest} changed on disk while importing")
-        stores.artifacts.put(data)
-        tick("artifacts", len(data), None)
     table_versions: dict[str, int] = {}
-    if first.new_sets:
-        tick("vectors", 0, sum(int(sp.vectors.vectors.nbytes) for sp in first.new_sets))
+    written: list[str] = []
     try:
+        if first.artifacts_missing:
+            tick("artifacts", 0, sum(c.artifacts[h].stat().st_size for h in first.artifacts_missing))
+        for digest in first.artifacts_missing:
+            data = c.artifacts[digest].read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise refuse(f"artifact {digest} changed on disk while importing")
+            stores.artifacts.put(data)
+            written.append(digest)
+            tick("artifacts", len(data), None)
+        if first.new_sets:
+            tick("vectors", 0, sum(int(sp.vectors.vectors.nbytes) for sp in first.new_sets))
         for sp in first.new_sets:
             table = table_name(sp.extractor_id)
             with stores.vector_lock(table):
@@ -428,24 +452,41 @@ def apply(stores: Stores, c: Contents, *, dry_run: bool = False,
             return p
 
         final = stores.sessions.transact(commit, attempts=20, what="import")
-    except BaseException:  # nothing was committed: leave no orphan vectors behind
-        for sp in first.new_sets:
-            if sp.id in table_versions:
-                table = table_name(sp.extractor_id)
-                with contextlib.suppress(Exception), stores.vector_lock(table):
-                    stores.vectors.delete_sets(table, [sp.id])
+    except BaseException:  # nothing was committed: leave no orphan vectors or artifacts behind
+        _undo(stores, first, table_versions, written)
         raise
     out = report(c, final, dry_run=False)
     return dataclasses.replace(out, added={**out.added, "artifacts": len(first.artifacts_missing)})
 
 
+def _undo(stores: Stores, p: Plan, table_versions: dict[str, int], written: list[str]) -> None:
+    """Remove what a failed import wrote: its sets' vectors, and the artifacts it added that no
+    catalog row names (a concurrent writer may have started to use one: those stay)."""
+    for sp in p.new_sets:
+        if sp.id in table_versions:
+            table = table_name(sp.extractor_id)
+            with contextlib.suppress(Exception), stores.vector_lock(table):
+                stores.vectors.delete_sets(table, [sp.id])
+    if not written:
+        return
+    with stores.sessions.reader() as s:
+        named = set(s.scalars(select(SupportImageRow.artifact_sha256).where(SupportImageRow.artifact_sha256.in_(written))))
+        named |= set(s.scalars(select(SupportImageRow.attention_sha256).where(SupportImageRow.attention_sha256.in_(written))))
+        named |= set(s.scalars(select(MaskRow.artifact_sha256).where(MaskRow.artifact_sha256.in_(written))))
+    for digest in written:
+        if digest not in named:
+            with contextlib.suppress(Exception):
+                stores.artifacts.delete(digest)
+
+
 def _insert(s: Session, p: Plan, table_versions: dict[str, int]) -> None:
+    """Every planned row, table by table in foreign-key order, as batched executemany inserts."""
     for table, model in TABLES.items():
+        rows = []
         for row in p.inserts[table]:
             values = rows_from_dict(table, row)
             if table == "prototype_sets":
                 values["vector_table_version"] = table_versions[row["id"]]
-            s.add(model(**values))
-        s.flush()
-
-
+            rows.append(values)
+        for i in range(0, len(rows), INSERT_BATCH):
+            s.execute(insert(model), rows[i:i + INSERT_BATCH])

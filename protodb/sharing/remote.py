@@ -354,7 +354,7 @@ def pull(stores: Stores, name: str, sel: Selection, *, dry_run: bool = False, li
             files[member] = cache / meta["sha256"]
             hashes[member] = (meta["sha256"], meta["size"])
         staged = Staged(manifest, ref["manifest"], files, hashes, local_artifacts)
-        contents = load_contents(staged)
+        contents = load_contents(staged, limits)
         result = merge.apply(stores, contents, dry_run=dry_run, progress=tick)
         results.append(dataclasses.replace(result, ref={"kind": kind, "name": ref_name,
                                                          "pushed_at": ref.get("pushed_at")}))

@@ -70,6 +70,11 @@ class ArtifactStore:
         write_whole(self.fs, self.local, target, data)
         return digest
 
+    def delete(self, digest: str) -> None:
+        """Remove an object (only for objects a failed write of this process added and nothing names)."""
+        if self.fs.exists(self.path(digest)):
+            self.fs.rm_file(self.path(digest))
+
     def get(self, digest: str) -> bytes:
         return self.fs.cat_file(self.path(digest))
 

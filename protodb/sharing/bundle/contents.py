@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protodb.catalog import rules
 from protodb.catalog.schema import SET_READY
+from protodb.images import feature_size
 from protodb.entities import PROTOTYPE_KINDS as KINDS
 from protodb.errors import InvalidInput
 from protodb.names import check_tag_name, normalize_class_name
 from protodb.sharing.bundle.read import Staged, _load_json
 from protodb.sharing.bundle.tables import FOREIGN_KEYS, TABLES, _check_rows
-from protodb.sharing.bundle.format import refuse
+from protodb.sharing.bundle.format import Limits, refuse
 from protodb.sharing.bundle.vectors import vectors_from_arrow
 from protodb.storage.vectors import PrototypeRows
 
@@ -31,7 +33,7 @@ class Contents:
         return self.manifest_sha256[:12]
 
 
-def load_contents(staged: Staged) -> Contents:
+def load_contents(staged: Staged, limits: Limits | None = None) -> Contents:
     """Parse and cross-check the catalog rows and vectors of a verified bundle (no catalog access)."""
     staged.verify()
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -40,6 +42,10 @@ def load_contents(staged: Staged) -> Contents:
         if name not in staged.files:
             raise refuse(f"the bundle has no {name}")
         rows[table] = _check_rows(table, _load_json(staged.files[name], name))
+        total = sum(len(v) for v in rows.values())
+        if limits is not None and total > limits.max_rows:
+            raise refuse(f"the bundle holds more than {limits.max_rows} catalog rows (raise PROTODB_IMPORT_MAX_ROWS "
+                         "if you trust it)")
     ids = {t: {r["id"] for r in rows[t]} for t in TABLES if "id" in TABLES[t].__table__.columns}
 
     for table, column, target, nullable in FOREIGN_KEYS:  # every reference stays inside the bundle
@@ -91,18 +97,46 @@ def load_contents(staged: Staged) -> Contents:
     vector_members = {n for n in staged.manifest["members"] if n.startswith("vectors/")}
     if vector_members != {f"vectors/{i}.arrow" for i in set_ids}:
         raise refuse("the bundle's vector files do not match its prototype sets")
+    lean = bool(staged.manifest.get("lean"))
+    images_of: dict[str, set[str]] = {}
+    for link in rows["prototype_set_images"]:
+        images_of.setdefault(link["set_id"], set()).add(link["image_id"])
     vectors = {}
     for s in rows["prototype_sets"]:
         if s.get("status") != SET_READY or not isinstance(s.get("version"), int):
             raise refuse(f"set {s['id']} is not a ready, versioned set")
         counts = s.get("counts") or {}
-        if set(counts) - set(KINDS) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
-            raise refuse(f"set {s['id']} has invalid prototype counts")
+        if rules.check_counts(counts):
+            raise refuse(f"set {s['id']} {rules.check_counts(counts)}")
         expected = sum(counts.values())
         rows_ = vectors_from_arrow(staged.files[f"vectors/{s['id']}.arrow"], s["id"], dims[s["extractor_id"]],
                                    expected)
         got = {k: rows_.kinds.count(k) for k in KINDS}
         if any(got[k] != int(counts.get(k, 0)) for k in KINDS):
             raise refuse(f"vectors/{s['id']}.arrow kinds do not match the set's counts")
+        _check_sources(s, rows_, rows, images_of, lean)
         vectors[s["id"]] = rows_
     return Contents(staged.manifest, staged.manifest_sha256, rows, vectors, artifacts)
+
+
+def _check_sources(pset: dict, vec: PrototypeRows, rows: dict, images_of: dict[str, set[str]], lean: bool) -> None:
+    """Every prototype's source image is one of the set's support images (unless the bundle is lean,
+    which carries no images), and its region lies on that image's patch grid."""
+    name = f"vectors/{pset['id']}.arrow"
+    if lean:
+        return
+    own = images_of.get(pset["id"], set())
+    by_id = {i["id"]: i for i in rows["support_images"]}
+    ext = next(e for e in rows["extractors"] if e["id"] == pset["extractor_id"])
+    patch = int((ext.get("config") or {}).get("patch_size") or 1)
+    short = int((pset.get("params") or {}).get("short_side") or 448)
+    for image_id, region in zip(vec.image_ids, vec.regions):
+        if image_id is None:
+            continue
+        if image_id not in own:
+            raise refuse(f"{name} names support image {image_id[:32]} that is not one of the set's images")
+        img = by_id[image_id]
+        fh, fw = feature_size(int(img["width"]), int(img["height"]), short, patch)
+        if region is not None and (region[2] > fh // patch or region[3] > fw // patch):
+            raise refuse(f"{name} holds a region {list(region)} outside its image's {fh // patch}x{fw // patch} "
+                         "patch grid")

@@ -46,8 +46,8 @@ def refuse(reason: str) -> InvalidInput:
 @dataclass(frozen=True)
 class Limits:
     """Size limits for reading a bundle (bytes, uncompressed). Defaults: 2 GiB in all, 1 GiB per
-    member, 256 MiB per JSON member; ``PROTODB_IMPORT_MAX_BYTES`` / ``PROTODB_IMPORT_MAX_MEMBER_BYTES``
-    change the first two."""
+    member, 256 MiB per JSON member, 1,000,000 catalog rows in all; ``PROTODB_IMPORT_MAX_BYTES`` /
+    ``PROTODB_IMPORT_MAX_MEMBER_BYTES`` / ``PROTODB_IMPORT_MAX_ROWS`` change them."""
 
     max_total_bytes: int = 2 * GIB
     max_member_bytes: int = 1 * GIB
@@ -56,7 +56,8 @@ class Limits:
     max_rows: int = 1_000_000
 
     @classmethod
-    def from_env(cls, max_total_bytes: int | None = None, max_member_bytes: int | None = None) -> "Limits":
+    def from_env(cls, max_total_bytes: int | None = None, max_member_bytes: int | None = None,
+                 max_rows: int | None = None) -> "Limits":
         def pick(value, var, default):
             if value is not None:
                 return int(value)
@@ -70,10 +71,11 @@ class Limits:
 
         total = pick(max_total_bytes, "PROTODB_IMPORT_MAX_BYTES", cls.max_total_bytes)
         member = pick(max_member_bytes, "PROTODB_IMPORT_MAX_MEMBER_BYTES", min(cls.max_member_bytes, total))
-        if total <= 0 or member <= 0:
-            raise InvalidInput("import size limits must be positive numbers of bytes")
+        rows = pick(max_rows, "PROTODB_IMPORT_MAX_ROWS", cls.max_rows)
+        if total <= 0 or member <= 0 or rows <= 0:
+            raise InvalidInput("import limits must be positive numbers (bytes, rows)")
         return cls(max_total_bytes=total, max_member_bytes=min(member, total),
-                   max_json_bytes=min(cls.max_json_bytes, member))
+                   max_json_bytes=min(cls.max_json_bytes, member), max_rows=rows)
 
 
 @dataclass(frozen=True)

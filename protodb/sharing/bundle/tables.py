@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from protodb.catalog import rules
 from protodb.catalog.schema import Base
 from protodb.sharing.bundle.format import HEX, SHA, refuse
 
@@ -97,12 +98,15 @@ def _check_value(table: str, col, value: Any) -> None:
             raise refuse(f"{where} is not a finite number")
     elif py is datetime:
         try:
-            datetime.fromisoformat(value)
-        except (TypeError, ValueError):
+            value = datetime.fromisoformat(value)
+        except (TypeError, ValueError, OverflowError):
             raise refuse(f"{where} is not an ISO 8601 time") from None
     elif py is dict:
         if not isinstance(value, dict):
             raise refuse(f"{where} is not a JSON object")
+    problem = rules.check(table, col.name, value)
+    if problem:
+        raise refuse(f"{where} {problem}")
 
 
 def _check_rows(table: str, rows: Any) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ from protodb.entities import PROTOTYPE_KINDS as KINDS
 from protodb.sharing.bundle.format import HEX, refuse
 from protodb.storage.vectors import PrototypeRows, prototype_schema
 
+UNIT_TOLERANCE = 1e-3  # prototypes are unit vectors: an all-zero or 3e38 vector is refused
+MAX_GRID = 4096  # patch rows/columns of the largest support image protodb stores
+
 def vectors_to_arrow(rows: PrototypeRows, set_id: str) -> bytes:
     """One set's prototypes as an Arrow IPC file (``prototype_schema(dim)``), byte-deterministic."""
     dim = int(rows.vectors.shape[1])
@@ -60,6 +63,16 @@ def vectors_from_arrow(path: Path, set_id: str, dim: int, expected: int) -> Prot
                .astype(np.float32).reshape(-1, dim))
     if not np.isfinite(vectors).all():
         raise refuse(f"{name} holds non-finite vectors")
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    if len(norms) and np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
+        raise refuse(f"{name} holds vectors that are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g})")
+    weights = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
+    if len(weights) and (not np.isfinite(weights).all() or weights.min() < 0):
+        raise refuse(f"{name} holds weights that are not finite non-negative numbers")
+    regions = table.column("region").to_pylist()
+    for r in regions:
+        if r is not None and not (0 <= r[0] < r[2] <= MAX_GRID and 0 <= r[1] < r[3] <= MAX_GRID):
+            raise refuse(f"{name} holds a region {r} that is not a box on a patch grid")
     kinds = table.column("kind").to_pylist()
     if set(kinds) - set(KINDS):
         raise refuse(f"{name} holds unknown prototype kinds {sorted(set(kinds) - set(KINDS))}")
@@ -68,7 +81,7 @@ def vectors_from_arrow(path: Path, set_id: str, dim: int, expected: int) -> Prot
         raise refuse(f"{name} holds an image id that is not a hex identifier")
     return PrototypeRows(
         vectors=vectors, kinds=kinds, image_ids=image_ids,
-        regions=[tuple(r) if r is not None else None for r in table.column("region").to_pylist()],
+        regions=[tuple(r) if r is not None else None for r in regions],
         weights=table.column("weight").to_pylist(), ids=table.column("id").to_pylist(),
         set_ids=table.column("set_id").to_pylist(),
     )
