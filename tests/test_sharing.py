@@ -356,7 +356,7 @@ def test_import_maps_the_same_generated_image_onto_the_local_one(tmp_path):
         with db.session() as s:
             cls = db.sets.ensure_class(s, "boat")
             s.add(GeneratorSpecRow(id=spec_id, name="g", model_id="m", scheduler="s", steps=1, guidance=1.0,
-                                   width=2, height=2, dtype="float32", config={}))
+                                   width=8, height=8, dtype="float32", config={}))  # a generator draws >= 8 px
             s.flush()
             s.add(GenerationRunRow(id=run_id, class_id=cls.id, generator_spec_id=spec_id, prompt="p",
                                    base_seed=0, num_images=1))
