@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
 
 
 def print_built(res: AddClassResult) -> None:
+    for note in res.skipped:
+        say(f"skipped exemplar {note}")
     note = " [preset tiny: stand-in models, not meaningful]" if res.preset == "tiny" else ""
     for b in res.sets:
         c = b.set.counts

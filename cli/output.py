@@ -52,10 +52,10 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = ""
         if empty:
             say(empty)
         return
-    if not err_console.is_terminal:
-        say("\t".join(columns))
-        for r in rows:
-            say("\t".join("" if v is None else str(v) for v in r))
+    if not err_console.is_terminal:  # tab-separated lines for pipes and files (rich would expand tabs)
+        for r in [columns, *rows]:
+            sys.stderr.write("\t".join("" if v is None else str(v) for v in r) + "\n")
+        sys.stderr.flush()
         return
     t = Table(*columns)
     for r in rows:

@@ -278,6 +278,7 @@ class AddClassResult(Entity):
     preset: str | None
     sets: tuple[BuiltSet, ...]
     vocab: str | None = None
+    skipped: tuple[str, ...] = ()  # exemplar files left out, each "NAME: reason"
     _omit_none: ClassVar[tuple[str, ...]] = ("vocab",)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.I
         fp = io.BytesIO(data)
     else:
         path = Path(src).expanduser()
+        if path.is_symlink() and not path.exists():
+            raise InvalidInput(f"{name}: a dangling or looping symbolic link")
         if not path.is_file():
             raise InvalidInput(f"{name}: file not found")
+        if not os.access(path, os.R_OK):
+            raise InvalidInput(f"{name}: permission denied (cannot read the file)")
         if path.stat().st_size == 0:
             raise InvalidInput(f"{name}: empty file (0 bytes); give an image file")
         fp = path
@@ -98,6 +103,8 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.I
         raise
     except UnidentifiedImageError:
         raise InvalidInput(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except PermissionError:
+        raise InvalidInput(f"{name}: permission denied (cannot read the file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InvalidInput(f"{name}: refused as a possible decompression bomb ({err}); downscale it first") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -119,6 +126,8 @@ def expand_inputs(args: list[str]) -> list[Path]:
     seen: set[Path] = set()
     for arg in args:
         path = Path(arg).expanduser()
+        if path.is_symlink() and not path.exists():
+            raise InvalidInput(f"{arg}: a dangling or looping symbolic link")
         if path.is_file():
             found = [path]
         elif path.is_dir():
@@ -172,9 +181,17 @@ def decode_rgb(data: bytes) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+#: The resize rule keeps the short side, up to this many times short_side**2 pixels in all (aspect
+#: ratios up to 4:1 are unaffected); longer images are scaled so their AREA stays bounded, so an
+#: 8000x4 strip cannot ask for a 896000x448 tensor.
+MAX_AREA_FACTOR = 4
+
+
 def feature_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
-    """(H, W) after resizing so the short side is ``short_side``, both multiples of ``patch``."""
+    """(H, W) after resizing so the short side is ``short_side`` (area at most ``MAX_AREA_FACTOR *
+    short_side**2``), both multiples of ``patch`` (at least one patch)."""
     scale = short_side / min(width, height)
+    scale = min(scale, (MAX_AREA_FACTOR * short_side * short_side / (width * height)) ** 0.5)
     h = max(patch, int(round(height * scale / patch)) * patch)
     w = max(patch, int(round(width * scale / patch)) * patch)
     return h, w

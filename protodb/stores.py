@@ -25,13 +25,13 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from protodb.catalog import engine as engines
 from protodb.catalog.locks import vector_lock
 from protodb.catalog.schema import SettingRow
-from protodb.errors import NotFound
+from protodb.errors import InvalidInput, NotFound
 from protodb.fileio import remove_stale_temps
 from protodb.lazy import lazy_import
 
@@ -61,6 +61,12 @@ class Sessions:
             try:
                 yield session
                 session.commit()
+            except OperationalError as err:
+                session.rollback()
+                if "readonly" in str(err).replace("-", "").lower() or "read-only" in str(err).lower():
+                    raise InvalidInput(f"the catalog {self.engine.url.render_as_string(hide_password=True)} is "
+                                       "read-only; this command writes: run it where the database is writable") from None
+                raise
             except BaseException:
                 session.rollback()
                 raise
@@ -140,13 +146,25 @@ class Stores:
         check_schema: refuse a catalog at another revision (only ``protodb db ...`` turns it off).
         """
         home = (Path(path).expanduser() if path else default_home()).resolve()
+        if home.exists() and not home.is_dir():
+            raise InvalidInput(f"--db {home} is a file; give a folder for the database")
         url = catalog_url or engines.env_catalog_url()
         if url is None:
             if not create and not (home / "catalog.sqlite").is_file():
                 raise NotFound(f"no protodb database at {home}; create one with: protodb init --db {home}")
             url = engines.sqlite_url(home / "catalog.sqlite")
+        if create:
+            try:
+                home.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise InvalidInput(f"cannot create the database folder {home}: {err.strerror or err}") from None
         engine = engines.make_engine(url, create=create)
-        revision = engines.ensure_schema(engine, create=create) if check_schema else None
+        try:
+            revision = engines.ensure_schema(engine, create=create) if check_schema else None
+        except (OperationalError, InterfaceError, DBAPIError) as err:
+            engine.dispose()
+            first = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InvalidInput(f"cannot open the catalog at {engines.safe_url(engine)}: {first}") from None
         stores = cls(home, url, engine, revision)
         if create:
             stores.clean_staging()

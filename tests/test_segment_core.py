@@ -167,7 +167,9 @@ def test_chunked_scoring_equals_unchunked_on_100k_prototypes():
 def test_plan_windows_cover_the_image(size):
     spec, patch = WindowSpec(), 14
     H2, W2 = resized_size(*size, spec, patch)
-    assert H2 % patch == 0 and W2 % patch == 0 and abs(min(H2, W2) - 448) < patch
+    assert H2 % patch == 0 and W2 % patch == 0
+    # the short side becomes 448, unless the image is longer than 4:1: then its area is capped
+    assert abs(min(H2, W2) - 448) < patch or (max(size) / min(size) > 4 and H2 * W2 <= 4 * 448**2 * 1.1)
     plan = plan_windows(*size, spec, patch)
     cover = np.zeros((H2, W2), bool)
     sides = {max(patch, min(s, H2, W2) // patch * patch) for s in spec.sizes}
@@ -547,3 +549,16 @@ def test_dataset_offsets_come_from_the_vocabulary_files():
         assert conv["offset"] == doc["label_offset"], name
         assert doc["ignore_index"] in conv["file_ignore"] or conv["background"], name
     assert label_convention("ade20k")["reduce_zero_label"] and label_convention("camvid")["file_ignore"] == [11]
+
+
+def test_a_thin_strip_is_scored_with_bounded_memory():
+    """An 8000x4 image: the resize keeps its area near 4 x 448^2 (no 896000x448 tensor) and the windows
+    still cover it."""
+    spec, patch = WindowSpec(), 14
+    H2, W2 = resized_size(4, 8000, spec, patch)
+    assert H2 * W2 <= 4 * 448**2 * 1.1 and H2 == patch
+    plan = plan_windows(4, 8000, spec, patch)
+    cover = np.zeros((H2, W2), bool)
+    for win in plan:
+        cover[win.top:win.top + win.height, win.left:win.left + win.width] = True
+    assert cover.all() and len(plan) < 50

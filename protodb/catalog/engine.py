@@ -14,10 +14,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from protodb.catalog import migrate
 from protodb.catalog.locks import migration_lock
-from protodb.errors import NotFound, ProtoDBError, SchemaMismatch
+from protodb.errors import InvalidInput, NotFound, SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -28,40 +29,70 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+SUPPORTED = ("sqlite", "postgresql")
+
+
+def _parse(url: str):
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InvalidInput(f"catalog URL {url!r} is not a database URL; use sqlite:///PATH or "
+                           "postgresql://USER@HOST/DB") from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED:
+        raise InvalidInput(f"catalog URL {parsed.render_as_string(hide_password=True)!r}: protodb catalogs are "
+                           "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
+    return parsed
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
 def make_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout on every connection.
-    With ``create`` a SQLite file's folder is made; without, a missing file is NotFound."""
-    parsed = make_url(url)
+
+    With ``create`` a SQLite file's folder is made; without, a missing file is NotFound, and a file
+    (or folder) this process cannot write is opened read-only and immutable: ``ls``, ``info``,
+    ``verify``, ``inspect`` and ``segment`` work on a read-only database, nothing is written on open.
+    """
+    parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        read_only = False
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
             db_file = Path(parsed.database)
             if create:
-                db_file.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    db_file.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise InvalidInput(f"cannot create the catalog folder {db_file.parent}: "
+                                       f"{err.strerror or err}") from None
             elif not db_file.is_file():
                 raise NotFound(f"no protodb database at {db_file}; create one with: protodb init --catalog {url}")
-        engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
+            elif not _writable(db_file):
+                read_only = True
+                log.info("catalog %s is not writable: opened read-only", db_file)
+                url = f"sqlite:///file:{db_file.resolve()}?mode=ro&immutable=1&uri=true"
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
         return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+    if parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     try:
         return create_engine(url, pool_pre_ping=True)
-    except ModuleNotFoundError as err:
-        raise ProtoDBError(
-            f"no database driver for {parsed.get_backend_name()} ({err.name}); "
-            "run: pip install 'protodb[postgres]'"
-        ) from err
+    except (ModuleNotFoundError, NoSuchModuleError) as err:
+        raise InvalidInput(f"no database driver for {parsed.drivername} ({getattr(err, 'name', None) or err}); "
+                           "for PostgreSQL run: pip install 'protodb[postgres]'") from None
 
 
 def current_revision(engine: Engine) -> str | None:

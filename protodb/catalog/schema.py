@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -45,6 +46,42 @@ LABEL_SOURCES = ("llm", "lexicon", "manual")
 SET_PENDING, SET_READY = "pending", "ready"
 
 
+class Damaged:
+    """What a JSON column holds when its stored text is not JSON (a damaged catalog): the raw text.
+    Readers turn it into one clear DamagedData line; ``verify`` lists it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Damaged({str(self.raw)[:40]!r})"
+
+
+class SafeJSON(TypeDecorator):
+    """JSON whose stored text, when it is not JSON, reads back as :class:`Damaged` instead of raising
+    from every query that touches the row."""
+
+    impl = JSON
+    cache_ok = True
+
+    @property
+    def python_type(self):
+        return dict
+
+    def result_processor(self, dialect, coltype):
+        inner = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value):
+            try:
+                return inner(value) if inner is not None else value
+            except (ValueError, TypeError):
+                return Damaged(value)
+
+        return process
+
+
 def new_id() -> str:
     """A fresh global identifier (UUID4, 32 lowercase hex characters)."""
     return uuid.uuid4().hex
@@ -56,7 +93,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: SafeJSON, list[Any]: SafeJSON}
 
 
 class _Stamped:
@@ -130,7 +167,7 @@ class ExtractorRow(_Stamped, Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(32))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(SafeJSON)
     weights_hash: Mapped[Optional[str]] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
 
@@ -149,7 +186,7 @@ class GeneratorSpecRow(_Stamped, Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(16))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(SafeJSON)
 
 
 class GenerationRunRow(_Stamped, Base):
@@ -193,7 +230,7 @@ class MaskRow(_Stamped, Base):
     role: Mapped[str] = mapped_column(String(16))  # "foreground" | "background"
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     method: Mapped[str] = mapped_column(String(64))
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(SafeJSON)
     extractor_id: Mapped[Optional[str]] = mapped_column(ForeignKey("extractors.id"))
 
 
@@ -216,13 +253,13 @@ class PrototypeSetRow(_Stamped, Base):
     status: Mapped[str] = mapped_column(String(16), default=SET_PENDING)
     config_hash: Mapped[str] = mapped_column(String(64), index=True)
     run_id: Mapped[Optional[str]] = mapped_column(ForeignKey("generation_runs.id"))
-    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     vector_table: Mapped[str] = mapped_column(String(200))
     vector_table_version: Mapped[Optional[int]] = mapped_column(Integer)
     nbytes: Mapped[int] = mapped_column(Integer, default=0)
     ready_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    config: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # resolved build config
+    config: Mapped[Optional[dict[str, Any]]] = mapped_column(SafeJSON)  # resolved build config
     vectors_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # checksum at commit
 
     cls: Mapped[ClassRow] = relationship()

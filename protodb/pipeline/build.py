@@ -65,6 +65,7 @@ class Resolved:
     extractors: list  # loaded Extractor objects, in config.extractors order
     exemplars: list
     plugin: object | None
+    skipped: tuple[str, ...] = ()
 
 
 class ClassBuilder:
@@ -90,7 +91,7 @@ class ClassBuilder:
         source = req.mask_extractor or names[0]
         if source not in names:
             raise InvalidInput(f"--mask-extractor {source} is not one of this build's extractors ({', '.join(names)})")
-        files, mask_files, _skipped = find_exemplars(req.exemplars, req.masks)
+        files, mask_files, skipped = find_exemplars(req.exemplars, req.masks)
         if images == 0 and not files:
             raise InvalidInput("nothing to build from: --images 0 and no --exemplars")
         if images > MAX_IMAGES_WITHOUT_CONFIRM and not req.yes:
@@ -117,7 +118,7 @@ class ClassBuilder:
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=req.k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars))
-        return Resolved(config, loaded, exemplars, plugin)
+        return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
     # ------------------------------------------------------------------ entry point
     def add_class(self, req: AddClassRequest) -> AddClassResult:
@@ -140,7 +141,8 @@ class ClassBuilder:
         built = self._build_sets(plan, support, run_id, req.batch_size)
         return AddClassResult(name=cfg.class_name, kind=kind, label_source=label.source,
                               generated_images=generated, reused_images=reused_images,
-                              exemplar_images=len(plan.exemplars), preset=self.registry.preset, sets=tuple(built))
+                              exemplar_images=len(plan.exemplars), preset=self.registry.preset, sets=tuple(built),
+                              skipped=plan.skipped)
 
     # ------------------------------------------------------------------ labels
     def _label(self, name: str, override: str | None) -> Label:

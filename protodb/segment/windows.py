@@ -50,8 +50,11 @@ def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
     out: list[Window] = []
     for size in spec.sizes:
         side = max(patch, min(size, H2, W2) // patch * patch)
-        for top in crop_starts(H2, side, spec.stride):
-            for left in crop_starts(W2, side, spec.stride):
+        if spec.whole and side * 2 < min(size, spec.short_side or size):
+            continue  # a thin strip: windows this narrow add nothing the whole image does not
+        stride = min(spec.stride, side)  # windows never leave gaps
+        for top in crop_starts(H2, side, stride):
+            for left in crop_starts(W2, side, stride):
                 win = Window(top, left, side, side)
                 if win not in out:
                     out.append(win)

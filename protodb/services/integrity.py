@@ -17,7 +17,16 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from protodb.catalog.schema import SET_READY, ExtractorRow, MaskRow, PrototypeSetRow, SupportImageRow
+from protodb.catalog.schema import (
+    SET_READY,
+    Base,
+    Damaged,
+    ExtractorRow,
+    MaskRow,
+    PrototypeSetRow,
+    SafeJSON,
+    SupportImageRow,
+)
 from protodb.entities import PROTOTYPE_KINDS, Damage, VerifyReport
 from protodb.storage.artifacts import is_sha256
 from protodb.stores import Stores
@@ -35,6 +44,22 @@ class IntegrityService:
             hashes |= {h for h in s.scalars(select(SupportImageRow.attention_sha256)).all() if h}
             hashes |= set(s.scalars(select(MaskRow.artifact_sha256)).all())
         return hashes
+
+    def _damaged_json(self) -> list[Damage]:
+        """Rows whose JSON columns do not read back (text that is not JSON)."""
+        out = []
+        with self.stores.sessions.reader() as s:
+            for model in [m.class_ for m in Base.registry.mappers]:
+                cols = [c for c in model.__table__.columns if isinstance(c.type, SafeJSON)]
+                if not cols:
+                    continue
+                pk = [c.name for c in model.__table__.primary_key.columns]
+                for row in s.execute(select(*[model.__table__.c[n] for n in pk], *cols)):
+                    for c in cols:
+                        if isinstance(row._mapping[c.name], Damaged):
+                            out.append(Damage("row", "/".join(str(row._mapping[n]) for n in pk),
+                                              f"{model.__tablename__}.{c.name} is not JSON"))
+        return out
 
     def verify(self, check_models: Callable[[], tuple[int, list[Damage]]] | None = None) -> VerifyReport:
         damage: list[Damage] = []
@@ -87,6 +112,7 @@ class IntegrityService:
             damage.append(Damage("artifact", digest, "missing"))
         for digest in report.corrupt:
             damage.append(Damage("artifact", digest, "does not match its sha256 (corrupt)"))
+        damage += self._damaged_json()
         models_checked = 0
         if check_models is not None:
             models_checked, model_damage = check_models()

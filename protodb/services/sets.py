@@ -14,7 +14,6 @@ import logging
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from protodb.catalog.schema import (
     SET_PENDING,
     SET_READY,
     ClassRow,
+    Damaged,
     ExtractorRow,
     LabelRow,
     PrototypeSetRow,
@@ -44,16 +44,27 @@ from protodb.entities import (
     counts_of,
 )
 from protodb.errors import DamagedData, InvalidInput, NotFound
+from protodb.lazy import lazy_import
 from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
 from protodb.storage.vectors import table_name
 from protodb.stores import Stores
 
+np = lazy_import("numpy")
 log = logging.getLogger(__name__)
 StageCallback = Callable[[str], None]
 
 
+def _intact(row: PrototypeSetRow) -> None:
+    """DamagedData (one line naming the set) when one of its JSON columns does not read back."""
+    for column in ("counts", "params", "config"):
+        if isinstance(getattr(row, column), Damaged):
+            raise DamagedData(f"prototype set {row.cls.name}@{row.version} ({row.id}) is damaged: its {column} "
+                              "are not readable; run: protodb verify")
+
+
 def to_entity(s: Session, row: PrototypeSetRow) -> PrototypeSet:
     """An ORM set row (with its class, extractor, images and tags) as a :class:`PrototypeSet`."""
+    _intact(row)
     images = s.scalars(select(SetImageRow.image_id).where(SetImageRow.set_id == row.id)
                        .order_by(SetImageRow.position)).all()
     tags = s.scalars(select(TagRow.name).where(TagRow.set_id == row.id)).all()
@@ -260,6 +271,8 @@ class SetService:
             tags = defaultdict(list)
             for name, set_id in s.execute(select(TagRow.name, TagRow.set_id)).all():
                 tags[set_id].append(name)
+            for row, _ext in rows:
+                _intact(row)
         grouped: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         for row, ext_name in rows:
             e = grouped[row.class_id].setdefault(row.version, {

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import fsspec
-
 from protodb.fileio import atomic_write
 from protodb.hashing import sha256_bytes
+from protodb.lazy import lazy_import
+
+fsspec = lazy_import("fsspec")  # (and its s3 backend): only when artifacts are touched
 
 HASH_LEN = 64
 

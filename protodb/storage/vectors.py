@@ -28,11 +28,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-
 from protodb.entities import PROTOTYPE_KINDS as KINDS
 from protodb.lazy import lazy_import
 
+np = lazy_import("numpy")
 lancedb = lazy_import("lancedb")  # 1.7 s to import: only commands that touch vectors pay it
 pa = lazy_import("pyarrow")
 log = logging.getLogger(__name__)

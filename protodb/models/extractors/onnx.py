@@ -111,6 +111,13 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
         raise InvalidInput(f"extractor {spec.name!r}: config needs 'output_name' (the tokens tensor)")
     path = resolve_file(spec, "path", "ONNX file")
     model_bytes = path.read_bytes()
+    try:
+        graph_output_names(model_bytes)
+        readable = bool(model_bytes)
+    except (ValueError, IndexError):
+        readable = False
+    if not readable:
+        raise InvalidInput(f"extractor {spec.name!r}: {path} is not an ONNX model (empty or not a protobuf file)")
     weights_hash = sha256_bytes(model_bytes)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _available_cpus()

@@ -182,20 +182,15 @@ def _artifact_sizes(stores: Stores, tables: dict[str, list[dict[str, Any]]]) -> 
     return sizes
 
 
-def _vector_blobs(stores: Stores, sets: list[dict[str, Any]], class_names: dict[str, str],
+def _vector_blobs(set_service: SetService, sets: list[dict[str, Any]], class_names: dict[str, str],
                   ext_info: dict[str, tuple[str, int]]) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
-    """One Arrow file per set (its vectors checked against the catalog first) and the manifest's set list."""
+    """One Arrow file per set (its vectors read and checked like every read: count and checksum) and
+    the manifest's set list."""
     blobs, listed = {}, []
     for r in sets:
-        rows = stores.vectors.read(r["vector_table"], [r["id"]])
+        rows = set_service.prototypes(set_service.get(r["id"]))
         counts = dict(r["counts"] or {})
-        expected = sum(int(v) for v in counts.values())
         ref = f"{class_names[r['class_id']]}@{r['version']}"
-        if len(rows) != expected:
-            raise ProtoDBError(f"set {ref} has {len(rows)} vectors but its catalog row says {expected}; "
-                               "run: protodb verify")
-        if r.get("vectors_sha256") and rows.checksum() != r["vectors_sha256"]:
-            raise ProtoDBError(f"set {ref} has damaged vectors (checksum); run: protodb verify")
         name, dim = ext_info[r["extractor_id"]]
         if len(rows) and rows.vectors.shape[1] != dim:
             raise ProtoDBError(f"set {ref} vectors are not {dim}-d; run: protodb verify")
@@ -218,7 +213,7 @@ def build_bundle(stores: Stores, sets: SetService, vocabs: VocabService, sel: Se
     ext_info = {e["id"]: (e["name"], int(e["dim"])) for e in tables["extractors"]}
     artifacts = _artifact_sizes(stores, tables)
     blobs = {f"catalog/{table}.json": json_bytes(rows) for table, rows in tables.items()}
-    vector_blobs, contents_sets = _vector_blobs(stores, tables["prototype_sets"], class_names, ext_info)
+    vector_blobs, contents_sets = _vector_blobs(sets, tables["prototype_sets"], class_names, ext_info)
     blobs.update(vector_blobs)
     member_meta = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                    for name, data in blobs.items()}
