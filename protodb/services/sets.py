@@ -46,7 +46,7 @@ from protodb.entities import (
 from protodb.errors import DamagedData, InvalidInput, NotFound
 from protodb.lazy import lazy_import
 from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
-from protodb.storage.vectors import table_name
+from protodb.storage.vectors import VectorCache, table_name
 from protodb.stores import Stores
 
 np = lazy_import("numpy")
@@ -86,6 +86,7 @@ class SetService:
     def __init__(self, stores: Stores):
         self.stores = stores
         self.sessions = stores.sessions
+        self.cache = VectorCache(stores.cache_dir / "vectors")
 
     # ------------------------------------------------------------------ rows other writers share
     def ensure_class(self, s: Session, name: str, *, label: dict | None = None) -> ClassRow:
@@ -216,22 +217,33 @@ class SetService:
     def prototypes(self, pset: PrototypeSet, kinds: Sequence[str] | None = None, *, check: bool = True):
         """The vectors of a ready set (optionally only some kinds) as PrototypeRows.
 
-        With ``check`` the set's rows are compared with the checksum recorded at commit; damage is
-        DamagedData naming the set and ``protodb verify``.
+        Reads go through the vector cache (``HOME/cache/vectors``) when the set has a checksum; every
+        read is compared with the checksum recorded at commit (``check``): damage is DamagedData naming
+        the set and ``protodb verify``.
         """
+        rows = self.cache.get(pset.id) if pset.vectors_sha256 and check else None
+        if rows is not None and (len(rows) != pset.size or rows.checksum() != pset.vectors_sha256):
+            log.info("cached vectors of %s do not match its checksum; reading the table again", pset.ref)
+            self.cache.drop(pset.id)
+            rows = None
+        if rows is None:
+            rows = self._read_table(pset, check)
+            if pset.vectors_sha256 and check:
+                self.cache.put(pset.id, rows)
+        if kinds:
+            wanted = set(kinds)
+            rows = rows.select(np.array([k in wanted for k in rows.kinds], bool))
+        return rows
+
+    def _read_table(self, pset: PrototypeSet, check: bool):
         try:
             rows = self.stores.vectors.read(pset.vector_table, [pset.id])
         except Exception as err:  # noqa: BLE001 - LanceDB raises RuntimeError/OSError/ArrowInvalid for damage
             raise DamagedData(f"prototype set {pset.ref} ({pset.extractor}) cannot be read from its vector "
                               f"table ({type(err).__name__}); run: protodb verify") from None
-        if check:
-            expected = sum(pset.counts.values())
-            if len(rows) != expected or (pset.vectors_sha256 and rows.checksum() != pset.vectors_sha256):
-                raise DamagedData(f"prototype set {pset.ref} ({pset.extractor}) is damaged: its vectors do not "
-                                  "match the checksum recorded at commit; run: protodb verify")
-        if kinds:
-            wanted = set(kinds)
-            rows = rows.select(np.array([k in wanted for k in rows.kinds], bool))
+        if check and (len(rows) != pset.size or (pset.vectors_sha256 and rows.checksum() != pset.vectors_sha256)):
+            raise DamagedData(f"prototype set {pset.ref} ({pset.extractor}) is damaged: its vectors do not "
+                              "match the checksum recorded at commit; run: protodb verify")
         return rows
 
     def support_images(self, ids: Sequence[str]) -> dict[str, SupportImageRecord]:

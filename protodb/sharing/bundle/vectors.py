@@ -14,33 +14,14 @@ import pyarrow as pa
 
 from protodb.entities import PROTOTYPE_KINDS as KINDS
 from protodb.sharing.bundle.format import HEX, refuse
-from protodb.storage.vectors import PrototypeRows, prototype_schema
+from protodb.storage.vectors import PrototypeRows, from_arrow, prototype_schema, to_ipc
 
 UNIT_TOLERANCE = 1e-3  # prototypes are unit vectors: an all-zero or 3e38 vector is refused
 MAX_GRID = 4096  # patch rows/columns of the largest support image protodb stores
 
 def vectors_to_arrow(rows: PrototypeRows, set_id: str) -> bytes:
     """One set's prototypes as an Arrow IPC file (``prototype_schema(dim)``), byte-deterministic."""
-    dim = int(rows.vectors.shape[1])
-    n = len(rows)
-    table = pa.table(
-        {
-            "id": pa.array(list(rows.ids) if rows.ids else [f"{set_id}-{i}" for i in range(n)], pa.string()),
-            "set_id": pa.array([set_id] * n, pa.string()),
-            "kind": pa.array(list(rows.kinds), pa.string()),
-            "image_id": pa.array(list(rows.image_ids), pa.string()),
-            "region": pa.array([list(r) if r is not None else None for r in rows.regions],
-                               type=pa.list_(pa.int32(), 4)),
-            "weight": pa.array(rows.weights, type=pa.float32()),
-            "vector": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(rows.vectors, np.float32).reshape(-1), type=pa.float32()), dim),
-        },
-        schema=prototype_schema(dim),
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return to_ipc(rows, set_id)
 
 
 def vectors_from_arrow(path: Path, set_id: str, dim: int, expected: int) -> PrototypeRows:
@@ -79,9 +60,4 @@ def vectors_from_arrow(path: Path, set_id: str, dim: int, expected: int) -> Prot
     image_ids = table.column("image_id").to_pylist()
     if any(i is not None and not HEX.match(i) for i in image_ids):
         raise refuse(f"{name} holds an image id that is not a hex identifier")
-    return PrototypeRows(
-        vectors=vectors, kinds=kinds, image_ids=image_ids,
-        regions=[tuple(r) if r is not None else None for r in regions],
-        weights=table.column("weight").to_pylist(), ids=table.column("id").to_pylist(),
-        set_ids=table.column("set_id").to_pylist(),
-    )
+    return from_arrow(table)
