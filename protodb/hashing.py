@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from protodb.fileio import atomic_write
+
 _CHUNK = 1 << 22
 
 
@@ -45,13 +47,43 @@ def sha256_json(obj: Any) -> str:
 
 _FILE_MEMO: dict[tuple[str, int, int], str] = {}
 _MEMO_LOCK = threading.Lock()
+_PERSIST: dict[str, Path] = {}
+
+
+def persist_file_hashes(path: str | os.PathLike) -> None:
+    """Also remember file digests across processes in the JSON file ``path`` (per real path, size and
+    mtime), so a weight file is hashed once, not on every run. ``verify`` never uses it."""
+    _PERSIST["path"] = Path(path)
+
+
+def _persisted() -> dict:
+    target = _PERSIST.get("path")
+    if target is None or not target.is_file():
+        return {}
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _persist(real: str, key: tuple[str, int, int], digest: str) -> None:
+    target = _PERSIST.get("path")
+    if target is None:
+        return
+    table = _persisted()
+    table[real] = [key[1], key[2], digest]
+    try:
+        atomic_write(target, canonical_json(table).encode())
+    except OSError:
+        pass  # a read-only home: hashing again next time only costs time
 
 
 def sha256_file(path: str | os.PathLike, *, memo: bool = True) -> str:
     """sha256 hex digest of a file's bytes, read in chunks.
 
     With ``memo`` the digest is remembered per (real path, size, mtime in ns) for the life of the
-    process, so checking a 100 MB weight file on every load costs one ``stat`` after the first time.
+    process (and across processes after :func:`persist_file_hashes`), so checking a 100 MB weight
+    file on every load costs one ``stat`` after the first time.
     """
     real = os.path.realpath(path)
     st = os.stat(real)
@@ -60,6 +92,11 @@ def sha256_file(path: str | os.PathLike, *, memo: bool = True) -> str:
         with _MEMO_LOCK:
             if key in _FILE_MEMO:
                 return _FILE_MEMO[key]
+        known = _persisted().get(real)
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            with _MEMO_LOCK:
+                _FILE_MEMO[key] = known[2]
+            return known[2]
     digest = hashlib.sha256()
     with open(real, "rb") as fh:
         while block := fh.read(_CHUNK):
@@ -68,6 +105,7 @@ def sha256_file(path: str | os.PathLike, *, memo: bool = True) -> str:
     if memo:
         with _MEMO_LOCK:
             _FILE_MEMO[key] = out
+        _persist(real, key, out)
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from protodb.entities import Damage, ExtractorRecord
 from protodb.errors import DamagedData, InvalidInput
-from protodb.hashing import sha256_file, sha256_json
+from protodb.hashing import persist_file_hashes, sha256_file, sha256_json
 from protodb.models import extractors as ex
 from protodb.models.extractors.loading import load_extractor
 from protodb.models import generators as gen
@@ -66,6 +66,7 @@ class ModelRegistry:
             raise InvalidInput(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         self.stores = stores
         self.preset = preset
+        persist_file_hashes(stores.cache_dir / "file-hashes.json")  # weight files hashed once, not per run
         self._defaults = PRESETS[preset or "default"]
         self._tiny: dict[str, object] = {}
 
