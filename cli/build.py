@@ -17,7 +17,8 @@ from protodb_cli.output import EXIT_PARTIAL, err_console, say
 top = typer.Typer()
 
 PresetOpt = Annotated[Optional[str], typer.Option(
-    help="'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
+    help="'paper': OVDiff as published (SD 1.5, 64 images; SD + DINO ViT-B/8 + CLIP ViT-B/16 features; K=32). "
+         "'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
 

@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
 
 
 def options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-            explain=False, skip_missing=False) -> SegmentOptions:
+            explain=False, skip_missing=False, preset=None) -> SegmentOptions:
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
-                          dtype=dtype, explain=explain, skip_missing=skip_missing)
+                          dtype=dtype, explain=explain, skip_missing=skip_missing, preset=preset)
 
 
 def _report(report: SegmentReport) -> None:
@@ -56,6 +56,7 @@ def segment(
     prefilter: PrefilterOpt = None, clip_model: ClipOpt = None, pamr: PamrOpt = False,
     explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
     skip_missing: SkipOpt = False,
+    preset: Annotated[Optional[str], typer.Option(help="'paper': turn on the pre-filter with CLIP ViT-B/16 (openai/clip-vit-base-patch16) unless --clip-model is given.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out); outputs mirror the inputs' relative paths.")] = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
 ) -> None:
@@ -70,7 +71,7 @@ def segment(
     Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
     """
     opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-                   explain, skip_missing)
+                   explain, skip_missing, preset)
     with input_progress(ctx.quiet or ctx.json, "segment") as progress:
         report = ctx.db.segment(inputs, opts, out or Path("protodb-out"), progress=progress)
     ctx.emit(report, _report)

@@ -164,7 +164,8 @@ class ProtoDB:
     # ------------------------------------------------------------------ segmenting
     def segmenter(self, options: "SegmentOptions") -> "VocabularySegmenter":
         """A warm segmenter: the vocabulary's tables, extractors and pre-filter loaded once."""
-        return seg_run.VocabularySegmenter(self.stores, self.sets, self.vocabs, self.registry(), options)
+        return seg_run.VocabularySegmenter(self.stores, self.sets, self.vocabs, self.registry(options.preset),
+                                           options)
 
     def segment(self, inputs: Sequence[str], options: "SegmentOptions", out: str | os.PathLike | None = None,
                 progress: Callable[[int, int], None] | None = None) -> SegmentReport:

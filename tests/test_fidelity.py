@@ -492,3 +492,65 @@ def test_chunked_pamr_equals_full_on_an_image_with_edges(monkeypatch):
     assert chunked.scores is None
     assert np.array_equal(chunked.labels, refined.argmax(0).numpy())
     assert torch.allclose(chunked.best, refined.max(0).values, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ shared masks, preset
+def test_one_mask_per_support_image_shared_by_two_extractors(tmp_path):
+    """Two extractors of one class: the masks are made once on the mask extractor's grid, stored once
+    (its extractor id), and both sets record that extractor as their mask source."""
+    import json
+
+    from sqlalchemy import select
+
+    import protodb
+    from protodb.catalog.schema import MaskRow, SupportImageRow
+    from tests.conftest import cli
+
+    home = tmp_path / "db"
+    out = json.loads(cli("add-class", "kite", "--preset", "tiny", "--images", "2", "-k", "2",
+                         "--extractor", "tiny-vit", "--extractor", "focus-vits14", "--db", home, "--json").stdout)
+    assert [s["extractor"] for s in out["sets"]] == ["tiny-vit", "focus-vits14"]
+    db = protodb.open(home)
+    tiny, focus = (db.sets.get(s["id"]) for s in out["sets"])
+    assert tiny.config["masks"]["source"] == focus.config["masks"]["source"] == "tiny-vit"
+    assert tiny.config["masks"]["source_id"] == focus.config["masks"]["source_id"] == tiny.extractor_id
+    with db.session() as s:
+        masks = s.scalars(select(MaskRow)).all()
+        images = s.scalars(select(SupportImageRow)).all()
+    assert len(masks) == 2 * len(images) == 4  # fg + bg per image, once, not once per extractor
+    assert {m.extractor_id for m in masks} == {tiny.extractor_id}
+    assert focus.counts["class"] == 1 and tiny.counts["class"] == 1
+    prov = db.inspect("kite", extractor="focus-vits14").provenance
+    assert prov["mask_extractor_id"] == tiny.extractor_id and prov["masks"]  # the shared masks are found
+    again = json.loads(cli("add-class", "kite", "--preset", "tiny", "--images", "2", "-k", "2", "--extractor",
+                           "tiny-vit", "--extractor", "focus-vits14", "--mask-extractor", "focus-vits14",
+                           "--db", home, "--json").stdout)
+    assert all(not s["reused"] for s in again["sets"])  # another mask source is another configuration
+
+
+def test_the_paper_preset_names_what_the_paper_used():
+    from protodb.models.registry import PRESETS
+
+    p = PRESETS["paper"]
+    assert (p.generator, p.extractors, p.images, p.k) == ("sd15", ("sd15", "dino-vitb8", "clip-vitb16"), 64, 32)
+    assert p.clip_model == "openai/clip-vit-base-patch16" and p.mask_extractor == "dino-vitb8"
+    from protodb.models.extractors import builtin_specs
+    from protodb.models.generators import builtin_generators
+
+    sd = builtin_generators()["sd15"]
+    assert (sd.steps, sd.guidance, sd.width) == (30, 8.0, 512)
+    specs = builtin_specs()
+    assert specs["dino-vitb8"].config["facet"] == "key" and specs["clip-vitb16"].config["facet"] == "key"
+    assert specs["clip-vitb16"].config["layer"] == -2 and specs["clip-vitb16"].config["model"] == p.clip_model
+
+
+def test_the_paper_preset_loads_through_the_hub_code_and_fails_offline_with_one_line(tmp_path, monkeypatch):
+    from tests.conftest import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    res = cli("add-class", "boat", "--preset", "paper", "--db", tmp_path / "db", ok=False)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in lines[0] and "--generator PATH" in lines[0]
+    assert cli("ls", "--db", tmp_path / "db", "--json").stdout.strip() == "[]"

@@ -88,7 +88,7 @@ class ClassBuilder:
         images = reg.default_images if req.images is None else req.images
         names = list(dict.fromkeys(req.extractors)) or list(reg.default_extractors)
         specs = [reg.extractor_spec(e) for e in names]
-        source = req.mask_extractor or names[0]
+        source = req.mask_extractor or (reg.default_mask_extractor if reg.default_mask_extractor in names else names[0])
         if source not in names:
             raise InvalidInput(f"--mask-extractor {source} is not one of this build's extractors ({', '.join(names)})")
         files, mask_files, skipped = find_exemplars(req.exemplars, req.masks)

@@ -54,6 +54,7 @@ class SegmentOptions:
     windows: WindowSpec = field(default_factory=WindowSpec)
     explain: bool = False
     skip_missing: bool = False  # segment with the usable classes when some have no prototypes
+    preset: str | None = None  # a preset's pre-filter model (``paper``: CLIP ViT-B/16) unless clip_model
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)

@@ -55,7 +55,7 @@ class VocabularySegmenter:
             spec = spec_from_dict({"name": record.name, "kind": record.kind, "config": record.config})
             self.extractors[e] = registry.load_extractor(spec, self.device, self.dtype,
                                                          expect_weights=record.weights_hash)
-        clip = clip_model_from(opts)
+        clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
         use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
         self.prefilter = ClipPrefilter(clip, self.device, torch.float32) if use_prefilter else None
         self.settings = SegmentSettings(levels=levels, background=self.vocab.background,
