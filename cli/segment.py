@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from protodb.entities import EvalReport, SegmentReport
-from protodb.segment.options import SegmentOptions, parse_levels
+from protodb.segment.options import SegmentOptions, WindowSpec, parse_levels, parse_scales
 from protodb_cli.app import Ctx, command
 from protodb_cli.build import DeviceOpt, DtypeOpt
 from protodb_cli.output import EXIT_PARTIAL, err_console, input_progress, say, table
@@ -23,6 +23,7 @@ BackgroundOpt = Annotated[Optional[bool], typer.Option("--background/--no-backgr
 PrefilterOpt = Annotated[Optional[bool], typer.Option("--prefilter/--no-prefilter", help="CLIP multi-label pre-filter (default: on when a CLIP model is configured).", show_default=False)]
 ClipOpt = Annotated[Optional[str], typer.Option(help="CLIP model (hub id or folder) for the pre-filter; or PROTODB_CLIP_MODEL.")]
 PamrOpt = Annotated[bool, typer.Option("--pamr", help="Refine with PAMR (10 iterations, dilations 1,2,4,8,12,24).")]
+ScalesOpt = Annotated[str, typer.Option(help="Window passes at these multiples of the 448-px short side, averaged (e.g. 1,1.5: finer detail for thin objects, ~3x the time).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-missing", help="Segment with the usable classes when some have no (foreground) prototypes; say which were left out.")]
 
 
@@ -31,10 +32,11 @@ def register(app: typer.Typer) -> None:
 
 
 def options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-            explain=False, skip_missing=False, preset=None) -> SegmentOptions:
+            explain=False, skip_missing=False, preset=None, scales="1") -> SegmentOptions:
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
-                          dtype=dtype, explain=explain, skip_missing=skip_missing, preset=preset)
+                          dtype=dtype, explain=explain, skip_missing=skip_missing, preset=preset,
+                          windows=WindowSpec(scales=parse_scales(scales)))
 
 
 def _report(report: SegmentReport) -> None:
@@ -56,6 +58,7 @@ def segment(
     prefilter: PrefilterOpt = None, clip_model: ClipOpt = None, pamr: PamrOpt = False,
     explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
     skip_missing: SkipOpt = False,
+    scales: ScalesOpt = "1",
     preset: Annotated[Optional[str], typer.Option(help="'paper': turn on the pre-filter with CLIP ViT-B/16 (openai/clip-vit-base-patch16) unless --clip-model is given.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out); outputs mirror the inputs' relative paths.")] = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
@@ -71,7 +74,7 @@ def segment(
     Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
     """
     opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-                   explain, skip_missing, preset)
+                   explain, skip_missing, preset, scales)
     with input_progress(ctx.quiet or ctx.json, "segment") as progress:
         report = ctx.db.segment(inputs, opts, out or Path("protodb-out"), progress=progress)
     ctx.emit(report, _report)
@@ -97,13 +100,14 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part",
     background: BackgroundOpt = None, prefilter: PrefilterOpt = None, clip_model: ClipOpt = None,
-    pamr: PamrOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    pamr: PamrOpt = False, scales: ScalesOpt = "1", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
 ) -> None:
     """mIoU of a vocabulary on a labelled dataset (intersections/unions summed over the split).
 
     Example: protodb eval --dataset camvid --root ../shared/data/camvid --vocab camvid --no-background
     """
-    opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype)
+    opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
+                   scales=scales)
     with input_progress(ctx.quiet or ctx.json, "eval") as progress:
         res = ctx.db.evaluate(dataset, root, opts, split=split, limit=limit, progress=progress)
     ctx.emit(res, _eval)

@@ -3,6 +3,8 @@ the CLIP pre-filter, on hand-built features and tiny real models."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import struct
 import time
@@ -562,3 +564,22 @@ def test_a_thin_strip_is_scored_with_bounded_memory():
     for win in plan:
         cover[win.top:win.top + win.height, win.left:win.left + win.width] = True
     assert cover.all() and len(plan) < 50
+
+
+def test_window_scales_average_finer_passes():
+    """scales=(1, 1.5): the mean of the pass at short side 64 and the pass at 96, and the winners may
+    come from either scale's windows."""
+    img = _two_colour_image()
+    a = PatchEmbed(seed=0)
+    ta = _colour_table(a)
+    base = WindowSpec(short_side=64, sizes=(48, 32), stride=16)
+    both = segment_image(img, [(a, ta)], windows=dataclasses.replace(base, scales=(1.0, 1.5)))
+    one = segment_image(img, [(a, ta)], windows=base).scores
+    fine = segment_image(img, [(a, ta)], windows=dataclasses.replace(base, short_side=96)).scores
+    assert torch.allclose(both.scores, (one + fine) / 2, atol=1e-6)
+    assert not torch.allclose(one, fine, atol=1e-3)  # the finer pass does see something else
+    assert [s.short_side for s in dataclasses.replace(base, scales=(1.0, 1.5)).at_scales()] == [64, 96]
+    with pytest.raises(InvalidInput, match="--scales"):
+        from protodb.segment.options import parse_scales
+
+        parse_scales("1,9")

@@ -75,19 +75,26 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
             raise InvalidInput("all extractors' tables must list the same classes in the same order")
     spec = windows or WindowSpec()
     H, W = int(image.shape[1]), int(image.shape[2])
-    grids, passes = [], []
+    grids, passes = [], []  # per extractor: one grid per scale; every scale's windows
     for extract, table in extractors:
-        grid, patches = window_grid_scores(image, extract, table, spec, keep_patches=True)
-        grids.append(grid.float().to(first.vectors.device))
+        per_scale, patches = [], []
+        for scale_spec in spec.at_scales():
+            grid, kept = window_grid_scores(image, extract, table, scale_spec, keep_patches=True)
+            per_scale.append(grid.float().to(first.vectors.device))
+            patches += kept
+        grids.append(per_scale)
         passes.append(patches)
     cols = first.num_columns
 
     def upsampled(c0: int, c1: int) -> torch.Tensor:
-        """Ensemble score maps of columns [c0, c1) at (H, W): mean of the extractors' upsampled grids."""
+        """Ensemble score maps of columns [c0, c1) at (H, W): the mean over extractors of each one's mean
+        over scales of its upsampled grids."""
         total = None
-        for g in grids:
-            up = F.interpolate(g[None, c0:c1], size=(H, W), mode="bilinear", align_corners=False)[0]
-            total = up if total is None else total + up
+        for per_scale in grids:
+            ups = [F.interpolate(g[None, c0:c1], size=(H, W), mode="bilinear", align_corners=False)[0]
+                   for g in per_scale]
+            mean = sum(ups) / len(ups)
+            total = mean if total is None else total + mean
         return total / len(grids)
 
     if cols * H * W <= FULL_SCORES_MAX:

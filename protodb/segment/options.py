@@ -26,10 +26,20 @@ class WindowSpec:
     stride: int = 224
     whole: bool = True
     batch: int = 8
+    scales: tuple[float, ...] = (1.0,)  # extra passes at short_side * scale (finer detail), averaged
+
+    def at_scales(self) -> list["WindowSpec"]:
+        """One spec per scale: the same windows over the image resized to ``short_side * scale``."""
+        if self.scales == (1.0,) or self.short_side is None:
+            return [self]
+        return [dataclasses.replace(self, short_side=int(round(self.short_side * s)), scales=(1.0,))
+                for s in self.scales]
 
     def check(self) -> "WindowSpec":
         if not self.sizes and not self.whole:
             raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
+        if not self.scales or any(not 0.25 <= s <= 4 for s in self.scales):
+            raise InvalidInput(f"window scales must be between 0.25 and 4; got {self.scales}")
         if self.stride <= 0 or any(s <= 0 for s in self.sizes) or (self.short_side is not None and self.short_side <= 0):
             raise InvalidInput(f"window sizes, stride and short side must be positive; got {self.sizes} / "
                                f"{self.stride} / {self.short_side}")
@@ -68,6 +78,18 @@ def parse_levels(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"1,1.5"`` -> (1.0, 1.5); InvalidInput for anything else."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        scales = tuple(float(v) for v in items if str(v).strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0.25 <= s <= 4 for s in scales):
+        raise InvalidInput(f"--scales takes a comma list of numbers between 0.25 and 4 (e.g. 1,1.5); got {text!r}")
+    return scales
+
+
 def clip_model_from(opts: SegmentOptions) -> str | None:
     return opts.clip_model or os.environ.get(CLIP_ENV) or None
 
@@ -104,5 +126,6 @@ class SegmentSettings:
         return {"levels": list(self.levels), "background": self.background, "prefilter": self.prefilter,
                 "clip_model": self.clip_model, "pamr": self.pamr, "device": self.device, "dtype": self.dtype,
                 "stuff_threshold": self.stuff_threshold,
-                "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole},
+                "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
+                            "scales": list(w.scales)},
                 "explain": self.explain}
