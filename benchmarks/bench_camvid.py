@@ -24,7 +24,7 @@ import protodb
 import protodb.segment.windows as win_mod
 from protodb.pipeline.config import AddClassRequest
 from protodb.segment import match as match_mod
-from protodb.segment.options import SegmentOptions
+from protodb.segment.options import SegmentOptions, WindowSpec, parse_scales
 from protodb.vocabularies import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,8 @@ def main() -> None:
                     help="share of a patch the class must cover for the patch to count as foreground")
     ap.add_argument("--levels", nargs="*", default=["class", "class,instance,part"])
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
+    ap.add_argument("--scales", default="1", help="window passes at these multiples of 448 (e.g. 1,1.5)")
+    ap.add_argument("--split", default="val")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.camvid.exists():
@@ -81,9 +83,9 @@ def main() -> None:
     for levels, pamr in settings:
         timing.update(extract=0.0, match=0.0)
         opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
-                              background=False, pamr=pamr)
+                              background=False, pamr=pamr, windows=WindowSpec(scales=parse_scales(args.scales)))
         t = time.perf_counter()
-        res = db.evaluate("camvid", args.camvid, opts, split="val", limit=args.limit)
+        res = db.evaluate("camvid", args.camvid, opts, split=args.split, limit=args.limit)
         wall = time.perf_counter() - t
         n = res.images
         results.append({"levels": levels, "pamr": pamr, "miou": round(100 * res.miou, 2),
@@ -91,7 +93,7 @@ def main() -> None:
                         "images": n, "seconds_per_image": round(wall / n, 3),
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})
-    out = {"extractor": args.extractor, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
+    out = {"extractor": args.extractor, "scales": args.scales, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
            "train_images": len(list((args.camvid / "train").iterdir())), "results": results}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -99,9 +101,10 @@ def main() -> None:
     print(f"CamVid val ({results[0]['images']} images), exemplars from train, extractor {args.extractor}, "
           f"K={args.k}; build {build_s:.0f} s")
     for r in results:
-        print(f"  levels {r['levels']:<22} pamr={str(r['pamr']):<5} mIoU {r['miou']:5.2f}   "
+        print(f"  levels {r['levels']:<22} pamr={str(r['pamr']):<5} scales {args.scales:<6} mIoU {r['miou']:5.2f}   "
               f"{r['seconds_per_image']:.2f} s/image (features+rest {r['features_s_per_image']:.2f}, "
               f"matching {r['match_s_per_image']:.3f})")
+        print("    " + "  ".join(f"{k} {v}" for k, v in r["per_class"].items()))
 
 
 if __name__ == "__main__":

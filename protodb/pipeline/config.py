@@ -166,8 +166,11 @@ class SetConfig:
 
     @property
     def config_hash(self) -> str:
+        """Canonical hash of :meth:`to_dict` without provenance-only facts (which protodb built it, the
+        exemplars' file names): the same inputs under other names are the same set."""
         d = self.to_dict()
         d.pop("built_by")
+        d["exemplars"] = [{k: v for k, v in e.items() if k != "file"} for e in d["exemplars"]]
         return sha256_json(d)
 
 

@@ -1,0 +1,119 @@
+"""Exemplar backgrounds must be background: a few-exemplar split WITH a background class, built from
+CamVid by treating the stuff classes as background (issue 10, item 6a).
+
+Thing classes: pole, sign symbol, car, pedestrian, bicyclist; everything else (sky, building, road,
+pavement, tree, fence) is background; void is ignored. Each thing class gets ``--shots`` exemplars from
+``train`` (the photos where it covers the most pixels) with label maps as masks; ``val`` is scored with
+a background class. Three ways to take the exemplars' background prototypes are compared:
+
+* ``labelled`` (protodb's default, ``--bg-value 0``): only pixels labelled background;
+* ``rest`` (the old behaviour, ``bg_value=None``): every pixel that is not the class — other things
+  in the photo (the car behind a pedestrian) become "background";
+* ``none`` (``--no-exemplar-background``): no background prototypes from exemplars.
+
+    python benchmarks/bench_background.py --shots 5 --limit 40
+
+Label maps are derived in a temporary folder (never in the repository: CamVid is CC BY-NC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+import protodb
+from protodb.images import load_image
+from protodb.pipeline.config import AddClassRequest
+from protodb.segment.metrics import MIoU
+from protodb.segment.options import SegmentOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+THINGS = {"pole": 2, "sign symbol": 6, "car": 8, "pedestrian": 9, "bicyclist": 10}
+VOID = 11
+
+
+def relabel(raw: np.ndarray) -> np.ndarray:
+    """CamVid values -> 0 background, 1..K things (THINGS order), 255 void."""
+    out = np.zeros_like(raw, dtype=np.uint8)
+    for k, value in enumerate(THINGS.values(), 1):
+        out[raw == value] = k
+    out[raw == VOID] = 255
+    return out
+
+
+def prepare(camvid: Path, work: Path, shots: int) -> dict[str, tuple[Path, Path]]:
+    """Per thing class: a folder of its ``shots`` best train photos (symlinks) and their relabelled maps."""
+    maps = {p.name: relabel(np.asarray(PIL.Image.open(camvid / "trainannot" / p.name)))
+            for p in sorted((camvid / "train").glob("*.png"))}
+    out = {}
+    for k, name in enumerate(THINGS, 1):
+        best = sorted(maps, key=lambda n: -(maps[n] == k).sum())[:shots]
+        ex, mk = work / name.replace(" ", "_") / "ex", work / name.replace(" ", "_") / "mk"
+        ex.mkdir(parents=True), mk.mkdir(parents=True)
+        for n in best:
+            (ex / n).symlink_to(camvid / "train" / n)
+            PIL.Image.fromarray(maps[n]).save(mk / n)
+        out[name] = (ex, mk)
+    return out
+
+
+def run(home: Path, folders, extractor: str, mode: str, camvid: Path, limit: int | None) -> dict:
+    db = protodb.open(home)
+    builder = db.builder()
+    for k, name in enumerate(THINGS, 1):
+        ex, mk = folders[name]
+        builder.add_class(AddClassRequest(name=name, images=0, exemplars=ex, masks=mk, mask_value=k,
+                                          bg_value=0 if mode == "labelled" else None,
+                                          exemplar_background=mode != "none", extractors=(extractor,),
+                                          kind="thing"))
+    db.vocabs.create("things", list(THINGS), replace=True, background=True)
+    seg = db.segmenter(SegmentOptions(vocab="things", background=True))
+    names = list(THINGS) + ["background"]
+    metric = MIoU(len(names), ignore_index=255, names=names)
+    val = sorted((camvid / "val").glob("*.png"))[:limit]
+    t = time.perf_counter()
+    for p in val:
+        gt = relabel(np.asarray(PIL.Image.open(camvid / "valannot" / p.name))).astype(np.int64)
+        gt = np.where(gt == 255, 255, np.where(gt == 0, len(THINGS), gt - 1))  # vocabulary index space
+        metric.update(seg.segment(load_image(p))["labels"].astype(np.int64), gt)
+    res = metric.result()
+    per = {k: (None if v is None else round(100 * v, 1)) for k, v in res["per_class"].items()}
+    things = [v for k, v in per.items() if k != "background" and v is not None]
+    return {"mode": mode, "miou": round(100 * res["miou"], 2), "thing_miou": round(sum(things) / len(things), 2),
+            "per_class": per, "images": len(val), "s_per_image": round((time.perf_counter() - t) / len(val), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--camvid", type=Path, default=CAMVID)
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--extractor", default="focus-vits14-torch")
+    ap.add_argument("--modes", nargs="*", default=["labelled", "rest", "none"])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not args.camvid.exists():
+        raise SystemExit(f"CamVid not found at {args.camvid}")
+    with tempfile.TemporaryDirectory(prefix="protodb-bg-") as tmp:
+        work = Path(tmp)
+        folders = prepare(args.camvid, work / "exemplars", args.shots)
+        results = [run(work / f"db-{m}", folders, args.extractor, m, args.camvid, args.limit) for m in args.modes]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"CamVid things + background, {args.shots} exemplars per class, {args.extractor}, "
+          f"{results[0]['images']} val images")
+    for r in results:
+        print(f"  background from {r['mode']:<9} mIoU {r['miou']:5.2f}  things {r['thing_miou']:5.2f}  "
+              + "  ".join(f"{k} {v}" for k, v in r["per_class"].items()) + f"  ({r['s_per_image']} s/image)")
+
+
+if __name__ == "__main__":
+    main()
