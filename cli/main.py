@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from protodb import __version__
-from protodb_cli import build, db, demo, extractor, inspect, segment, share, vocab
+from protodb_cli import build, db, demo, extractor, inspect, segment, serve, share, vocab
 from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt
 from protodb_cli.output import EXIT_CODES_HELP
 
@@ -38,7 +38,7 @@ def _root(
     ctx.obj = {"db_path": db_path, "catalog": catalog, "verbose": verbose}
 
 
-for module in (db, build, vocab, inspect, segment, share, extractor, demo):
+for module in (db, build, vocab, inspect, segment, share, extractor, demo, serve):
     module.register(app)
 
 
