@@ -28,7 +28,7 @@ const protodb = (() => {
       else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
       node.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -40,14 +40,14 @@ const protodb = (() => {
   const images = new Map();
   /** An <img> for a URL, decoded once per page. */
   function loadImage(url) {
-    if (!images.has(url)) {
-      images.set(url, new Promise((resolve, reject) => {
-        const img = new Image();
-        img.onload = () => resolve(img);
-        img.onerror = () => reject(new Error(`cannot load ${url}`));
-        img.src = url;
-      }));
-    }
+    const load = () => new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error(`cannot load ${url.slice(0, 60)}`));
+      img.src = url;
+    });
+    if (url.startsWith("data:") || url.startsWith("blob:")) return load();  // one-off: not kept
+    if (!images.has(url)) images.set(url, load());
     return images.get(url);
   }
 

@@ -43,7 +43,7 @@
   fileInput.addEventListener("change", () => {
     dropped = null;
     const f = chosenFile();
-    document.getElementById("file-name").textContent = f ? `${f.name} (${Math.round(f.size / 1024)} KiB)` : "";
+    document.getElementById("file-name").textContent = f ? `${f.name} (${Math.round(f.size / 1024)} KiB)` : "or drop one here";
   });
   for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
   for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, () => drop.classList.remove("over"));
@@ -73,13 +73,40 @@
     legend.dataset.ready = "true";
   }
 
-  async function showOverlay(res) {
+  let shown = { overlay: null, original: null };
+
+  /** Display size: as large as the column allows and fits a 768-pixel-high window, aspect kept. */
+  function fitCanvas() {
+    if (!canvas.width) return;
+    const wrap = document.getElementById("canvas-wrap");
+    const maxW = wrap.clientWidth - 12, maxH = Math.max(240, window.innerHeight - 300);
+    const scale = Math.min(maxW / canvas.width, maxH / canvas.height);
+    canvas.style.width = `${Math.floor(canvas.width * scale)}px`;
+    canvas.style.height = `${Math.floor(canvas.height * scale)}px`;
+    canvas.style.imageRendering = scale > 2 ? "pixelated" : "auto";
+    if (cursor) probeAt(cursor.x, cursor.y);
+  }
+  window.addEventListener("resize", fitCanvas);
+
+  function paint() {
+    const img = document.getElementById("show-labels").checked ? shown.overlay : shown.original || shown.overlay;
+    canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
+  }
+  document.getElementById("show-labels").addEventListener("change", paint);
+
+  async function showOverlay(res, file) {
     const img = await loadImage(`data:image/png;base64,${res.overlay_png}`);
+    if (shown.originalUrl) URL.revokeObjectURL(shown.originalUrl);
+    const originalUrl = URL.createObjectURL(file);
+    let original = null;
+    try { original = await loadImage(originalUrl); } catch (_) { original = null; }
+    shown = { overlay: img, original, originalUrl };
     canvas.width = img.naturalWidth;
     canvas.height = img.naturalHeight;
-    canvas.getContext("2d").drawImage(img, 0, 0);
     canvas.dataset.width = String(img.naturalWidth);
     canvas.dataset.height = String(img.naturalHeight);
+    paint();
+    fitCanvas();
   }
 
   function probeAt(x, y) {
@@ -162,7 +189,8 @@
       result = res;
       cursor = null;
       crop.dataset.class = "";
-      await showOverlay(res);
+      document.getElementById("result").hidden = false;
+      await showOverlay(res, file);
       showLegend(res);
       document.getElementById("result").hidden = false;
       document.getElementById("timing").textContent =
