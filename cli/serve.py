@@ -67,6 +67,7 @@ def serve(
         config = config.replace(allowed_hosts=tuple(config.hosts()) + extra_hosts)
     config.check()
     ctx.db  # noqa: B018 - a missing database is one line here, before anything loads
+    ctx.close()  # the server opens its own
 
     def announce(url: str) -> None:
         served = ", ".join(config.vocabs) or "every catalog vocabulary"

@@ -200,7 +200,7 @@ def test_upload_limit_is_checked_before_and_while_reading(scene_db, scene_image)
         assert c.post("/api/segment", content=scene_image).status_code == 200  # under the limit: fine
 
 
-def test_unknown_names_and_path_escapes_are_404s(api, scene_image):
+def test_unknown_names_path_escapes_and_foreign_origins(api, scene_image):
     assert "not served; served: scene" in one_line_error(
         api.post("/api/segment?vocab=voc", content=scene_image), 404)
     assert "protodb add-class zebra" in one_line_error(api.get("/api/classes/zebra"), 404)
@@ -217,6 +217,11 @@ def test_unknown_names_and_path_escapes_are_404s(api, scene_image):
         assert r.status_code in (400, 404), (path, r.status_code)
         assert b"root:" not in r.content
     assert "not served here" in one_line_error(api.get("/api/health", headers={"Host": "evil.example"}), 400)
+    # another site's page posting here (DNS rebinding aside, a form post needs no CORS preflight)
+    assert "cross-site" in one_line_error(
+        api.post("/api/segment", content=scene_image, headers={"Origin": "http://evil.example"}), 403)
+    assert api.post("/api/segment", content=scene_image, headers={"Origin": BASE + ":8620"}).status_code == 200
+    assert "access-control-allow-origin" not in api.get("/api/health", headers={"Origin": "http://x.example"}).headers
 
 
 # ---------------------------------------------------------------------------------------- writes

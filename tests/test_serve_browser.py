@@ -51,6 +51,18 @@ def page(served, tmp_path):
             context.close()
 
 
+def poll(check, what: str, timeout: float = 20.0):
+    """Wait for ``check()`` from the test side (the pages' CSP forbids eval, so no wait_for_function)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
 @pytest.mark.slow
 def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     base = served.url
@@ -85,7 +97,7 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     page.keyboard.press("ArrowRight")
     assert page.evaluate("document.activeElement.dataset.partIndex") == "1"
     assert page.get_attribute(".part[data-part-index='1']", "aria-pressed") == "true"
-    page.wait_for_function("document.querySelector('#prov').children.length > 8")
+    assert page.evaluate("document.querySelector('#prov').children.length") > 8
 
     # ------------------------------------------------------------------ segmenting an upload
     img, _ = scene(10)
@@ -114,15 +126,24 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
         assert probe["class"] == api["legend"][str(labels[y, x])]
         assert -1 <= float(probe["score"]) <= 1
     assert probe["class"] == "blue stripes"
-    page.wait_for_function("document.querySelector('#crop').dataset.class === 'blue stripes'")
-    page.wait_for_function("""() => { const c = document.querySelector('#crop');
+    page.wait_for_selector("#crop[data-class='blue stripes']")
+    drawn = """() => { const c = document.querySelector('#crop');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }""")  # the winning crop is drawn
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }"""
+    poll(lambda: page.evaluate(drawn), "the winning support crop is drawn")
     canvas.focus()
     page.keyboard.press("ArrowLeft")
     assert page.eval_on_selector("#probe", "p => p.dataset.x") != probe["x"]  # the probe moves from the keyboard
     shot = Path(os.environ.get("PROTODB_SCREENSHOT", tmp_path / "segment-page.png"))
     page.screenshot(path=str(shot), full_page=False)
+    # a photo over 2048 pixels a side is sent scaled down by the page (per-pixel maps stay small)
+    wide = tmp_path / "wide.png"
+    PIL.Image.fromarray(img).resize((2400, 300), PIL.Image.NEAREST).save(wide)
+    page.set_input_files("#file", str(wide))
+    page.click("#run")
+    page.wait_for_selector("#segment-form[data-done='2']", state="attached", timeout=60_000)
+    assert "sent at 2048×256, scaled from 2400×300" in page.inner_text("#seg-status")
+    assert page.get_attribute("#overlay", "data-width") == "2048"
     im = PIL.Image.open(io.BytesIO(shot.read_bytes()))
     assert im.size == (1366, 768)
     assert not page.problems, page.problems

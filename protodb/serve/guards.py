@@ -4,7 +4,8 @@
 says so (nothing is read), else while reading — the body is counted as it arrives and the read stops
 at the limit with :class:`UploadTooLarge` (answered 413), so no request can make the server hold more
 than the limit. :class:`HostGuard` answers 400 to a Host header that is not this server's (a web page
-reaching 127.0.0.1 through DNS rebinding sends its own host name).
+reaching 127.0.0.1 through DNS rebinding sends its own host name) and 403 to a POST whose Origin is
+another site (a cross-site form post needs no CORS preflight).
 """
 
 from __future__ import annotations
@@ -70,15 +71,26 @@ class HostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or "*" in self.allowed:
             return await self.app(scope, receive, send)
-        host = ""
-        for k, v in scope.get("headers", ()):
-            if k == b"host":
-                host = v.decode("latin-1").lower()
-        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        if name not in self.allowed:
+        host = next((v.decode("latin-1").lower() for k, v in scope.get("headers", ()) if k == b"host"), "")
+        if _hostname(host) not in self.allowed:
             return await send_json(send, 400, {"error": f"Host {host[:80]!r} is not served here; use "
                                                         f"http://{sorted(self.allowed)[0]}:PORT/ or --allow-host"})
+        if scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
+            origin = next((v.decode("latin-1").lower() for k, v in scope.get("headers", ()) if k == b"origin"), None)
+            if origin is not None and _hostname(origin.split("://", 1)[-1]) not in self.allowed:
+                # another site's page posting here (a form needs no CORS preflight): refused
+                return await send_json(send, 403, {"error": f"requests from {origin[:80]!r} are not accepted "
+                                                            "(cross-site); call the API from this server's pages "
+                                                            "or without an Origin header"})
         await self.app(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    """``name`` of ``name``, ``name:port``, ``[v6]:port``, lowercased."""
+    host = host.lower().split("/", 1)[0]
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class SecurityHeaders:

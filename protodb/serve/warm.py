@@ -166,8 +166,10 @@ class WarmPool:
             return []
         self._stamp = stamp  # read before the keys: a change after this moves the stamp again
         self._full_at = time.monotonic()
-        self.refresh_names()
+        names = self.refresh_names()
         with self._lock:
+            for gone in [n for n in self._entries if n not in names]:  # a deleted vocabulary: free its tables
+                del self._entries[gone]
             entries = [e for e in self._entries.values() if e.current is not None]
         changed = []
         for entry in entries:

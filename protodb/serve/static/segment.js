@@ -36,6 +36,24 @@
     }
   }
 
+  const MAX_SIDE = 2048;  // the page sends at most this many pixels a side (per-pixel maps stay small)
+
+  /** The file, or a PNG of it scaled down to MAX_SIDE; the server decodes (and refuses) what it gets. */
+  async function prepare(file) {
+    let bitmap = null;
+    try { bitmap = await createImageBitmap(file); } catch (_) { return { blob: file, note: "" }; }
+    const { width: w, height: h } = bitmap;
+    const scale = MAX_SIDE / Math.max(w, h);
+    if (scale >= 1) { bitmap.close(); return { blob: file, note: "" }; }
+    const c = document.createElement("canvas");
+    c.width = Math.max(1, Math.round(w * scale));
+    c.height = Math.max(1, Math.round(h * scale));
+    c.getContext("2d").drawImage(bitmap, 0, 0, c.width, c.height);
+    bitmap.close();
+    const blob = await new Promise((resolve) => c.toBlob(resolve, "image/png"));
+    return { blob: blob || file, note: blob ? ` (sent at ${c.width}×${c.height}, scaled from ${w}×${h})` : "" };
+  }
+
   function chosenFile() {
     return dropped || (fileInput.files && fileInput.files[0]) || null;
   }
@@ -172,11 +190,12 @@
     ev.preventDefault();
     const file = chosenFile();
     if (!file) { status.textContent = "Choose an image first."; fileInput.focus(); return; }
+    runBtn.disabled = true;
+    const { blob, note } = await prepare(file);
     const body = new FormData();
-    body.append("image", file, file.name);
+    body.append("image", blob, file.name);
     body.append("vocab", vocabSel.value);
     body.append("outputs", "overlay,maps,explain");
-    runBtn.disabled = true;
     status.classList.remove("error");
     status.textContent = `Segmenting ${file.name} with ${vocabSel.value}…`;
     const t0 = performance.now();
@@ -190,12 +209,11 @@
       cursor = null;
       crop.dataset.class = "";
       document.getElementById("result").hidden = false;
-      await showOverlay(res, file);
+      await showOverlay(res, blob);
       showLegend(res);
-      document.getElementById("result").hidden = false;
       document.getElementById("timing").textContent =
         `${res.vocabulary.name} v${res.vocabulary.version} (generation ${res.generation}) · segmented in ${res.seconds.toFixed(2)} s, ${((performance.now() - t0) / 1000).toFixed(2)} s round trip`;
-      status.textContent = `${res.input}: ${Object.keys(res.present).length} classes present.`;
+      status.textContent = `${res.input}${note}: ${Object.keys(res.present).length} classes present.`;
       form.dataset.done = String(Number(form.dataset.done || 0) + 1);
     } catch (err) {
       status.textContent = err.retryAfter ? `${err.message} (retry in ${err.retryAfter} s)` : err.message;
