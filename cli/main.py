@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from protodb import __version__
-from protodb_cli import build, db, demo, extractor, inspect, segment, serve, share, vocab
+from protodb_cli import build, db, demo, extractor, inspect, segment, share, vocab
 from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt
 from protodb_cli.output import EXIT_CODES_HELP
+from protodb_cli import serve  # noqa: E402,I001 - its own line: the serve group (protodb.serve)
 
 app = typer.Typer(
     name="protodb",

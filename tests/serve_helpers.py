@@ -18,8 +18,6 @@ import numpy as np
 import PIL.Image
 import pytest
 
-ENV_CLEARED = ("PROTODB_CATALOG_URL", "PROTODB_HOME", "PROTODB_LLM_BASE_URL", "PROTODB_LLM_MODEL",
-               "PROTODB_CLIP_MODEL", "PROTODB_SERVE_TOKEN")
 TOKEN = "serve-test-token-0123456789abcdef"
 _BUILT: dict[str, Path] = {}
 
@@ -44,7 +42,8 @@ def png(array: np.ndarray) -> bytes:
 
 
 def clear_env() -> None:
-    for var in ENV_CLEARED:
+    """No PROTODB_* variable may redirect the databases these tests build (catalog, home, LLM, CLIP...)."""
+    for var in [k for k in os.environ if k.startswith("PROTODB_")]:
         os.environ.pop(var, None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -98,7 +97,7 @@ class ServerProcess:
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None,
                  timeout: float = 120.0):
-        full_env = {k: v for k, v in os.environ.items() if k not in ENV_CLEARED}
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROTODB_")}
         full_env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log_path = log or Path(home).parent / "serve.log"
         self._log = open(self.log_path, "w")
