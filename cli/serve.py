@@ -24,15 +24,18 @@ def register(app: typer.Typer) -> None:
 @command(top, "serve", json=False)
 def serve(
     ctx: Ctx,
-    vocab: Annotated[Optional[list[str]], typer.Option("--vocab", help="Vocabulary to serve (repeat, or a comma list); warmed at start. Default: every vocabulary of the catalog, warmed on first use.")] = None,
+    vocab: Annotated[Optional[list[str]], typer.Option("--vocab", help="Vocabulary to keep warm (repeat, or a comma list): loaded at start, never evicted. Other catalog vocabularies and class lists are served on demand.")] = None,
+    vocab_only: Annotated[bool, typer.Option("--vocab-only", help="Serve only the --vocab vocabularies, with the server's options (no other vocabularies, class lists or per-request options).")] = False,
+    max_warm: Annotated[int, typer.Option(help="Warm segmenters kept besides the --vocab ones (other vocabularies, class lists, option variants); least recently used go first.")] = 8,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default; anything else is reachable from the network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port; the URL is printed).")] = 8620,
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the URL is printed).")] = 8765,
     allow_writes: Annotated[bool, typer.Option("--allow-writes", help="Enable write endpoints (relabel thing/stuff); each needs 'Authorization: Bearer $PROTODB_SERVE_TOKEN'.")] = False,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (checked while reading).")] = 20.0,
     workers: Annotated[Optional[int], typer.Option(help="Segmenting threads (default: half the cores, 1 to 4).")] = None,
     queue: Annotated[int, typer.Option("--queue", help="Requests that may wait for a worker; more get 503 with Retry-After.")] = 8,
     reload_interval: Annotated[float, typer.Option(help="Seconds between catalog checks for new ready sets (served without a restart).")] = 2.0,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Extra Host header names to accept (e.g. a reverse proxy's; '*': any).")] = None,
+    # defaults of every request (a request may set its own: extractor, levels, background, pamr, skip_missing)
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
     pamr: PamrOpt = False, skip_missing: SkipOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
@@ -40,10 +43,14 @@ def serve(
     """Serve the database over HTTP: a JSON API and a web page (gallery, sets and their parts,
     segmenting an uploaded image). Read-only unless --allow-writes and PROTODB_SERVE_TOKEN are set.
 
-    New ready sets of served classes (a new version, a relabel, a vocabulary edit) are picked up
-    while running, within --reload-interval seconds. Prints the URL on stdout; Ctrl-C or SIGTERM stops.
+    Segmenters stay warm per (vocabulary or class list, extractors, options). New ready sets of
+    served classes (another process's add-class, an import, a relabel, a vocabulary edit) are picked
+    up while running, within --reload-interval seconds. Prints the URL on stdout; Ctrl-C or SIGTERM
+    stops. API documentation: /api/docs.
 
-    Example: protodb serve --vocab voc --port 8620
+    \b
+    Example: protodb serve --db demo-out/db
+    Example: protodb serve --vocab voc --port 8765
     Example: PROTODB_SERVE_TOKEN=$(openssl rand -hex 16) protodb serve --allow-writes
     """
     from protodb.serve import INSTALL_HINT, missing_dependencies
@@ -61,7 +68,8 @@ def serve(
                                pamr=pamr, device=device, dtype=dtype, skip_missing=skip_missing),
         allow_writes=allow_writes, token=token if allow_writes else None,
         max_upload=int(max_upload_mb * 1024 * 1024), queue_size=queue, reload_interval=reload_interval,
-        host=host, port=port, **({"workers": workers} if workers is not None else {}),
+        host=host, port=port, vocab_only=vocab_only, max_warm=max_warm,
+        **({"workers": workers} if workers is not None else {}),
     )
     if extra_hosts:
         config = config.replace(allowed_hosts=tuple(config.hosts()) + extra_hosts)
@@ -70,8 +78,9 @@ def serve(
     ctx.close()  # the server opens its own
 
     def announce(url: str) -> None:
-        served = ", ".join(config.vocabs) or "every catalog vocabulary"
-        say(f"protodb serve: {url} (vocabularies: {served}; writes {'on' if config.writes_enabled else 'off'}; "
+        warm = ", ".join(config.vocabs) or "none yet"
+        more = "" if config.vocab_only else "; other vocabularies and class lists on demand"
+        say(f"protodb serve: {url} (warm: {warm}{more}; writes {'on' if config.writes_enabled else 'off'}; "
             "Ctrl-C stops)", ctx.quiet)
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(f"warning: listening on {host}: reachable from other machines", ctx.quiet)

@@ -74,14 +74,18 @@ def test_health_index_and_pages(api):
     h = api.get("/api/health").json()
     assert h["ok"] and h["writes"] is False and h["vocabularies"] == ["scene"] and h["schema_revision"] == "0002"
     assert h["max_upload"] == 20 * 1024 * 1024 and h["queue"]["workers"] == 2
-    assert "POST /api/segment?vocab=NAME&outputs=labels,overlay,maps,explain" in api.get("/api").json()["endpoints"]
-    for path, marker in (("/", 'id="gallery"'), ("/segment", 'id="segment-form"'), ("/sets/x", 'id="parts"')):
+    assert any(e.startswith("POST /api/segment") for e in api.get("/api").json()["endpoints"])
+    for path, marker in (("/", 'id="gallery"'), ("/segment", 'id="segment-form"'), ("/sets/x", 'id="parts"'),
+                         ("/api/docs", 'id="endpoints"')):
         r = api.get(path)
         assert r.status_code == 200 and marker in r.text and r.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in r.headers["content-security-policy"]
         assert "http" not in r.text.split("<body", 1)[1].replace("http-equiv", "")  # no CDN, nothing external
     assert api.get("/static/segment.js").status_code == 200
-    assert api.get("/api/openapi.json").status_code == 200 and api.get("/api/docs").status_code == 404
+    spec = api.get("/api/openapi.json").json()
+    assert {"/api/segment", "/api/sets/{key}/{sheet}", "/api/artifacts/{digest}"} <= set(spec["paths"])
+    docs = api.get("/api/docs")
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text and "cdn" not in docs.text.lower()
 
 
 def test_classes_thumbnails_and_immutable_artifacts(api, scene_db):
@@ -111,7 +115,7 @@ def test_set_provenance_by_id_and_ref_and_part_traces(api, scene_db):
     prov = by_id["provenance"]
     assert prov["config_hash"] == pset.config_hash and prov["counts"]["part"] == 4 and len(prov["images"]) == 3
     trace = api.get(f"/api/sets/{pset.id}/parts?top=3").json()
-    assert trace["set"] == pset.id and trace["top"] == 3 and len(trace["prototypes"]) == 4
+    assert trace["set"] == pset.id and trace["top"] == 3 and len(trace["prototypes"]) == 4 and trace["sheet"] == "parts"
     assert [p["id"] for p in trace["prototypes"]] == list(parts.ids)
     sizes = {i["id"]: i["size"] for i in trace["images"]}
     for p in trace["prototypes"]:
@@ -123,6 +127,21 @@ def test_set_provenance_by_id_and_ref_and_part_traces(api, scene_db):
             x0, y0, x1, y1 = n["box"]
             assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
     assert api.get(f"/api/sets/{pset.id}/parts?top=3").json() == trace  # cached, same answer
+    blue = api.get("/api/sets/blue%20stripes").json()["set"]  # red box's exemplars give no background (value 0)
+    bg = api.get(f"/api/sets/{blue['id']}/background?top=2").json()
+    assert len(bg["prototypes"]) == sum(blue["counts"][k] for k in ("bg_class", "bg_instance", "bg_part")) > 0
+    assert {p["kind"] for p in bg["prototypes"]} <= {"bg_class", "bg_instance", "bg_part"}
+    inst = api.get(f"/api/sets/{pset.id}/instances").json()
+    assert [p["kind"] for p in inst["prototypes"]] == ["instance"] * pset.counts["instance"]
+    assert api.get(f"/api/sets/{pset.id}/nothing").status_code == 422
+    images = api.get(f"/api/sets/{pset.id}/images").json()["images"]
+    assert [i["id"] for i in images] == list(pset.images)
+    for im in images:  # support images, masks and attention maps come from the artifact store
+        assert set(im["masks"]) == {"foreground", "background"}
+        for digest in (im["sha256"], *im["masks"].values()):
+            r = api.get(f"/api/artifacts/{digest}")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert hashlib.sha256(r.content).hexdigest() == digest
 
 
 # ---------------------------------------------------------------------------------------- segmenting
@@ -167,6 +186,45 @@ def test_raw_body_default_vocabulary_and_outputs(api, scene_image):
     assert "outputs takes" in one_line_error(api.post("/api/segment?outputs=svg", content=scene_image), 400)
 
 
+def test_class_lists_options_and_several_images(api, scene_db, scene_image):
+    r = api.post("/api/segment", data={"classes": "blue stripes, red box", "levels": "class,part",
+                                       "background": "false", "outputs": "labels"},
+                 files=[("image", ("a.png", scene_image, "image/png")), ("image", ("b.png", b"junk", "image/png")),
+                        ("image", ("c.png", png(scene(11)[0]), "image/png"))])
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert res["failed"] == 1 and [x["input"] for x in res["results"]] == ["a.png", "b.png", "c.png"]
+    a, b, c = res["results"]
+    assert b["error"].startswith("b.png: ") and "not an image" in b["error"]
+    assert a["vocabulary"]["classes"] == ["blue stripes", "red box"] and a["legend"] == {"0": "blue stripes", "1": "red box"}
+    assert a["settings"]["levels"] == ["class", "part"] and a["settings"]["background"] is False
+    with protodb.open(scene_db, create=False) as db:
+        from protodb.images import load_image
+
+        seg = db.segmenter(SegmentOptions(classes="blue stripes,red box", levels=("class", "part"), background=False))
+        expected = seg.segment(load_image(scene_image))["labels"]
+    assert np.array_equal(decode_png(a["labels_png"]), expected)  # without background: class i is value i
+    # one warm segmenter per (vocabulary or class list, extractors, options), reused
+    warm = api.get("/api/vocabularies").json()["warm"]
+    assert "classes:blue stripes,red box" in [w["label"] for w in warm]
+    again = api.post("/api/segment?classes=blue%20stripes,red%20box&levels=class,part&background=false",
+                     content=scene_image).json()
+    assert again["generation"] == a["generation"]
+    pamr = api.post("/api/segment?vocab=scene&pamr=true", content=scene_image).json()
+    assert pamr["settings"]["pamr"] is True
+    many = [("image", (f"{i}.png", b"x", "image/png")) for i in range(17)]
+    assert one_line_error(api.post("/api/segment", files=many), 400)  # over the 16 images of one request
+
+
+def test_vocab_only_serves_the_named_vocabularies_alone(scene_db, scene_image):
+    with client(scene_db, vocab_only=True) as c:
+        assert c.post("/api/segment", content=scene_image).status_code == 200
+        assert "not served here" in one_line_error(c.post("/api/segment?classes=red%20box", content=scene_image), 404)
+        assert "server's options only" in one_line_error(
+            c.post("/api/segment?vocab=scene&levels=class", content=scene_image), 400)
+        assert "not served here" in one_line_error(c.post("/api/segment?vocab=voc", content=scene_image), 404)
+
+
 def _bomb() -> bytes:
     """A valid 1-bit PNG of 20000 x 20000 pixels (400 MP) in a few kB: refused from its header."""
     buf = io.BytesIO()
@@ -201,8 +259,13 @@ def test_upload_limit_is_checked_before_and_while_reading(scene_db, scene_image)
 
 
 def test_unknown_names_path_escapes_and_foreign_origins(api, scene_image):
-    assert "not served; served: scene" in one_line_error(
-        api.post("/api/segment?vocab=voc", content=scene_image), 404)
+    assert "no vocabulary 'nope'" in one_line_error(api.post("/api/segment?vocab=nope", content=scene_image), 404)
+    assert "protodb add-class" in one_line_error(api.post("/api/segment?vocab=voc", content=scene_image), 404)
+    assert "protodb add-class zebra" in one_line_error(
+        api.post("/api/segment?classes=red box,zebra", content=scene_image), 404)
+    assert "--levels" in one_line_error(api.post("/api/segment?levels=parts", content=scene_image), 400)
+    assert "either vocab" in one_line_error(api.post("/api/segment?vocab=scene&classes=a", content=scene_image), 400)
+    assert "true or false" in one_line_error(api.post("/api/segment?pamr=maybe", content=scene_image), 400)
     assert "protodb add-class zebra" in one_line_error(api.get("/api/classes/zebra"), 404)
     one_line_error(api.get("/api/sets/zebra@3"), 404)
     one_line_error(api.get("/api/sets/" + "0" * 32), 404)
@@ -286,7 +349,8 @@ def test_every_catalog_vocabulary_is_served_and_new_ones_appear(db_copy, scene_i
 # ---------------------------------------------------------------------------------------- back-pressure
 def test_full_queue_answers_503_with_retry_after(scene_db, scene_image):
     with client(scene_db, workers=1, queue_size=0) as c:
-        served = c.app.state.serve.pool.get("scene")
+        pool = c.app.state.serve.pool
+        served = pool.get(pool.key(vocab="scene"))
         gate, entered = threading.Event(), threading.Event()
         real = served.segmenter.segment
 

@@ -98,6 +98,14 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     assert page.evaluate("document.activeElement.dataset.partIndex") == "1"
     assert page.get_attribute(".part[data-part-index='1']", "aria-pressed") == "true"
     assert page.evaluate("document.querySelector('#prov').children.length") > 8
+    page.wait_for_selector("#support-images[data-ready='true']")  # images with their masks (from the artifact store)
+    assert page.locator("#support-images .support-row").count() == 3
+    assert page.locator("#support-images figure[data-what='foreground mask'] img").count() == 3
+    page.focus("#tab-parts")
+    page.keyboard.press("ArrowRight")  # the instances sheet, from the keyboard
+    page.wait_for_selector("#parts[data-sheet='instances'][data-ready='true']")
+    assert page.get_attribute("#tab-instances", "aria-selected") == "true"
+    assert page.eval_on_selector_all("#parts .part", "bs => bs.map(b => b.dataset.kind)") == ["instance"] * 3
 
     # ------------------------------------------------------------------ segmenting an upload
     img, _ = scene(10)
@@ -140,10 +148,12 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     wide = tmp_path / "wide.png"
     PIL.Image.fromarray(img).resize((2400, 300), PIL.Image.NEAREST).save(wide)
     page.set_input_files("#file", str(wide))
+    page.fill("#classes", "blue stripes")  # an ad-hoc class list instead of the vocabulary
     page.click("#run")
     page.wait_for_selector("#segment-form[data-done='2']", state="attached", timeout=60_000)
     assert "sent at 2048×256, scaled from 2400×300" in page.inner_text("#seg-status")
     assert page.get_attribute("#overlay", "data-width") == "2048"
+    assert set(page.eval_on_selector_all("#legend li", "ls => ls.map(l => l.dataset.label)")) <= {"blue stripes", "background"}
     im = PIL.Image.open(io.BytesIO(shot.read_bytes()))
     assert im.size == (1366, 768)
     assert not page.problems, page.problems

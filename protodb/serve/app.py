@@ -122,7 +122,8 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
     if db is None:
         db = protodb.api.ProtoDB(config.db_path, catalog_url=config.catalog_url, create=False)
     try:
-        pool = WarmPool(db, config.vocabs, config.options, config.reload_interval)
+        pool = WarmPool(db, config.vocabs, config.options, config.reload_interval, max_warm=config.max_warm,
+                        on_demand=not config.vocab_only)
         if warm:
             pool.warm()
     except BaseException:
@@ -148,8 +149,8 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
     app.state.serve = state
     install_errors(app)
 
+    app.include_router(routes_pages.router)  # first: /api/docs is a page, before the API's catch-all
     app.include_router(routes_api.router)
-    app.include_router(routes_pages.router)
     routes_pages.mount_static(app)
     app.add_middleware(BodyLimit, max_bytes=config.max_upload)
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)

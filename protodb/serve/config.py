@@ -14,7 +14,7 @@ from protodb.segment.options import SegmentOptions
 TOKEN_ENV = "PROTODB_SERVE_TOKEN"
 MIN_TOKEN_LEN = 16
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8620
+DEFAULT_PORT = 8765
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -27,9 +27,10 @@ def default_workers() -> int:
 class ServeConfig:
     """A server's settings.
 
-    vocabs: vocabularies served (warmed at start); empty: every vocabulary of the catalog, found
-    live and warmed on first use. options: the segment options every served vocabulary uses
-    (vocabulary left empty). allow_writes + token: writes (relabel) need both; the token is compared
+    vocabs: vocabularies warmed at start and kept warm. options: the default segment options
+    (vocabulary left empty; a request may override extractors, levels, background, PAMR,
+    skip-missing). Other catalog vocabularies and class lists are served on demand (up to max_warm
+    warm segmenters) unless vocab_only. allow_writes + token: writes (relabel) need both; the token is compared
     in constant time. max_upload: bytes of one request body. workers / queue_size: segmenting threads
     and requests that may wait for one; more at once are refused (503, Retry-After). reload_interval:
     seconds between cheap catalog checks for new ready sets. allowed_hosts: Host headers accepted
@@ -51,6 +52,9 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] | None = None
     max_pixels: int | None = None  # None: protodb.images.MAX_PIXELS
     trace_top: int = 6
+    max_warm: int = 8  # warm segmenters kept besides the pinned ones (other vocabularies, class lists, options)
+    vocab_only: bool = False  # serve only the named vocabularies with the server's options
+    max_images: int = 16  # images in one POST /api/segment
 
     def replace(self, **changes: Any) -> "ServeConfig":
         return dataclasses.replace(self, **changes)
@@ -74,6 +78,11 @@ class ServeConfig:
             raise InvalidInput(f"--port must be 0..65535, got {self.port}")
         if self.options.vocab or self.options.classes:
             raise InvalidInput("serve options name no vocabulary; list the served ones with --vocab")
+        if self.vocab_only and not self.vocabs:
+            raise InvalidInput("--vocab-only needs the vocabularies to serve: --vocab NAME")
+        if self.max_warm < 0 or self.max_images < 1:
+            raise InvalidInput(f"--max-warm must be >= 0 and images per request >= 1; got {self.max_warm} / "
+                               f"{self.max_images}")
         return self
 
     def hosts(self) -> list[str]:

@@ -1,7 +1,7 @@
 """One segmentation as the JSON ``POST /api/segment`` answers.
 
 Always: ``input``, ``size`` [w, h], ``vocabulary`` (name, version, classes, the sets used),
-``generation`` (which warm segmenter answered), ``settings``, ``present`` {class: {fraction, score}},
+``generation`` (which build of the warm segmenter answered), ``settings``, ``present`` {class: {fraction, score}},
 ``legend`` {value: class} and ``colours`` {value: [r, g, b]} — values as in ``protodb segment``'s label
 PNGs (with a background, 0 = background and class i = i + 1). On request (``outputs``):
 
@@ -16,7 +16,6 @@ PNGs (with a background, 0 = background and class i = i + 1). On request (``outp
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def segment_json(served, image, result: dict, *, outputs: set[str], name: str, seconds: float) -> bytes:
+def segment_doc(served, image, result: dict, *, outputs: set[str], name: str, seconds: float) -> dict[str, Any]:
     seg = served.segmenter
     names, background = seg.vocab.names, seg.vocab.background
     values, legend = label_values(result["labels"], names, background)
@@ -71,7 +70,7 @@ def segment_json(served, image, result: dict, *, outputs: set[str], name: str, s
                        "scores_scale": SCORES_SCALE}
     if "explain" in outputs:
         doc["explain"] = explain(seg, result.get("winners") or {})
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return doc
 
 
 def explain(seg, winners: dict) -> dict[str, Any]:

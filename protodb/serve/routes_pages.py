@@ -1,4 +1,4 @@
-"""The web page: three HTML pages (gallery, set, segment) and their static scripts and styles.
+"""The web page: HTML pages (gallery, set, segment, API docs) and their static scripts and styles.
 
 Plain files from ``protodb/serve/static`` (no CDN, no build step); the pages read the JSON API.
 """
@@ -33,6 +33,11 @@ def segment_page() -> FileResponse:
 @router.get("/sets/{key}")
 def set_page(key: str) -> FileResponse:  # the page reads the key from its own URL
     return _page("set.html")
+
+
+@router.get("/api/docs")
+def api_docs_page() -> FileResponse:  # the OpenAPI document rendered by our own page (Swagger UI needs a CDN)
+    return _page("docs.html")
 
 
 @router.get("/favicon.ico")

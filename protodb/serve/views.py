@@ -1,7 +1,8 @@
-"""The catalog as the web page reads it: classes with thumbnails, one set's provenance, part traces.
+"""The catalog as the web page reads it: classes with thumbnails, one set's provenance, its support
+images (with masks and attention maps) and its prototypes traced to support patches.
 
 Everything here reads through the services (only ``ready`` sets are ever resolved). The class list
-is cached until the catalog's change stamp moves; part traces are cached per set id (a ready set
+is cached until the catalog's change stamp moves; traces are cached per set id and sheet (a ready set
 never changes, so a trace is computed once: it needs the set's extractor to featurize the support
 images, so it runs on the worker pool like segmenting).
 """
@@ -18,11 +19,14 @@ from protodb.errors import NotFound
 from protodb.lazy import lazy_import
 from protodb.names import Ref
 from protodb.services.changes import ChangeService
+from protodb.services.support import SupportService
 
 inspection = lazy_import("protodb.inspection")
 
 SET_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACE_CACHE = 64
+#: the contact sheets of ``protodb inspect``: sheet name -> prototype kinds traced
+SHEETS = {"parts": ("part",), "instances": ("instance",), "background": ("bg_class", "bg_instance", "bg_part")}
 
 
 class CatalogViews:
@@ -30,9 +34,10 @@ class CatalogViews:
         self.db = db
         self.trace_top = trace_top
         self._changes = ChangeService(db.stores)
+        self._support = SupportService(db.stores)
         self._lock = threading.Lock()
         self._classes: tuple[tuple, dict] | None = None
-        self._traces: OrderedDict[tuple[str, int], dict] = OrderedDict()
+        self._traces: OrderedDict[tuple[str, str, int], dict] = OrderedDict()
         self._inspector = None
 
     @property
@@ -102,20 +107,30 @@ class CatalogViews:
         siblings = [s.to_dict() for s in self.db.sets.resolve(pset.class_name)]
         return {"set": pset.to_dict(), "ref": pset.ref, "provenance": prov, "newest": siblings}
 
-    def parts(self, key: str, top: int | None = None) -> dict[str, Any]:
-        """Each part prototype's ``top`` nearest support patches (boxes in support-image pixels)."""
+    def images(self, key: str) -> dict[str, Any]:
+        """The set's support images with their attention maps and fg/bg masks (artifact digests)."""
+        pset = self.find_set(key)
+        mask_ext = inspection.Inspector._mask_extractor_id(None, pset)  # noqa: SLF001 - the one rule for it
+        return {"set": pset.id, "ref": pset.ref, "mask_extractor_id": mask_ext,
+                "images": self._support.of_set(pset.id, mask_ext)}
+
+    def trace(self, key: str, sheet: str = "parts", top: int | None = None) -> dict[str, Any]:
+        """Each prototype of a sheet (parts, instances, background): its ``top`` nearest support
+        patches (boxes in support-image pixels), as ``protodb inspect`` draws them."""
+        if sheet not in SHEETS:
+            raise NotFound(f"no sheet {sheet!r}; sheets: {', '.join(SHEETS)}")
         top = int(top or self.trace_top)
         pset = self.find_set(key)
-        cache_key = (pset.id, top)
+        cache_key = (pset.id, sheet, top)
         with self._lock:
             if cache_key in self._traces:
                 self._traces.move_to_end(cache_key)
                 return self._traces[cache_key]
-        traced = self.inspector.trace(pset, ["part"], top=top)
+        traced = self.inspector.trace(pset, list(SHEETS[sheet]), top=top)
         prov = traced["provenance"]
         data = {
             "set": pset.id, "ref": pset.ref, "class": pset.class_name, "version": pset.version,
-            "extractor": pset.extractor, "top": top,
+            "extractor": pset.extractor, "sheet": sheet, "kinds": list(SHEETS[sheet]), "top": top,
             "images": [{"id": i["id"], "sha256": i["sha256"], "size": i["size"], "source": i["source"]}
                        for i in prov["images"]],
             "prototypes": [{"id": p["id"], "kind": p["kind"], "index": p["index"], "nearest": p["nearest"]}

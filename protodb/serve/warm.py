@@ -1,21 +1,25 @@
-"""Warm segmenters, one per served vocabulary, reloaded live when the catalog changes.
+"""Warm segmenters, one per (vocabulary or class list, extractors, options), reloaded live when the
+catalog changes.
 
 A :class:`VocabularySegmenter` holds a vocabulary's match tables and loaded extractors; building one
-reads every class's vectors, so a server keeps one per vocabulary and reuses it for every request.
+reads every class's vectors, so the server keeps one per :class:`ServeKey` — what was asked to be
+segmented (a vocabulary name or an ad-hoc class list) and the options that change the tables or the
+labelling (extractors, levels, background, PAMR, skip-missing) — and reuses it for every request
+with that key. The ``--vocab`` ones are pinned (warmed at start, never evicted); others are built on
+first use and kept up to ``max_warm`` (least recently used evicted first). Explanations are always
+computed (they cost a lookup), and left out of the answer unless asked for.
 
 Live reload. A watcher thread reads the catalog's change stamp (:mod:`protodb.services.changes`,
 a handful of aggregates) every ``interval`` seconds. Only when it moved does it re-resolve what each
-loaded vocabulary serves: its version and background flag, and for every class ref the ready sets
-``db.sets.resolve`` names (set id, extractor, thing/stuff kind). When that key differs — a new ready
-set or version, a relabel, a vocabulary edit, a moved tag — a new segmenter is built off to the side
-(the old one keeps answering) and swapped in with one assignment, so a request sees the old
-segmenter or the new one, never a half-built table. Readers only ever resolve ``ready`` sets; a
-pending set of a running build is invisible until its commit marks it ready. A rebuild that fails
-(say a set's vectors are damaged) keeps the previous segmenter and reports the error in
-``/api/vocabularies``; it is tried again on the next change, and at least every ``FULL_CHECK`` s.
-
-With no vocabularies named, every vocabulary of the catalog is served, found by the same checks and
-warmed on first use.
+warm segmenter serves: the vocabulary's version and background flag, and for every class ref the
+ready sets ``db.sets.resolve`` names (set id, extractor, thing/stuff kind). When that key differs — a
+new ready set or version (another process ran add-class, or an import), a relabel, a vocabulary
+edit, a moved tag — a new segmenter is built off to the side (the old one keeps answering) and
+swapped in with one assignment, so a request sees the old segmenter or the new one, never a
+half-built table. Readers only ever resolve ``ready`` sets: a pending set of a running build is
+invisible until its commit marks it ready. A rebuild that fails (say a set's vectors are damaged)
+keeps the previous segmenter and reports the error in ``/api/vocabularies``; it is tried again on
+the next change, and at least every ``FULL_CHECK`` seconds.
 """
 
 from __future__ import annotations
@@ -23,57 +27,98 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from protodb.errors import NotFound, ProtoDBError
-from protodb.segment.options import SegmentOptions
+from protodb.errors import InvalidInput, NotFound, ProtoDBError
+from protodb.names import Ref, parse_class_list
+from protodb.segment.options import SegmentOptions, parse_levels
 from protodb.services.changes import ChangeService
 
 log = logging.getLogger(__name__)
 
-FULL_CHECK = 60.0  # seconds: re-resolve every loaded vocabulary at least this often
+FULL_CHECK = 60.0  # seconds: re-resolve every warm segmenter at least this often
+
+
+@dataclass(frozen=True)
+class ServeKey:
+    """What one warm segmenter segments with: a vocabulary or a class list, and the options that
+    change its tables or its labelling."""
+
+    vocab: str | None
+    classes: tuple[str, ...] | None
+    extractors: tuple[str, ...]
+    levels: tuple[str, ...]
+    background: bool | None
+    pamr: bool
+    skip_missing: bool
+
+    @property
+    def label(self) -> str:
+        return self.vocab if self.vocab else "classes:" + ",".join(self.classes or ())
+
+    def options(self, base: SegmentOptions) -> SegmentOptions:
+        return base.replace(vocab=self.vocab, classes=",".join(self.classes) if self.classes else None,
+                            extractors=self.extractors, levels=self.levels, background=self.background,
+                            pamr=self.pamr, skip_missing=self.skip_missing, explain=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab": self.vocab, "classes": list(self.classes) if self.classes else None,
+                "extractors": list(self.extractors), "levels": list(self.levels), "background": self.background,
+                "pamr": self.pamr, "skip_missing": self.skip_missing}
 
 
 @dataclass(frozen=True)
 class Served:
     """One warm segmenter and what it was built from (immutable: swapped whole)."""
 
-    name: str
+    key: ServeKey
     segmenter: Any  # VocabularySegmenter
-    key: tuple
+    resolved: tuple
     generation: int
     loaded_at: float
     build_seconds: float
 
     def describe(self) -> dict[str, Any]:
         v = self.segmenter.vocab
-        return {**v.describe(), "generation": self.generation, "loaded_at": round(self.loaded_at, 3),
-                "build_seconds": round(self.build_seconds, 3), "set_ids": sorted(v.set_ids),
-                "stuff": {n: s for n, s in zip(v.names, v.stuff)}}
+        return {**v.describe(), "key": self.key.to_dict(), "generation": self.generation,
+                "loaded_at": round(self.loaded_at, 3), "build_seconds": round(self.build_seconds, 3),
+                "set_ids": sorted(v.set_ids), "stuff": {n: s for n, s in zip(v.names, v.stuff)}}
 
 
 class _Entry:
-    def __init__(self, name: str):
-        self.name = name
-        self.lock = threading.Lock()  # one build at a time per vocabulary
+    def __init__(self, key: ServeKey):
+        self.key = key
+        self.lock = threading.Lock()  # one build at a time per key
         self.current: Served | None = None
         self.error: str | None = None
         self.generation = 0
 
 
-class WarmPool:
-    """Served vocabularies -> warm segmenters. ``db``: a :class:`protodb.api.ProtoDB`."""
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
-    def __init__(self, db, names: tuple[str, ...] = (), options: SegmentOptions | None = None,
-                 interval: float = 2.0, build: Callable[[str], Any] | None = None):
+
+class WarmPool:
+    """Warm segmenters of one database (``db``: a :class:`protodb.api.ProtoDB`).
+
+    pinned: vocabulary names warmed at start and never evicted. defaults: the server's segment
+    options (a request may override extractors, levels, background, PAMR, skip-missing).
+    on_demand: other vocabularies and class lists may be asked for (False: only the pinned ones).
+    """
+
+    def __init__(self, db, pinned: Sequence[str] = (), defaults: SegmentOptions | None = None,
+                 interval: float = 2.0, max_warm: int = 8, on_demand: bool = True,
+                 build: Callable[[SegmentOptions], Any] | None = None):
         self.db = db
-        self.explicit = tuple(names)
-        self.options = (options or SegmentOptions()).replace(explain=True)
+        self.defaults = defaults or SegmentOptions()
         self.interval = float(interval)
-        self._build_fn = build or (lambda name: db.segmenter(self.options.replace(vocab=name)))
+        self.max_warm = int(max_warm)
+        self.on_demand = bool(on_demand)
+        self._build_fn = build or db.segmenter
         self._changes = ChangeService(db.stores)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: OrderedDict[ServeKey, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._catalog_names: tuple[str, ...] = ()
@@ -82,42 +127,93 @@ class WarmPool:
         self._thread: threading.Thread | None = None
         self.checks = 0
         self.reloads = 0
+        self.evictions = 0
         self.last_check: float | None = None
+        self.pinned = tuple(self.key(vocab=name) for name in dict.fromkeys(pinned))
         self.refresh_names()
 
     # ------------------------------------------------------------------ what is served
     def refresh_names(self) -> tuple[str, ...]:
-        """Every vocabulary of the catalog (only when none were named)."""
-        if not self.explicit:
-            self._catalog_names = tuple(v.name for v in self.db.vocabs.list() if not v.builtin)
+        self._catalog_names = tuple(v.name for v in self.db.vocabs.list() if not v.builtin)
         return self.names()
 
     def names(self) -> tuple[str, ...]:
-        return self.explicit or self._catalog_names
+        """Vocabularies offered: the pinned ones, then (on demand) every vocabulary of the catalog."""
+        pinned = [k.vocab for k in self.pinned]
+        return tuple(dict.fromkeys(pinned + (list(self._catalog_names) if self.on_demand else [])))
 
-    def check_served(self, name: str) -> str:
-        """``name`` if it is served, else NotFound naming the served ones."""
-        if name not in self.names() and not self.explicit:
-            self.refresh_names()  # a vocabulary created since the last check
-        if name not in self.names():
-            served = ", ".join(self.names()) or "none (create one: protodb vocab create NAME CLASS...)"
-            raise NotFound(f"vocabulary {name!r} is not served; served: {served}")
-        return name
+    def key(self, *, vocab: str | None = None, classes: str | Sequence[str] | None = None,
+            extractors: Sequence[str] | None = None, levels: str | Sequence[str] | None = None,
+            background: bool | None = None, pamr: bool | None = None, skip_missing: bool | None = None) -> ServeKey:
+        """The key of a request; options not given take the server's defaults. With neither a
+        vocabulary nor classes: the only offered vocabulary, if there is exactly one."""
+        d = self.defaults
+        if vocab and classes:
+            raise InvalidInput("give either vocab=NAME or classes='cat,dog,boat@3', not both")
+        refs = None
+        if classes:
+            items = parse_class_list(classes) if isinstance(classes, str) else [str(c).strip() for c in classes]
+            refs = tuple(dict.fromkeys(str(Ref.parse(r)) for r in items if r))
+            if not refs:
+                raise InvalidInput("classes is empty; give a comma list such as classes=cat,dog")
+        elif not vocab:
+            names = self.names()
+            if len(names) != 1:
+                raise InvalidInput("say which vocabulary (vocab=NAME) or which classes (classes=cat,dog); offered: "
+                                   + (", ".join(names) or "none"))
+            vocab = names[0]
+        return ServeKey(vocab=vocab or None, classes=refs,
+                        extractors=tuple(dict.fromkeys(extractors if extractors is not None else d.extractors)),
+                        levels=parse_levels(levels if levels is not None else d.levels),
+                        background=d.background if background is None else bool(background),
+                        pamr=d.pamr if pamr is None else bool(pamr),
+                        skip_missing=d.skip_missing if skip_missing is None else bool(skip_missing))
 
-    def _entry(self, name: str) -> _Entry:
+    def check_allowed(self, key: ServeKey) -> ServeKey:
+        """``key`` if this server segments it, else NotFound / InvalidInput saying what is served."""
+        if key in self.pinned:
+            return key
+        if not self.on_demand:
+            served = [k.vocab for k in self.pinned]
+            if key.classes:
+                raise NotFound(f"class lists are not served here (--vocab-only); served: {', '.join(served)}")
+            if key.vocab in served:
+                raise InvalidInput(f"vocabulary {key.vocab!r} is served with the server's options only "
+                                   "(--vocab-only); leave out extractor, levels, background, pamr, skip_missing")
+            raise NotFound(f"vocabulary {key.vocab!r} is not served here (--vocab-only); served: {', '.join(served)}")
+        if key.vocab:
+            self.db.vocabs.show(key.vocab)  # NotFound, naming the vocabularies there are
+        return key
+
+    def _entry(self, key: ServeKey) -> _Entry:
         with self._lock:
-            return self._entries.setdefault(name, _Entry(name))
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry(key)
+            self._entries.move_to_end(key)
+            self._evict()
+            return entry
+
+    def _evict(self) -> None:
+        """Drop the least recently used unpinned segmenters beyond ``max_warm`` (caller holds _lock);
+        requests still using one keep it until they finish."""
+        extra = [k for k in self._entries if k not in self.pinned]
+        while len(extra) > self.max_warm:
+            gone = extra.pop(0)
+            del self._entries[gone]
+            self.evictions += 1
+            log.info("evicted warm segmenter %s", gone.label)
 
     # ------------------------------------------------------------------ segmenters
     def warm(self) -> None:
-        """Load every named vocabulary now (a server refuses to start when one cannot be served)."""
+        """Load every pinned vocabulary now (a server refuses to start when one cannot be served)."""
         self._stamp = self._changes.stamp()
-        for name in self.explicit:
-            self.get(name)
+        for key in self.pinned:
+            self.get(key)
 
-    def get(self, name: str) -> Served:
-        """The warm segmenter of ``name`` (built on first use; blocks while that build runs)."""
-        entry = self._entry(self.check_served(name))
+    def get(self, key: ServeKey) -> Served:
+        """The warm segmenter of ``key`` (built on first use; blocks while that build runs)."""
+        entry = self._entry(self.check_allowed(key))
         current = entry.current
         if current is not None:
             return current
@@ -126,67 +222,74 @@ class WarmPool:
                 try:
                     self._load(entry)
                 except ProtoDBError as err:
-                    entry.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    entry.error = _first_line(err)
+                    if key not in self.pinned:
+                        with self._lock:
+                            self._entries.pop(key, None)  # nothing warm to keep
                     raise
             return entry.current
 
-    def key(self, name: str) -> tuple:
-        """What a vocabulary resolves to now: its version, background flag, and per class ref the
-        ready sets (extractor, set id, thing/stuff kind) the catalog names."""
-        v = self.db.vocabs.show(name)
-        resolved = []
-        for ref in v.classes:
+    def resolved(self, key: ServeKey) -> tuple:
+        """What a key resolves to now: the vocabulary's version and background flag, and per class ref
+        the ready sets (extractor, set id, thing/stuff kind) the catalog names."""
+        if key.vocab:
+            v = self.db.vocabs.show(key.vocab)
+            head, refs = (v.version, v.background), v.classes
+        else:
+            head, refs = (0, None), key.classes or ()
+        out = []
+        for ref in refs:
             try:
                 sets = self.db.sets.resolve(ref)
             except NotFound:
                 sets = []
-            resolved.append((ref, tuple((s.extractor, s.id, s.kind) for s in sets)))
-        return (v.version, v.background, tuple(resolved))
+            out.append((ref, tuple((s.extractor, s.id, s.kind) for s in sets)))
+        return (head, tuple(out))
 
     def _load(self, entry: _Entry) -> Served:
         """Build a segmenter for ``entry`` off to the side and swap it in (caller holds entry.lock)."""
-        key = self.key(entry.name)
+        resolved = self.resolved(entry.key)
         t0 = time.perf_counter()
-        segmenter = self._build_fn(entry.name)
+        segmenter = self._build_fn(entry.key.options(self.defaults))
         entry.generation += 1
-        served = Served(entry.name, segmenter, key, entry.generation, time.time(), time.perf_counter() - t0)
+        served = Served(entry.key, segmenter, resolved, entry.generation, time.time(), time.perf_counter() - t0)
         entry.current = served  # the swap: one reference assignment
         entry.error = None
-        log.info("serving %s generation %d: %s", entry.name, served.generation, segmenter.vocab.describe()["sets"])
+        log.info("serving %s generation %d: %s", entry.key.label, served.generation,
+                 segmenter.vocab.describe()["sets"])
         return served
 
     # ------------------------------------------------------------------ live reload
     def check(self, force: bool = False) -> list[str]:
-        """Rebuild the loaded vocabularies whose catalog key changed; returns their names."""
+        """Rebuild the warm segmenters whose catalog resolution changed; returns their labels."""
         self.checks += 1
         self.last_check = time.time()
         stamp = self._changes.stamp()
         due = force or time.monotonic() - self._full_at > FULL_CHECK
         if stamp == self._stamp and not due:
             return []
-        self._stamp = stamp  # read before the keys: a change after this moves the stamp again
+        self._stamp = stamp  # read before resolving: a change after this moves the stamp again
         self._full_at = time.monotonic()
         names = self.refresh_names()
         with self._lock:
-            for gone in [n for n in self._entries if n not in names]:  # a deleted vocabulary: free its tables
-                del self._entries[gone]
+            for gone in [k for k in self._entries if k.vocab and k.vocab not in names and k not in self.pinned]:
+                del self._entries[gone]  # a deleted vocabulary: free its tables
             entries = [e for e in self._entries.values() if e.current is not None]
         changed = []
         for entry in entries:
             try:
-                key = self.key(entry.name)
-                if key == entry.current.key:
+                if self.resolved(entry.key) == entry.current.resolved:
                     continue
                 with entry.lock:
                     self._load(entry)
-                changed.append(entry.name)
+                changed.append(entry.key.label)
                 self.reloads += 1
             except ProtoDBError as err:  # keep serving the previous segmenter
-                entry.error = str(err).splitlines()[0] if str(err) else type(err).__name__
-                log.warning("vocabulary %s: not reloaded: %s", entry.name, entry.error)
+                entry.error = _first_line(err)
+                log.warning("%s: not reloaded: %s", entry.key.label, entry.error)
             except Exception as err:  # noqa: BLE001 - a reload must never take the server down
-                entry.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                log.exception("vocabulary %s: reload failed", entry.name)
+                entry.error = f"{type(err).__name__}: {_first_line(err)}"
+                log.exception("%s: reload failed", entry.key.label)
         return changed
 
     def _watch(self) -> None:
@@ -208,19 +311,31 @@ class WarmPool:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def describe(self) -> list[dict[str, Any]]:
-        out = []
-        for name in self.names():
-            entry = self._entries.get(name)
-            served = entry.current if entry else None
-            item: dict[str, Any] = {"name": name, "loaded": served is not None}
-            if served is not None:
-                item.update(served.describe())
-            if entry is not None and entry.error:
+    # ------------------------------------------------------------------ reporting
+    def describe(self) -> dict[str, Any]:
+        """``vocabularies``: each offered vocabulary with its default-options segmenter (if warm);
+        ``warm``: every warm segmenter (vocabularies, class lists, option variants)."""
+        with self._lock:
+            entries = list(self._entries.values())
+        defaults = {k.vocab: k for k in (self.key(vocab=n) for n in self.names())}
+        by_key = {e.key: e for e in entries}
+        vocabularies = []
+        for name, key in defaults.items():
+            entry = by_key.get(key)
+            item: dict[str, Any] = {"name": name, "pinned": key in self.pinned,
+                                    "loaded": bool(entry and entry.current)}
+            if entry and entry.current:
+                item.update(entry.current.describe())
+            if entry and entry.error:
                 item["error"] = entry.error
-            out.append(item)
-        return out
+            vocabularies.append(item)
+        warm = []
+        for e in entries:
+            if e.current is not None:
+                warm.append({"label": e.key.label, **e.current.describe(), **({"error": e.error} if e.error else {})})
+        return {"vocabularies": vocabularies, "warm": warm, "on_demand": self.on_demand, "max_warm": self.max_warm}
 
     def stats(self) -> dict[str, Any]:
         return {"interval": self.interval, "checks": self.checks, "reloads": self.reloads,
+                "evictions": self.evictions, "warm": sum(1 for e in self._entries.values() if e.current),
                 "last_check": round(self.last_check, 3) if self.last_check else None}

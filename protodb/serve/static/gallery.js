@@ -42,15 +42,23 @@
     list.dataset.ready = "true";
   }
 
+  let last = "";
   async function load() {
     try {
-      classes = (await api("/api/classes")).classes;
-      render();
+      const data = await api("/api/classes");
+      const text = JSON.stringify(data.classes);
+      if (text !== last) {  // new classes or versions (another process built them): shown without a reload
+        last = text;
+        classes = data.classes;
+        render();
+      }
+      status.classList.remove("error");
     } catch (err) {
       status.textContent = `Could not load classes: ${err.message}`;
       status.classList.add("error");
     }
   }
+  setInterval(() => { if (!document.hidden) load(); }, 5000);
 
   filter.addEventListener("input", render);
   document.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", render));

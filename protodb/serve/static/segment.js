@@ -29,7 +29,7 @@
       const { vocabularies } = await api("/api/vocabularies");
       vocabSel.replaceChildren(...vocabularies.map((v) => el("option", { value: v.name },
         v.loaded ? `${v.name} (${v.classes.length} classes, v${v.version})` : v.name)));
-      if (!vocabularies.length) status.textContent = "No vocabulary is served: create one with protodb vocab create NAME CLASS…";
+      if (!vocabularies.length) status.textContent = "No vocabulary yet: type classes, or create one with protodb vocab create NAME CLASS…";
       vocabSel.dataset.ready = "true";
     } catch (err) {
       status.textContent = `Could not list vocabularies: ${err.message}`;
@@ -194,10 +194,17 @@
     const { blob, note } = await prepare(file);
     const body = new FormData();
     body.append("image", blob, file.name);
-    body.append("vocab", vocabSel.value);
+    const classes = document.getElementById("classes").value.trim();
+    if (classes) body.append("classes", classes);
+    else body.append("vocab", vocabSel.value);
+    const levels = Array.from(document.querySelectorAll('input[name="level"]:checked')).map((c) => c.value);
+    if (levels.length && levels.length < 3) body.append("levels", levels.join(","));
+    if (document.getElementById("pamr").checked) body.append("pamr", "true");
+    const bg = document.getElementById("background").value;
+    if (bg) body.append("background", bg);
     body.append("outputs", "overlay,maps,explain");
     status.classList.remove("error");
-    status.textContent = `Segmenting ${file.name} with ${vocabSel.value}…`;
+    status.textContent = `Segmenting ${file.name} with ${classes || vocabSel.value}…`;
     const t0 = performance.now();
     try {
       const res = await api("/api/segment", { method: "POST", body });

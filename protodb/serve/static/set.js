@@ -1,4 +1,5 @@
-/* One prototype set: provenance, and each part prototype traced to its nearest support patches. */
+/* One prototype set: provenance, its prototypes (parts, instances, background) traced to their nearest
+ * support patches, and its support images with masks and attention maps. */
 "use strict";
 (() => {
   const { api, el, artifactUrl, loadImage, drawCrop, fmtBytes, fmtDate, serverStatus } = protodb;
@@ -9,6 +10,7 @@
   const supports = document.getElementById("supports");
   const nearestBox = document.getElementById("nearest");
   let trace = null;
+  const NOUN = { parts: "part", instances: "instance", background: "background" };
 
   function row(dl, term, value) {
     if (value === null || value === undefined || value === "") return;
@@ -86,9 +88,10 @@
       const canvas = el("canvas", { width: 96, height: 96, "aria-hidden": "true" });
       const first = p.nearest[0];
       if (first) loadImage(artifactUrl(shaOf[first.image])).then((img) => drawCrop(canvas, img, first.box)).catch(() => {});
+      const label = `${p.kind.replace("_", " ")} ${p.index}`;
       const button = el("button", { type: "button", class: "part", "aria-pressed": "false",
-        dataset: { partIndex: i, prototypeId: p.id }, "aria-label": `part ${p.index}, nearest similarity ${first ? first.similarity.toFixed(3) : "n/a"}` },
-        canvas, el("span", {}, `part ${p.index}`), el("span", { class: "sim" }, first ? first.similarity.toFixed(3) : ""));
+        dataset: { partIndex: i, prototypeId: p.id, kind: p.kind }, "aria-label": `${label}, nearest similarity ${first ? first.similarity.toFixed(3) : "n/a"}` },
+        canvas, el("span", {}, label), el("span", { class: "sim" }, first ? first.similarity.toFixed(3) : ""));
       button.addEventListener("mouseenter", () => highlight(i));
       button.addEventListener("focus", () => highlight(i));
       button.addEventListener("click", () => highlight(i));
@@ -103,10 +106,65 @@
     });
     partsList.replaceChildren(...buttons);
     partsStatus.textContent = data.prototypes.length
-      ? `${data.prototypes.length} part prototypes, ${data.top} nearest patches each`
-      : "This set has no part prototypes.";
+      ? `${data.prototypes.length} ${NOUN[data.sheet]} prototypes, ${data.top} nearest patches each`
+      : `This set has no ${NOUN[data.sheet]} prototypes.`;
+    partsList.dataset.sheet = data.sheet;
     partsList.dataset.ready = "true";
     if (data.prototypes.length) highlight(0);
+    else { supports.replaceChildren(); nearestBox.replaceChildren(); }
+  }
+
+  let setId = null;
+  const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
+
+  async function showSheet(sheet) {
+    tabs.forEach((t) => {
+      const on = t.dataset.sheet === sheet;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+    });
+    document.getElementById("sheet-panel").setAttribute("aria-labelledby", `tab-${sheet}`);
+    partsList.dataset.ready = "false";
+    partsStatus.classList.remove("error");
+    partsStatus.textContent = `Tracing ${sheet} prototypes to their support patches…`;
+    try {
+      showParts(await api(`/api/sets/${encodeURIComponent(setId)}/${sheet}`));
+    } catch (err) {
+      partsStatus.textContent = `Could not trace ${sheet}: ${err.message}`;
+      partsStatus.classList.add("error");
+    }
+  }
+
+  tabs.forEach((t, i) => {
+    t.addEventListener("click", () => showSheet(t.dataset.sheet));
+    t.addEventListener("keydown", (ev) => {  // the ARIA tabs pattern: arrows move between tabs
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[ev.key];
+      if (!step) return;
+      ev.preventDefault();
+      const next = tabs[(i + step + tabs.length) % tabs.length];
+      next.focus();
+      showSheet(next.dataset.sheet);
+    });
+  });
+
+  async function showSupportImages() {
+    const box = document.getElementById("support-images");
+    const note = document.getElementById("images-status");
+    try {
+      const data = await api(`/api/sets/${encodeURIComponent(setId)}/images`);
+      const thumb = (sha, what, im) => sha
+        ? el("figure", { dataset: { what } }, el("img", { src: artifactUrl(sha), alt: `${what} of support image ${im.id.slice(0, 8)}`, loading: "lazy" }),
+          el("figcaption", {}, what))
+        : null;
+      box.replaceChildren(...data.images.map((im) => el("div", { class: "support-row", dataset: { imageId: im.id } },
+        thumb(im.sha256, "image", im), thumb(im.masks.foreground, "foreground mask", im),
+        thumb(im.masks.background, "background mask", im), thumb(im.attention_sha256, "attention", im),
+        el("p", { class: "muted" }, `${im.source}${im.seed !== null ? ` · seed ${im.seed}` : ""}${im.origin ? ` · ${im.origin}` : ""} · ${im.size[0]}×${im.size[1]}`))));
+      note.textContent = `${data.images.length} support images; masks made on extractor ${data.mask_extractor_id.slice(0, 12)}'s patch grid.`;
+      box.dataset.ready = "true";
+    } catch (err) {
+      note.textContent = `Could not list the support images: ${err.message}`;
+    }
   }
 
   async function relabel(ev) {
@@ -137,12 +195,9 @@
       const health = await serverStatus();
       if (health && health.writes) document.getElementById("relabel-section").hidden = false;
       document.getElementById("relabel").addEventListener("submit", relabel);
-      try {
-        showParts(await api(`/api/sets/${encodeURIComponent(data.set.id)}/parts`));
-      } catch (err) {
-        partsStatus.textContent = `Could not trace parts: ${err.message}`;
-        partsStatus.classList.add("error");
-      }
+      setId = data.set.id;
+      showSupportImages();
+      await showSheet("parts");
     } catch (err) {
       status.textContent = err.message;
       status.classList.add("error");
