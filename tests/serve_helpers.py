@@ -48,8 +48,9 @@ def clear_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_scene_db(root: Path) -> Path:
-    """Two exemplar classes (tiny preset) from synthetic scenes and the vocabulary ``scene``."""
+def build_scene_db(root: Path, catalog_url: str | None = None) -> Path:
+    """Two exemplar classes (tiny preset) from synthetic scenes and the vocabulary ``scene``
+    (exemplars in ROOT/exemplars, masks in ROOT/masks, the database in ROOT/db)."""
     import protodb
     from protodb.pipeline.config import AddClassRequest
 
@@ -62,7 +63,7 @@ def build_scene_db(root: Path) -> Path:
         PIL.Image.fromarray(img).save(ex / f"s{s}.png")
         PIL.Image.fromarray(lab).save(masks / f"s{s}.png")
     home = root / "db"
-    with protodb.open(home) as db:
+    with protodb.open(home, catalog_url=catalog_url) as db:
         builder = db.builder(preset="tiny")
         for value, name in ((0, "red box"), (1, "blue stripes")):
             builder.add_class(AddClassRequest(name, images=0, exemplars=ex, masks=masks, mask_value=value, k=4))

@@ -37,6 +37,7 @@ from tests.conftest import cli  # noqa: E402
 from tests.serve_helpers import (  # noqa: E402,F401 - fixtures
     TOKEN,
     ServerProcess,
+    build_scene_db,
     db_copy,
     png,
     scene,
@@ -504,3 +505,20 @@ def test_sigterm_stops_the_server(server):
     assert rc == 0, server.log()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+
+
+@pytest.mark.slow
+def test_a_postgresql_catalog_is_served_and_reloaded(pg_url, tmp_path, scene_image):
+    from protodb.pipeline.config import AddClassRequest
+
+    home = build_scene_db(tmp_path, catalog_url=pg_url)
+    with client(home, catalog_url=pg_url, reload_interval=0.2) as c:
+        first = c.post("/api/segment", content=scene_image)
+        assert first.status_code == 200 and first.json()["vocabulary"]["sets"]["tiny-vit"] == ["red box@1", "blue stripes@1"]
+        with protodb.open(home, catalog_url=pg_url, create=False) as db:  # another writer of the shared catalog
+            db.builder(preset="tiny").add_class(AddClassRequest(
+                "red box", images=0, exemplars=tmp_path / "exemplars", masks=tmp_path / "masks", mask_value=0, k=3,
+                new_version=True))
+        v = _wait_for(c, lambda v: v["sets"]["tiny-vit"][0] == "red box@2")
+        assert v["generation"] == 2
+        assert c.post("/api/segment", content=scene_image).json()["vocabulary"]["sets"]["tiny-vit"][0] == "red box@2"

@@ -192,8 +192,9 @@ def _flag(value: Any, name: str) -> bool | None:
 
 
 async def _read_upload(request: Request, max_images: int) -> tuple[list[tuple[bytes, str]], dict[str, str]]:
-    """([(image bytes, file name)], form fields). Multipart (one or more fields ``image``) or the raw
-    body; the size limit is enforced while reading by :class:`protodb.serve.guards.BodyLimit`."""
+    """([(image bytes, file name)], form fields). Multipart (one or more fields ``image``), else the
+    raw body is the image; the size limit is enforced while reading by
+    :class:`protodb.serve.guards.BodyLimit`."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=max_images, max_fields=32, max_part_size=64 * 1024)
@@ -206,8 +207,7 @@ async def _read_upload(request: Request, max_images: int) -> tuple[list[tuple[by
             return [(await u.read(), _clean_name(u.filename)) for u in files], fields
         finally:
             await form.close()
-    if ctype.startswith("application/x-www-form-urlencoded"):
-        raise InvalidInput("send the image as multipart/form-data (field 'image') or as the raw request body")
+    # any other body is the image itself, whatever it is labelled (curl --data-binary says urlencoded)
     return [(await request.body(), _clean_name(request.query_params.get("name")))], {}
 
 
