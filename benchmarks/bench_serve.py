@@ -5,8 +5,10 @@ or with ``--extractor focus-vits14`` three classes from scikit-image photos with
 ViT-S/14), or uses ``--db PATH --vocab NAME``; starts ``protodb serve`` on a free port of 127.0.0.1 and
 measures, on the same image (``--image``, default: a synthetic scene, or skimage's coffee for focus):
 
-* in-process: ``db.segmenter(opts).segment(image)`` (the same options the server uses), p50;
-* one client, sequential: latency p50 and its ratio to in-process (the service overhead; goal <= 1.15x);
+* in-process: ``db.segmenter(opts).segment(image)`` (the same options the server uses), p50, and one
+  client, sequential (in rounds alternating with in-process phases): latency p50 and the ratio of
+  the two (the service overhead: upload, decode, queue hop, label PNG and JSON, loopback; goal
+  <= 1.15x); and, drift-free, each request's latency over the server's own ``segment()`` time for it;
 * ``--clients`` concurrent clients, ``--requests`` in all: requests/s, latency p50/p95/p99, errors,
   server RSS before and after.
 
@@ -74,23 +76,27 @@ def build_db(root: Path, extractor: str) -> tuple[Path, str, Path]:
     return home, "bench", image
 
 
-def in_process(home: Path, vocab: str, image_path: Path, repeats: int) -> tuple[list[float], float]:
+def in_process(home: Path, vocab: str):
+    """(segment(bytes), close, load seconds): the segmenter the server's warm pool builds, in this
+    process, called on one worker thread as the server calls it."""
     import protodb
     from protodb.images import load_image
     from protodb.segment.options import SegmentOptions
 
-    with protodb.open(home, create=False) as db:
-        t = time.perf_counter()
-        seg = db.segmenter(SegmentOptions(vocab=vocab, explain=True))  # what the server's warm pool builds
-        load = time.perf_counter() - t
-        data = image_path.read_bytes()
-        seg.segment(load_image(data))  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            seg.segment(load_image(data))  # decoding is part of both sides
-            times.append(time.perf_counter() - t)
-    return times, load
+    db = protodb.open(home, create=False)
+    t = time.perf_counter()
+    seg = db.segmenter(SegmentOptions(vocab=vocab, explain=True))
+    load = time.perf_counter() - t
+    pool = ThreadPoolExecutor(1)
+
+    def segment(data: bytes):
+        return pool.submit(lambda: seg.segment(load_image(data))).result()  # decoding is part of both sides
+
+    def close() -> None:
+        pool.shutdown()
+        db.close()
+
+    return segment, close, load
 
 
 def main() -> None:
@@ -98,6 +104,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--sequential", type=int, default=30, help="requests of the one-client run")
+    ap.add_argument("--warmup", type=int, default=8, help="untimed calls on each side first")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating in-process / server phases")
     ap.add_argument("--workers", type=int, default=None, help="server worker threads (default: its own)")
     ap.add_argument("--extractor", default="tiny-vit", choices=["tiny-vit", "focus-vits14"])
     ap.add_argument("--db", type=Path, help="an existing database (with --vocab)")
@@ -124,7 +132,9 @@ def main() -> None:
         if args.image:
             image = args.image
         data = image.read_bytes()
-        local, load_s = in_process(home, vocab, image, args.sequential)
+        local_segment, close_local, load_s = in_process(home, vocab)
+        for _ in range(args.warmup):  # first calls are slower (kernel selection per shape, caches)
+            local_segment(data)
 
         extra = ["--workers", str(args.workers)] if args.workers else []
         server = ServerProcess(home, "--vocab", vocab, "--queue", str(max(16, 2 * args.clients)), *extra,
@@ -132,14 +142,28 @@ def main() -> None:
         try:
             url = server.url + f"/api/segment?vocab={vocab}"
             with httpx.Client(timeout=120) as h:
-                assert h.post(url, content=data).status_code == 200  # warm-up
-                seq = []
-                for _ in range(args.sequential):
-                    t = time.perf_counter()
-                    r = h.post(url, content=data)
-                    seq.append(time.perf_counter() - t)
-                    assert r.status_code == 200, r.text
+                for _ in range(args.warmup):
+                    assert h.post(url, content=data).status_code == 200
+                seq, local, inside = [], [], []
+                # rounds of (in-process phase, server phase): the machine's drift hits both alike; phases,
+                # not alternate calls, because each process's thread pool spins a while after its work
+                # and would slow the other's next call; a pause lets it settle
+                per = max(1, args.sequential // args.rounds)
+                for _ in range(args.rounds):
+                    time.sleep(0.5)
+                    for _ in range(per):
+                        t = time.perf_counter()
+                        local_segment(data)
+                        local.append(time.perf_counter() - t)
+                    time.sleep(0.5)
+                    for _ in range(per):
+                        t = time.perf_counter()
+                        r = h.post(url, content=data)
+                        seq.append(time.perf_counter() - t)
+                        assert r.status_code == 200, r.text
+                        inside.append(r.json()["seconds"])  # the server's own segment() call on this image
                 workers = h.get(server.url + "/api/health").json()["queue"]["workers"]
+            close_local()
             rss_before = rss_mb(server.proc.pid)
             latencies: list[float] = []
             errors: dict[str, int] = {}
@@ -183,7 +207,12 @@ def main() -> None:
             "in_process": {"p50_ms": round(1000 * local_p50, 1), "load_s": round(load_s, 2)},
             "sequential_client": {"requests": len(seq), "p50_ms": round(1000 * seq_p50, 1),
                                   "p95_ms": round(1000 * pct(seq, 95), 1),
-                                  "overhead_p50": round(seq_p50 / local_p50, 3)},
+                                  "overhead_p50": round(seq_p50 / local_p50, 3),
+                                  "server_segment_p50_ms": round(1000 * statistics.median(inside), 1),
+                                  "overhead_vs_server_segment_p50": round(statistics.median(
+                                      [a / b for a, b in zip(seq, inside)]), 3),
+                                  "overhead_ms_p50": round(1000 * statistics.median(
+                                      [a - b for a, b in zip(seq, inside)]), 1)},
             "concurrent": {"clients": args.clients, "requests": args.requests, "ok": len(latencies),
                            "errors": errors, "seconds": round(wall, 2),
                            "requests_per_s": round(len(latencies) / wall, 2),
@@ -202,6 +231,8 @@ def main() -> None:
               f"{out['cpus']} CPUs")
         print(f"in-process segment p50:      {out['in_process']['p50_ms']} ms")
         print(f"one client, sequential p50:  {s['p50_ms']} ms (p95 {s['p95_ms']} ms) -> overhead {s['overhead_p50']}x")
+        print(f"  per request, vs the server's own segment() call ({s['server_segment_p50_ms']} ms p50): "
+              f"{s['overhead_vs_server_segment_p50']}x, +{s['overhead_ms_p50']} ms (upload, decode, queue, PNG, JSON)")
         print(f"{c['clients']} clients, {c['requests']} requests: {c['requests_per_s']} req/s, latency p50 {c['p50_ms']} "
               f"/ p95 {c['p95_ms']} / p99 {c['p99_ms']} ms, errors {c['errors'] or 0}")
         print(f"  service time per request {c['service_ms_per_request']} ms x {workers} worker(s); "

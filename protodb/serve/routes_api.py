@@ -275,15 +275,12 @@ async def segment(request: Request):
         outputs.add("explain")
     extractors = [e.strip() for e in params["extractor"].split(",") if e.strip()] if params.get("extractor") else None
 
-    def choose():
-        key = s.pool.key(vocab=params.get("vocab") or None, classes=params.get("classes") or None,
-                         extractors=extractors, levels=params.get("levels") or None,
-                         background=_flag(params.get("background"), "background"),
-                         pamr=_flag(params.get("pamr"), "pamr"),
-                         skip_missing=_flag(params.get("skip_missing"), "skip_missing"))
-        return s.pool.check_allowed(key)
-
-    key = await run_in_threadpool(choose)  # unknown vocabularies never take a worker
+    key = s.pool.key(vocab=params.get("vocab") or None, classes=params.get("classes") or None,
+                     extractors=extractors, levels=params.get("levels") or None,
+                     background=_flag(params.get("background"), "background"), pamr=_flag(params.get("pamr"), "pamr"),
+                     skip_missing=_flag(params.get("skip_missing"), "skip_missing"))
+    if key not in s.pool.pinned:  # the catalog decides (a thread, not the event loop); never a worker
+        key = await run_in_threadpool(s.pool.check_allowed, key)
     body = await s.queue.run(_segment_job, s, key, uploads, outputs)
     return Response(content=body, media_type="application/json")
 
