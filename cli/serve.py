@@ -7,12 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from protodb import serve as serve_pkg  # light: says what is missing without importing FastAPI
 from protodb.errors import InvalidInput
+from protodb.lazy import lazy_import
 from protodb.segment.options import SegmentOptions, parse_levels
+from protodb.serve.config import ServeConfig, from_env_token, served_names
 from protodb_cli.app import Ctx, command
 from protodb_cli.build import DeviceOpt, DtypeOpt
 from protodb_cli.output import say
 from protodb_cli.segment import BackgroundOpt, ExtractorOpt, LevelsOpt, PamrOpt, SkipOpt
+
+server = lazy_import("protodb.serve.server")  # FastAPI + uvicorn: only when serving
 
 top = typer.Typer()
 
@@ -53,13 +58,8 @@ def serve(
     Example: protodb serve --vocab voc --port 8765
     Example: PROTODB_SERVE_TOKEN=$(openssl rand -hex 16) protodb serve --allow-writes
     """
-    from protodb.serve import INSTALL_HINT, missing_dependencies
-
-    if missing_dependencies():
-        raise InvalidInput(INSTALL_HINT)
-    from protodb.serve.config import ServeConfig, from_env_token, served_names
-    from protodb.serve.server import serve as run_server
-
+    if serve_pkg.missing_dependencies():
+        raise InvalidInput(serve_pkg.INSTALL_HINT)
     token = from_env_token()
     extra_hosts = tuple(allow_host or ())
     config = ServeConfig(
@@ -87,4 +87,4 @@ def serve(
         print(url, flush=True)
         sys.stdout.flush()
 
-    run_server(config, announce=announce, access_log=access_log)
+    server.serve(config, announce=announce, access_log=access_log)

@@ -18,6 +18,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import protodb
+from protodb.pipeline.config import AddClassRequest
+
 TOKEN = "serve-test-token-0123456789abcdef"
 _BUILT: dict[str, Path] = {}
 
@@ -51,9 +54,6 @@ def clear_env() -> None:
 def build_scene_db(root: Path, catalog_url: str | None = None) -> Path:
     """Two exemplar classes (tiny preset) from synthetic scenes and the vocabulary ``scene``
     (exemplars in ROOT/exemplars, masks in ROOT/masks, the database in ROOT/db)."""
-    import protodb
-    from protodb.pipeline.config import AddClassRequest
-
     clear_env()
     ex, masks = root / "exemplars", root / "masks"
     ex.mkdir(parents=True)
@@ -160,7 +160,7 @@ def chromium_or_skip() -> str:
         problem = f"no Chromium at {path} (apt-get install chromium chromium-driver)"
     else:
         try:
-            import playwright.sync_api  # noqa: F401
+            import playwright.sync_api  # noqa: F401 - optional: only this test needs it
         except ImportError:
             problem = "playwright is not installed (pip install 'protodb[dev]')"
     if problem:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +30,10 @@ with warnings.catch_warnings():  # starlette 1.x prefers httpx2 for its test cli
     from fastapi.testclient import TestClient  # noqa: E402
 
 import protodb  # noqa: E402
+import protodb.serve  # noqa: E402
 from protodb.errors import InvalidInput  # noqa: E402
+from protodb.images import load_image  # noqa: E402
+from protodb.pipeline.config import AddClassRequest  # noqa: E402
 from protodb.segment.options import SegmentOptions  # noqa: E402
 from protodb.serve.app import create_app  # noqa: E402
 from tests.conftest import cli  # noqa: E402
@@ -152,8 +155,6 @@ def test_segment_matches_the_in_process_segmenter(api, scene_db, scene_image):
     assert r.status_code == 200, r.text
     res = r.json()
     with protodb.open(scene_db, create=False) as db:
-        from protodb.images import load_image
-
         image = load_image(scene_image)
         expected = db.segmenter(SegmentOptions(vocab="scene", explain=True)).segment(image)
         arts = db.stores.artifacts
@@ -184,6 +185,8 @@ def test_raw_body_default_vocabulary_and_outputs(api, scene_image):
     assert r.status_code == 200 and "labels_png" not in r.json() and r.json()["vocabulary"]["name"] == "scene"
     r = api.post("/api/segment?name=a.png", content=scene_image)
     assert r.status_code == 200 and r.json()["input"] == "a.png" and "labels_png" in r.json()
+    alias = api.post("/segment?name=a.png", content=scene_image, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert alias.status_code == 200 and alias.json()["present"] == r.json()["present"]  # as curl --data-binary sends it
     assert "outputs takes" in one_line_error(api.post("/api/segment?outputs=svg", content=scene_image), 400)
 
 
@@ -200,8 +203,6 @@ def test_class_lists_options_and_several_images(api, scene_db, scene_image):
     assert a["vocabulary"]["classes"] == ["blue stripes", "red box"] and a["legend"] == {"0": "blue stripes", "1": "red box"}
     assert a["settings"]["levels"] == ["class", "part"] and a["settings"]["background"] is False
     with protodb.open(scene_db, create=False) as db:
-        from protodb.images import load_image
-
         seg = db.segmenter(SegmentOptions(classes="blue stripes,red box", levels=("class", "part"), background=False))
         expected = seg.segment(load_image(scene_image))["labels"]
     assert np.array_equal(decode_png(a["labels_png"]), expected)  # without background: class i is value i
@@ -379,8 +380,6 @@ def test_full_queue_answers_503_with_retry_after(scene_db, scene_image):
 
 # ---------------------------------------------------------------------------------------- the command
 def test_serve_without_the_extra_says_how_to_install(monkeypatch, scene_db):
-    import protodb.serve
-
     monkeypatch.setattr(protodb.serve, "missing_dependencies", lambda: ["fastapi"])
     r = cli("serve", "--db", scene_db, ok=False)
     assert r.exit_code == 1 and r.stderr.strip() == "error: protodb serve needs the serve extra: pip install 'protodb[serve]'"
@@ -407,8 +406,6 @@ def test_serve_refuses_bad_settings_in_one_line(scene_db, monkeypatch):
 @pytest.fixture(scope="module")
 def server(scene_db, tmp_path_factory):
     """``protodb serve`` over a copy of the database, in its own process; stopped however the tests end."""
-    import shutil
-
     home = tmp_path_factory.mktemp("served") / "db"
     shutil.copytree(scene_db, home, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
     proc = ServerProcess(home, "--vocab", "scene", "--workers", "2", "--queue", "64", "--reload-interval", "0.3")
@@ -433,8 +430,6 @@ def test_real_server_concurrent_clients(server, scene_image):
     for _, b64 in results[1:]:
         assert np.array_equal(decode_png(b64), first)  # concurrent requests never mix up results
     with protodb.open(server.home, create=False) as db:
-        from protodb.images import load_image
-
         expected = db.segmenter(SegmentOptions(vocab="scene")).segment(load_image(scene_image))["labels"]
     want = np.where(expected == 2, 0, expected + 1)
     assert (first == want).mean() > 0.99  # another process: same labels up to float noise
@@ -465,16 +460,13 @@ def test_real_server_refuses_escapes_and_oversized_bodies_on_the_wire(server):
 
 @pytest.mark.slow
 def test_new_sets_are_served_without_a_restart(server, scene_image, tmp_path):
-    from protodb.pipeline.config import AddClassRequest
-    from tests.serve_helpers import scene as make_scene
-
     before = httpx.post(server.url + "/api/segment?vocab=scene", content=scene_image, timeout=60).json()
     assert before["vocabulary"]["sets"]["tiny-vit"] == ["red box@1", "blue stripes@1"]
     ex, masks = tmp_path / "ex", tmp_path / "masks"
     ex.mkdir()
     masks.mkdir()
     for s in range(2):  # another writer (this test process) builds while the server runs
-        img, lab = make_scene(20 + s)
+        img, lab = scene(20 + s)
         img[lab == 1] = (img[lab == 1] // 2 + np.array([0, 120, 0], np.uint8))  # green on the right
         PIL.Image.fromarray(img).save(ex / f"g{s}.png")
         PIL.Image.fromarray(lab).save(masks / f"g{s}.png")
@@ -509,8 +501,6 @@ def test_sigterm_stops_the_server(server):
 
 @pytest.mark.slow
 def test_a_postgresql_catalog_is_served_and_reloaded(pg_url, tmp_path, scene_image):
-    from protodb.pipeline.config import AddClassRequest
-
     home = build_scene_db(tmp_path, catalog_url=pg_url)
     with client(home, catalog_url=pg_url, reload_interval=0.2) as c:
         first = c.post("/api/segment", content=scene_image)

@@ -7,6 +7,7 @@ import base64
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import PIL.Image
 import pytest
 
 pytest.importorskip("fastapi", reason="protodb serve needs the serve extra: pip install 'protodb[serve]'")
+httpx = pytest.importorskip("httpx")
 
 from tests.serve_helpers import ServerProcess, chromium_or_skip, png, scene, scene_db  # noqa: E402,F401
 
@@ -53,8 +55,6 @@ def page(served, tmp_path):
 
 def poll(check, what: str, timeout: float = 20.0):
     """Wait for ``check()`` from the test side (the pages' CSP forbids eval, so no wait_for_function)."""
-    import time
-
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if check():
@@ -118,8 +118,6 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     page.click("#run")
     page.wait_for_selector("#legend[data-ready='true']", timeout=60_000)
     shown = page.eval_on_selector_all("#legend li", "ls => ls.map(l => [l.dataset.label, Number(l.dataset.fraction)])")
-    import httpx
-
     api = httpx.post(base + "/api/segment?vocab=scene&outputs=maps", content=upload.read_bytes(), timeout=60).json()
     assert {n for n, _ in shown} == set(api["present"]) and {"red box", "blue stripes"} <= {n for n, _ in shown}
     for name, frac in shown:

@@ -151,6 +151,7 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
 
     app.include_router(routes_pages.router)  # first: /api/docs is a page, before the API's catch-all
     app.include_router(routes_api.router)
+    app.include_router(routes_api.aliases)
     routes_pages.mount_static(app)
     app.add_middleware(BodyLimit, max_bytes=config.max_upload)
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)

@@ -18,7 +18,6 @@ import protodb
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
 from protodb.images import MAX_PIXELS, load_image
 from protodb.serve.results import parse_outputs, segment_doc
-from protodb.serve.views import SHEETS
 
 router = APIRouter(prefix="/api")
 
@@ -283,6 +282,12 @@ async def segment(request: Request):
         key = await run_in_threadpool(s.pool.check_allowed, key)
     body = await s.queue.run(_segment_job, s, key, uploads, outputs)
     return Response(content=body, media_type="application/json")
+
+
+#: ``POST /segment`` (the page itself is ``GET /segment``): the same endpoint without the /api prefix
+aliases = APIRouter()
+aliases.add_api_route("/segment", segment, methods=["POST"], summary="Segment uploaded images (= POST /api/segment)",
+                      responses={413: ERROR, 503: ERROR, **ERRORS})
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
