@@ -145,7 +145,7 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
                 db.close()
 
     app = FastAPI(title="protodb", version=protodb.__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url="/api/openapi.json")  # no docs UI: it loads scripts from a CDN
+                  redoc_url=None, openapi_url="/api/openapi.json")  # /api/docs: our page (the bundled UI uses a CDN)
     app.state.serve = state
     install_errors(app)
 
