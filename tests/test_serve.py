@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -31,6 +32,7 @@ with warnings.catch_warnings():  # starlette 1.x prefers httpx2 for its test cli
 
 import protodb  # noqa: E402
 import protodb.serve  # noqa: E402
+import protodb_cli  # noqa: E402
 from protodb.errors import InvalidInput  # noqa: E402
 from protodb.images import load_image  # noqa: E402
 from protodb.pipeline.config import AddClassRequest  # noqa: E402
@@ -390,6 +392,12 @@ def test_nothing_outside_serve_imports_fastapi():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'multipart') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    root = Path(protodb.__file__).parent
+    for path in [*root.rglob("*.py"), *Path(protodb_cli.__file__).parent.rglob("*.py")]:
+        if root / "serve" in path.parents:
+            continue
+        text = path.read_text()
+        assert not any(f"import {m}" in text or f"from {m}" in text for m in ("fastapi", "uvicorn", "starlette")), path
 
 
 def test_serve_refuses_bad_settings_in_one_line(scene_db, monkeypatch):
