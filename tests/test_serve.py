@@ -38,6 +38,7 @@ from protodb.images import load_image  # noqa: E402
 from protodb.pipeline.config import AddClassRequest  # noqa: E402
 from protodb.segment.options import SegmentOptions  # noqa: E402
 from protodb.serve.app import create_app  # noqa: E402
+from protodb.serve.server import bind  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 from tests.serve_helpers import (  # noqa: E402,F401 - fixtures
     TOKEN,
@@ -408,6 +409,18 @@ def test_serve_refuses_bad_settings_in_one_line(scene_db, monkeypatch):
     assert r.exit_code == 1 and "no vocabulary 'nope'" in r.stderr
     r = cli("serve", "--db", scene_db.parent / "missing", ok=False)
     assert r.exit_code == 1 and "protodb init" in r.stderr
+
+
+def test_the_listening_socket_turns_nagle_off():
+    """asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it every small response
+    waited ~40 ms for the client's delayed ACK."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with pytest.raises(InvalidInput, match="cannot listen"):
+            bind("127.0.0.1", sock.getsockname()[1]).close()
+    finally:
+        sock.close()
 
 
 # ---------------------------------------------------------------------------------------- a real server
