@@ -11,6 +11,7 @@ from protodb._version import __version__
 from protodb_cli import build, db, demo, extractor, inspect, segment, share, vocab
 from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt
 from protodb_cli.output import EXIT_CODES_HELP
+from protodb_cli import serve  # noqa: E402,I001 - its own line: the serve group (protodb.serve)
 
 app = typer.Typer(
     name="protodb",
@@ -38,7 +39,7 @@ def _root(
     ctx.obj = {"db_path": db_path, "catalog": catalog, "verbose": verbose}
 
 
-for module in (db, build, vocab, inspect, segment, share, extractor, demo):
+for module in (db, build, vocab, inspect, segment, share, extractor, demo, serve):
     module.register(app)
 
 

@@ -36,6 +36,12 @@ from protodb.stores import Stores
 SHEETS = (("parts", ["part"]), ("background", ["bg_class", "bg_instance", "bg_part"]), ("instances", ["instance"]))
 
 
+def mask_extractor_id(pset: PrototypeSet) -> str:
+    """Which extractor's grid made a set's masks: the build's mask extractor (shared masks), or for
+    sets built before masks were shared, the set's own extractor."""
+    return ((pset.config or {}).get("masks") or {}).get("source_id") or pset.extractor_id
+
+
 class Inspector:
     """Reads one set's provenance and draws its sheets."""
 
@@ -70,7 +76,7 @@ class Inspector:
                              "scheduler": spec.scheduler, "steps": spec.steps, "guidance": spec.guidance,
                              "size": [spec.width, spec.height], "dtype": spec.dtype, "prompt": run.prompt,
                              "negative_prompt": run.negative_prompt, "base_seed": run.base_seed}
-            mask_ext = self._mask_extractor_id(s, pset)
+            mask_ext = mask_extractor_id(pset)
             masks = s.scalars(select(MaskRow).where(MaskRow.image_id.in_([i.id for i in images]),
                                                     MaskRow.extractor_id == mask_ext)).all()
             methods: dict[str, dict] = {}
@@ -101,12 +107,6 @@ class Inspector:
             except (FileNotFoundError, OSError, ValueError):
                 raise DamagedData(f"artifact {str(h)[:16]} is missing; run: protodb verify") from None
         return int(total)
-
-    @staticmethod
-    def _mask_extractor_id(s, pset: PrototypeSet) -> str:
-        """Which extractor's grid made the set's masks: the build's mask extractor (shared masks), or
-        for sets built before masks were shared, the set's own extractor."""
-        return ((pset.config or {}).get("masks") or {}).get("source_id") or pset.extractor_id
 
     # ------------------------------------------------------------------ traces
     def support_features(self, prov: dict) -> list[tuple[dict, PIL.Image.Image, torch.Tensor]]:

@@ -65,7 +65,8 @@ class VocabularySegmenter:
 
     def segment(self, image: PIL.Image.Image) -> dict[str, Any]:
         """Label one RGB image. Returns ``labels`` (H, W) int32 in vocabulary index space (C =
-        background), ``present`` {name: {fraction, score}}, ``kept`` (pre-filter) and ``winners``."""
+        background), ``scores`` (H, W) float32 the winning score per pixel, ``present`` {name:
+        {fraction, score}}, ``kept`` (pre-filter) and ``winners``."""
         keep = None
         if self.prefilter is not None:
             keep = self.prefilter.select(image, self.vocab.names, self.vocab.stuff) or None
@@ -81,7 +82,7 @@ class VocabularySegmenter:
             vi = int(lut[col])
             name = "background" if vi == C else self.vocab.names[vi]
             present[name] = {"fraction": round(frac, 6), "score": round(float(best[res.labels == col].mean()), 4)}
-        out = {"labels": labels, "present": present, "kept": [self.vocab.names[i] for i in cols], "winners": {}}
+        out = {"labels": labels, "scores": best, "present": present, "kept": [self.vocab.names[i] for i in cols], "winners": {}}
         if self.opts.explain:
             out["winners"] = self._explain(res, lut, C)
         return out

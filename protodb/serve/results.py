@@ -1,0 +1,88 @@
+"""One segmentation as the JSON ``POST /api/segment`` answers.
+
+Always: ``input``, ``size`` [w, h], ``vocabulary`` (name, version, classes, the sets used),
+``generation`` (which build of the warm segmenter answered), ``settings``, ``present`` {class: {fraction, score}},
+``legend`` {value: class} and ``colours`` {value: [r, g, b]} — values as in ``protodb segment``'s label
+PNGs (with a background, 0 = background and class i = i + 1). On request (``outputs``):
+
+``labels``   ``labels_png``: base64 of the palette label PNG (the default)
+``overlay``  ``overlay_png``: base64 PNG of the image blended with the label colours
+``maps``     ``maps``: per-pixel ``labels`` (base64, row-major, little-endian ``labels_dtype``) and
+             ``scores`` (base64 little-endian int16, the winning cosine x ``scores_scale``)
+``explain``  ``explain``: per class, the winning prototype, its set, support image (``support_sha256``
+             for ``/api/artifacts``, ``support_size``) and ``box`` [x0, y0, x1, y1] in that image
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from protodb.errors import InvalidInput
+from protodb.images import png_bytes
+from protodb.segment.outputs import label_png, label_values, overlay, palette
+
+OUTPUTS = ("labels", "overlay", "maps", "explain")
+SCORES_SCALE = 10000
+
+
+def parse_outputs(text: str | None) -> set[str]:
+    if text is None or not str(text).strip():
+        return {"labels"}
+    items = {t.strip() for t in str(text).split(",") if t.strip()}
+    bad = sorted(items - set(OUTPUTS) - {"none"})
+    if bad:
+        raise InvalidInput(f"outputs takes a comma list of {', '.join(OUTPUTS)} (or none); got {', '.join(bad)}")
+    return items - {"none"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def segment_doc(served, image, result: dict, *, outputs: set[str], name: str, seconds: float) -> dict[str, Any]:
+    seg = served.segmenter
+    names, background = seg.vocab.names, seg.vocab.background
+    values, legend = label_values(result["labels"], names, background)
+    n = max(legend) + 1
+    pal = palette(n)
+    doc: dict[str, Any] = {
+        "input": name, "size": [image.width, image.height], "vocabulary": seg.vocab.describe(),
+        "generation": served.generation, "settings": seg.settings.to_dict(), "present": result["present"],
+        "legend": {str(k): v for k, v in legend.items()},
+        "colours": {str(k): [int(c) for c in pal[k]] for k in legend},
+        "prefilter_kept": result["kept"] if seg.prefilter is not None else None,
+        "seconds": round(seconds, 4),
+    }
+    if "labels" in outputs:
+        doc["labels_png"] = _b64(label_png(values, n))
+    if "overlay" in outputs:
+        doc["overlay_png"] = _b64(png_bytes(overlay(image, values, n)))
+    if "maps" in outputs:
+        dtype = "<u1" if n <= 256 else "<u2"
+        scores = np.clip(np.nan_to_num(np.asarray(result["scores"], np.float32)), -1.0, 1.0)
+        doc["maps"] = {"width": image.width, "height": image.height,
+                       "labels_dtype": "uint8" if dtype == "<u1" else "uint16",
+                       "labels": _b64(np.ascontiguousarray(values, dtype=dtype).tobytes()),
+                       "scores": _b64(np.rint(scores * SCORES_SCALE).astype("<i2").tobytes()),
+                       "scores_scale": SCORES_SCALE}
+    if "explain" in outputs:
+        doc["explain"] = explain(seg, result.get("winners") or {})
+    return doc
+
+
+def explain(seg, winners: dict) -> dict[str, Any]:
+    """The segmenter's winners with the support image's artifact digest and size added."""
+    ids = [w["support_image"] for w in winners.values() if w.get("support_image")]
+    sups = seg.sets.support_images(ids) if ids else {}
+    out = {}
+    for name, w in winners.items():
+        item = dict(w)
+        sup = sups.get(w.get("support_image") or "")
+        if sup is not None:
+            item["support_sha256"] = sup.sha256
+            item["support_size"] = [sup.width, sup.height]
+        out[name] = item
+    return out
