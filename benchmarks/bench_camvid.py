@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
-def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5) -> float:
+def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, short_side: int | None = None) -> float:
     names = load_builtin("camvid")["classes"]
     builder = db.builder()  # models load once for all classes
     t = time.perf_counter()
@@ -39,7 +39,7 @@ def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5) -
         builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
             name=name, images=0, exemplars=camvid / "train", masks=camvid / "trainannot",
             mask_value=value, bg_value=None, extractors=(extractor,), k=k, kind=None,
-            mask_min_fraction=min_fraction))
+            mask_min_fraction=min_fraction, short_side=short_side))
     db.vocabs.create("camvid", names, description="CamVid from real exemplars", replace=True)
     return time.perf_counter() - t
 
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
     ap.add_argument("--scales", default="1", help="window passes at these multiples of 448 (e.g. 1,1.5)")
     ap.add_argument("--split", default="val")
+    ap.add_argument("--short-side", type=int, default=448, help="support features and windows at this short side")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.camvid.exists():
@@ -64,7 +65,7 @@ def main() -> None:
 
     home = args.db or Path(tempfile.mkdtemp(prefix="protodb-camvid-"))
     db = protodb.open(home)
-    build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction)
+    build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side)
 
     # time split: wrap the extractor call and the matching to attribute wall time
     timing = {"extract": 0.0, "match": 0.0}
@@ -83,7 +84,8 @@ def main() -> None:
     for levels, pamr in settings:
         timing.update(extract=0.0, match=0.0)
         opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
-                              background=False, pamr=pamr, windows=WindowSpec(scales=parse_scales(args.scales)))
+                              background=False, pamr=pamr,
+                              windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales)))
         t = time.perf_counter()
         res = db.evaluate("camvid", args.camvid, opts, split=args.split, limit=args.limit)
         wall = time.perf_counter() - t
@@ -93,7 +95,7 @@ def main() -> None:
                         "images": n, "seconds_per_image": round(wall / n, 3),
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})
-    out = {"extractor": args.extractor, "scales": args.scales, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
+    out = {"extractor": args.extractor, "scales": args.scales, "short_side": args.short_side, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
            "train_images": len(list((args.camvid / "train").iterdir())), "results": results}
     if args.json:
         print(json.dumps(out, indent=2))
