@@ -64,10 +64,15 @@ class BuildWorker:
     """A Ray actor: one database connection and one class builder whose models stay loaded."""
 
     def __init__(self, home: str, catalog_url: str, preset: str | None, device: str, dtype: str, counter: str):
-        self.db = ProtoDB(home, catalog_url=catalog_url)
-        self.counter = counter_named(counter)
         self._key: str | None = None  # progress key while a shard runs
-        self.builder = self.db.builder(preset=preset, device=device, dtype=dtype, progress=self._progress)
+        self.counter = counter_named(counter)
+        self.error: str | None = None  # a worker that cannot open the database says why, task by task
+        try:
+            self.db = ProtoDB(home, catalog_url=catalog_url)
+            self.builder = self.db.builder(preset=preset, device=device, dtype=dtype, progress=self._progress)
+        except Exception as err:  # noqa: BLE001
+            log.exception("worker could not start")
+            self.error = f"a worker could not open the database: {one_line(err)}"
 
     def pid(self) -> int:
         return os.getpid()
@@ -78,6 +83,8 @@ class BuildWorker:
             self.counter.add.remote(self._key, n)
 
     def shard(self, req: AddClassRequest, indices: list[int]) -> dict[str, Any]:
+        if self.error:
+            return {"error": self.error}
         self._key = f"{IMAGES}:{req.name}"
         try:
             return {"drawn": self.builder.generate_shard(req, indices)}
@@ -88,6 +95,8 @@ class BuildWorker:
             self._key = None
 
     def build(self, req: AddClassRequest) -> dict[str, Any]:
+        if self.error:
+            return {"error": self.error}
         try:
             return {"result": self.builder.add_class(req)}
         except Exception as err:  # noqa: BLE001 - one failing class must not stop the others
@@ -115,6 +124,9 @@ def resolved_requests(db: ProtoDB, requests: Sequence[AddClassRequest], preset: 
             raise InvalidInput(f"--images {images} would take about {images * SECONDS_PER_IMAGE / 3600:.1f} GPU-hours "
                                f"and {images * BYTES_PER_IMAGE / 2**30:.1f} GiB per class; the limit without --yes is "
                                f"{MAX_IMAGES_WITHOUT_CONFIRM}")
+        if req.new_version:  # a task retried after its worker died would commit a second new version
+            raise InvalidInput("--new-version cannot run on Ray (a retried task would add another version); "
+                               "build the new version without --ray")
         out.append(req.replace(name=name, images=images))
     return out
 

@@ -31,6 +31,7 @@ from protodb.entities import InputFailure, SegmentOutput, SegmentPlan, SegmentRe
 from protodb.errors import InvalidInput, ProtoDBError
 from protodb.images import IMAGE_EXTENSIONS, expand_inputs, load_image
 from protodb.lazy import lazy_import
+from protodb.names import parse_class_list
 from protodb.segment.options import SegmentOptions, check_options
 from protodb.segment.outputs import check_out, output_stems
 
@@ -122,20 +123,29 @@ def split_done(inputs: Sequence[str], stems: dict[str, str], out: str, overwrite
 class SegmentWorker:
     """Ray Data callable class: a warm segmenter; ``__call__`` labels one batch and writes its outputs."""
 
-    def __init__(self, home: str, catalog_url: str, options: SegmentOptions, out: str, explain: bool = False):
-        self.db = ProtoDB(home, catalog_url=catalog_url, create=False)
-        self.seg = self.db.segmenter(options)
+    def __init__(self, home: str, catalog_url: str, options: SegmentOptions, out: str):
         self.out = out
         self.remote = is_remote_uri(out)
-        self.fs = fsspec.core.url_to_fs(out)[0] if self.remote else None
         self.pool = ThreadPoolExecutor(IO_THREADS)
-        self.batched = self.seg.device.type == "cuda"
+        self.error: str | None = None  # an actor that cannot load the vocabulary says why, input by input
+        try:
+            self.db = ProtoDB(home, catalog_url=catalog_url, create=False)
+            self.seg = self.db.segmenter(options)
+            self.fs = fsspec.core.url_to_fs(out)[0] if self.remote else None
+        except Exception as err:  # noqa: BLE001
+            log.exception("segmenting worker could not start")
+            text = str(err).splitlines()[0] if str(err) else ""
+            self.error = text if isinstance(err, ProtoDBError) and text else f"{type(err).__name__}: {text}"
+        self.batched = self.error is None and self.seg.device.type == "cuda"
 
     def _load(self, src: str):
         if not is_remote_uri(src):
             return load_image(src)
-        with fsspec.open(src, "rb") as f:
-            data = f.read()
+        try:
+            with fsspec.open(src, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise InvalidInput(f"{src}: cannot be read ({type(err).__name__}: {err})") from None
         try:
             return load_image(data)
         except InvalidInput as err:
@@ -158,6 +168,9 @@ class SegmentWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         paths, stems = [str(p) for p in batch["path"]], [str(s) for s in batch["stem"]]
+        if self.error:
+            return {"input": paths, "error": [self.error] * len(paths), **{k: ["null"] * len(paths) for k in
+                                                                        ("size", "present", "files", "explain")}}
         loads = [self.pool.submit(self._load, p) for p in paths]  # decoding overlaps the compute below
         rows = {k: [] for k in ("input", "error", "size", "present", "files", "explain")}
         images: dict[int, Any] = {}
@@ -187,7 +200,7 @@ class SegmentWorker:
                 writes[i] = self.pool.submit(self._write, image, result, stems[i])  # encode while the next computes
             except ProtoDBError as err:
                 errors[i] = str(err)
-            except (MemoryError, RuntimeError) as err:
+            except Exception as err:  # noqa: BLE001 - one input too big or odd: the others still run
                 log.warning("%s failed: %s", path, err)
                 errors[i] = (f"{path}: could not be segmented ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:160] if str(err) else ''})")
@@ -216,6 +229,8 @@ def _check_vocabulary(db: ProtoDB, options: SegmentOptions) -> None:
     options.windows.check()
     if options.vocab:
         db.vocabs.show(options.vocab)
+    for ref in parse_class_list(options.classes) if options.classes else []:
+        db.sets.resolve(ref)  # NotFound, one line naming add-class
 
 
 def plan(db: ProtoDB, inputs: Sequence[str], options: SegmentOptions, out: str, *, overwrite: bool,
@@ -227,7 +242,7 @@ def plan(db: ProtoDB, inputs: Sequence[str], options: SegmentOptions, out: str, 
     extractor = options.extractors[0] if options.extractors else None
     if extractor is None and (options.vocab or options.classes):
         try:
-            first = options.classes.split(",")[0] if options.classes else db.vocabs.show(options.vocab).classes[0]
+            first = parse_class_list(options.classes)[0] if options.classes else db.vocabs.show(options.vocab).classes[0]
             sets = db.sets.resolve(first.strip())
             extractor = sets[0].extractor if sets else None
         except ProtoDBError:
