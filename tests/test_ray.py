@@ -201,9 +201,10 @@ DRIVER = [str(Path(sys.executable).parent / "protodb"), "add-vocab", "three", *B
 @pytest.mark.slow
 def test_sigkilled_driver_started_again_builds_every_class_once(tiny_models, pg_url, tmp_path):
     classes = CLASSES[:3]
+    bad = " ".join(["zq"] * 60)  # its prompt is over the text encoder's 77 tokens: this class always fails
     home = new_home(tmp_path / "db", tiny_models)
     db_args = ["--db", str(home), "--catalog", pg_url]
-    cli("vocab", "create", "three", *classes, *db_args, "-q")
+    cli("vocab", "create", "three", *classes, bad, *db_args, "-q")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROTODB_", "RAY_"))}
     first = subprocess.Popen(DRIVER + db_args, env=env, cwd=ROOT, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -221,10 +222,12 @@ def test_sigkilled_driver_started_again_builds_every_class_once(tiny_models, pg_
     assert 1 <= built_before < len(classes)
     second = subprocess.run(DRIVER + db_args + ["--json"], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=240)
-    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.returncode == 3, second.stderr[-2000:]  # the bad class failed, the others are built
     res = json.loads(second.stdout)
-    assert len(res["already_built"]) >= built_before and res["failed"] == []
+    assert len(res["already_built"]) >= built_before
     assert sorted(res["already_built"] + [c["name"] for c in res["classes"]]) == sorted(classes)
+    assert [f["name"] for f in res["failed"]] == [bad] and "77 tokens" in res["failed"][0]["error"]
+    assert f"error: {bad}: prompt" in second.stderr
     assert_built_once(db, classes)
 
 
@@ -255,6 +258,9 @@ SINGLE_SEGMENT = textwrap.dedent("""
     from typer.testing import CliRunner
     from protodb_cli.main import app
     r = CliRunner().invoke(app, sys.argv[1:])
+    home = sys.argv[sys.argv.index("--db") + 1]
+    plan = CliRunner().invoke(app, ["add-vocab", "six", "--preset", "tiny", "--dry-run", "--db", home])
+    assert plan.exit_code == 0, plan.output
     assert "ray" not in sys.modules, "the single-process path imported ray"
     print(json.dumps({"code": r.exit_code, "stdout": r.stdout}))
 """)
