@@ -69,7 +69,7 @@ def print_build_plan(p: BuildPlan) -> None:
     say(f"  tasks: {p.tasks['generation_shards']} generation shards of {p.shard_size} images, "
         f"{p.tasks['class_builds']} class builds" if p.ray else f"  tasks: {p.tasks['class_builds']} class builds")
     e = p.estimate
-    say(f"  estimate: {e.gpu_hours:.2f} GPU-hours ({e.seconds_per_image:g} s per image; {e.source})")
+    say(f"  estimate: {e.gpu_hours:.2f} GPU-hours = {e.seconds:g} s ({e.seconds_per_image:g} s per image; {e.source})")
 
 
 def print_segment_plan(p: SegmentPlan) -> None:
@@ -80,4 +80,4 @@ def print_segment_plan(p: SegmentPlan) -> None:
         say(f"  unusable: {f.error}")
     say(f"  tasks: {p.tasks} batches of up to {p.batch_size} images")
     e = p.estimate
-    say(f"  estimate: {e.gpu_hours:.3f} GPU-hours ({e.seconds_per_image:g} s per image; {e.source})")
+    say(f"  estimate: {e.gpu_hours:.3f} GPU-hours = {e.seconds:g} s ({e.seconds_per_image:g} s per image; {e.source})")

@@ -483,6 +483,7 @@ class CostEstimate(Entity):
 
     seconds_per_image: float
     images: int
+    seconds: float
     gpu_hours: float
     source: str
 

@@ -61,7 +61,7 @@ def build_plan(classes: Sequence[tuple[str, int]], already_built: Sequence[str],
         classes=tuple(name for name, _ in classes), already_built=tuple(already_built), images=images,
         tasks={"generation_shards": shards, "class_builds": len(classes)}, shard_size=shard_size,
         generator=generator, ray=ray,
-        estimate=CostEstimate(seconds_per_image=round(per_image, 4), images=images,
+        estimate=CostEstimate(seconds_per_image=round(per_image, 4), images=images, seconds=round(seconds, 1),
                               gpu_hours=round(seconds / 3600, 3), source=f"generate: {gen_src}; build: {build_src}"))
 
 
@@ -73,5 +73,5 @@ def segment_plan(to_segment: Sequence[str], skipped: Sequence[str], failed: Sequ
     return SegmentPlan(
         inputs=n + len(skipped), to_segment=tuple(to_segment), skipped=tuple(skipped), failed=tuple(failed),
         batch_size=batch_size, tasks=math.ceil(n / max(1, batch_size)) if n else 0, ray=ray,
-        estimate=CostEstimate(seconds_per_image=per_image, images=n, gpu_hours=round(n * per_image / 3600, 3),
-                              source=source))
+        estimate=CostEstimate(seconds_per_image=per_image, images=n, seconds=round(n * per_image, 1),
+                              gpu_hours=round(n * per_image / 3600, 3), source=source))
