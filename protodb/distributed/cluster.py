@@ -37,10 +37,11 @@ INIT_FIX = "start one with: ray start --head (then --ray auto), or use --ray loc
 
 @dataclass(frozen=True)
 class RayOptions:
-    """How a build runs on Ray. address: ``local``, ``auto`` or ADDRESS. workers: actors (default: one
-    per GPU / ``gpus_per_task``, or one per CPU). gpus_per_task: GPUs each worker holds (default 1 on a
-    GPU cluster, 0 on CPU; fractions share a GPU). shard_size: generated images per generation task.
-    task_retries: how often a task whose worker died is run again."""
+    """How work runs on Ray. address: ``local``, ``auto`` or ADDRESS. workers: actors (``--workers``;
+    ``--concurrency`` for segment; default one per GPU / ``gpus_per_task``, or one per CPU).
+    gpus_per_task: GPUs each worker holds (``--gpus-per-task`` / ``--gpus-per-worker``; default 1 on a GPU
+    cluster, 0 on CPU; fractions share a GPU). shard_size: generated images per generation task.
+    task_retries: how often a build task whose worker died is run again."""
 
     address: str = "local"
     workers: int | None = None
