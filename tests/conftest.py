@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +115,54 @@ def cli(*args, ok: bool = True):
     if ok:
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     return result
+
+
+# ------------------------------------------------------------------ S3 (moto)
+S3_BUCKET = "protodb-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS env pointing at it.
+
+    One per test session, defined here only: a second server (a module importing this fixture) would
+    repoint the env while this process's cached s3fs clients still talk to the first."""
+    if shutil.which("moto_server", path=str(Path(sys.executable).parent)) is None:
+        if os.environ.get("CI"):
+            pytest.fail("moto[server] must be installed in CI: pip install -e '.[dev]'")
+        pytest.skip("moto[server] is not installed: pip install -e '.[dev]'")
+    pytest.importorskip("s3fs")
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - server still starting
+                time.sleep(0.1)
+        else:
+            pytest.fail("moto server did not start")
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET, "env": env}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

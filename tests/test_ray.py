@@ -1,5 +1,5 @@
 """Scale-out on Ray (issue 11), with a real local Ray instance (2 CPUs, no dashboard), the real PostgreSQL
-on 127.0.0.1 and the moto S3 server of the sharing tests:
+on 127.0.0.1 and the moto S3 server (tests/conftest.py):
 
 - a 6-class tiny vocabulary built through Ray on the live database (PostgreSQL + S3) equals the one
   built in one process: same sets (support images, config, counts, vectors), one version each;
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from sqlalchemy import select
 
 import protodb
 from protodb.catalog.schema import SET_PENDING, PrototypeSetRow, SupportImageRow
 from protodb.segment.options import SegmentOptions
 from tests.conftest import cli
-from tests.test_sharing import s3  # noqa: F401 - the moto S3 server fixture
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
@@ -74,10 +74,17 @@ def new_home(path: Path, models: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_models) -> Path:
-    """The reference: vocabulary 'six' built in one process (SQLite, local folders)."""
+    """The reference: vocabulary 'six' built in one process (SQLite, local folders), with one intra-op
+    thread like each Ray worker here (Ray sets OMP_NUM_THREADS to a worker's CPUs, 1 on 2 cores): on
+    some CPUs float reductions, and so the generated images' bytes, depend on the thread count."""
     home = new_home(tmp_path_factory.mktemp("single") / "db", tiny_models)
-    cli("vocab", "create", "six", *CLASSES, "--db", home, "-q")
-    cli("add-vocab", "six", *BUILD, "--db", home)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli("vocab", "create", "six", *CLASSES, "--db", home, "-q")
+        cli("add-vocab", "six", *BUILD, "--db", home)
+    finally:
+        torch.set_num_threads(threads)
     return home
 
 

@@ -17,7 +17,6 @@ import PIL.Image
 import pytest
 
 import protodb
-from protodb.storage.vectors import PrototypeRows
 from tests.conftest import child_env, clean_env, cli, fake_extractor, random_rows
 
 

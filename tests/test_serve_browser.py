@@ -74,7 +74,8 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     page.wait_for_selector("#gallery[data-ready='true']")
     cards = page.eval_on_selector_all(".card", "cs => cs.map(c => [c.dataset.class, c.dataset.kind])")
     assert sorted(cards) == [["blue stripes", "thing"], ["red box", "thing"]]
-    assert page.locator(".card[data-class='red box'] img.thumb").evaluate("i => i.complete && i.naturalWidth") > 0
+    thumb = page.locator(".card[data-class='red box'] img.thumb")
+    poll(lambda: thumb.evaluate("i => i.complete && i.naturalWidth > 0"), "the gallery thumbnail has loaded")
     page.keyboard.press("Tab")  # keyboard first stop: the skip link, then real links
     assert page.evaluate("document.activeElement.className") == "skip"
     page.fill("#filter", "blue")

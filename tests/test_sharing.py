@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -40,7 +39,6 @@ from protodb_cli.main import app
 from tests.conftest import clean_env, fake_extractor, random_rows
 
 runner = CliRunner()
-BUCKET = "protodb-test"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,51 +51,6 @@ def cli(*args, ok=True):
 
 def _clean_env():
     clean_env()
-
-
-# ================================================================================ servers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS env pointing at it."""
-    if shutil.which("moto_server", path=str(Path(sys.executable).parent)) is None:
-        if os.environ.get("CI"):
-            pytest.fail("moto[server] must be installed in CI: pip install -e '.[dev]'")
-        pytest.skip("moto[server] is not installed: pip install -e '.[dev]'")
-    pytest.importorskip("s3fs")
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        for _ in range(100):
-            try:
-                boto3.client("s3").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - server still starting
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto server did not start")
-        yield {"endpoint": endpoint, "bucket": BUCKET, "env": env}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ================================================================================ teams

@@ -18,11 +18,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protodb.errors import InvalidInput
 from protodb.lazy import lazy_import
-from protodb.stores import Stores
+
+if TYPE_CHECKING:
+    from protodb.stores import Stores
 
 ray = lazy_import("ray")
 
@@ -136,7 +138,7 @@ def is_remote_uri(uri: str) -> bool:
     return bool(sep) and scheme.lower() not in ("", "file", "local")
 
 
-def check_shared(stores: Stores, nodes: int, *, exemplars: bool = False) -> None:
+def check_shared(stores: "Stores", nodes: int, *, exemplars: bool = False) -> None:
     """Refuse a cluster of more than one node when the database lives on this machine only."""
     if nodes <= 1:
         return
