@@ -11,7 +11,7 @@ import typer
 from protodb.entities import AddClassResult, AddVocabResult, LabelHistory
 from protodb.lazy import lazy_import
 from protodb.names import check_tag_name
-from protodb.pipeline.config import AddClassRequest
+from protodb.pipeline.config import AddClassRequest, parse_bg_value
 from protodb_cli.app import WRITE, Ctx, command
 from protodb_cli.output import EXIT_PARTIAL, err_console, say
 # --- scale-out on Ray (issue 11): options, plans; the distributed modules load only with --ray/--dry-run
@@ -64,7 +64,7 @@ def add_class(
     exemplars: Annotated[Optional[Path], typer.Option(help="Folder of real support images.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of masks for the exemplars (matched by file stem).")] = None,
     mask_value: Annotated[Optional[int], typer.Option(help="Masks are label maps: this value is the class.")] = None,
-    bg_value: Annotated[Optional[int], typer.Option(help="Label maps: this value is background (default 0); other labels are never background.")] = 0,
+    bg_value: Annotated[str, typer.Option(help="Label maps: this value is background (default 0); other labels are never background. 'none': the maps have no background label, every other label is background.")] = "0",
     exemplar_background: Annotated[bool, typer.Option("--exemplar-background/--no-exemplar-background", help="Take background prototypes from exemplar photos (off for cluttered photos).")] = True,
     mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
@@ -93,7 +93,7 @@ def add_class(
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
         prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()), exemplars=exemplars,
-        masks=masks, mask_value=mask_value, bg_value=bg_value, exemplar_background=exemplar_background,
+        masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
         kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
         device=device, dtype=dtype, batch_size=batch_size, yes=yes)

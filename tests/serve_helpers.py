@@ -66,7 +66,9 @@ def build_scene_db(root: Path, catalog_url: str | None = None) -> Path:
     with protodb.open(home, catalog_url=catalog_url) as db:
         builder = db.builder(preset="tiny")
         for value, name in ((0, "red box"), (1, "blue stripes")):
-            builder.add_class(AddClassRequest(name, images=0, exemplars=ex, masks=masks, mask_value=value, k=4))
+            # the scenes' label maps have no background label (0 and 1 are the classes)
+            builder.add_class(AddClassRequest(name, images=0, exemplars=ex, masks=masks, mask_value=value,
+                                              bg_value=None, k=4))
         db.vocabs.create("scene", ["red box", "blue stripes"])
     return home
 

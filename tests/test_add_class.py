@@ -190,6 +190,68 @@ def test_exemplars_with_label_maps(home, tmp_path):
         assert fg.shape == (96, 128) and 0.05 < fg.mean() < 0.25
 
 
+def _cluttered_exemplars(folder: Path, masks: Path) -> np.ndarray:
+    """Two photos: the class (label 7) beside another labelled object (label 3) on background (1).
+    Returns the first label map."""
+    folder.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(3)
+    first = None
+    for i in range(2):
+        img = (rng.random((96, 128, 3)) * 80).astype(np.uint8)
+        lab = np.ones((96, 128), np.uint8)
+        img[20:60, 10:50], lab[20:60, 10:50] = (220, 60, 40), 7
+        img[30:80, 70:120], lab[30:80, 70:120] = (40, 200, 60), 3
+        PIL.Image.fromarray(img).save(folder / f"c{i}.png")
+        PIL.Image.fromarray(lab).save(masks / f"c{i}.png")
+        first = lab if first is None else first
+    return first
+
+
+def _background_mask(home, origin: str) -> tuple[np.ndarray, dict]:
+    """The newest stored pixel background mask of support image ``origin`` and its mask params."""
+    db = protodb.open(home)
+    with db.session() as s:
+        image = s.scalars(select(SupportImageRow).where(SupportImageRow.origin == origin)).one()
+        bg = s.scalars(select(MaskRow).where(MaskRow.image_id == image.id, MaskRow.role == "background")
+                       .order_by(MaskRow.created_at.desc())).first()
+        return np.asarray(PIL.Image.open(db.stores.artifacts.local_path(bg.artifact_sha256))) > 127, bg.params
+
+
+@pytest.mark.slow
+def test_exemplar_background_is_only_labelled_background(home, tmp_path):
+    """Item 6a of the fidelity issue: with label maps, another labelled object is never background;
+    'none' takes the rest of the image; the class's own value is never its background;
+    --no-exemplar-background gives no background prototypes."""
+    lab = _cluttered_exemplars(tmp_path / "ex", tmp_path / "lab")
+    base = ["--images", "0", "--exemplars", tmp_path / "ex", "--masks", tmp_path / "lab", "--mask-value", "7",
+            "-k", "2"]
+    out = add_tiny(home, "box", *base, "--bg-value", "1")
+    assert out["sets"][0]["counts"]["bg_instance"] == 2
+    bg, params = _background_mask(home, "c0.png")
+    assert params["background"] == "labelled background"
+    assert bg[lab == 1].all() and not bg[lab == 3].any() and not bg[lab == 7].any()
+
+    out = add_tiny(home, "box", *base, "--bg-value", "none")  # the old rule: every other label
+    assert out["sets"][0]["version"] == 2  # another background, another config
+    config = protodb.open(home).sets.resolve("box@2")[0].config
+    assert config["masks"]["bg_value"] is None
+    bg, params = _background_mask(home, "c0.png")
+    assert params["background"] == "rest of the image" and bg[lab == 3].all() and not bg[lab == 7].any()
+
+    out = add_tiny(home, "box", *base, "--bg-value", "7")  # the class's own value: same as 'none'
+    assert out["sets"][0]["version"] == 2 and out["sets"][0]["reused"]
+
+    out = add_tiny(home, "box", *base, "--bg-value", "1", "--no-exemplar-background")
+    assert out["sets"][0]["counts"].get("bg_instance", 0) == 0 and out["sets"][0]["counts"].get("bg_part", 0) == 0
+    assert protodb.open(home).sets.resolve("box@3")[0].config["masks"]["exemplar_background"] is False
+
+    before = _snapshot(home)
+    res = add_tiny(home, "box", *base, "--bg-value", "sky", ok=False)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "--bg-value must be a label value" in lines[0]
+    assert _snapshot(home) == before
+
+
 def test_exemplars_without_masks_and_mixed_with_generated(home, tmp_path):
     _synthetic_exemplars(tmp_path / "ex", tmp_path / "lab")
     out = add_tiny(home, "box", "--images", "2", "--exemplars", tmp_path / "ex", "-k", "4")

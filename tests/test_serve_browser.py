@@ -118,11 +118,13 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     page.goto(base + "/segment")
     page.wait_for_selector("#vocab[data-ready='true']")
     page.select_option("#vocab", "scene")
+    page.click("#options summary")  # each class's background here is the other class: no background
+    page.select_option("#background", "false")
     page.set_input_files("#file", str(upload))
     page.click("#run")
     page.wait_for_selector("#legend[data-ready='true']", timeout=60_000)
     shown = page.eval_on_selector_all("#legend li", "ls => ls.map(l => [l.dataset.label, Number(l.dataset.fraction)])")
-    api = httpx.post(base + "/api/segment?vocab=scene&outputs=maps", content=upload.read_bytes(), timeout=60).json()
+    api = httpx.post(base + "/api/segment?vocab=scene&background=false&outputs=maps", content=upload.read_bytes(), timeout=60).json()
     assert {n for n, _ in shown} == set(api["present"]) and {"red box", "blue stripes"} <= {n for n, _ in shown}
     for name, frac in shown:
         assert frac == pytest.approx(api["present"][name]["fraction"])

@@ -36,6 +36,7 @@ from protodb.pipeline.config import (
     GenerationConfig,
     MaskConfig,
     check_request,
+    effective_bg_value,
     generator_changes,
 )
 from protodb.pipeline.exemplars import find_exemplars, load_exemplars
@@ -101,12 +102,15 @@ class ClassBuilder:
                                f"{MAX_IMAGES_WITHOUT_CONFIRM}")
         generation = self._generation(req, name, images)
         plugin = segmenters.choose(req.segmenter)
-        exemplars = load_exemplars(files, mask_files, req.mask_value, req.bg_value) if files else []
+        bg_value = effective_bg_value(req.mask_value, req.bg_value)
+        if bg_value != req.bg_value:
+            log.info("label value %s is the class itself: every other label is its background", req.mask_value)
+        exemplars = load_exemplars(files, mask_files, req.mask_value, bg_value) if files else []
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
         records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
         masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
                            segmenter_params=plugin.params() if plugin is not None else dict(NCUT_PARAMS),
-                           source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=req.bg_value,
+                           source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=bg_value,
                            min_fraction=req.mask_min_fraction, exemplar_background=req.exemplar_background)
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=req.k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,

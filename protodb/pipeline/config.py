@@ -36,6 +36,28 @@ MAX_IMAGES_WITHOUT_CONFIRM = 1024
 MAX_SEED = 2**31 - 1
 
 
+def parse_bg_value(text: str | int | None) -> int | None:
+    """``--bg-value``: a label value (0..65535) or ``none`` (the label maps have no background label)."""
+    if text is None or isinstance(text, int):
+        return text
+    if text.strip().lower() in ("none", "rest"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInput(f"--bg-value must be a label value (0..65535) or 'none', got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise InvalidInput(f"--bg-value must be a label value (0..65535) or 'none', got {value}")
+    return value
+
+
+def effective_bg_value(mask_value: int | None, bg_value: int | None) -> int | None:
+    """The label maps' background value as used: when it is the class's own value (CamVid's sky is 0,
+    the default background value) the maps have no background label for this class, so every other
+    label is background (None)."""
+    return None if mask_value is not None and bg_value == mask_value else bg_value
+
+
 @dataclass(frozen=True)
 class AddClassRequest:
     """What ``protodb add-class`` was asked to build. Defaults follow the OVDiff paper (None: the

@@ -76,7 +76,8 @@ def load_exemplars(files: list[Path], masks: dict[str, Path], mask_value: int | 
                    bg_value: int | None = 0) -> list[ExemplarInput]:
     """Decode exemplar images (EXIF-rotated, RGB) and their masks; exemplars whose mask is empty
     (the class is not in that image) are left out. With ``mask_value`` the masks are label maps and
-    the background is the pixels equal to ``bg_value`` (None: every other label)."""
+    the background is the pixels equal to ``bg_value``; otherwise (binary masks, or ``bg_value`` None)
+    ``background`` is None: the rest of the image, unless exemplar backgrounds are off."""
     out = []
     for path in files:
         image = load_image(path)  # EXIF, 16-bit, CMYK, alpha, bombs: as for segment inputs
@@ -90,8 +91,8 @@ def load_exemplars(files: list[Path], masks: dict[str, Path], mask_value: int | 
             if not given.any():
                 log.info("exemplar %s does not show the class (empty mask): left out", path.name)
                 continue
-            if mask_value is not None:
-                background = (lm == bg_value) if bg_value is not None else ~given
+            if mask_value is not None and bg_value is not None:
+                background = (lm == bg_value) & ~given
         out.append(ExemplarInput(path=path, image=image, mask=given, background=background))
     if files and not out:
         raise InvalidInput(f"no exemplar shows the class (every mask is empty for value {mask_value})")

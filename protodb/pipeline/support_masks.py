@@ -87,12 +87,12 @@ def masks_for(feats, grid: tuple[int, int], *, image: PIL.Image.Image, attention
     """Foreground and background of one support image on ``grid`` (its features ``feats`` (h, w, D))."""
     if given is not None:
         fg = to_grid(given, grid, min_fraction, keep_some=True)
-        if given_background is not None:
-            bg_pix, source = given_background, "labelled background"
-        elif exemplar_background:
-            bg_pix, source = ~given, "rest of the image (binary mask)"
-        else:
+        if not exemplar_background:
             bg_pix, source = np.zeros_like(given), "none (--no-exemplar-background)"
+        elif given_background is not None:
+            bg_pix, source = given_background, "labelled background"
+        else:
+            bg_pix, source = ~given, "rest of the image"
         bg = to_grid(bg_pix, grid, 1.0) & ~fg  # patches with no class pixel
         return GridMasks(fg, bg, "given", {"min_fraction": min_fraction, "background": source, "grid": list(grid)},
                          fg_pixels=given, bg_pixels=bg_pix)

@@ -32,7 +32,8 @@ class SupportService:
         out: dict[str, dict[str, str]] = {}
         if not image_ids:
             return out
+        # an image built under several mask configs has several rows per role: the newest is shown
         for m in s.scalars(select(MaskRow).where(MaskRow.image_id.in_(list(image_ids)),
-                                                 MaskRow.extractor_id == extractor_id)):
+                                                 MaskRow.extractor_id == extractor_id).order_by(MaskRow.created_at)):
             out.setdefault(m.image_id, {})[m.role] = m.artifact_sha256
         return out
