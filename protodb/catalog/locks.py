@@ -39,6 +39,16 @@ def lock_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def lock_versions(session, class_id: str, extractor_id: str) -> None:
+    """Serialise, until this transaction ends, the transactions that give (class, extractor) a new
+    ready version (PostgreSQL: a transaction-level advisory lock). Without it, under READ COMMITTED,
+    two writers of the same config could both find no ready set and then take versions 1 and 2.
+    SQLite needs none: a write on a stale read snapshot fails and the transaction is retried."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                        {"k": lock_key(f"versions:{class_id}:{extractor_id}")})
+
+
 @contextlib.contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Hold an exclusive, cross-process lock for schema creation/upgrade."""

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protodb.catalog import queries
+from protodb.catalog.locks import lock_versions
 from protodb.catalog.schema import (
     SET_PENDING,
     SET_READY,
@@ -165,6 +166,7 @@ class SetService:
 
         def ready(s: Session) -> tuple[str, bool]:
             row = s.get(PrototypeSetRow, set_id)
+            lock_versions(s, row.class_id, row.extractor_id)  # before looking for the same config
             if reuse:
                 same = queries.find_ready_by_config(s, row.class_id, row.extractor_id, config_hash)
                 if same is not None:
