@@ -28,6 +28,8 @@ PresetOpt = Annotated[Optional[str], typer.Option(
          "'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
+YesOpt = Annotated[bool, typer.Option("--yes", help="Confirm a very large build (over 1024 generated images).")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per generator/extractor call.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -72,11 +74,11 @@ def add_class(
     parts: Annotated[int, typer.Option("-k", "--parts", help="Part prototypes (k-means K).")] = 32,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
     new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large build (over 1024 generated images).")] = False,
+    yes: YesOpt = False,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+    batch_size: BatchSizeOpt = 4,
     ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
     shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
 ) -> None:
@@ -122,11 +124,11 @@ def add_vocab(
     extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s) (repeatable).")] = None,
     generator: Annotated[Optional[str], typer.Option(help="Generator name or local folder.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
-    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large build.")] = False,
+    yes: YesOpt = False,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per generator/extractor call.")] = 4,
+    batch_size: BatchSizeOpt = 4,
     ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
     shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,7 @@ import pytest
 import protodb
 from protodb.render import sheet_size
 from tests.conftest import clean_env, cli
-
-
-
-def _scene(seed: int, size=(96, 128)) -> tuple[np.ndarray, np.ndarray]:
-    """A photo-like scene: left 'red box' region (label 0) and right 'blue stripes' (label 1)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = (rng.random((h, w, 3)) * 40).astype(np.uint8)
-    lab = np.ones((h, w), np.uint8)
-    img[:, : w // 2] += np.array([200, 30, 30], np.uint8)
-    stripes = (np.arange(w)[None, w // 2:] // 4) % 2 == 0
-    img[:, w // 2:][np.broadcast_to(stripes, (h, w - w // 2))] += np.array([20, 60, 200], np.uint8)
-    lab[:, : w // 2] = 0
-    return img, lab
+from tests.serve_helpers import scene as _scene  # left half red box (0), right blue stripes (1)
 
 
 @pytest.fixture(scope="module")
