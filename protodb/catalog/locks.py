@@ -18,6 +18,7 @@ from typing import Iterator
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from protodb.fileio import file_lock
 
@@ -39,7 +40,7 @@ def lock_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def lock_versions(session, class_id: str, extractor_id: str) -> None:
+def lock_versions(session: Session, class_id: str, extractor_id: str) -> None:
     """Serialise, until this transaction ends, the transactions that give (class, extractor) a new
     ready version (PostgreSQL: a transaction-level advisory lock). Without it, under READ COMMITTED,
     two writers of the same config could both find no ready set and then take versions 1 and 2.

@@ -40,7 +40,7 @@ def parse_bg_value(text: str | int | None) -> int | None:
     """``--bg-value``: a label value (0..65535) or ``none`` (the label maps have no background label)."""
     if text is None or isinstance(text, int):
         return text
-    if text.strip().lower() in ("none", "rest"):
+    if text.strip().lower() == "none":
         return None
     try:
         value = int(text)
