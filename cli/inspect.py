@@ -31,7 +31,7 @@ def ls_(ctx: Ctx, names: Annotated[Optional[list[str]], typer.Argument(help="Onl
 
     Example: protodb ls --json
     """
-    ctx.emit(ctx.db.sets.ls(names), _ls)
+    ctx.emit(ctx.db.overview.ls(names), _ls)
 
 
 def _inspect(data: InspectReport) -> None:

@@ -28,7 +28,7 @@ def vocab_list(ctx: Ctx) -> None:
 
     Example: protodb vocab list --json
     """
-    rows = ctx.db.vocabs.list()
+    rows = ctx.db.overview.vocabularies()
     ctx.emit(rows, lambda rs: table(["name", "classes", "version", "source", "description"],
                                     [(r.name, r.classes, r.version, "built-in" if r.builtin else "catalog",
                                       r.description or "") for r in rs]))

@@ -7,7 +7,8 @@
 
 =====================  =====================================================================
 ``db.stores``          catalog sessions (+ the retry helper), settings, vectors, artifacts, locks
-``db.schema``          catalog revision: current / upgrade / downgrade / check; ``info()``
+``db.overview``        ls, info, vocabulary list in plain SQL (no SQLAlchemy import)
+``db.schema``          catalog revision: current / upgrade / downgrade / check
 ``db.sets``            prototype sets: commit, resolve, prototypes, ls, tags
 ``db.labels``          thing/stuff labels and their history
 ``db.vocabs``          vocabularies
@@ -21,6 +22,7 @@ commands stay fast.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -36,13 +38,16 @@ from protodb.entities import (
     VerifyReport,
 )
 from protodb.lazy import lazy_import
-from protodb.services.integrity import IntegrityService
-from protodb.services.labels import LabelService
-from protodb.services.schema import SchemaService
-from protodb.services.sets import SetService
-from protodb.services.vocabs import VocabService
+from protodb.services.overview import OverviewService
 from protodb.stores import Stores
 
+# Services that use the ORM load on first use: ``ls``, ``info`` and ``vocab list`` (db.overview) never
+# import SQLAlchemy.
+integrity_service = lazy_import("protodb.services.integrity")
+labels_service = lazy_import("protodb.services.labels")
+schema_service = lazy_import("protodb.services.schema")
+sets_service = lazy_import("protodb.services.sets")
+vocabs_service = lazy_import("protodb.services.vocabs")
 sharing_service = lazy_import("protodb.services.sharing")  # bundles need pyarrow
 registry_mod = lazy_import("protodb.models.registry")
 build = lazy_import("protodb.pipeline.build")
@@ -58,7 +63,12 @@ if TYPE_CHECKING:
     from protodb.pipeline.config import AddClassRequest
     from protodb.segment.options import SegmentOptions
     from protodb.segment.run import VocabularySegmenter
+    from protodb.services.integrity import IntegrityService
+    from protodb.services.labels import LabelService
+    from protodb.services.schema import SchemaService
+    from protodb.services.sets import SetService
     from protodb.services.sharing import SharingService
+    from protodb.services.vocabs import VocabService
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -75,12 +85,29 @@ class ProtoDB:
     def __init__(self, path: str | os.PathLike | None = None, *, catalog_url: str | None = None,
                  create: bool = True, check_schema: bool = True):
         self.stores = Stores.open(path, catalog_url=catalog_url, create=create, check_schema=check_schema)
-        self.schema = SchemaService(self.stores)
-        self.sets = SetService(self.stores)
-        self.labels = LabelService(self.stores)
-        self.vocabs = VocabService(self.stores, self.sets)
-        self.integrity = IntegrityService(self.stores)
+        self.overview = OverviewService(self.stores)
         self._sharing = None
+
+    # ------------------------------------------------------------------ services (made on first use)
+    @functools.cached_property
+    def schema(self) -> "SchemaService":
+        return schema_service.SchemaService(self.stores)
+
+    @functools.cached_property
+    def sets(self) -> "SetService":
+        return sets_service.SetService(self.stores)
+
+    @functools.cached_property
+    def labels(self) -> "LabelService":
+        return labels_service.LabelService(self.stores)
+
+    @functools.cached_property
+    def vocabs(self) -> "VocabService":
+        return vocabs_service.VocabService(self.stores, self.sets)
+
+    @functools.cached_property
+    def integrity(self) -> "IntegrityService":
+        return integrity_service.IntegrityService(self.stores)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -120,7 +147,7 @@ class ProtoDB:
 
     # ------------------------------------------------------------------ overview
     def info(self) -> DbInfo:
-        return self.schema.info()
+        return self.overview.info()
 
     def verify(self) -> VerifyReport:
         """Artifacts, every ready set's vectors (count, kinds, checksum) and local model weights."""

@@ -20,23 +20,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
-
-from protodb.catalog import engine as engines
-from protodb.catalog.locks import vector_lock
-from protodb.catalog.schema import SettingRow
+from protodb.catalog import plain
+from protodb.catalog.migrate import head_revision
 from protodb.errors import InvalidInput, NotFound
 from protodb.fileio import remove_stale_temps
 from protodb.lazy import lazy_import
 
+# SQLAlchemy (and the ORM schema) load when a session or engine is first needed: the metadata commands
+# read through protodb.catalog.plain and never import them.
+sa = lazy_import("sqlalchemy")
+sa_exc = lazy_import("sqlalchemy.exc")
+sa_orm = lazy_import("sqlalchemy.orm")
+engines = lazy_import("protodb.catalog.engine")
+locks = lazy_import("protodb.catalog.locks")
+schema = lazy_import("protodb.catalog.schema")
 vectors_mod = lazy_import("protodb.storage.vectors")  # LanceDB: imported when vectors are touched
 artifacts_mod = lazy_import("protodb.storage.artifacts")
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,17 +59,17 @@ class Sessions:
     """Catalog transactions. ``session()``: one transaction (commit on success, rollback on error);
     ``transact(fn)``: the one retry helper, for writes that can lose a race on a unique row."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: "Engine"):
         self.engine = engine
-        self._maker = sessionmaker(engine, expire_on_commit=False)
+        self._maker = sa_orm.sessionmaker(engine, expire_on_commit=False)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self) -> Iterator["Session"]:
         with self._maker() as session:
             try:
                 yield session
                 session.commit()
-            except OperationalError as err:
+            except sa_exc.OperationalError as err:
                 session.rollback()
                 if "readonly" in str(err).replace("-", "").lower() or "read-only" in str(err).lower():
                     raise InvalidInput(f"the catalog {self.engine.url.render_as_string(hide_password=True)} is "
@@ -72,19 +80,19 @@ class Sessions:
                 raise
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[Session]:
+    def reader(self) -> Iterator["Session"]:
         """A session for reading only (never commits)."""
         with self._maker() as session:
             yield session
 
-    def transact(self, fn: Callable[[Session], T], attempts: int = 5, what: str = "write") -> T:
+    def transact(self, fn: Callable[["Session"], T], attempts: int = 5, what: str = "write") -> T:
         """Run ``fn(session)`` in one transaction, again (up to ``attempts`` times) when a concurrent
         writer inserted the same unique row first: the next attempt finds that row."""
         for attempt in range(1, attempts + 1):
             try:
                 with self.session() as s:
                     return fn(s)
-            except IntegrityError as err:
+            except sa_exc.IntegrityError as err:
                 if attempt == attempts:
                     raise
                 log.info("%s lost a race (%s); retrying (%d/%d)", what, type(err.orig).__name__, attempt, attempts)
@@ -92,31 +100,29 @@ class Sessions:
 
 
 class Settings:
-    """Database-wide key/value settings in the catalog (store URLs, remotes, user extractors)."""
+    """Database-wide key/value settings in the catalog (store URLs, remotes, user extractors); reads in
+    plain SQL, writes in a catalog transaction."""
 
-    def __init__(self, sessions: Sessions):
-        self._sessions = sessions
+    def __init__(self, stores: "Stores"):
+        self._stores = stores
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        with self._sessions.reader() as s:
-            row = s.get(SettingRow, key)
-            return row.value if row else default
+        rows = self._stores.plain.rows("SELECT value FROM settings WHERE key = ?", [key])
+        return rows[0][0] if rows else default
 
     def set(self, key: str, value: str) -> None:
-        with self._sessions.session() as s:
-            s.merge(SettingRow(key=key, value=value))
+        with self._stores.sessions.session() as s:
+            s.merge(schema.SettingRow(key=key, value=value))
 
     def delete(self, key: str) -> None:
-        with self._sessions.session() as s:
-            row = s.get(SettingRow, key)
+        with self._stores.sessions.session() as s:
+            row = s.get(schema.SettingRow, key)
             if row is not None:
                 s.delete(row)
 
     def with_prefix(self, prefix: str) -> dict[str, str]:
-        with self._sessions.reader() as s:
-            rows = s.scalars(select(SettingRow).where(SettingRow.key.startswith(prefix))
-                             .order_by(SettingRow.key)).all()
-            return {r.key[len(prefix):]: r.value for r in rows}
+        rows = self._stores.plain.rows("SELECT key, value FROM settings ORDER BY key")
+        return {k[len(prefix):]: v for k, v in rows if k.startswith(prefix)}
 
 
 class Stores:
@@ -126,13 +132,16 @@ class Stores:
     LanceDB).
     """
 
-    def __init__(self, home: Path, catalog_url: str, engine: Engine, schema_revision: str | None):
+    def __init__(self, home: Path, catalog_url: str, engine: "Engine | None", schema_revision: str | None,
+                 sqlite_file: Path | None = None):
         self.home = home
         self.catalog_url = catalog_url
-        self.engine = engine
         self.schema_revision = schema_revision
-        self.sessions = Sessions(engine)
-        self.settings = Settings(self.sessions)
+        self._engine = engine
+        self._sqlite_file = sqlite_file  # the home's catalog, read without SQLAlchemy
+        self._sessions = None
+        self._plain = None
+        self.settings = Settings(self)
         self._vectors = None
         self._artifacts = None
 
@@ -144,15 +153,20 @@ class Stores:
         create: make the home folder and an empty catalog at the newest schema when there is none;
         without it a missing database is NotFound (read-only commands never create one).
         check_schema: refuse a catalog at another revision (only ``protodb db ...`` turns it off).
+        Opening the home's own SQLite catalog read-only at head imports no SQLAlchemy: its revision is
+        read in plain SQL and the engine is made on first use.
         """
         home = (Path(path).expanduser() if path else default_home()).resolve()
         if home.exists() and not home.is_dir():
             raise InvalidInput(f"--db {home} is a file; give a folder for the database")
-        url = catalog_url or engines.env_catalog_url()
+        url = catalog_url or os.environ.get("PROTODB_CATALOG_URL") or None
         if url is None:
-            if not create and not (home / "catalog.sqlite").is_file():
+            db_file = home / "catalog.sqlite"
+            if not create and not db_file.is_file():
                 raise NotFound(f"no protodb database at {home}; create one with: protodb init --db {home}")
-            url = engines.sqlite_url(home / "catalog.sqlite")
+            if not create and check_schema and cls._at_head(db_file):
+                return cls(home, f"sqlite:///{db_file.resolve()}", None, head_revision(), sqlite_file=db_file)
+            url = engines.sqlite_url(db_file)
         if create:
             try:
                 home.mkdir(parents=True, exist_ok=True)
@@ -161,7 +175,7 @@ class Stores:
         engine = engines.make_engine(url, create=create)
         try:
             revision = engines.ensure_schema(engine, create=create) if check_schema else None
-        except (OperationalError, InterfaceError, DBAPIError) as err:
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DBAPIError) as err:
             engine.dispose()
             first = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InvalidInput(f"cannot open the catalog at {engines.safe_url(engine)}: {first}") from None
@@ -169,6 +183,37 @@ class Stores:
         if create:
             stores.clean_staging()
         return stores
+
+    @staticmethod
+    def _at_head(db_file: Path) -> bool:
+        """Whether the SQLite catalog ``db_file`` reads back at this protodb's head revision (anything
+        else, including a file that is not a database, takes the full path and its one-line errors)."""
+        try:
+            return plain.revision(plain.PlainReader.sqlite(db_file)) == head_revision()
+        except sqlite3.Error:
+            return False
+
+    # ------------------------------------------------------------------ catalog
+    @property
+    def engine(self) -> "Engine":
+        """The SQLAlchemy engine (made on first use when the database was opened without one)."""
+        if self._engine is None:
+            self._engine = engines.make_engine(engines.sqlite_url(self._sqlite_file), create=False)
+        return self._engine
+
+    @property
+    def sessions(self) -> Sessions:
+        if self._sessions is None:
+            self._sessions = Sessions(self.engine)
+        return self._sessions
+
+    @property
+    def plain(self) -> plain.PlainReader:
+        """Plain-SQL reads of the catalog (:mod:`protodb.catalog.plain`)."""
+        if self._plain is None:
+            self._plain = (plain.PlainReader.sqlite(self._sqlite_file) if self._sqlite_file is not None
+                           else plain.PlainReader.from_engine(self.engine))
+        return self._plain
 
     # ------------------------------------------------------------------ stores
     @property
@@ -195,7 +240,7 @@ class Stores:
 
     def vector_lock(self, table: str):
         """Context manager serialising commits to vector table ``table`` across processes."""
-        return vector_lock(self.engine, table)
+        return locks.vector_lock(self.engine, table)
 
     # ------------------------------------------------------------------ local folders
     @property
@@ -219,8 +264,10 @@ class Stores:
                 log.info("removed %d leftovers of killed runs in %s", n, folder)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def describe(self) -> dict[str, Any]:
-        return {"home": str(self.home), "catalog_url": engines.safe_url(self.engine),
+        url = self.catalog_url if self._sqlite_file is not None else engines.safe_url(self.engine)
+        return {"home": str(self.home), "catalog_url": url,
                 "vectors_uri": self.vectors_uri, "artifacts_uri": self.artifacts_uri}

@@ -2,7 +2,7 @@
 
 Developers can also use the ``alembic`` command with ``alembic.ini`` at the repository root;
 both read the same ``migrations/`` folder. ``REVISIONS`` names the revisions in order so that
-opening a catalog at head costs no Alembic import (tests check it against the scripts).
+opening a catalog at head costs no Alembic (nor SQLAlchemy) import (tests check it against the scripts).
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import functools
 import io
 from importlib import resources
 from pathlib import Path
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from protodb.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 command = lazy_import("alembic.command")
 alembic_config_mod = lazy_import("alembic.config")

@@ -1,17 +1,13 @@
-"""The catalog's schema revision (current, upgrade, downgrade, check) and what the database holds."""
+"""The catalog's schema revision: current, upgrade, downgrade, check (what it holds: ``services.overview``)."""
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, select
-
-from protodb._version import __version__
 from protodb.catalog import engine as engines
 from protodb.catalog import migrate
 from protodb.catalog.locks import migration_lock
-from protodb.catalog.schema import SET_PENDING, SET_READY, ExtractorRow, PrototypeSetRow, SupportImageRow
-from protodb.entities import DbInfo, SchemaStatus
+from protodb.entities import SchemaStatus
 from protodb.errors import InvalidInput
 from protodb.stores import Stores
 
@@ -49,22 +45,3 @@ class SchemaService:
         cur = self.current()
         return SchemaStatus(cur.catalog_url, cur.revision, cur.head, cur.up_to_date,
                             in_sync=diff is None, differences=diff)
-
-    def info(self) -> DbInfo:
-        with self.stores.sessions.reader() as s:
-            def count(model, *where) -> int:
-                return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-            n_classes = int(s.scalar(select(func.count(func.distinct(PrototypeSetRow.class_id)))
-                                     .where(PrototypeSetRow.status == SET_READY)) or 0)
-            counts = (n_classes, count(PrototypeSetRow, PrototypeSetRow.status == SET_READY),
-                      count(PrototypeSetRow, PrototypeSetRow.status == SET_PENDING), count(SupportImageRow),
-                      count(ExtractorRow))
-        d = self.stores.describe()
-        return DbInfo(home=d["home"], catalog_url=d["catalog_url"],
-                      schema_revision=engines.current_revision(self.stores.engine),
-                      vectors_uri=d["vectors_uri"], artifacts_uri=d["artifacts_uri"], protodb_version=__version__,
-                      classes=counts[0], prototype_sets=counts[1], pending_sets=counts[2],
-                      support_images=counts[3], extractors=counts[4])
-
-

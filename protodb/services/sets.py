@@ -11,18 +11,15 @@ configuration gives one set on every catalog.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protodb.catalog import queries
 from protodb.catalog.locks import lock_versions
 from protodb.catalog.schema import (
     SET_PENDING,
-    SET_READY,
     ClassRow,
     Damaged,
     ExtractorRow,
@@ -35,18 +32,17 @@ from protodb.catalog.schema import (
 from protodb.entities import (
     PROTOTYPE_KINDS,
     BuiltSet,
-    ExtractorRecord,
-    ClassVersion,
     ClassVersions,
+    ExtractorRecord,
     PrototypeSet,
     SupportImageRecord,
     TaggedSets,
     Untagged,
-    counts_of,
 )
 from protodb.errors import DamagedData, InvalidInput, NotFound
 from protodb.lazy import lazy_import
 from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
+from protodb.services.overview import OverviewService
 from protodb.storage.vectors import VectorCache, table_name
 from protodb.stores import Stores
 
@@ -270,45 +266,9 @@ class SetService:
             return ExtractorRecord(row.id, row.name, row.kind, dict(row.config), int(row.dim), row.weights_hash)
 
     def ls(self, names: Sequence[str] | None = None) -> list[ClassVersions]:
-        """Every class with ready versions (grouped across extractors); classes without any are hidden."""
-        with self.sessions.reader() as s:
-            q = select(ClassRow).order_by(ClassRow.name)
-            if names:
-                q = q.where(ClassRow.name.in_([normalize_class_name(n) for n in names]))
-            classes = s.scalars(q).all()
-            rows = s.execute(
-                select(PrototypeSetRow, ExtractorRow.name)
-                .join(ExtractorRow, ExtractorRow.id == PrototypeSetRow.extractor_id)
-                .where(PrototypeSetRow.status == SET_READY).order_by(PrototypeSetRow.version)
-            ).all()
-            n_images = dict(s.execute(select(SetImageRow.set_id, func.count()).group_by(SetImageRow.set_id)).all())
-            tags = defaultdict(list)
-            for name, set_id in s.execute(select(TagRow.name, TagRow.set_id)).all():
-                tags[set_id].append(name)
-            for row, _ext in rows:
-                _intact(row)
-        grouped: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-        for row, ext_name in rows:
-            e = grouped[row.class_id].setdefault(row.version, {
-                "status": row.status, "extractors": [], "images": 0, "counts": None, "sets": [],
-                "tags": set(), "bytes": 0, "created_at": row.ready_at.isoformat() if row.ready_at else None})
-            e["extractors"].append(ext_name)
-            e["sets"].append(row.id)
-            e["images"] = max(e["images"], int(n_images.get(row.id, 0)))
-            e["bytes"] += int(row.nbytes or 0)
-            e["tags"] |= set(tags.get(row.id, []))
-            if e["counts"] is None:
-                e["counts"] = counts_of(row.counts)
-        out = []
-        for c in classes:
-            versions = tuple(
-                ClassVersion(version=v, status=e["status"], extractors=tuple(e["extractors"]), images=e["images"],
-                             counts=e["counts"], sets=tuple(e["sets"]), tags=tuple(sorted(e["tags"])),
-                             bytes=e["bytes"], created_at=e["created_at"])
-                for v, e in sorted(grouped[c.id].items()))
-            if versions:
-                out.append(ClassVersions(name=c.name, kind=c.kind, id=c.id, versions=versions))
-        return out
+        """Every class with ready versions (grouped across extractors); classes without any are hidden
+        (:meth:`protodb.services.overview.OverviewService.ls`)."""
+        return OverviewService(self.stores).ls(names)
 
     # ------------------------------------------------------------------ tags
     def tag(self, tag: str, refs: Sequence[str], *, extractor: str | None = None,

@@ -17,6 +17,7 @@ from protodb.entities import Vocabulary, VocabularySummary
 from protodb.errors import InvalidInput, NotFound
 from protodb.names import Ref, check_tag_name, normalize_class_name
 from protodb.services.labels import label_record
+from protodb.services.overview import OverviewService
 from protodb.services.sets import SetService
 from protodb.stores import Stores
 from protodb.thing_stuff import classify_with_lexicon
@@ -129,11 +130,5 @@ class VocabService:
                        f"or create one: protodb vocab create {name} CLASS...")
 
     def list(self) -> list[VocabularySummary]:
-        with self.stores.sessions.reader() as s:
-            out = [VocabularySummary(r.name, len(r.members), r.version, False, r.description)
-                   for r in s.scalars(select(VocabularyRow).order_by(VocabularyRow.name))]
-        have = {o.name for o in out}
-        for name, b in sorted(builtin_vocabularies().items()):
-            if name not in have:
-                out.append(VocabularySummary(name, len(b["classes"]), 0, True, b.get("description")))
-        return out
+        """:meth:`protodb.services.overview.OverviewService.vocabularies`."""
+        return OverviewService(self.stores).vocabularies()
