@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--levels", nargs="*", default=["class", "class,instance,part"])
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
     ap.add_argument("--scales", default="1", help="window passes at these multiples of 448 (e.g. 1,1.5)")
+    ap.add_argument("--subpatch", type=int, default=1, help="sample the patch grid n times per axis (n x n passes)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--short-side", type=int, default=448, help="support features and windows at this short side")
     ap.add_argument("--json", action="store_true")
@@ -85,7 +86,8 @@ def main() -> None:
         timing.update(extract=0.0, match=0.0)
         opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
                               background=False, pamr=pamr,
-                              windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales)))
+                              windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales),
+                                                 subpatch=args.subpatch))
         t = time.perf_counter()
         res = db.evaluate("camvid", args.camvid, opts, split=args.split, limit=args.limit)
         wall = time.perf_counter() - t
@@ -95,7 +97,7 @@ def main() -> None:
                         "images": n, "seconds_per_image": round(wall / n, 3),
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})
-    out = {"extractor": args.extractor, "scales": args.scales, "short_side": args.short_side, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
+    out = {"extractor": args.extractor, "scales": args.scales, "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
            "train_images": len(list((args.camvid / "train").iterdir())), "results": results}
     if args.json:
         print(json.dumps(out, indent=2))

@@ -31,6 +31,7 @@ PrefilterOpt = Annotated[Optional[bool], typer.Option("--prefilter/--no-prefilte
 ClipOpt = Annotated[Optional[str], typer.Option(help="CLIP model (hub id or folder) for the pre-filter; or PROTODB_CLIP_MODEL.")]
 PamrOpt = Annotated[bool, typer.Option("--pamr", help="Refine with PAMR (10 iterations, dilations 1,2,4,8,12,24).")]
 ScalesOpt = Annotated[str, typer.Option(help="Window passes at these multiples of the 448-px short side, averaged (e.g. 1,1.5: finer detail for thin objects, ~3x the time).")]
+SubpatchOpt = Annotated[int, typer.Option(min=1, max=4, help="Sample the patch grid N times per axis (N x N shifted passes per window, N^2 the time): score maps at stride patch/N, for objects narrower than a patch (poles, signs, people far away).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-missing", help="Segment with the usable classes when some have no (foreground) prototypes; say which were left out.")]
 
 
@@ -39,11 +40,11 @@ def register(app: typer.Typer) -> None:
 
 
 def options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-            explain=False, skip_missing=False, preset=None, scales="1") -> SegmentOptions:
+            explain=False, skip_missing=False, preset=None, scales="1", subpatch=1) -> SegmentOptions:
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
                           dtype=dtype, explain=explain, skip_missing=skip_missing, preset=preset,
-                          windows=WindowSpec(scales=parse_scales(scales)))
+                          windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check())
 
 
 def _report(report: SegmentReport) -> None:
@@ -65,7 +66,7 @@ def segment(
     prefilter: PrefilterOpt = None, clip_model: ClipOpt = None, pamr: PamrOpt = False,
     explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
     skip_missing: SkipOpt = False,
-    scales: ScalesOpt = "1",
+    scales: ScalesOpt = "1", subpatch: SubpatchOpt = 1,
     preset: Annotated[Optional[str], typer.Option(help="'paper': turn on the pre-filter with CLIP ViT-B/16 (openai/clip-vit-base-patch16) unless --clip-model is given.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out; with --ray also s3://...); outputs mirror the inputs' relative paths.")] = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
@@ -84,10 +85,11 @@ def segment(
 
     Example: protodb segment photo.jpg --vocab voc --out out/
     Example: protodb segment 'street/*.png' --classes "car,road,sky" --no-background --json
+    Example: protodb segment street.png --vocab camvid --subpatch 2
     Example: protodb segment 's3://b/imgs/**/*.jpg' --vocab voc --out s3://b/out/ --ray auto --batch-size 16
     """
     opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-                   explain, skip_missing, preset, scales)
+                   explain, skip_missing, preset, scales, subpatch)
     ropts = ray_options(ray, workers=concurrency, gpus=gpus_per_worker, workers_flag="--concurrency",
                         gpus_flag="--gpus-per-worker", **{"--batch-size": batch_size, "--overwrite": overwrite})
     target = out or "protodb-out"
@@ -128,14 +130,15 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part",
     background: BackgroundOpt = None, prefilter: PrefilterOpt = None, clip_model: ClipOpt = None,
-    pamr: PamrOpt = False, scales: ScalesOpt = "1", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    pamr: PamrOpt = False, scales: ScalesOpt = "1", subpatch: SubpatchOpt = 1, device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """mIoU of a vocabulary on a labelled dataset (intersections/unions summed over the split).
 
     Example: protodb eval --dataset camvid --root ../shared/data/camvid --vocab camvid --no-background
     """
     opts = options(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, device, dtype,
-                   scales=scales)
+                   scales=scales, subpatch=subpatch)
     with input_progress(ctx.quiet or ctx.json, "eval") as progress:
         res = ctx.db.evaluate(dataset, root, opts, split=split, limit=limit, progress=progress)
     ctx.emit(res, _eval)

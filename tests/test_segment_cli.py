@@ -89,6 +89,20 @@ def test_levels_option_changes_the_prototypes_used(tinydb, scenes, tmp_path):
     assert bad.exit_code == 1 and "--levels" in bad.stderr
 
 
+def test_subpatch_is_recorded_and_labels_the_same_scene(tinydb, scenes, tmp_path):
+    """--subpatch 2: the settings say so, and the big regions keep their labels (finer cells only move
+    edges); an out-of-range value is refused before any model loads."""
+    outs = {}
+    for n in ("1", "2"):
+        doc = json.loads(cli("segment", scenes / "val" / "s10.png", "--vocab", "scene", "--no-background",
+                             "--subpatch", n, "--out", tmp_path / n, "--db", tinydb, "--json").stdout)
+        assert doc["settings"]["windows"]["subpatch"] == int(n)
+        outs[n] = np.asarray(PIL.Image.open(tmp_path / n / "s10.labels.png"))
+    assert outs["1"].shape == outs["2"].shape and (outs["1"] == outs["2"]).mean() > 0.9
+    bad = cli("segment", scenes / "val", "--vocab", "scene", "--subpatch", "9", "--db", tinydb, ok=False)
+    assert bad.exit_code == 2 and "--subpatch" in bad.stderr
+
+
 def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
     """When the pre-filter keeps a subset, label values still name vocabulary classes."""
     from protodb.images import load_image

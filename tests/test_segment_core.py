@@ -25,7 +25,14 @@ from protodb.segment.label import segment_image
 from protodb.segment.match import EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches
 from protodb.segment.metrics import MIoU
 from protodb.segment.pamr import pamr
-from protodb.segment.windows import Window, WindowSpec, plan_windows, resized_size, window_scores
+from protodb.segment.windows import (
+    Window,
+    WindowSpec,
+    plan_windows,
+    resized_size,
+    window_grid_scores,
+    window_scores,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -583,3 +590,47 @@ def test_window_scales_average_finer_passes():
         from protodb.segment.options import parse_scales
 
         parse_scales("1,9")
+
+
+class MeanColour:
+    """An 'extractor' whose patch feature is the patch's mean colour (L2-normalised): a patch is red
+    exactly when more than half of it is red."""
+
+    def __init__(self, patch: int = 14):
+        self.patch_size, self.input_size = patch, None
+        self.crops = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.crops += images.shape[0]
+        return F.normalize(F.avg_pool2d(images, self.patch_size).permute(0, 2, 3, 1), dim=-1)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_subpatch_sampling_finds_a_stripe_narrower_than_a_patch(axis):
+    """An 8-pixel red stripe straddling a 14-pixel patch boundary covers 4/14 of each patch: at stride 14
+    blue wins everywhere; sampling the patch grid twice per axis (shifts -3 and +4) centres a patch on
+    the stripe, so red is found there (and only there), along either axis."""
+    from protodb.subpatch import offsets
+
+    assert offsets(14, 1) == [0] and offsets(14, 2) == [-3, 4]
+    assert set(np.diff(offsets(14, 4)).tolist()) == {3, 4}  # patch/n = 3.5 apart, rounded
+    img = torch.zeros(3, 56, 56)
+    img[2] = 1.0
+    sl = (slice(None), slice(24, 32)) if axis == 1 else (slice(24, 32), slice(None))
+    img[(0, *sl)], img[(2, *sl)] = 1.0, 0.0
+    table = build_match_table([ClassPrototypes("red", False, fg=unit([1.0, 0, 0]), bg=torch.zeros(0, 3)),
+                               ClassPrototypes("blue", False, fg=unit([0, 0, 1.0]), bg=torch.zeros(0, 3))],
+                              background=False)
+    spec = WindowSpec(short_side=None, sizes=(28,), stride=14, whole=True)
+    coarse = segment_image(img, [(MeanColour(), table)], windows=spec)
+    assert (coarse.labels == 0).sum() == 0
+    extract = MeanColour()
+    fine = segment_image(img, [(extract, table)], windows=dataclasses.replace(spec, subpatch=2))
+    red = np.argwhere(fine.labels == 0)[:, axis]
+    assert red.size and 20 <= red.min() and red.max() <= 32 and abs(red.mean() - 27) < 3
+    assert fine.scores.shape == (2, 56, 56)
+    assert extract.crops == 4 * len(plan_windows(56, 56, spec, 14))  # 2 x 2 shifted passes per window
+    grid, _ = window_grid_scores(img, MeanColour(), table, dataclasses.replace(spec, subpatch=2))
+    assert grid.shape == (2, 8, 8)
+    with pytest.raises(InvalidInput, match="--subpatch"):
+        dataclasses.replace(spec, subpatch=9).check()

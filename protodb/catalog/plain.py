@@ -46,14 +46,16 @@ class PlainReader:
     """Read-only SQL on a catalog. ``connect()`` returns a DB-API connection (closed after each read);
     ``paramstyle`` is its module's."""
 
-    def __init__(self, connect: Callable[[], Any], paramstyle: str):
+    def __init__(self, connect: Callable[[], Any], paramstyle: str, *, own_transaction: bool = False):
         self._connect = connect
         self.paramstyle = paramstyle
+        self._begin = own_transaction  # stdlib sqlite3 reads outside a transaction unless told
 
     @classmethod
     def sqlite(cls, path: Path) -> "PlainReader":
         uri = sqlite_uri(path)
-        return cls(lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_S), sqlite3.paramstyle)
+        return cls(lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_S), sqlite3.paramstyle,
+                   own_transaction=True)
 
     @classmethod
     def from_engine(cls, engine) -> "PlainReader":
@@ -71,8 +73,8 @@ class PlainReader:
                 cur.execute(_placeholders(sql, self.paramstyle), tuple(params))
                 return cur.fetchall()
 
-            if self.paramstyle == "qmark":
-                cur.execute("BEGIN")  # sqlite3: one snapshot across the block's queries
+            if self._begin:
+                cur.execute("BEGIN")  # one snapshot across the block's queries
             yield query
         finally:
             with contextlib.suppress(Exception):

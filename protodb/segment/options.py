@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from protodb.errors import InvalidInput
 
 LEVELS = ("class", "instance", "part")
+MAX_SUBPATCH = 4  # 16 extractor passes per window
 CLIP_ENV = "PROTODB_CLIP_MODEL"
 
 
@@ -19,7 +20,9 @@ CLIP_ENV = "PROTODB_CLIP_MODEL"
 class WindowSpec:
     """``short_side``: side the image's short side is resized to (None: keep the size); ``sizes``: square
     window sides in resized pixels (clamped to the image); ``stride``: window step in resized pixels;
-    ``whole``: also score the whole resized image as one window; ``batch``: windows per extractor call."""
+    ``whole``: also score the whole resized image as one window; ``batch``: crops per extractor call;
+    ``scales``: extra passes at ``short_side * scale``, averaged; ``subpatch``: sample the patch grid n
+    times per axis (n x n shifted passes per window, score maps at stride patch/n: thin objects)."""
 
     short_side: int | None = 448
     sizes: tuple[int, ...] = (448, 336)
@@ -27,6 +30,7 @@ class WindowSpec:
     whole: bool = True
     batch: int = 8
     scales: tuple[float, ...] = (1.0,)  # extra passes at short_side * scale (finer detail), averaged
+    subpatch: int = 1
 
     def at_scales(self) -> list["WindowSpec"]:
         """One spec per scale: the same windows over the image resized to ``short_side * scale``."""
@@ -38,6 +42,9 @@ class WindowSpec:
     def check(self) -> "WindowSpec":
         if not self.sizes and not self.whole:
             raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
+        if not 1 <= int(self.subpatch) <= MAX_SUBPATCH:
+            raise InvalidInput(f"--subpatch takes 1 to {MAX_SUBPATCH} (n x n extractor passes per window); "
+                               f"got {self.subpatch}")
         if not self.scales or any(not 0.25 <= s <= 4 for s in self.scales):
             raise InvalidInput(f"window scales must be between 0.25 and 4; got {self.scales}")
         if self.stride <= 0 or any(s <= 0 for s in self.sizes) or (self.short_side is not None and self.short_side <= 0):
@@ -127,5 +134,5 @@ class SegmentSettings:
                 "clip_model": self.clip_model, "pamr": self.pamr, "device": self.device, "dtype": self.dtype,
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
-                            "scales": list(w.scales)},
+                            "scales": list(w.scales), "subpatch": w.subpatch},
                 "explain": self.explain}
