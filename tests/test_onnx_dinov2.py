@@ -307,3 +307,27 @@ def test_focus_torch_extractor_through_the_registry(tmp_path):
     assert reg.load_extractor(spec, "cpu", torch.float32, expect_weights=record.weights_hash).dim == 384
     with pytest.raises(protodb.DamagedData, match="do not match"):
         reg.load_extractor(spec, "cpu", torch.float32, expect_weights="0" * 64)
+
+
+def test_key_facet_is_the_last_layers_key_projection(tmp_path, model, photos224):
+    """focus-vits14-key: encoder layer -1's k_proj of its layer-normed input (the paper's DINO keys),
+    computed here from the hidden states by hand; another layer gives other features; a layer that does
+    not exist is one clear error."""
+    import dataclasses
+
+    import protodb
+
+    reg = protodb.open(tmp_path / "db").registry()
+    spec = reg.extractor_spec("focus-vits14-key")
+    ext = reg.load_extractor(spec, "cpu", torch.float32)
+    feats = ext(photos224[:2])
+    assert feats.shape == (2, 16, 16, 384) and ext.dim == 384
+    with torch.no_grad():
+        hidden = model(pixel_values=_normalise(photos224[:2]), output_hidden_states=True).hidden_states
+        last = model.encoder.layer[-1]
+        keys = last.attention.k_proj(last.norm1(hidden[-2]))[:, 1:].reshape(2, 16, 16, 384)
+    assert torch.allclose(feats, F.normalize(keys, dim=-1), atol=1e-4)
+    earlier = reg.load_extractor(dataclasses.replace(spec, config={**spec.config, "layer": 5}), "cpu", torch.float32)
+    assert float((earlier(photos224[:1]) * feats[:1]).sum(-1).mean()) < 0.95
+    with pytest.raises(protodb.InvalidInput, match="layer 40 does not exist"):
+        reg.load_extractor(dataclasses.replace(spec, config={**spec.config, "layer": 40}), "cpu", torch.float32)

