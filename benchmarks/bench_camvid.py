@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--db", type=Path, default=None, help="reuse/keep this database folder")
     ap.add_argument("--extractor", default="focus-vits14-torch")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("-k", type=int, default=32)
+    ap.add_argument("-k", type=int, default=None, help="part prototypes (default: 32 per 64 support images, at least 32)")
     ap.add_argument("--mask-min-fraction", type=float, default=0.5,
                     help="share of a patch the class must cover for the patch to count as foreground")
     ap.add_argument("--levels", nargs="*", default=["class", "class,instance,part"])

@@ -71,7 +71,7 @@ def add_class(
     mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
-    parts: Annotated[int, typer.Option("-k", "--parts", help="Part prototypes (k-means K).")] = 32,
+    parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
     new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
     yes: YesOpt = False,

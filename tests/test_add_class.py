@@ -486,3 +486,16 @@ def test_a_broken_plugin_is_skipped_and_logged_with_its_error(home, tmp_path, mo
     loud = cli("-v", "add-class", "box", "--images", "0", "--exemplars", tmp_path / "ex", "-k", "2",
                "--preset", "tiny", "--db", home)
     assert "broken" in loud.stderr and "needs detectron2" in loud.stderr  # shown with -v
+
+
+def test_default_parts_keep_the_papers_ratio(home):
+    """K defaults to 32 per 64 support images, never below 32 (resolved before anything is written and
+    recorded in the build config); an explicit -k is taken as given."""
+    from protodb.pipeline.config import AddClassRequest, parts_for
+
+    assert [parts_for(n) for n in (0, 4, 64, 65, 100, 123, 640)] == [32, 32, 32, 32, 50, 62, 320]
+    builder = protodb.open(home).builder(preset="tiny")
+    assert builder.resolve(AddClassRequest("boat", images=100)).config.k == 50
+    assert builder.resolve(AddClassRequest("boat", images=4)).config.k == 32
+    assert builder.resolve(AddClassRequest("boat", images=100, k=7)).config.k == 7
+    assert protodb.open(home).info().prototype_sets == 0

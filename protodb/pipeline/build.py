@@ -38,6 +38,7 @@ from protodb.pipeline.config import (
     check_request,
     effective_bg_value,
     generator_changes,
+    parts_for,
 )
 from protodb.pipeline.exemplars import find_exemplars, load_exemplars
 from protodb.pipeline.features import FeatureCache, featurize
@@ -112,7 +113,8 @@ class ClassBuilder:
                            segmenter_params=plugin.params() if plugin is not None else dict(NCUT_PARAMS),
                            source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=bg_value,
                            min_fraction=req.mask_min_fraction, exemplar_background=req.exemplar_background)
-        config = BuildConfig(class_name=name, generation=generation, extractors=records, k=req.k, seed=req.seed,
+        k = req.k if req.k is not None else parts_for(images + len(exemplars))
+        config = BuildConfig(class_name=name, generation=generation, extractors=records, k=k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars))
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))

@@ -79,7 +79,7 @@ class AddClassRequest:
     bg_value: int | None = 0  # label maps: pixels of this value are background; None: any other label
     exemplar_background: bool = True  # False: exemplar photos give no background prototypes
     kind: str | None = None  # "thing" | "stuff" override
-    k: int = 32
+    k: int | None = None  # part prototypes; None: parts_for(number of support images)
     new_version: bool = False
     device: str = "auto"
     dtype: str = "auto"
@@ -204,6 +204,16 @@ def mask_digest(mask) -> str | None:
     return hashlib.sha256(np.packbits(m).tobytes() + str(m.shape).encode()).hexdigest()[:16]
 
 
+# ---------------------------------------------------------------------------------------- defaults
+PAPER_PARTS, PAPER_IMAGES = 32, 64  # OVDiff: K = 32 part prototypes from 64 generated images
+
+
+def parts_for(n_images: int) -> int:
+    """The default K: the paper's 32 parts per 64 support images, never fewer than 32 (a class built
+    from 123 real photos gets 62, so its parts summarise as many patches each as the paper's do)."""
+    return max(PAPER_PARTS, round(PAPER_PARTS * int(n_images) / PAPER_IMAGES))
+
+
 # ---------------------------------------------------------------------------------------- checks
 def check_request(req: AddClassRequest) -> str:
     """Everything about a request that needs no model and no file: returns the class name."""
@@ -212,7 +222,7 @@ def check_request(req: AddClassRequest) -> str:
         raise InvalidInput(f"--images must be >= 0, got {req.images}")
     if not 0.0 < req.mask_min_fraction <= 1.0:
         raise InvalidInput(f"--mask-min-fraction must be in (0, 1], got {req.mask_min_fraction}")
-    if req.k < 1:
+    if req.k is not None and req.k < 1:
         raise InvalidInput(f"-k must be >= 1, got {req.k}")
     if req.kind not in (None, "thing", "stuff"):
         raise InvalidInput(f"kind must be thing or stuff, got {req.kind!r}")
