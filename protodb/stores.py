@@ -32,7 +32,6 @@ from protodb.lazy import lazy_import
 
 # SQLAlchemy (and the ORM schema) load when a session or engine is first needed: the metadata commands
 # read through protodb.catalog.plain and never import them.
-sa = lazy_import("sqlalchemy")
 sa_exc = lazy_import("sqlalchemy.exc")
 sa_orm = lazy_import("sqlalchemy.orm")
 engines = lazy_import("protodb.catalog.engine")

@@ -297,8 +297,15 @@ def test_llm_label_recorded(home, monkeypatch, llm_server):
 
 
 KILLER = """
-import sys
+import sys, time
+import protodb.pipeline.support as support
 from protodb_cli.main import main
+_generate = support.generate
+def paced(*args, **kwargs):  # at most one image per 0.5 s: the parent kills mid-run on a fast machine too
+    for image in _generate(*args, **kwargs):
+        time.sleep(0.5)
+        yield image
+support.generate = paced
 sys.argv = ["protodb", "add-class", "boat", "--preset", "tiny", "--images", "8", "--batch-size", "2",
             "--db", sys.argv[1], "--quiet"]
 main()
