@@ -4,9 +4,8 @@ The image (already at its feature size, sides multiples of the patch p) is padde
 border and cut n x n times, shifted by :func:`offsets` (about p/n apart, centred); each shifted copy goes
 through the extractor as usual and the passes' (h, w) patch grids are interleaved into one (n h, n w)
 grid: cell (r, c) is the patch whose top-left corner is at (r p/n + o_0, c p/n + o_0) of the image, so
-cells are centred at about ((r + 1/2) p/n, (c + 1/2) p/n). :func:`coverage` gives a pixel mask's share
-of each of those patches (the support masks' rule "a patch is foreground when its pixels mostly are",
-on the same patches the features saw).
+cells are centred at about ((r + 1/2) p/n, (c + 1/2) p/n). Used by the sliding windows of ``segment``
+(``--subpatch N``); support images keep the plain grid (sampling them 2x2 too did not help on CamVid).
 """
 
 from __future__ import annotations
@@ -44,14 +43,6 @@ def crops(padded: torch.Tensor, top: int, left: int, height: int, width: int, pa
     return torch.stack(out, dim=1).reshape(B * n * n, C, height, width)
 
 
-def shifted(images: torch.Tensor, patch: int, n: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B * n * n, C, H, W): each whole image's n x n shifted copies. n = 1 returns
-    ``images``."""
-    if n <= 1:
-        return images
-    return crops(pad(images, patch), 0, 0, images.shape[2], images.shape[3], patch, n)
-
-
 def interleave(passes: torch.Tensor, n: int) -> torch.Tensor:
     """(n * n, h, w, D) features of one image's passes -> (h n, w n, D): cell (r n + ky, c n + kx) is
     patch (r, c) of pass (ky, kx)."""
@@ -59,10 +50,3 @@ def interleave(passes: torch.Tensor, n: int) -> torch.Tensor:
         return passes[0]
     _, h, w, D = passes.shape
     return passes.reshape(n, n, h, w, D).permute(2, 0, 3, 1, 4).reshape(h * n, w * n, D)
-
-
-def coverage(mask: torch.Tensor, patch: int, n: int) -> torch.Tensor:
-    """(H, W) float mask at the feature size -> (H/p n, W/p n) float: its mean over each sampled patch."""
-    m = mask.float()[None, None]
-    pooled = F.avg_pool2d(shifted(m, patch, n), patch)  # (n*n, 1, h, w)
-    return interleave(pooled.permute(0, 2, 3, 1), n)[..., 0]
