@@ -195,6 +195,27 @@ def test_tiny_needs_an_existing_safetensors_checkpoint(tmp_path):
         load_extractor(ExtractorSpec("bad", "tiny", {**spec.config, "facet": "attention"}))
 
 
+def test_flip_config_averages_the_mirror_images_features(tmp_path):
+    plain_spec = build_tiny_extractor(tmp_path / "t")
+    flip_spec = ExtractorSpec("tiny-flip", "tiny", {**plain_spec.config, "flip": True})
+    plain, flipped = load_extractor(plain_spec), load_extractor(flip_spec)
+    assert flip_spec.config_hash() != plain_spec.config_hash() and flipped.flip and not plain.flip
+
+    images = _photos(64, 48)
+    expected = F.normalize(plain(images) + plain(images.flip(-1)).flip(2), dim=-1)  # mirrored back by hand
+    out = flipped(images)
+    assert out.shape == (2, 8, 6, 32)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 8, 6), atol=1e-5)
+    # mirror-consistent: the mirror image's features are the features mirrored (a plain ViT's are not)
+    assert torch.allclose(flipped(images.flip(-1)), out.flip(2), atol=1e-5)
+    assert not torch.allclose(plain(images.flip(-1)), plain(images).flip(2), atol=1e-2)
+
+    with pytest.raises(InvalidInput, match="'flip' must be true or false"):
+        ExtractorSpec("bad", "tiny", {**plain_spec.config, "flip": "yes"})
+    assert builtin_specs()["focus-vits14-flip"].config == {**builtin_specs()["focus-vits14-torch"].config,
+                                                            "flip": True}
+
 # ------------------------------------------------------------------------------------------- CLIP
 
 

@@ -337,6 +337,12 @@ def test_extractor_add_registers_an_onnx_vit(tmp_path):
     listing = json.loads(cli("extractor", "list", "--db", home, "--json").stdout)
     mine = next(e for e in listing if e["name"] == "focus2")
     assert mine["kind"] == "onnx" and mine["config"]["mean"] == [0.485, 0.456, 0.406]
+    assert "flip" not in mine["config"]
+    cli("extractor", "add", "focus2-flip", "--onnx", onnx, "--output-name", "/backbone/layernorm/Add_1_output_0",
+        "--input-size", "224", "--patch-size", "14", "--flip", "--db", home, "--json")
+    listing = json.loads(cli("extractor", "list", "--db", home, "--json").stdout)
+    flipped = next(e for e in listing if e["name"] == "focus2-flip")
+    assert flipped["config"] == {**mine["config"], "flip": True}
     bad = cli("extractor", "add", "focus3", "--onnx", onnx, "--output-name", "no/such/tensor",
               "--input-size", "224", "--patch-size", "14", "--db", home, ok=False)
     assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1

@@ -4,6 +4,12 @@ An extractor maps a batch of RGB images to dense, L2-normalised patch features::
 
     images: (B, 3, H, W) float32 RGB in [0, 1], H and W multiples of ``patch_size``
     ->      (B, H/p, W/p, D) float32, L2-normalised along D
+
+Any extractor's config may say ``"flip": true``: its features are then the normalised mean of the
+features of the image and of its mirror image (mirrored back), f(x) = n(n(g(x)) + M n(g(M x))) with M the
+left-right mirror and n the L2 normalisation: twice the compute for features that no longer depend on
+which way the scene faces (support images and segmented images alike, since both go through the same
+extractor). ``"flip"`` is part of the config, so it is part of the extractor's identity and its cache key.
 """
 
 from __future__ import annotations
@@ -143,14 +149,25 @@ class Extractor:
         return (f"Extractor({self.spec.name!r}, kind={self.spec.kind}, dim={self.dim}, "
                 f"patch_size={self.patch_size}, device={self.device}, dtype={self.dtype})")
 
+    @property
+    def flip(self) -> bool:
+        """Whether features are averaged with those of the mirror image (config ``"flip"``)."""
+        return bool(self.spec.config.get("flip", False))
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
+        feats = self._normalised(images)
+        if self.flip:  # the mirror image's features, mirrored back along the grid's columns
+            feats = F.normalize(feats + self._normalised(images.flip(-1)).flip(2), dim=-1)
+        return feats.to(self.device)
+
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised: one pass of the backbone."""
         with self._lock, torch.no_grad():
             feats = self._features(images)
         if feats.shape[:3] != (images.shape[0], images.shape[2] // self.patch_size, images.shape[3] // self.patch_size):
             raise RuntimeError(f"{self.spec.name}: feature grid {tuple(feats.shape)} does not match the input")
-        feats = F.normalize(feats.float(), dim=-1)
-        return feats.to(self.device)
+        return F.normalize(feats.float(), dim=-1)
 
     def _check(self, images: torch.Tensor) -> None:
         p = self.patch_size

@@ -77,6 +77,8 @@ class ExtractorSpec:
             if value is not None and (not isinstance(value, list) or len(value) != 3
                                       or not all(isinstance(v, (int, float)) for v in value)):
                 raise InvalidInput(f"extractor {self.name!r}: config {key!r} must be 3 numbers (R, G, B)")
+        if not isinstance(config.get("flip", False), bool):
+            raise InvalidInput(f"extractor {self.name!r}: config 'flip' must be true or false")
         if any(v == 0 for v in config.get("std") or []):
             raise InvalidInput(f"extractor {self.name!r}: config 'std' must not contain 0")
         object.__setattr__(self, "config", config)
@@ -117,10 +119,12 @@ def onnx_spec(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     prefix_tokens: int | None = None,
+    flip: bool = False,
 ) -> ExtractorSpec:
     """Spec for a user's ONNX ViT whose tensor ``output_name`` holds tokens ``(B, N, D)`` (may be an
     intermediate tensor). ``input_size``: the side of a fixed graph input (None for dynamic graphs).
-    ``prefix_tokens``: class/register tokens before the patch tokens (None: N - (S/p)^2)."""
+    ``prefix_tokens``: class/register tokens before the patch tokens (None: N - (S/p)^2). ``flip``:
+    average each image's features with its mirror image's (twice the compute)."""
     path_str = str(path)
     if not path_str.startswith(PKG_PREFIX):
         resolved = pathlib.Path(path_str).expanduser().resolve()
@@ -137,6 +141,8 @@ def onnx_spec(
     }
     if prefix_tokens is not None:
         config["prefix_tokens"] = prefix_tokens
+    if flip:
+        config["flip"] = True
     return ExtractorSpec(name=name, kind="onnx", config=config)
 
 
