@@ -40,7 +40,7 @@ CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
 def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, short_side: int | None = None,
-          support: str = "train") -> float:
+          support: str = "train", support_windows: bool = True) -> float:
     names = load_builtin("camvid")["classes"]
     builder = db.builder()  # models load once for all classes
     t = time.perf_counter()
@@ -48,7 +48,7 @@ def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, s
         builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
             name=name, images=0, exemplars=camvid / support, masks=camvid / f"{support}annot",
             mask_value=value, bg_value=None, extractors=(extractor,), k=k, kind=None,
-            mask_min_fraction=min_fraction, short_side=short_side))
+            mask_min_fraction=min_fraction, short_side=short_side, support_windows=support_windows))
     db.vocabs.create("camvid", names, description="CamVid from real exemplars", replace=True)
     return time.perf_counter() - t
 
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
     ap.add_argument("--scales", default="1", help="window passes at these multiples of 448 (e.g. 1,1.5)")
     ap.add_argument("--subpatch", type=int, default=1, help="sample the patch grid n times per axis (n x n passes)")
+    ap.add_argument("--single-pass", action="store_true",
+                    help="support features from one pass over each photo, not segment's windows")
     ap.add_argument("--split", default="val", help="the split scored")
     ap.add_argument("--support", default="train",
                     help="the split the exemplars come from (--support val --split train: the reverse check)")
@@ -77,7 +79,8 @@ def main() -> None:
 
     home = args.db or Path(tempfile.mkdtemp(prefix="protodb-camvid-"))
     db = protodb.open(home)
-    build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side, args.support)
+    build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side, args.support,
+                    not args.single_pass)
 
     # time split: wrap the extractor call and the matching to attribute wall time
     timing = {"extract": 0.0, "match": 0.0}
@@ -109,7 +112,7 @@ def main() -> None:
                         "match_s_per_image": round(timing["match"] / n, 3),
                         "features_s_per_image": round((wall - timing["match"]) / n, 3)})
     out = {"extractor": args.extractor, "scales": args.scales, "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k, "mask_min_fraction": args.mask_min_fraction, "build_s": round(build_s, 1), "db": str(home),
-           "support": args.support, "split": args.split,
+           "support": args.support, "split": args.split, "support_windows": not args.single_pass,
            "support_images": len(list((args.camvid / args.support).iterdir())), "results": results}
     if args.json:
         print(json.dumps(out, indent=2))

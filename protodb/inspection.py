@@ -27,7 +27,7 @@ from protodb.images import decode_attention, decode_rgb, png_bytes
 from protodb.models.extractors import spec_from_dict
 from protodb.models.registry import ModelRegistry
 from protodb.names import Ref, file_stem
-from protodb.pipeline.features import FeatureCache, featurize
+from protodb.pipeline.features import FeatureCache, featurize, support_window_spec
 from protodb.render import CAPTION, CELL, GAP, LABEL_W, crop_with_context, patch_box, sheet_size
 from protodb.services.labels import LabelService
 from protodb.services.sets import SetService
@@ -117,7 +117,8 @@ class Inspector:
         images = [self.image(i["sha256"]) for i in prov["images"]]
         short = prov["params"].get("short_side") or extractor.input_size or 448
         feats = featurize(extractor, [(i["sha256"], im) for i, im in zip(prov["images"], images)],
-                          short_side=short, cache=FeatureCache(self.stores.cache_dir / "features"))
+                          short_side=short, cache=FeatureCache(self.stores.cache_dir / "features"),
+                          windows=support_window_spec(prov["params"].get("support_windows")))
         return list(zip(prov["images"], images, feats))
 
     def trace(self, pset: PrototypeSet, kinds: Sequence[str], top: int = 6,

@@ -41,7 +41,7 @@ from protodb.pipeline.config import (
     parts_for,
 )
 from protodb.pipeline.exemplars import find_exemplars, load_exemplars
-from protodb.pipeline.features import FeatureCache, featurize
+from protodb.pipeline.features import SUPPORT_WINDOWS, FeatureCache, featurize, support_window_spec
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
 from protodb.pipeline.support_masks import NCUT_PARAMS, GridMasks, for_extractor, masks_for, upsample
@@ -116,7 +116,8 @@ class ClassBuilder:
         k = req.k if req.k is not None else parts_for(images + len(exemplars))
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
-                             new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars))
+                             new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars),
+                             support_windows=dict(SUPPORT_WINDOWS) if req.support_windows else None)
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
     def _generation(self, req: AddClassRequest, name: str, images: int) -> GenerationConfig | None:
@@ -213,7 +214,8 @@ class ClassBuilder:
         stage = f"extract {cfg.extractors[i].name}"
         self.progress(stage, 0, len(support))
         return featurize(extractor, [(s.sha, s.image) for s in support], short_side=cfg.short_side,
-                         cache=self.cache, batch_size=max(1, batch_size), progress=lambda n: self.progress(stage, n, None))
+                         cache=self.cache, batch_size=max(1, batch_size), progress=lambda n: self.progress(stage, n, None),
+                         windows=support_window_spec(cfg.support_windows))
 
     def _masks(self, cfg: BuildConfig, plan: Resolved, src: int, support: list[SupportImage], feats) -> list[GridMasks]:
         """One mask per support image on the source extractor's grid, stored once (its extractor id)."""
@@ -265,7 +267,8 @@ class ClassBuilder:
         sc = cfg.set_config(record, [s.sha for s in support])
         params = {"k": cfg.k, "seed": cfg.seed, "short_side": cfg.short_side, "mask_value": cfg.masks.given_value,
                   "pipeline": cfg.pipeline_version, "preset": cfg.preset, "device": str(self.device),
-                  "dtype": dtype_name(self.dtype), "mask_extractor": cfg.masks.source}
+                  "dtype": dtype_name(self.dtype), "mask_extractor": cfg.masks.source,
+                  "support_windows": cfg.support_windows}
         kw = dict(config_hash=sc.config_hash, config=sc.to_dict(), image_ids=[s.id for s in support], run_id=run_id,
                   params=params)
         if cfg.new_version:

@@ -88,6 +88,7 @@ class AddClassRequest:
     mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
     segmenter: str = "auto"  # unsupervised proposals: auto (a usable plugin, else ncut), ncut, NAME
     mask_extractor: str | None = None  # whose features make the (shared) masks; default: the first
+    support_windows: bool = True  # featurise support images through segment's windows (False: one pass)
     yes: bool = False  # confirm a very large build
 
     def replace(self, **changes: Any) -> "AddClassRequest":
@@ -157,13 +158,17 @@ class BuildConfig:
     pipeline_version: int = PIPELINE_VERSION
     protodb_version: str = __version__
     exemplars: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    support_windows: dict[str, Any] | None = None  # {"sizes", "stride", "whole"}; None: one pass per image
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.class_name, "pipeline_version": self.pipeline_version,
-                "protodb_version": self.protodb_version, "preset": self.preset,
-                "generation": self.generation.to_dict() if self.generation else None,
-                "exemplars": list(self.exemplars), "extractors": [e.to_dict() for e in self.extractors],
-                "k": self.k, "seed": self.seed, "short_side": self.short_side, "masks": self.masks.to_dict()}
+        out = {"class": self.class_name, "pipeline_version": self.pipeline_version,
+               "protodb_version": self.protodb_version, "preset": self.preset,
+               "generation": self.generation.to_dict() if self.generation else None,
+               "exemplars": list(self.exemplars), "extractors": [e.to_dict() for e in self.extractors],
+               "k": self.k, "seed": self.seed, "short_side": self.short_side, "masks": self.masks.to_dict()}
+        if self.support_windows is not None:  # absent for one pass: sets built before keep their hash
+            out["support_windows"] = plain(self.support_windows)
+        return out
 
     def set_config(self, extractor: ExtractorRecord, support: Sequence[str]) -> "SetConfig":
         """The config of the set built for ``extractor`` from support images ``support`` (sha256s)."""

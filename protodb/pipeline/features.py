@@ -1,7 +1,15 @@
-"""Patch features of support images, computed once per (image, extractor, size).
+"""Patch features of support images, computed once per (image, extractor, size, windows).
 
-The cache is a folder of safetensors files keyed by the extractor's identity, the image's sha256
-and the input size, so an image used by several classes — or by a re-run — is featurised once.
+The cache is a folder of safetensors files keyed by the extractor's identity, the image's sha256,
+the input size and the window plan, so an image used by several classes — or by a re-run — is
+featurised once.
+
+Support windows: by default a support image is featurised through the same sliding windows that
+``segment`` scores a photo with (:data:`SUPPORT_WINDOWS`: squares of 448 and 336 at stride 224 plus the
+whole image, planned on the image at its feature size), each patch cell's feature the normalised mean
+over the windows holding it, so that support patches are seen in the contexts query patches are seen in.
+Measured on CamVid (exemplars + label maps, focus-vits14-torch, class+instance+part): val 53.22 mIoU
+against 51.02 with one pass over the whole image.
 """
 
 from __future__ import annotations
@@ -15,7 +23,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from protodb.fileio import atomic_path
+from protodb.hashing import sha256_json
 from protodb.images import feature_size, to_tensor
+from protodb.segment.options import WindowSpec
+from protodb.segment.windows import plan_windows
+
+#: The window plan support images are featurised with (the segment defaults), as recorded in a build.
+SUPPORT_WINDOWS = {"sizes": list(WindowSpec.sizes), "stride": WindowSpec.stride, "whole": WindowSpec.whole}
+
+
+def support_window_spec(plan: dict | None) -> WindowSpec | None:
+    """The :class:`WindowSpec` of a recorded support window plan (``{"sizes", "stride", "whole"}``), on
+    images already at their feature size; None (one pass over the whole image) for None."""
+    if not plan:
+        return None
+    return WindowSpec(short_side=None, sizes=tuple(int(v) for v in plan["sizes"]), stride=int(plan["stride"]),
+                      whole=bool(plan["whole"]))
 
 
 class FeatureCache:
@@ -24,13 +47,13 @@ class FeatureCache:
     def __init__(self, root: str | Path | None):
         self.root = Path(root) if root else None
 
-    def _path(self, key: str, digest: str, size: tuple[int, int]) -> Path | None:
+    def _path(self, key: str, digest: str, size: tuple[int, int], tag: str = "") -> Path | None:
         if self.root is None:
             return None
-        return self.root / key[:24] / f"{digest}_{size[0]}x{size[1]}.safetensors"
+        return self.root / key[:24] / f"{digest}_{size[0]}x{size[1]}{tag}.safetensors"
 
-    def get(self, key: str, digest: str, size: tuple[int, int]) -> torch.Tensor | None:
-        path = self._path(key, digest, size)
+    def get(self, key: str, digest: str, size: tuple[int, int], tag: str = "") -> torch.Tensor | None:
+        path = self._path(key, digest, size, tag)
         if path is None or not path.exists():
             return None
         try:
@@ -38,8 +61,8 @@ class FeatureCache:
         except Exception:  # noqa: BLE001 - a torn file from a crash is recomputed
             return None
 
-    def put(self, key: str, digest: str, size: tuple[int, int], feats: torch.Tensor) -> None:
-        path = self._path(key, digest, size)
+    def put(self, key: str, digest: str, size: tuple[int, int], feats: torch.Tensor, tag: str = "") -> None:
+        path = self._path(key, digest, size, tag)
         if path is None:
             return
         with atomic_path(path) as tmp:
@@ -58,18 +81,24 @@ def featurize(
     cache: FeatureCache | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    windows: WindowSpec | None = None,
 ) -> list[torch.Tensor]:
     """Features of ``images`` (``(sha256, image)`` pairs): a list of (h, w, D) float32 CPU tensors.
 
     Each image is resized so its short side is ``short_side`` (multiples of the patch size).
-    Images of the same size are batched into one extractor call; cached features are reused.
+    ``windows`` None: one extractor pass over the whole image; images of the same size are batched into
+    one extractor call. ``windows`` (a spec whose ``short_side`` is None, see :func:`support_window_spec`):
+    the spec's windows planned on the resized image, crops of one size batched, and each patch cell the
+    L2-normalised mean of its features over the windows holding it. Cached features are reused.
     """
     key = extractor_key(extractor)
+    tag = "" if windows is None else "_w" + sha256_json(
+        {"sizes": list(windows.sizes), "stride": windows.stride, "whole": windows.whole})[:8]
     out: list[torch.Tensor | None] = [None] * len(images)
     todo: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (digest, image) in enumerate(images):
         size = feature_size(image.width, image.height, short_side, extractor.patch_size)
-        cached = cache.get(key, digest, size) if cache else None
+        cached = cache.get(key, digest, size, tag) if cache else None
         if cached is not None:
             out[i] = cached
             if progress:
@@ -77,16 +106,37 @@ def featurize(
         else:
             todo[size].append(i)
     for size, idx in todo.items():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
+        step = max(1, batch_size) if windows is None else 1
+        for start in range(0, len(idx), step):
+            chunk = idx[start : start + step]
             batch = torch.stack([to_tensor(images[i][1], size) for i in chunk])
             with torch.inference_mode():
+                feats = extractor(batch) if windows is None else _windowed(extractor, batch[0], windows, batch_size)[None]
                 # rounded through float16 like the cache, so fresh and cached runs agree exactly
-                feats = extractor(batch).to(torch.float16).float().cpu()
+                feats = feats.to(torch.float16).float().cpu()
             for i, f in zip(chunk, feats):
                 out[i] = f
                 if cache:
-                    cache.put(key, images[i][0], size, f)
+                    cache.put(key, images[i][0], size, f, tag)
             if progress:
                 progress(len(chunk))
     return out  # type: ignore[return-value]
+
+
+def _windowed(extractor, image: torch.Tensor, windows: WindowSpec, batch_size: int) -> torch.Tensor:
+    """(3, H, W) at feature size -> (H/p, W/p, D): the normalised mean over ``windows``' crops."""
+    p = extractor.patch_size
+    H, W = int(image.shape[1]), int(image.shape[2])
+    plan = plan_windows(H, W, windows, p)
+    acc = torch.zeros(H // p, W // p, extractor.dim)
+    by_size: dict[tuple[int, int], list] = defaultdict(list)
+    for win in plan:
+        by_size[(win.height, win.width)].append(win)
+    for (wh, ww), wins in by_size.items():
+        for b in range(0, len(wins), max(1, batch_size)):
+            part = wins[b:b + max(1, batch_size)]
+            crops = torch.stack([image[:, w.top:w.top + wh, w.left:w.left + ww] for w in part])
+            feats = extractor(crops).float().cpu()
+            for w, f in zip(part, feats):
+                acc[w.top // p:(w.top + wh) // p, w.left // p:(w.left + ww) // p] += f
+    return torch.nn.functional.normalize(acc, dim=-1)

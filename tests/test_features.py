@@ -1,0 +1,86 @@
+"""Support features: one pass, or through segment's sliding windows (each cell the mean of its windows)."""
+
+from __future__ import annotations
+
+import json
+
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+import protodb
+from protodb.models.extractors.loading import load_extractor
+from protodb.models.tiny import build_tiny_extractor
+from protodb.pipeline.config import AddClassRequest
+from protodb.pipeline.features import SUPPORT_WINDOWS, FeatureCache, featurize, support_window_spec
+from protodb.segment.options import WindowSpec
+from tests.conftest import cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_extractor(build_tiny_extractor(tmp_path_factory.mktemp("tiny")))
+
+
+def _photo(w: int, h: int) -> PIL.Image.Image:
+    from sklearn.datasets import load_sample_image
+
+    return PIL.Image.fromarray(load_sample_image("china.jpg")).resize((w, h), PIL.Image.BILINEAR)
+
+
+def test_windowed_features_are_the_mean_over_the_windows_holding_each_cell(tiny, tmp_path):
+    """64x48 photo at short side 48 (a 6x8 grid of 8-px patches); windows of 32 px at stride 16 and the
+    whole image: each cell's feature is the normalised sum of the features its windows gave it."""
+    from protodb.images import to_tensor
+
+    image = _photo(64, 48)
+    spec = WindowSpec(short_side=None, sizes=(32,), stride=16, whole=True)
+    (got,) = featurize(tiny, [("sha", image)], short_side=48, windows=spec)
+    t = to_tensor(image, (48, 64))
+    acc, seen = torch.zeros(6, 8, tiny.dim), torch.zeros(6, 8)
+    boxes = [(top, left, 32) for top in (0, 16) for left in (0, 16, 32)]  # the last flush with the border
+    for top, left, side in boxes:
+        acc[top // 8:(top + side) // 8, left // 8:(left + side) // 8] += tiny(t[None, :, top:top + side, left:left + side])[0]
+        seen[top // 8:(top + side) // 8, left // 8:(left + side) // 8] += 1
+    acc += tiny(t[None])[0]
+    expected = F.normalize(acc, dim=-1)
+    assert got.shape == (6, 8, tiny.dim) and bool((seen >= 1).all())
+    assert torch.allclose(got, expected.half().float(), atol=1e-3)
+    (single,) = featurize(tiny, [("sha", image)], short_side=48)
+    assert torch.allclose(single, tiny(t[None])[0].half().float(), atol=1e-3)
+    assert not torch.allclose(got, single, atol=1e-2)  # the windows' contexts change the features
+
+    cache = FeatureCache(tmp_path / "cache")  # both kinds cached side by side, each read back as written
+    a = featurize(tiny, [("sha", image)], short_side=48, windows=spec, cache=cache)[0]
+    b = featurize(tiny, [("sha", image)], short_side=48, cache=cache)[0]
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    assert torch.equal(featurize(tiny, [("sha", image)], short_side=48, windows=spec, cache=cache)[0], a)
+    assert torch.equal(featurize(tiny, [("sha", image)], short_side=48, cache=cache)[0], b)
+
+
+def test_support_window_plan_is_segments_and_recorded(tmp_path):
+    default = WindowSpec()
+    assert SUPPORT_WINDOWS == {"sizes": list(default.sizes), "stride": default.stride, "whole": default.whole}
+    spec = support_window_spec(SUPPORT_WINDOWS)
+    assert (spec.sizes, spec.stride, spec.whole, spec.short_side) == (default.sizes, default.stride, True, None)
+    assert support_window_spec(None) is None
+
+    builder = protodb.open(tmp_path / "db").builder(preset="tiny")
+    on = builder.resolve(AddClassRequest("boat", images=2)).config
+    off = builder.resolve(AddClassRequest("boat", images=2, support_windows=False)).config
+    assert on.to_dict()["support_windows"] == SUPPORT_WINDOWS
+    assert "support_windows" not in off.to_dict()  # one pass: the config sets built before it had
+
+
+def test_single_pass_builds_another_set_and_records_it(tmp_path):
+    home = tmp_path / "db"
+    first = json.loads(cli("add-class", "boat", "--images", "2", "--preset", "tiny", "--db", home, "--json").stdout)
+    again = json.loads(cli("add-class", "boat", "--images", "2", "--preset", "tiny", "--single-pass", "--db", home,
+                           "--json").stdout)
+    assert [s["version"] for s in first["sets"]] == [1] and [s["version"] for s in again["sets"]] == [2]
+    shown = json.loads(cli("inspect", "boat@2", "--db", home, "--json").stdout)
+    text = json.dumps(shown)
+    assert '"support_windows": null' in text
+    shown1 = json.dumps(json.loads(cli("inspect", "boat@1", "--db", home, "--json").stdout))
+    assert json.dumps(SUPPORT_WINDOWS)[1:-1].replace(" ", "") in shown1.replace(" ", "")
