@@ -51,6 +51,10 @@ def test_windowed_features_are_the_mean_over_the_windows_holding_each_cell(tiny,
     assert torch.allclose(single, tiny(t[None])[0].half().float(), atol=1e-3)
     assert not torch.allclose(got, single, atol=1e-2)  # the windows' contexts change the features
 
+    # an image smaller than segment's windows is one window: the same features as one pass
+    (small,) = featurize(tiny, [("sha", image)], short_side=48, windows=support_window_spec(SUPPORT_WINDOWS))
+    assert torch.equal(small, single)
+
     cache = FeatureCache(tmp_path / "cache")  # both kinds cached side by side, each read back as written
     a = featurize(tiny, [("sha", image)], short_side=48, windows=spec, cache=cache)[0]
     b = featurize(tiny, [("sha", image)], short_side=48, cache=cache)[0]

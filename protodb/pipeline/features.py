@@ -106,12 +106,15 @@ def featurize(
         else:
             todo[size].append(i)
     for size, idx in todo.items():
-        step = max(1, batch_size) if windows is None else 1
+        plan = None if windows is None else plan_windows(size[0], size[1], windows, extractor.patch_size)
+        if plan is not None and len(plan) == 1 and (plan[0].height, plan[0].width) == size:
+            plan = None  # the image is one window (small images): the batched single pass is the same
+        step = max(1, batch_size) if plan is None else 1
         for start in range(0, len(idx), step):
             chunk = idx[start : start + step]
             batch = torch.stack([to_tensor(images[i][1], size) for i in chunk])
             with torch.inference_mode():
-                feats = extractor(batch) if windows is None else _windowed(extractor, batch[0], windows, batch_size)[None]
+                feats = extractor(batch) if plan is None else _windowed(extractor, batch[0], plan, batch_size)[None]
                 # rounded through float16 like the cache, so fresh and cached runs agree exactly
                 feats = feats.to(torch.float16).float().cpu()
             for i, f in zip(chunk, feats):
@@ -123,11 +126,11 @@ def featurize(
     return out  # type: ignore[return-value]
 
 
-def _windowed(extractor, image: torch.Tensor, windows: WindowSpec, batch_size: int) -> torch.Tensor:
-    """(3, H, W) at feature size -> (H/p, W/p, D): the normalised mean over ``windows``' crops."""
+def _windowed(extractor, image: torch.Tensor, plan: list, batch_size: int) -> torch.Tensor:
+    """(3, H, W) at feature size -> (H/p, W/p, D): the normalised mean over the crops of ``plan``
+    (:func:`protodb.segment.windows.plan_windows` on this size)."""
     p = extractor.patch_size
     H, W = int(image.shape[1]), int(image.shape[2])
-    plan = plan_windows(H, W, windows, p)
     acc = torch.zeros(H // p, W // p, extractor.dim)
     by_size: dict[tuple[int, int], list] = defaultdict(list)
     for win in plan:
