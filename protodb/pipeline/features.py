@@ -28,8 +28,13 @@ from protodb.images import feature_size, to_tensor
 from protodb.segment.options import WindowSpec
 from protodb.segment.windows import plan_windows
 
+def window_plan(spec: WindowSpec) -> dict:
+    """The part of a window spec that decides support features: ``{"sizes", "stride", "whole"}``."""
+    return {"sizes": list(spec.sizes), "stride": spec.stride, "whole": spec.whole}
+
+
 #: The window plan support images are featurised with (the segment defaults), as recorded in a build.
-SUPPORT_WINDOWS = {"sizes": list(WindowSpec.sizes), "stride": WindowSpec.stride, "whole": WindowSpec.whole}
+SUPPORT_WINDOWS = window_plan(WindowSpec())
 
 
 def support_window_spec(plan: dict | None) -> WindowSpec | None:
@@ -92,8 +97,7 @@ def featurize(
     L2-normalised mean of its features over the windows holding it. Cached features are reused.
     """
     key = extractor_key(extractor)
-    tag = "" if windows is None else "_w" + sha256_json(
-        {"sizes": list(windows.sizes), "stride": windows.stride, "whole": windows.whole})[:8]
+    tag = "" if windows is None else "_w" + sha256_json(window_plan(windows))[:8]
     out: list[torch.Tensor | None] = [None] * len(images)
     todo: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (digest, image) in enumerate(images):
