@@ -82,7 +82,7 @@ def main() -> None:
     import protodb
     from protodb.device import choose_device, choose_dtype
     from protodb.pipeline.config import AddClassRequest
-    from protodb.pipeline.features import featurize
+    from protodb.features.featurize import featurize
     from protodb.pipeline.generate import derive_seed
 
     t0 = time.perf_counter()

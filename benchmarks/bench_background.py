@@ -82,7 +82,7 @@ def run(home: Path, folders, extractor: str, mode: str, camvid: Path, limit: int
     for p in val:
         gt = relabel(np.asarray(PIL.Image.open(camvid / "valannot" / p.name))).astype(np.int64)
         gt = np.where(gt == 255, 255, np.where(gt == 0, len(THINGS), gt - 1))  # vocabulary index space
-        metric.update(seg.segment(load_image(p))["labels"].astype(np.int64), gt)
+        metric.update(seg.segment(load_image(p)).labels.astype(np.int64), gt)
     res = metric.result()
     per = {k: (None if v is None else round(100 * v, 1)) for k, v in res["per_class"].items()}
     things = [v for k, v in per.items() if k != "background" and v is not None]

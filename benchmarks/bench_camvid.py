@@ -32,7 +32,8 @@ import protodb
 import protodb.segment.windows as win_mod
 from protodb.pipeline.config import AddClassRequest
 from protodb.segment import match as match_mod
-from protodb.segment.options import SegmentOptions, WindowSpec, parse_scales
+from protodb.features.windows import WindowSpec
+from protodb.segment.options import SegmentOptions, parse_scales
 from protodb.vocabularies import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]

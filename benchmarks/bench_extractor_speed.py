@@ -89,7 +89,7 @@ def main() -> None:
 
     from protodb.models.extractors import builtin_specs, focus_onnx_path, load_extractor
     from protodb.models.onnx_dinov2 import convert_dinov2_onnx
-    from protodb.segment.windows import WindowSpec, plan_windows, resized_size
+    from protodb.features.windows import WindowSpec, plan_windows, resized_size
 
     hf_logging.disable_progress_bar()
     photo, source = load_photo()
@@ -108,7 +108,7 @@ def main() -> None:
                 extract(torch.cat([image[:, :, x.top:x.top + h, x.left:x.left + w] for x in wins[i:i + spec.batch]]))
 
     def onnx_crops(h: int, w: int, side: int = 224, stride: int = 112) -> int:
-        from protodb.models.extractors import crop_starts
+        from protodb.features.windows import crop_starts
 
         return len(crop_starts(max(h, side), side, stride)) * len(crop_starts(max(w, side), side, stride))
 

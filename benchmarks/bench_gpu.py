@@ -8,7 +8,7 @@
 2. Segmenting: 21 classes of random prototypes (97 foreground + 97 background each, as OVDiff builds
    them) with the same DINOv2 architecture, photos of 720x960 resized to a 448 short side, windows as in
    the paper; images/s one by one (``VocabularySegmenter.segment``, batch 1) and batched across images
-   (:func:`protodb.segment.batched.segment_batch`, batch 16).
+   (``VocabularySegmenter.segment_many``, batch 16).
 
     python benchmarks/bench_gpu.py [--json] [--save-costs HOME]   # on a CUDA machine
     python benchmarks/bench_gpu.py --smoke                        # tiny sizes: checks the script runs anywhere
@@ -77,7 +77,6 @@ def main() -> None:
     from protodb.device import choose_device, choose_dtype
     from protodb.models.extractors import spec_from_dict
     from protodb.pipeline.config import AddClassRequest
-    from protodb.segment.batched import segment_batch
     from protodb.segment.options import SegmentOptions
 
     device = choose_device("auto")
@@ -127,7 +126,7 @@ def main() -> None:
     side = (96, 128) if args.smoke else (720, 960)
     photos = [PIL.Image.fromarray((rng.random((*side, 3)) * 255).astype(np.uint8)) for _ in range(args.photos)]
     seg.segment(photos[0])
-    segment_batch(seg, photos[: args.batch])  # warm-up of both paths
+    seg.segment_many(photos[: args.batch], [str(i) for i in range(args.batch)])  # warm-up of both paths
     sync()
     t = time.perf_counter()
     for im in photos:
@@ -136,7 +135,7 @@ def main() -> None:
     one_by_one = len(photos) / (time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(0, len(photos), args.batch):
-        segment_batch(seg, photos[i:i + args.batch])
+        seg.segment_many(photos[i:i + args.batch], [str(j) for j in range(i, i + args.batch)])
     sync()
     batched = len(photos) / (time.perf_counter() - t)
 

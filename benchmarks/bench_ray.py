@@ -2,13 +2,13 @@
 
 1. Build: ``--classes`` tiny classes (tiny random-weight generator and extractor, ``--images`` images per
    class at ``--size`` px and ``--steps`` steps, so that generation dominates), in one process
-   (``ProtoDB.add_vocab``) and through Ray with 1 and 2 workers (``protodb.distributed.build.add_vocab``).
+   (``ProtoDB.add_vocab``) and through Ray with 1 and 2 workers (the same call with ``runner=RayOptions(...)``).
    Every run is a fresh Python process on a fresh database (the tiny models are built once beforehand and
    copied in), timed end to end: imports, Ray start, model loading, the work, shutdown.
 2. Segment: ``--photos`` CamVid photos (``../shared/data/camvid/val`` relative to the repository; skipped
    when absent; never copied anywhere) labelled with the built-in camvid vocabulary (support images from the
    tiny generator, features from the real DINOv2 ViT-S/14 ``focus-vits14-torch``), by the single-process
-   loop (``ProtoDB.segment``) and by Ray Data (``protodb.distributed.segment``, 2 actors), end to end and
+   loop (``ProtoDB.segment``) and by Ray Data (``runner=RayOptions(...)``, 2 actors), end to end and
    the labelling alone.
 
     python benchmarks/bench_ray.py [--classes 8] [--images 8] [--size 128] [--steps 4] [--photos 50] [--json]
@@ -41,12 +41,9 @@ BUILD = textwrap.dedent("""
     home, mode, images, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     db = protodb.open(home)
     template = AddClassRequest("bench", images=images, size=size, steps=steps, batch_size=4)
-    if mode == "single":
-        res = db.add_vocab("bench", template, preset="tiny")
-    else:
-        from protodb.distributed.build import add_vocab
-        from protodb.distributed.cluster import RayOptions
-        res = add_vocab(db, "bench", template, preset="tiny", opts=RayOptions("local", workers=int(mode), shard_size=8))
+    from protodb.runners import RayOptions
+    runner = None if mode == "single" else RayOptions("local", workers=int(mode), shard_size=8)
+    res = db.add_vocab("bench", template, preset="tiny", runner=runner)
     assert not res.failed, res.failed
     print(json.dumps({"seconds": time.perf_counter() - t0, "classes": len(res.classes),
                       "images": sum(c.generated_images for c in res.classes)}))
@@ -61,12 +58,9 @@ SEGMENT = textwrap.dedent("""
     photos = sys.argv[4:]
     db = protodb.open(home)
     opts = SegmentOptions(vocab="camvid", extractors=("focus-vits14-torch",))
-    if mode == "single":
-        rep = db.segment(photos, opts, out)
-    else:
-        from protodb.distributed.cluster import RayOptions
-        from protodb.distributed.segment import segment
-        rep = segment(db, photos, opts, out, opts=RayOptions("local", workers=int(mode)), batch_size=4)
+    from protodb.runners import RayOptions
+    runner = None if mode == "single" else RayOptions("local", workers=int(mode))
+    rep = db.segment(photos, opts, out, runner=runner, batch_size=4)
     assert not rep.failed, rep.failed[:3]
     print(json.dumps({"seconds": time.perf_counter() - t0, "labelling": rep.seconds, "images": len(rep.outputs)}))
 """)

@@ -37,8 +37,7 @@ def main() -> None:
     from protodb.models.extractors.loading import load_extractor
     from protodb.segment.label import segment_image
     from protodb.segment.match import ClassPrototypes, build_match_table
-    from protodb.segment.options import WindowSpec
-    from protodb.segment.windows import plan_windows, resized_size
+    from protodb.features.windows import WindowSpec, plan_windows, resized_size
 
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")

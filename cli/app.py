@@ -3,6 +3,10 @@ options once (``--db``, ``--catalog``, ``--json``, ``--quiet``, ``-v``), opens t
 command needs (read-only commands never create one), turns errors into one line, and hands it a
 :class:`Ctx` with ``emit(result, human=render)`` instead of ``if json:`` branches.
 
+Options several commands share are declared once as an :class:`OptionGroup`: a parameter of ``fn``
+annotated with the group (``run: Annotated[BuildRun, RUN]``) becomes the group's options on the command
+line and reaches ``fn`` as one value built from them.
+
 ``--db`` and ``--catalog`` (and ``-v``) may also come before the command: ``protodb --db X ls``.
 """
 
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -18,7 +24,7 @@ import typer
 
 import protodb
 from protodb import logs
-from protodb_cli.output import handle_errors, print_json, say, stage_progress
+from protodb_cli.output import handle_errors, print_json, progress_bars, say
 
 READ, WRITE, SCHEMA = "read", "write", "schema"
 
@@ -75,7 +81,36 @@ class Ctx:
             say(message, self.quiet)
 
     def progress(self, unit: str = "items"):
-        return stage_progress(self.quiet or self.json, unit=unit)
+        """``progress(stage, advance, total)`` for the pipeline and sharing code (bars on a terminal)."""
+        return progress_bars(self.quiet or self.json, unit=unit)
+
+    def input_progress(self, label: str):
+        """``progress(done, total)`` over a command's inputs (``segment``, ``eval``)."""
+        return progress_bars(self.quiet or self.json, inputs=label)
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options shared by several commands, declared once: ``params`` {parameter: (Annotated type,
+    default)}; ``build(**values)`` makes the one value the command receives."""
+
+    params: dict[str, tuple[Any, Any]]
+    build: Callable[..., Any]
+
+
+def _group_of(annotation: Any) -> OptionGroup | None:
+    if typing.get_origin(annotation) is Annotated:
+        return next((m for m in typing.get_args(annotation)[1:] if isinstance(m, OptionGroup)), None)
+    return None
+
+
+def register(app: typer.Typer, *groups: typer.Typer, subgroups: dict[str, typer.Typer] | None = None) -> None:
+    """Put the commands of ``groups`` (top-level ``typer.Typer`` collections) and the sub-command apps of
+    ``subgroups`` ({name: app}, e.g. ``protodb vocab ...``) on the root ``app``."""
+    for group in groups:
+        app.registered_commands.extend(group.registered_commands)
+    for name, sub in (subgroups or {}).items():
+        app.add_typer(sub, name=name)
 
 
 def command(group: typer.Typer, name: str | None = None, *, db: str | None = READ, json: bool = True,
@@ -84,7 +119,16 @@ def command(group: typer.Typer, name: str | None = None, *, db: str | None = REA
     (created when missing), SCHEMA (no revision check; ``db`` subcommands) or None (no database)."""
     def deco(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
-        params = [p for p in sig.parameters.values() if p.name != "ctx"]
+        params, option_groups = [], {}
+        for p in sig.parameters.values():
+            options = _group_of(p.annotation)
+            if options is not None:  # fn gets options.build(**values) of the group's options
+                option_groups[p.name] = options
+            elif p.name != "ctx":
+                params.append(p)
+        for options in option_groups.values():
+            params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+                       for k, (a, d) in options.params.items()]
         shared = [k for k in _SHARED if (db is not None or k not in ("db_path", "catalog"))
                   and (json or k != "json") and (quiet or k != "quiet")]
         for key in shared:
@@ -98,6 +142,8 @@ def command(group: typer.Typer, name: str | None = None, *, db: str | None = REA
         def run(*args, **kwargs):
             root = _root_options(kwargs.pop("click_ctx", None))
             opts = {k: kwargs.pop(k, _SHARED[k][1]) for k in shared}
+            for key, options in option_groups.items():
+                kwargs[key] = options.build(**{k: kwargs.pop(k, d) for k, (_a, d) in options.params.items()})
             logs.configure(max(opts.get("verbose", 0), root.get("verbose", 0)))
             ctx = Ctx(db, opts.get("db_path") or root.get("db_path"), opts.get("catalog") or root.get("catalog"),
                       opts.get("json", False), opts.get("quiet", False))

@@ -1,4 +1,4 @@
-"""Building prototypes: add-class, add-vocab, label."""
+"""Building prototypes: add-class, add-vocab (in this process or on Ray)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from protodb.entities import AddClassResult, AddVocabResult, LabelHistory
-from protodb.lazy import lazy_import
+from protodb.entities import AddClassResult, AddVocabResult
 from protodb.names import check_tag_name
 from protodb.pipeline.config import AddClassRequest, parse_bg_value
 from protodb_cli.app import WRITE, Ctx, command
+from protodb_cli.options import BUILD_RUN, BuildRun, print_build_plan
 from protodb_cli.output import EXIT_PARTIAL, err_console, say
-# --- scale-out on Ray (issue 11): options, plans; the distributed modules load only with --ray/--dry-run
-from protodb_cli.ray_opts import (DryRunOpt, GpusPerTaskOpt, RayOpt, ShardSizeOpt, WorkersOpt, print_build_plan,
-                                  ray_options)
-
-dist_build = lazy_import("protodb.distributed.build")
-# ---
 
 top = typer.Typer()
-
-PresetOpt = Annotated[Optional[str], typer.Option(
-    help="'paper': OVDiff as published (SD 1.5, 64 images; SD + DINO ViT-B/8 + CLIP ViT-B/16 features; K=32). "
-         "'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
-YesOpt = Annotated[bool, typer.Option("--yes", help="Confirm a very large build (over 1024 generated images).")]
-BatchSizeOpt = Annotated[int, typer.Option(help="Images per generator/extractor call.")]
-
-
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
 
 
 def print_built(res: AddClassResult) -> None:
@@ -75,13 +57,7 @@ def add_class(
     parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
     new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
-    yes: YesOpt = False,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 4,
-    ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
-    shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
+    run: Annotated[BuildRun, BUILD_RUN] = None,
 ) -> None:
     """Build prototypes for a class: generate support images, mask them, extract, cluster.
 
@@ -99,18 +75,14 @@ def add_class(
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
         support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
-        device=device, dtype=dtype, batch_size=batch_size, yes=yes)
+        device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes)
     if vocab:
         check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind
-    ropts = ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size)
-    if dry_run:
-        ctx.emit(dist_build.plan(ctx.db, [req], [], preset=preset, opts=ropts), print_build_plan)
+    if run.dry_run:
+        ctx.emit(ctx.db.plan_build([req], preset=run.preset, runner=run.runner), print_build_plan)
         return
     with ctx.progress() as progress:
-        if ropts is not None:
-            res = dist_build.add_class(ctx.db, req, preset=preset, opts=ropts, progress=progress)
-        else:
-            res = ctx.db.add_class(req, preset=preset, progress=progress)
+        res = ctx.db.add_class(req, preset=run.preset, progress=progress, runner=run.runner)
     if vocab:
         ctx.db.vocabs.add(vocab, [res.name], create=True)
         res = dataclasses.replace(res, vocab=vocab)
@@ -125,13 +97,7 @@ def add_vocab(
     extractor: Annotated[Optional[list[str]], typer.Option(help="Extractor(s) (repeatable).")] = None,
     generator: Annotated[Optional[str], typer.Option(help="Generator name or local folder.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
-    yes: YesOpt = False,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchSizeOpt = 4,
-    ray: RayOpt = None, workers: WorkersOpt = None, gpus_per_task: GpusPerTaskOpt = None,
-    shard_size: ShardSizeOpt = None, dry_run: DryRunOpt = False,
+    run: Annotated[BuildRun, BUILD_RUN] = None,
 ) -> None:
     """Build every class of a vocabulary that has no prototypes yet (models load once). A class that
     fails is listed and the others are still built (exit code 3). With --ray the classes (and their
@@ -141,20 +107,15 @@ def add_vocab(
     Example: protodb add-vocab lvis --ray auto --catalog postgresql://me@db/team --dry-run
     """
     template = AddClassRequest(name=name, images=images, generator=generator, seed=seed,
-                               extractors=tuple(extractor or ()), device=device, dtype=dtype, yes=yes,
-                               batch_size=batch_size)
-    ropts = ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size)
+                               extractors=tuple(extractor or ()), device=run.device, dtype=run.dtype, yes=run.yes,
+                               batch_size=run.batch_size)
     on_result = None if ctx.json else (lambda r: print_built(r) if not ctx.quiet else None)
-    if dry_run:
-        _vocab, requests, present = dist_build.vocab_requests(ctx.db, name, template, preset)
-        ctx.emit(dist_build.plan(ctx.db, requests, present, preset=preset, opts=ropts), print_build_plan)
+    if run.dry_run:
+        ctx.emit(ctx.db.plan_build([template], preset=run.preset, runner=run.runner, vocab=name), print_build_plan)
         return
     with ctx.progress() as progress:
-        if ropts is not None:
-            res = dist_build.add_vocab(ctx.db, name, template, preset=preset, opts=ropts, progress=progress,
-                                       on_result=on_result)
-        else:
-            res = ctx.db.add_vocab(name, template, preset=preset, progress=progress, on_result=on_result)
+        res = ctx.db.add_vocab(name, template, preset=run.preset, progress=progress, on_result=on_result,
+                               runner=run.runner)
 
     def human(r: AddVocabResult) -> None:
         say(f"{r.vocab}: {len(r.classes)} classes built, {len(r.already_built)} already had prototypes"
@@ -165,24 +126,3 @@ def add_vocab(
         err_console.print(f"error: {f.name}: {f.error}", markup=False, highlight=False)
     if res.failed:
         raise typer.Exit(EXIT_PARTIAL if res.classes or res.already_built else 1)
-
-
-def _history(data: LabelHistory) -> None:
-    say(f"{data.name}: {data.kind}")
-    for h in data.history:
-        extra = f" ({h.model}: {h.raw_answer!r})" if h.model else ""
-        say(f"  {h.at[:19]}  {h.kind:<5} from {h.source}{extra}")
-
-
-@command(top, "label")
-def label(
-    ctx: Ctx,
-    name: Annotated[str, typer.Argument(help="Class name.")],
-    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="New label; omit to show the history.", show_default=False)] = None,
-) -> None:
-    """Show or change a class's thing/stuff label (the history is kept).
-
-    Example: protodb label grass --stuff
-    """
-    labels = ctx.db.labels
-    ctx.emit(labels.history(name) if stuff is None else labels.set(name, "stuff" if stuff else "thing"), _history)

@@ -14,11 +14,6 @@ top = typer.Typer()
 db_app = typer.Typer(help="Catalog schema: current revision, upgrade, check.", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
-    app.add_typer(db_app, name="db")
-
-
 @command(top, "init", db=WRITE)
 def init(
     ctx: Ctx,

@@ -14,10 +14,6 @@ from protodb_cli.output import say
 top = typer.Typer()
 
 
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
-
-
 @command(top, "demo", db=None)
 def demo(
     ctx: Ctx,

@@ -10,14 +10,10 @@ import typer
 from protodb.entities import ExtractorInfo
 from protodb.models.extractors.spec import IMAGENET_MEAN, IMAGENET_STD, onnx_spec, parse_triple
 from protodb_cli.app import WRITE, Ctx, command
-from protodb_cli.build import PresetOpt
+from protodb_cli.options import PresetOpt
 from protodb_cli.output import say, table
 
 extractor_app = typer.Typer(help="Feature extractors: list them, add your own ONNX ViT.", no_args_is_help=True)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(extractor_app, name="extractor")
 
 
 @command(extractor_app, "list")

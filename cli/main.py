@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from protodb._version import __version__
-from protodb_cli import build, db, demo, extractor, inspect, segment, share, vocab
-from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt
+from protodb_cli import build, classes, db, demo, extractor, segment, serve, share, vocab
+from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt, register
 from protodb_cli.output import EXIT_CODES_HELP
-from protodb_cli import serve  # noqa: E402,I001 - its own line: the serve group (protodb.serve)
 
 app = typer.Typer(
     name="protodb",
@@ -39,8 +38,9 @@ def _root(
     ctx.obj = {"db_path": db_path, "catalog": catalog, "verbose": verbose}
 
 
-for module in (db, build, vocab, inspect, segment, share, extractor, demo, serve):
-    module.register(app)
+register(app, db.top, build.top, classes.top, segment.top, share.top, demo.top, serve.top,
+         subgroups={"db": db.db_app, "vocab": vocab.vocab_app, "remote": share.remote_app,
+                    "extractor": extractor.extractor_app})
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Sequence
 import click
 import typer
 from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -102,12 +104,15 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def stage_progress(quiet: bool = False, *, unit: str = "items") -> Iterator[Callable[[str, int, int | None], None]]:
-    """Yields ``callback(stage, advance, total)`` as the pipeline and sharing code expect: rich bars
-    on a terminal, one plain line per stage when piped, nothing when quiet. ``unit="bytes"`` shows
-    sizes and speed. A total given again for a known stage resets it."""
-    if quiet:
-        yield lambda stage, n, total: None
+def progress_bars(quiet: bool = False, *, unit: str = "items", inputs: str | None = None) -> Iterator[Callable]:
+    """The one progress display of the command line: rich bars on a terminal (elapsed and remaining time),
+    one plain line per stage when piped, nothing when quiet.
+
+    Yields ``callback(stage, advance, total)`` as the pipeline and sharing code call it (a total given
+    again for a known stage resets it; ``unit="bytes"`` shows sizes and speed), or with ``inputs=LABEL``
+    ``callback(done, total)`` over a command's inputs (``segment``, ``eval``; silent when piped)."""
+    if quiet or (inputs is not None and not err_console.is_terminal):
+        yield (lambda done, total: None) if inputs is not None else (lambda stage, n, total: None)
         return
     if not err_console.is_terminal:
         seen: set[str] = set()
@@ -119,12 +124,9 @@ def stage_progress(quiet: bool = False, *, unit: str = "items") -> Iterator[Call
 
         yield plain_line
         return
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TransferSpeedColumn)
-
     counter = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
     bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), *counter, TimeElapsedColumn(),
-                    console=err_console, transient=False)
+                    TimeRemainingColumn(), console=err_console, transient=False)
     tasks: dict[str, int] = {}
     with bars:
         def update(stage: str, n: int, total: int | None) -> None:
@@ -135,18 +137,8 @@ def stage_progress(quiet: bool = False, *, unit: str = "items") -> Iterator[Call
             if n:
                 bars.advance(tasks[stage], n)
 
-        yield update
-
-
-@contextlib.contextmanager
-def input_progress(quiet: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """progress(done, total) over inputs: a rich bar on a terminal, silent otherwise."""
-    if quiet or not err_console.is_terminal:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console) as bars:
-        task = bars.add_task(label, total=None)
-        yield lambda done, total: bars.update(task, completed=done, total=total)
+        if inputs is None:
+            yield update
+        else:
+            task = bars.add_task(inputs, total=None)
+            yield lambda done, total: bars.update(task, completed=done, total=total)

@@ -9,21 +9,14 @@ import typer
 
 from protodb import serve as serve_pkg  # light: says what is missing without importing FastAPI
 from protodb.errors import InvalidInput
-from protodb.lazy import lazy_import
 from protodb.segment.options import SegmentOptions, parse_levels
 from protodb.serve.config import ServeConfig, from_env_token, served_names
 from protodb_cli.app import Ctx, command
-from protodb_cli.build import DeviceOpt, DtypeOpt
+from protodb_cli.options import BackgroundOpt, DeviceOpt, DtypeOpt, ExtractorOpt, LevelsOpt, PamrOpt, SkipOpt
 from protodb_cli.output import say
-from protodb_cli.segment import BackgroundOpt, ExtractorOpt, LevelsOpt, PamrOpt, SkipOpt
 
-server = lazy_import("protodb.serve.server")  # FastAPI + uvicorn: only when serving
 
 top = typer.Typer()
-
-
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
 
 
 @command(top, "serve", json=False)
@@ -87,4 +80,6 @@ def serve(
         print(url, flush=True)
         sys.stdout.flush()
 
-    server.serve(config, announce=announce, access_log=access_log)
+    from protodb.serve.server import serve as run_server  # deferred: FastAPI + uvicorn, only when serving
+
+    run_server(config, announce=announce, access_log=access_log)

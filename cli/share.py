@@ -24,11 +24,6 @@ MaxBytesOpt = Annotated[Optional[int], typer.Option("--max-bytes", help="Refuse 
 MaxMemberOpt = Annotated[Optional[int], typer.Option("--max-member-bytes", help="Refuse any single member larger than this (default 1 GiB; or PROTODB_IMPORT_MAX_MEMBER_BYTES).", show_default=False)]
 
 
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
-    app.add_typer(remote_app, name="remote")
-
-
 def print_import(res: ImportReport) -> None:
     verb = "would add" if res.dry_run else "added"
     a, k = res.added, res.skipped

@@ -13,10 +13,6 @@ from protodb_cli.output import say, table
 vocab_app = typer.Typer(help="Vocabularies: named lists of classes to segment with.", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(vocab_app, name="vocab")
-
-
 def _show(v: Vocabulary) -> None:
     src = "built-in" if v.builtin else f"version {v.version}"
     say(f"{v.name} ({src}, {len(v.classes)} classes): {', '.join(v.classes)}")

@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-from protodb._version import __version__  # noqa: E402,F401
+from protodb._version import __version__  # noqa: F401
 
-from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError, SchemaMismatch  # noqa: E402
-from protodb.lazy import lazy_import  # noqa: E402
-
-api = lazy_import("protodb.api")
+from protodb import api
+from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError, SchemaMismatch
 
 
 def open(path=None, *, catalog_url=None, create=True):  # noqa: A001 - mirrors builtins.open on purpose

@@ -1,4 +1,4 @@
-"""The protodb facade: one object per database, thin over typed stores and services.
+"""The protodb facade: one object per database, thin over typed stores, services and workflows.
 
 >>> import protodb
 >>> db = protodb.open("./protos")
@@ -8,16 +8,15 @@
 =====================  =====================================================================
 ``db.stores``          catalog sessions (+ the retry helper), settings, vectors, artifacts, locks
 ``db.overview``        ls, info, vocabulary list in plain SQL (no SQLAlchemy import)
-``db.schema``          catalog revision: current / upgrade / downgrade / check
-``db.sets``            prototype sets: commit, resolve, prototypes, ls, tags
-``db.labels``          thing/stuff labels and their history
-``db.vocabs``          vocabularies
-``db.integrity``       verify
-``db.sharing``         export / import, remotes, push / pull
+``db.services``        every other service (:class:`protodb.services.container.Services`):
+                       ``schema``, ``sets``, ``labels``, ``vocabs``, ``support``, ``changes``,
+                       ``integrity``, ``sharing`` — also reachable as ``db.sets`` etc.
 =====================  =====================================================================
 
-Workflows load models; their modules (and torch, LanceDB) are imported on first use, so metadata
-commands stay fast.
+Workflows take a ``runner``: None runs them in this process, a :class:`protodb.runners.RayOptions` on Ray
+(``protodb[ray]``); ``protodb serve`` is the HTTP runner of the same workflows. The services and workflows
+are imported on first use: each such import names the heavy library it keeps off the start-up path of the
+metadata commands, and all of them are listed in :data:`protodb.lazy.DEFERRED`.
 """
 
 from __future__ import annotations
@@ -30,44 +29,35 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from protodb.entities import (
     AddClassResult,
     AddVocabResult,
+    BuildPlan,
     DbInfo,
     EvalReport,
     ExtractorInfo,
     InspectReport,
+    SegmentPlan,
     SegmentReport,
     VerifyReport,
 )
-from protodb.lazy import lazy_import
+from protodb.runners import DEFAULT_SEGMENT_BATCH, RayOptions
 from protodb.services.overview import OverviewService
 from protodb.stores import Stores
 
-# Services that use the ORM load on first use: ``ls``, ``info`` and ``vocab list`` (db.overview) never
-# import SQLAlchemy.
-integrity_service = lazy_import("protodb.services.integrity")
-labels_service = lazy_import("protodb.services.labels")
-schema_service = lazy_import("protodb.services.schema")
-sets_service = lazy_import("protodb.services.sets")
-vocabs_service = lazy_import("protodb.services.vocabs")
-sharing_service = lazy_import("protodb.services.sharing")  # bundles need pyarrow
-registry_mod = lazy_import("protodb.models.registry")
-build = lazy_import("protodb.pipeline.build")
-vocab_build = lazy_import("protodb.pipeline.vocab_build")
-seg_run = lazy_import("protodb.segment.run")
-seg_eval = lazy_import("protodb.segment.evaluate")
-datasets = lazy_import("protodb.segment.datasets")
-inspection = lazy_import("protodb.inspection")
-
 if TYPE_CHECKING:
+    from protodb.inspection import Inspector
     from protodb.models.registry import ModelRegistry
     from protodb.pipeline.build import ClassBuilder
     from protodb.pipeline.config import AddClassRequest
+    from protodb.pipeline.vocab_build import BuildExecutor
     from protodb.segment.options import SegmentOptions
-    from protodb.segment.run import VocabularySegmenter
+    from protodb.segment.segmenter import VocabularySegmenter
+    from protodb.services.changes import ChangeService
+    from protodb.services.container import Services
     from protodb.services.integrity import IntegrityService
     from protodb.services.labels import LabelService
     from protodb.services.schema import SchemaService
     from protodb.services.sets import SetService
     from protodb.services.sharing import SharingService
+    from protodb.services.support import SupportService
     from protodb.services.vocabs import VocabService
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -86,28 +76,45 @@ class ProtoDB:
                  create: bool = True, check_schema: bool = True):
         self.stores = Stores.open(path, catalog_url=catalog_url, create=create, check_schema=check_schema)
         self.overview = OverviewService(self.stores)
-        self._sharing = None
 
     # ------------------------------------------------------------------ services (made on first use)
     @functools.cached_property
+    def services(self) -> "Services":
+        from protodb.services.container import Services  # deferred: SQLAlchemy
+
+        return Services(self.stores, self.overview)
+
+    @property
     def schema(self) -> "SchemaService":
-        return schema_service.SchemaService(self.stores)
+        return self.services.schema
 
-    @functools.cached_property
+    @property
     def sets(self) -> "SetService":
-        return sets_service.SetService(self.stores)
+        return self.services.sets
 
-    @functools.cached_property
+    @property
     def labels(self) -> "LabelService":
-        return labels_service.LabelService(self.stores)
+        return self.services.labels
 
-    @functools.cached_property
+    @property
     def vocabs(self) -> "VocabService":
-        return vocabs_service.VocabService(self.stores, self.sets)
+        return self.services.vocabs
 
-    @functools.cached_property
+    @property
+    def support(self) -> "SupportService":
+        return self.services.support
+
+    @property
+    def changes(self) -> "ChangeService":
+        return self.services.changes
+
+    @property
     def integrity(self) -> "IntegrityService":
-        return integrity_service.IntegrityService(self.stores)
+        return self.services.integrity
+
+    @property
+    def sharing(self) -> "SharingService":
+        return self.services.sharing
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -130,12 +137,6 @@ class ProtoDB:
         """A catalog transaction (committed on success): ``with db.session() as s: ...``."""
         return self.stores.sessions.session()
 
-    @property
-    def sharing(self) -> "SharingService":
-        if self._sharing is None:
-            self._sharing = sharing_service.SharingService(self.stores, self.sets, self.vocabs)
-        return self._sharing
-
     def close(self) -> None:
         self.stores.close()
 
@@ -151,15 +152,19 @@ class ProtoDB:
 
     def verify(self) -> VerifyReport:
         """Artifacts, every ready set's vectors (count, kinds, checksum) and local model weights."""
+        from protodb.models.registry import check_weights  # deferred: torch
+
         def models():
             with self.stores.sessions.reader() as s:
                 from_rows = self.sets.extractor_records(s)
-            return registry_mod.check_weights(from_rows, self.home)
+            return check_weights(from_rows, self.home)
 
         return self.integrity.verify(check_models=models)
 
     def registry(self, preset: str | None = None) -> "ModelRegistry":
-        return registry_mod.ModelRegistry(self.stores, preset)
+        from protodb.models.registry import ModelRegistry  # deferred: torch
+
+        return ModelRegistry(self.stores, preset)
 
     def add_extractor(self, spec) -> ExtractorInfo:
         """Register a user's extractor spec (loaded once first, so a spec that does not fit fails here)."""
@@ -172,46 +177,113 @@ class ProtoDB:
     def builder(self, *, preset: str | None = None, device: str = "auto", dtype: str = "auto",
                 progress: Progress | None = None) -> "ClassBuilder":
         """A class builder whose models stay loaded across classes."""
-        return build.ClassBuilder(self.stores, self.sets, self.labels, self.registry(preset),
-                                  device=device, dtype=dtype, progress=progress)
+        from protodb.pipeline.build import ClassBuilder  # deferred: torch
 
-    def add_class(self, request: "AddClassRequest", *, preset: str | None = None,
-                  progress: Progress | None = None) -> AddClassResult:
-        """Build (or find) the prototype sets of one class; see :mod:`protodb.pipeline.build`."""
-        builder = self.builder(preset=preset, device=request.device, dtype=request.dtype, progress=progress)
-        return builder.add_class(request)
+        return ClassBuilder.open(self.services, preset=preset, device=device, dtype=dtype, progress=progress)
+
+    def _executor(self, template: "AddClassRequest", preset: str | None, progress: Progress | None,
+                  runner: RayOptions | None) -> "BuildExecutor":
+        if runner is None:
+            from protodb.pipeline.vocab_build import LocalExecutor  # deferred: torch
+
+            return LocalExecutor(self.builder(preset=preset, device=template.device, dtype=template.dtype,
+                                              progress=progress))
+        from protodb.distributed.build import RayExecutor  # deferred: ray (the optional extra)
+
+        return RayExecutor(self.services, preset, runner)
+
+    def add_class(self, request: "AddClassRequest", *, preset: str | None = None, progress: Progress | None = None,
+                  runner: RayOptions | None = None) -> AddClassResult:
+        """Build (or find) the prototype sets of one class (see :mod:`protodb.pipeline.build`); on Ray its
+        generation shards are spread over the workers."""
+        if runner is None:
+            return self.builder(preset=preset, device=request.device, dtype=request.dtype,
+                                progress=progress).add_class(request)
+        return self._executor(request, preset, progress, runner).add_class(request, progress=progress)
 
     def add_vocab(self, name: str, template: "AddClassRequest", *, preset: str | None = None,
-                  progress: Progress | None = None, on_result: Callable[[AddClassResult], None] | None = None
-                  ) -> AddVocabResult:
+                  progress: Progress | None = None, on_result: Callable[[AddClassResult], None] | None = None,
+                  runner: RayOptions | None = None) -> AddVocabResult:
         """Build every class of vocabulary ``name`` that has no prototypes yet (``template``'s settings)."""
-        builder = self.builder(preset=preset, device=template.device, dtype=template.dtype, progress=progress)
-        return vocab_build.add_vocab(builder, self.sets, self.vocabs, name, template, on_result=on_result)
+        from protodb.pipeline import vocab_build  # deferred: torch
+
+        plan = vocab_build.plan_vocab(self.sets, self.vocabs, self.registry(preset), name, template)
+        vocab_build.resolved_requests(self.registry(preset), plan.requests)  # every request checked up front
+        return vocab_build.run_vocab(plan, self._executor(template, preset, progress, runner), self.vocabs,
+                                     progress=progress, on_result=on_result)
+
+    def plan_build(self, requests: Sequence["AddClassRequest"], *, preset: str | None = None,
+                   runner: RayOptions | None = None, vocab: str | None = None) -> BuildPlan:
+        """``--dry-run`` of add-class (``requests``) or add-vocab (``vocab``: its missing classes, each from
+        ``requests[0]``'s settings): classes, images, tasks and the estimate; nothing started or written."""
+        from protodb.pipeline import vocab_build  # deferred: torch
+
+        reg = self.registry(preset)
+        already: Sequence[str] = ()
+        if vocab is not None:
+            plan = vocab_build.plan_vocab(self.sets, self.vocabs, reg, vocab, requests[0])
+            requests, already = plan.requests, plan.already_built
+        return vocab_build.plan_builds(reg, requests, already, shard_size=runner.check().shard_size if runner else 0,
+                                       ray=runner.address if runner else None, home=self.home)
 
     # ------------------------------------------------------------------ segmenting
     def segmenter(self, options: "SegmentOptions") -> "VocabularySegmenter":
         """A warm segmenter: the vocabulary's tables, extractors and pre-filter loaded once."""
-        return seg_run.VocabularySegmenter(self.stores, self.sets, self.vocabs, self.registry(options.preset),
-                                           options)
+        from protodb.segment.segmenter import VocabularySegmenter  # deferred: torch
+
+        return VocabularySegmenter.open(self.services, options)
 
     def segment(self, inputs: Sequence[str], options: "SegmentOptions", out: str | os.PathLike | None = None,
-                progress: Callable[[int, int], None] | None = None) -> SegmentReport:
-        """Label every input (files, folders, globs); bad inputs are reported and the others finish."""
-        return seg_run.segment_files(self.segmenter(options), [str(i) for i in inputs],
-                                     Path(out) if out is not None else None, progress=progress)
+                progress: Callable[[int, int], None] | None = None, *, runner: RayOptions | None = None,
+                batch_size: int | None = None, overwrite: bool = False) -> SegmentReport:
+        """Label every input (files, folders, globs; with Ray also s3://...); bad inputs are reported and the
+        others finish. On Ray, inputs whose outputs exist are skipped unless ``overwrite``."""
+        if runner is None:
+            from protodb.segment.run import segment_files  # deferred: torch
+
+            return segment_files(self.segmenter(options), [str(i) for i in inputs],
+                                 Path(out) if out is not None else None, progress=progress)
+        from protodb.distributed import segment as ray_segment  # deferred: ray (the optional extra)
+
+        return ray_segment.segment(self.services, [str(i) for i in inputs], options, str(out), opts=runner,
+                                   batch_size=batch_size or DEFAULT_SEGMENT_BATCH, overwrite=overwrite,
+                                   progress=progress)
+
+    def plan_segment(self, inputs: Sequence[str], options: "SegmentOptions", out: str, *,
+                     runner: RayOptions | None = None, overwrite: bool = False,
+                     batch_size: int | None = None) -> SegmentPlan:
+        """``--dry-run`` of segment: inputs to label, those whose outputs exist (skipped on Ray unless
+        ``overwrite``), tasks and the estimate; nothing started or written."""
+        from protodb.segment.inputs import plan_segment  # deferred: fsspec
+
+        return plan_segment(self.services, [str(i) for i in inputs], options, str(out),
+                            overwrite=overwrite or runner is None,
+                            batch_size=batch_size or (DEFAULT_SEGMENT_BATCH if runner is not None else 1),
+                            ray=runner.address if runner else None)
 
     def evaluate(self, dataset: str, root: str | os.PathLike, options: "SegmentOptions", *, split: str = "val",
                  limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> EvalReport:
         """mIoU of ``options``' vocabulary (default: the dataset's own) on a labelled dataset; the dataset
         is checked before any model loads."""
+        from protodb.segment import datasets  # deferred: numpy
+        from protodb.segment.evaluate import evaluate
+
         conv = datasets.label_convention(dataset)
         pairs = list(datasets.iter_dataset(dataset, root, split=split, limit=limit))
         if not options.vocab and not options.classes:
             options = options.replace(vocab=conv["vocabulary"])
         if options.background is None:
             options = options.replace(background=bool(conv["background"]))
-        return seg_eval.evaluate(self.segmenter(options), dataset, root, split=split, pairs=pairs, progress=progress)
+        return evaluate(self.segmenter(options), dataset, root, split=split, pairs=pairs, progress=progress)
+
+    # ------------------------------------------------------------------ looking inside
+    @functools.cached_property
+    def inspector(self) -> "Inspector":
+        """Provenance, prototype traces and contact sheets of sets (:class:`protodb.inspection.Inspector`)."""
+        from protodb.inspection import Inspector  # deferred: torch
+
+        return Inspector(self.stores, self.sets, self.labels, self.support, self.registry())
 
     def inspect(self, ref: str, **kwargs) -> InspectReport:
         """Provenance and contact sheets of a set; see :meth:`protodb.inspection.Inspector.inspect`."""
-        return inspection.Inspector(self.stores, self.sets, self.labels, self.registry()).inspect(ref, **kwargs)
+        return self.inspector.inspect(ref, **kwargs)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 PROTOTYPE_KINDS = ("class", "instance", "part", "bg_class", "bg_instance", "bg_part")
 FOREGROUND_KINDS = PROTOTYPE_KINDS[:3]
 BACKGROUND_KINDS = PROTOTYPE_KINDS[3:]
+#: The contact sheets of ``protodb inspect`` (and the page's prototype tabs): sheet name -> kinds traced.
+SHEETS: dict[str, tuple[str, ...]] = {"parts": ("part",), "background": BACKGROUND_KINDS, "instances": ("instance",)}
 
 
 def plain(value: Any) -> Any:
@@ -339,8 +341,15 @@ class SegmentOutput(Entity):
 
 @dataclass(frozen=True)
 class InputFailure(Entity):
+    """An input that could not be segmented: its name and one line saying why. ``cause``: the exception
+    (not serialised; a runner that answers per input, such as the HTTP service, maps it to a status)."""
+
     input: str
     error: str
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "error": self.error}
 
 
 @dataclass(frozen=True)

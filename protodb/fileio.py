@@ -176,3 +176,9 @@ def move_into_place(src: str | os.PathLike, target: str | os.PathLike, *, mode: 
             shutil.copyfile(src, tmp)
         src.unlink()
     _fsync_dir(target.parent)
+
+
+def is_remote_uri(uri: str) -> bool:
+    """Whether ``uri`` names a store every node can reach (``s3://``, ``gs://``...; not a folder)."""
+    scheme, sep, _ = str(uri).partition("://")
+    return bool(sep) and scheme.lower() not in ("", "file", "local")

@@ -181,22 +181,6 @@ def decode_rgb(data: bytes) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-#: The resize rule keeps the short side, up to this many times short_side**2 pixels in all (aspect
-#: ratios up to 4:1 are unaffected); longer images are scaled so their AREA stays bounded, so an
-#: 8000x4 strip cannot ask for a 896000x448 tensor.
-MAX_AREA_FACTOR = 4
-
-
-def feature_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
-    """(H, W) after resizing so the short side is ``short_side`` (area at most ``MAX_AREA_FACTOR *
-    short_side**2``), both multiples of ``patch`` (at least one patch)."""
-    scale = short_side / min(width, height)
-    scale = min(scale, (MAX_AREA_FACTOR * short_side * short_side / (width * height)) ** 0.5)
-    h = max(patch, int(round(height * scale / patch)) * patch)
-    w = max(patch, int(round(width * scale / patch)) * patch)
-    return h, w
-
-
 def to_tensor(image: PIL.Image.Image, size: tuple[int, int] | None = None):
     """RGB image → (3, H, W) float32 in [0, 1], resized (bilinear, antialiased) to ``size``=(H, W)."""
     arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
@@ -205,13 +189,3 @@ def to_tensor(image: PIL.Image.Image, size: tuple[int, int] | None = None):
         t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         t = t.clamp_(0.0, 1.0)
     return t
-
-
-def crop_starts(length: int, size: int, stride: int) -> list[int]:
-    """Starts of ``size``-long windows covering [0, length) with ``stride``, the last flush with the end."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts

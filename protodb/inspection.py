@@ -17,36 +17,30 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
-from sqlalchemy import select
-
-from protodb.catalog.schema import GenerationRunRow, GeneratorSpecRow, MaskRow, SetImageRow, SupportImageRow
-from protodb.entities import InspectReport, PrototypeSet
+from protodb.entities import SHEETS, InspectReport, PrototypeSet
 from protodb.errors import DamagedData
 from protodb.fileio import atomic_write
 from protodb.images import decode_attention, decode_rgb, png_bytes
 from protodb.models.extractors import spec_from_dict
 from protodb.models.registry import ModelRegistry
 from protodb.names import Ref, file_stem
-from protodb.pipeline.features import FeatureCache, featurize, support_window_spec
+from protodb.features.cache import FeatureCache
+from protodb.features.featurize import featurize
+from protodb.features.plan import SupportFeatures
 from protodb.render import CAPTION, CELL, GAP, LABEL_W, crop_with_context, patch_box, sheet_size
 from protodb.services.labels import LabelService
 from protodb.services.sets import SetService
+from protodb.services.support import SupportService
 from protodb.stores import Stores
 
-SHEETS = (("parts", ["part"]), ("background", ["bg_class", "bg_instance", "bg_part"]), ("instances", ["instance"]))
-
-
-def mask_extractor_id(pset: PrototypeSet) -> str:
-    """Which extractor's grid made a set's masks: the build's mask extractor (shared masks), or for
-    sets built before masks were shared, the set's own extractor."""
-    return ((pset.config or {}).get("masks") or {}).get("source_id") or pset.extractor_id
 
 
 class Inspector:
     """Reads one set's provenance and draws its sheets."""
 
-    def __init__(self, stores: Stores, sets: SetService, labels: LabelService, registry: ModelRegistry):
-        self.stores, self.sets, self.labels, self.registry = stores, sets, labels, registry
+    def __init__(self, stores: Stores, sets: SetService, labels: LabelService, support: SupportService,
+                 registry: ModelRegistry):
+        self.stores, self.sets, self.labels, self.support, self.registry = stores, sets, labels, support, registry
 
     def _artifact(self, digest: str) -> bytes:
         try:
@@ -65,37 +59,19 @@ class Inspector:
     # ------------------------------------------------------------------ provenance
     def provenance(self, pset: PrototypeSet) -> dict[str, Any]:
         """Everything that produced one prototype set, as JSON-able data (with the stored config)."""
-        with self.stores.sessions.reader() as s:
-            images = s.scalars(select(SupportImageRow).join(SetImageRow, SetImageRow.image_id == SupportImageRow.id)
-                               .where(SetImageRow.set_id == pset.id).order_by(SetImageRow.position)).all()
-            generator = None
-            if pset.run_id:
-                run = s.get(GenerationRunRow, pset.run_id)
-                spec = s.get(GeneratorSpecRow, run.generator_spec_id)
-                generator = {"name": spec.name, "model_id": spec.model_id, "revision": spec.revision,
-                             "scheduler": spec.scheduler, "steps": spec.steps, "guidance": spec.guidance,
-                             "size": [spec.width, spec.height], "dtype": spec.dtype, "prompt": run.prompt,
-                             "negative_prompt": run.negative_prompt, "base_seed": run.base_seed}
-            mask_ext = mask_extractor_id(pset)
-            masks = s.scalars(select(MaskRow).where(MaskRow.image_id.in_([i.id for i in images]),
-                                                    MaskRow.extractor_id == mask_ext)).all()
-            methods: dict[str, dict] = {}
-            for m in masks:
-                methods.setdefault(m.method, {k: v for k, v in (m.params or {}).items() if k != "grid"})
-            recs = [{"id": i.id, "source": i.source, "seed": i.seed, "origin": i.origin, "size": [i.width, i.height],
-                     "sha256": i.artifact_sha256, "attention_sha256": i.attention_sha256} for i in images]
-            mask_shas = {m.artifact_sha256 for m in masks}
+        sup = self.support.provenance(pset)
+        recs = sup["images"]
         ext = self.sets.extractor_row(pset.extractor_id)
         sizes = self._sizes([h for r in recs for h in (r["sha256"], r["attention_sha256"]) if h])
         return {
             "class": pset.class_name, "version": pset.version, "set": pset.id, "status": pset.status,
-            "created_at": pset.created_at, "protodb_version": pset.protodb_version, "generator": generator,
+            "created_at": pset.created_at, "protodb_version": pset.protodb_version, "generator": sup["generator"],
             "seeds": [r["seed"] for r in recs if r["seed"] is not None], "images": recs,
             "extractor": {"name": ext.name, "kind": ext.kind, "id": ext.id, "weights_hash": ext.weights_hash,
                           "dim": ext.dim, "config": ext.config},
-            "masks": methods, "mask_extractor_id": mask_ext, "counts": dict(pset.counts), "params": dict(pset.params),
-            "config": pset.config, "config_hash": pset.config_hash,
-            "bytes": {"vectors": pset.bytes, "images": sizes, "masks": self._sizes(mask_shas)},
+            "masks": sup["masks"], "mask_extractor_id": sup["mask_extractor_id"], "counts": dict(pset.counts),
+            "params": dict(pset.params), "config": pset.config, "config_hash": pset.config_hash,
+            "bytes": {"vectors": pset.bytes, "images": sizes, "masks": self._sizes(sup["mask_shas"])},
             "tags": list(pset.tags), "label": self.labels.history(pset.class_name).to_dict(),
         }
 
@@ -115,10 +91,10 @@ class Inspector:
         spec = spec_from_dict({"name": e["name"], "kind": e["kind"], "config": e["config"]})
         extractor = self.registry.load_extractor(spec, "cpu", torch.float32)
         images = [self.image(i["sha256"]) for i in prov["images"]]
-        short = prov["params"].get("short_side") or extractor.input_size or 448
+        plan = SupportFeatures.of(prov["config"], prov["params"], what=f"set {prov['set']}")
         feats = featurize(extractor, [(i["sha256"], im) for i, im in zip(prov["images"], images)],
-                          short_side=short, cache=FeatureCache(self.stores.cache_dir / "features"),
-                          windows=support_window_spec(prov["params"].get("support_windows")))
+                          short_side=plan.short_side, cache=FeatureCache(self.stores.cache_dir / "features"),
+                          windows=plan.window_spec())
         return list(zip(prov["images"], images, feats))
 
     def trace(self, pset: PrototypeSet, kinds: Sequence[str], top: int = 6,
@@ -176,16 +152,14 @@ class Inspector:
         recs = prov["images"]
         W, H = 3 * (thumb + GAP) + GAP, len(recs) * (thumb + GAP) + GAP
         sheet = PIL.Image.new("RGB", (W, max(H, thumb)), (250, 250, 250))
-        with self.stores.sessions.reader() as s:
-            masks = {(m.image_id, m.role): m.artifact_sha256 for m in s.scalars(select(MaskRow).where(
-                MaskRow.image_id.in_([r["id"] for r in recs]), MaskRow.extractor_id == prov["mask_extractor_id"]))}
+        masks = self.support.masks([r["id"] for r in recs], prov["mask_extractor_id"])
         for r, rec in enumerate(recs):
             y = GAP + r * (thumb + GAP)
             im = self.image(rec["sha256"]).resize((thumb, thumb))
             sheet.paste(im, (GAP, y))
             over = np.asarray(im, dtype=np.float32).copy()
             for role, colour in (("foreground", (0, 200, 0)), ("background", (220, 0, 0))):
-                sha = masks.get((rec["id"], role))
+                sha = masks.get(rec["id"], {}).get(role)
                 if sha is None:
                     continue
                 mask = np.asarray(PIL.Image.open(io.BytesIO(self._artifact(sha))).resize((thumb, thumb))) > 127
@@ -214,7 +188,7 @@ class Inspector:
             folder = Path(out or Path.cwd() / "protodb-inspect")
             stem = file_stem(f"{name}@{chosen.version}-{chosen.extractor}")
             prepared = None
-            for label, kinds in SHEETS:
+            for label, kinds in SHEETS.items():
                 if not flags[label]:
                     continue
                 prepared = prepared or (prov, self.support_features(prov))

@@ -1,9 +1,17 @@
-"""Deferred imports for heavy modules (in the spirit of PEP 690 and SciPy's ``lazy_loader``).
+"""Imports kept off the start-up path of the metadata commands, all listed here.
 
-``torch`` and ``lancedb`` each cost well over a second to import; metadata commands (``protodb ls``,
-``info``, ``vocab list``) need neither. A module declares a heavy dependency at its top with
-``name = lazy_import("package.module")``: the name is bound at once, the module is imported when
-one of its attributes is first used. Imports stay at the top of each file and point down.
+``protodb ls``, ``info``, ``vocab list`` and ``--help`` start in a fraction of a second because they import
+none of the heavy libraries below (torch alone takes over a second). Everywhere else imports are plain and
+at the top of each file. Two kinds of import wait until first use, and only these:
+
+* a heavy third-party library (:data:`HEAVY`), either bound at the top of a module with
+  ``name = lazy_import("package.module")`` (imported when one of its attributes is first used) or imported
+  inside the function that needs it;
+* a protodb module that carries such a library, imported inside a function of the module that needs it,
+  as listed in :data:`DEFERRED` (the facade defers its services and workflows, the stores their SQLAlchemy
+  catalog modules, the command line the web server).
+
+``tests/test_imports.py`` reads every module and fails on a deferred import that is not listed here.
 """
 
 from __future__ import annotations
@@ -12,6 +20,41 @@ import importlib
 import sys
 from types import ModuleType
 from typing import Any
+
+#: Third-party libraries imported on first use, with what importing them costs.
+HEAVY: dict[str, str] = {
+    "torch": "1-2 s (and torchvision, CUDA libraries)",
+    "transformers": "1-3 s", "diffusers": "1-3 s", "timm": "0.5-1 s", "huggingface_hub": "0.2 s",
+    "safetensors": "with torch", "onnx": "0.3 s", "onnxruntime": "0.3 s",
+    "lancedb": "1.5-2 s", "pyarrow": "0.3 s", "fsspec": "0.1 s (more with its s3 backend)",
+    "sqlalchemy": "0.2-0.4 s (and the ORM schema)", "alembic": "0.3 s",
+    "numpy": "0.1 s at every command's start-up otherwise",
+    "ray": "2-3 s, an optional extra (protodb[ray])", "fastapi": "0.5 s, an optional extra (protodb[serve])",
+    "uvicorn": "an optional extra (protodb[serve])",
+}
+
+#: protodb modules imported inside functions: importing module -> {imported module: the heavy library it
+#: carries}. Nothing else imports a protodb module anywhere but at the top of a file.
+DEFERRED: dict[str, dict[str, str]] = {
+    "protodb.api": {
+        "protodb.services.container": "sqlalchemy",
+        "protodb.models.registry": "torch",
+        "protodb.pipeline.build": "torch",
+        "protodb.pipeline.vocab_build": "torch",
+        "protodb.segment.segmenter": "torch",
+        "protodb.segment.run": "torch",
+        "protodb.segment.inputs": "fsspec",
+        "protodb.segment.datasets": "numpy",
+        "protodb.segment.evaluate": "torch",
+        "protodb.inspection": "torch",
+        "protodb.distributed.build": "ray",
+        "protodb.distributed.segment": "ray",
+    },
+    "protodb.services.container": {"protodb.services.sharing": "pyarrow"},
+    "protodb.stores": {"protodb.catalog.engine": "sqlalchemy", "protodb.catalog.locks": "sqlalchemy",
+                       "protodb.catalog.schema": "sqlalchemy"},
+    "protodb_cli.serve": {"protodb.serve.server": "fastapi"},
+}
 
 
 class _LazyModule(ModuleType):
@@ -36,10 +79,9 @@ class _LazyModule(ModuleType):
 
 
 def lazy_import(name: str) -> ModuleType:
-    """``name`` as a module imported on first attribute access (the real module if already imported)."""
+    """``name`` (a module of a :data:`HEAVY` library) as a module imported on first attribute access (the real
+    module if already imported)."""
+    if name.split(".")[0] not in HEAVY:
+        raise ValueError(f"lazy_import is for the heavy libraries of protodb.lazy.HEAVY, not {name!r}: "
+                         "import it at the top of the file")
     return sys.modules.get(name) or _LazyModule(name)
-
-
-def is_loaded(name: str) -> bool:
-    """Whether ``name`` has really been imported in this process."""
-    return name in sys.modules

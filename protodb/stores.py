@@ -29,16 +29,13 @@ from protodb.catalog.migrate import head_revision
 from protodb.errors import InvalidInput, NotFound
 from protodb.fileio import remove_stale_temps
 from protodb.lazy import lazy_import
+from protodb.storage.artifacts import ArtifactStore
+from protodb.storage.vectors import VectorStore
 
 # SQLAlchemy (and the ORM schema) load when a session or engine is first needed: the metadata commands
 # read through protodb.catalog.plain and never import them.
 sa_exc = lazy_import("sqlalchemy.exc")
 sa_orm = lazy_import("sqlalchemy.orm")
-engines = lazy_import("protodb.catalog.engine")
-locks = lazy_import("protodb.catalog.locks")
-schema = lazy_import("protodb.catalog.schema")
-vectors_mod = lazy_import("protodb.storage.vectors")  # LanceDB: imported when vectors are touched
-artifacts_mod = lazy_import("protodb.storage.artifacts")
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,6 +44,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _catalog():
+    """(engine, locks, schema) modules of :mod:`protodb.catalog`, imported when first needed."""
+    from protodb.catalog import engine, locks, schema  # deferred: SQLAlchemy
+
+    return engine, locks, schema
 
 
 def default_home() -> Path:
@@ -111,11 +115,11 @@ class Settings:
 
     def set(self, key: str, value: str) -> None:
         with self._stores.sessions.session() as s:
-            s.merge(schema.SettingRow(key=key, value=value))
+            s.merge(_catalog()[2].SettingRow(key=key, value=value))
 
     def delete(self, key: str) -> None:
         with self._stores.sessions.session() as s:
-            row = s.get(schema.SettingRow, key)
+            row = s.get(_catalog()[2].SettingRow, key)
             if row is not None:
                 s.delete(row)
 
@@ -165,7 +169,9 @@ class Stores:
                 raise NotFound(f"no protodb database at {home}; create one with: protodb init --db {home}")
             if not create and check_schema and cls._at_head(db_file):
                 return cls(home, f"sqlite:///{db_file.resolve()}", None, head_revision(), sqlite_file=db_file)
-            url = engines.sqlite_url(db_file)
+        engines = _catalog()[0]
+        if url is None:
+            url = engines.sqlite_url(home / "catalog.sqlite")
         if create:
             try:
                 home.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,7 @@ class Stores:
     def engine(self) -> "Engine":
         """The SQLAlchemy engine (made on first use when the database was opened without one)."""
         if self._engine is None:
+            engines = _catalog()[0]
             self._engine = engines.make_engine(engines.sqlite_url(self._sqlite_file), create=False)
         return self._engine
 
@@ -224,22 +231,22 @@ class Stores:
         return self.settings.get("artifacts_uri") or str(self.home / "artifacts")
 
     @property
-    def vectors(self):
+    def vectors(self) -> VectorStore:
         """The :class:`protodb.storage.vectors.VectorStore` (LanceDB) of this database."""
         if self._vectors is None:
-            self._vectors = vectors_mod.VectorStore(self.vectors_uri)
+            self._vectors = VectorStore(self.vectors_uri)
         return self._vectors
 
     @property
-    def artifacts(self):
+    def artifacts(self) -> ArtifactStore:
         """The :class:`protodb.storage.artifacts.ArtifactStore` of this database."""
         if self._artifacts is None:
-            self._artifacts = artifacts_mod.ArtifactStore(self.artifacts_uri)
+            self._artifacts = ArtifactStore(self.artifacts_uri)
         return self._artifacts
 
     def vector_lock(self, table: str):
         """Context manager serialising commits to vector table ``table`` across processes."""
-        return locks.vector_lock(self.engine, table)
+        return _catalog()[1].vector_lock(self.engine, table)
 
     # ------------------------------------------------------------------ local folders
     @property
@@ -267,6 +274,6 @@ class Stores:
             self._engine.dispose()
 
     def describe(self) -> dict[str, Any]:
-        url = self.catalog_url if self._sqlite_file is not None else engines.safe_url(self.engine)
+        url = self.catalog_url if self._sqlite_file is not None else _catalog()[0].safe_url(self.engine)
         return {"home": str(self.home), "catalog_url": url,
                 "vectors_uri": self.vectors_uri, "artifacts_uri": self.artifacts_uri}

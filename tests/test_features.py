@@ -13,8 +13,9 @@ import protodb
 from protodb.models.extractors.loading import load_extractor
 from protodb.models.tiny import build_tiny_extractor
 from protodb.pipeline.config import AddClassRequest
-from protodb.pipeline.features import SUPPORT_WINDOWS, FeatureCache, featurize, support_window_spec
-from protodb.segment.options import WindowSpec
+from protodb.features.cache import FeatureCache
+from protodb.features.featurize import featurize
+from protodb.features.windows import SUPPORT_WINDOWS, WindowSpec, support_window_spec
 from tests.conftest import cli
 
 

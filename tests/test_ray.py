@@ -196,17 +196,17 @@ def _stored_images(db) -> int:
 
 @pytest.mark.slow
 def test_sigkilled_worker_mid_run_still_builds_every_class_once(tiny_models, pg_url, tmp_path):
-    from protodb.distributed import build as dist_build
-    from protodb.distributed.cluster import RayOptions
+    from protodb.distributed.build import RayExecutor
     from protodb.pipeline.config import AddClassRequest
+    from protodb.runners import RayOptions
 
     classes = CLASSES[:4]
     home = new_home(tmp_path / "db", tiny_models)
     db = protodb.open(home, catalog_url=pg_url)
     reqs = [AddClassRequest(c, images=4, batch_size=2) for c in classes]
     out: dict = {}
-    run = threading.Thread(target=lambda: out.update(zip(("results", "failed"), dist_build.run_builds(
-        db, reqs, preset="tiny", opts=RayOptions("local", shard_size=2)))))
+    run = threading.Thread(target=lambda: out.update(zip(("results", "failed"), RayExecutor(
+        db.services, "tiny", RayOptions("local", shard_size=2)).run(reqs))))
     run.start()
     killed, seen = None, set()
     deadline = time.monotonic() + 180
@@ -350,14 +350,15 @@ def test_options_that_need_ray_are_refused_without_it(single, tmp_path):
 def test_batched_path_of_the_actor_equals_one_by_one(single, tmp_path):
     """What a CUDA actor runs (images decoded in threads, extractor calls batched across images), forced on
     CPU in float32: the same labels and files as segmenting one image at a time."""
-    from protodb.distributed.segment import SegmentWorker, stems_of
-    from protodb.segment.batched import segment_batch
+    from protodb.distributed.segment import SegmentWorker
+    from protodb.segment.inputs import stems_of
+    from protodb.segment.outputs import OutputWriter
 
     photos = _photos(tmp_path / "photos")
     paths = sorted(str(p) for p in photos.glob("*.png"))
     worker = SegmentWorker(str(single), protodb.open(single).catalog_url,
                            SegmentOptions(vocab="six", dtype="float32"), str(tmp_path / "out"))
-    worker.batched = True
+    worker.seg.batches = True
     stems = stems_of(paths)
     rows = worker({"path": np.array(paths), "stem": np.array([stems[p] for p in paths])})
     assert rows["input"] == paths
@@ -366,19 +367,19 @@ def test_batched_path_of_the_actor_equals_one_by_one(single, tmp_path):
     seg = worker.seg
     good = [p for i, p in enumerate(paths) if i != broken]
     images = [PIL.Image.open(p).convert("RGB") for p in good]
-    for p, im, res in zip(good, images, segment_batch(seg, images)):
-        one = seg.segment(im)
-        np.testing.assert_array_equal(res["labels"], one["labels"])
-        assert res["present"] == one["present"]
-        files = json.loads(rows["files"][paths.index(p)])
+    reference = OutputWriter(tmp_path / "ref", seg.support_crop)
+    for p, im, res in zip(good, images, seg.segment_many(images, good)):
+        one = seg.segment(im, p)
+        np.testing.assert_array_equal(res.labels, one.labels)
+        assert res.present == one.present
+        files = json.loads(rows["output"][paths.index(p)])["files"]
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(files["labels"])),
-                                      np.asarray(PIL.Image.open(seg.write(im, one, tmp_path / "ref", stems[p],
-                                                                          stems[p])["labels"])))
+                                      np.asarray(PIL.Image.open(reference.write(one, stems[p])["labels"])))
 
 
 def test_worker_shape_and_shards():
     from protodb.distributed.cluster import Cluster, worker_shape
-    from protodb.distributed.plan import shards_of
+    from protodb.planning import shards_of
     from protodb.errors import InvalidInput
 
     gpu = Cluster("auto", False, nodes=2, cpus=32, gpus=4)

@@ -116,8 +116,8 @@ def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
 
     seg.prefilter = KeepOnly()
     out = seg.segment(load_image(scenes / "val" / "s10.png"))
-    assert set(np.unique(out["labels"])) <= {2, 3}  # blue stripes (2) or background (3 = C)
-    assert out["kept"] == ["blue stripes"] and set(out["present"]) <= {"blue stripes", "background"}
+    assert set(np.unique(out.labels)) <= {2, 3}  # blue stripes (2) or background (3 = C)
+    assert list(out.kept) == ["blue stripes"] and set(out.present) <= {"blue stripes", "background"}
 
 
 def test_explain_points_at_stored_prototypes_and_images(tinydb, scenes, tmp_path):
@@ -202,7 +202,7 @@ def test_eval_miou_matches_hand_computation(tinydb, scenes, tmp_path):
 
     metric = MIoU(2, ignore_index=255)
     for name in ("s10.png", "s11.png"):
-        pred = seg.segment(load_image(scenes / "val" / name))["labels"]
+        pred = seg.segment(load_image(scenes / "val" / name)).labels
         gt = np.asarray(PIL.Image.open(scenes / "valannot" / name)).astype(np.int64)
         gt[gt == 11] = 255
         metric.update(pred, gt)
@@ -265,9 +265,7 @@ def test_inspect_sheets_and_traces(tinydb, tmp_path):
     (summary,) = db.sets.resolve("red box")
     rows = db.sets.prototypes(summary, kinds=["part"])
     # recompute: each traced patch really is the nearest support patch to its part prototype
-    from protodb.inspection import Inspector
-
-    inspector = Inspector(db.stores, db.sets, db.labels, db.registry())
+    inspector = db.inspector
     feats = {rec["id"]: f for rec, _, f in inspector.support_features(prov)}
     allf = np.concatenate([f.reshape(-1, f.shape[-1]).numpy() for f in feats.values()])
     for pid, entry in trace.items():

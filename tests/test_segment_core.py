@@ -25,14 +25,8 @@ from protodb.segment.label import segment_image
 from protodb.segment.match import EMPTY_SCORE, ClassPrototypes, build_match_table, score_patches
 from protodb.segment.metrics import MIoU
 from protodb.segment.pamr import pamr
-from protodb.segment.windows import (
-    Window,
-    WindowSpec,
-    plan_windows,
-    resized_size,
-    window_grid_scores,
-    window_scores,
-)
+from protodb.features.windows import Window, WindowSpec, plan_windows, resized_size
+from protodb.segment.windows import window_grid_scores, window_scores
 
 
 @pytest.fixture(autouse=True, scope="module")

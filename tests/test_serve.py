@@ -167,15 +167,15 @@ def test_segment_matches_the_in_process_segmenter(api, scene_db, scene_image):
         arts = db.stores.artifacts
         labels = decode_png(res["labels_png"]).astype(np.int64)
         C = 2  # two classes + background: PNG 0 = background, class i = i + 1
-        want = np.where(expected["labels"] == C, 0, expected["labels"] + 1)
+        want = np.where(expected.labels == C, 0, expected.labels + 1)
         assert res["legend"] == {"0": "background", "1": "red box", "2": "blue stripes"}
         assert labels.shape == (96, 128) and np.array_equal(labels, want)
-        assert res["present"] == expected["present"] and res["size"] == [128, 96]
+        assert res["present"] == expected.present and res["size"] == [128, 96]
         maps = res["maps"]
         flat = np.frombuffer(base64.b64decode(maps["labels"]), np.uint8).reshape(96, 128)
         assert np.array_equal(flat, labels)
         scores = np.frombuffer(base64.b64decode(maps["scores"]), "<i2").reshape(96, 128) / maps["scores_scale"]
-        assert np.allclose(scores, expected["scores"], atol=1e-4)
+        assert np.allclose(scores, expected.scores, atol=1e-4)
         assert decode_png(res["overlay_png"]).shape == (96, 128, 3)
         for name, w in res["explain"].items():
             assert name in res["present"] and w["class"] == name
@@ -216,7 +216,7 @@ def test_class_lists_options_and_several_images(api, scene_db, scene_image):
     assert a["settings"]["levels"] == ["class", "part"] and a["settings"]["background"] is False
     with protodb.open(scene_db, create=False) as db:
         seg = db.segmenter(SegmentOptions(classes="blue stripes,red box", levels=("class", "part"), background=False))
-        expected = seg.segment(load_image(scene_image))["labels"]
+        expected = seg.segment(load_image(scene_image)).labels
     assert np.array_equal(decode_png(a["labels_png"]), expected)  # without background: class i is value i
     # one warm segmenter per (vocabulary or class list, extractors, options), reused
     warm = api.get("/api/vocabularies").json()["warm"]
@@ -460,7 +460,7 @@ def test_real_server_concurrent_clients(server, scene_image):
     for _, b64 in results[1:]:
         assert np.array_equal(decode_png(b64), first)  # concurrent requests never mix up results
     with protodb.open(server.home, create=False) as db:
-        expected = db.segmenter(SegmentOptions(vocab="scene")).segment(load_image(scene_image))["labels"]
+        expected = db.segmenter(SegmentOptions(vocab="scene")).segment(load_image(scene_image)).labels
     want = np.where(expected == 2, 0, expected + 1)
     assert (first == want).mean() > 0.99  # another process: same labels up to float noise
     q = httpx.get(server.url + "/api/health").json()["queue"]

@@ -8,8 +8,10 @@ Work is split where it is independent::
                         stored, draws only what is still missing (a failed shard), then extracts, masks,
                         clusters and commits its sets
 
-Each worker is an actor holding a :class:`protodb.api.ProtoDB` opened from (home, catalog URL) and a
-:class:`protodb.pipeline.build.ClassBuilder`, so models load once per worker; images, masks and
+:class:`RayExecutor` is the Ray side of :class:`protodb.pipeline.vocab_build.BuildExecutor`: the planner
+(:mod:`protodb.pipeline.vocab_build`) decides what to build, this module only runs it. Each worker is an
+actor holding the database's services (:class:`protodb.services.container.Services`, opened from home and
+catalog URL) and a :class:`protodb.pipeline.build.ClassBuilder`, so models load once per worker; images, masks and
 vectors go from the worker straight into the database, only small records come back to the driver. The
 driver keeps one task in flight per worker (a class task goes first as soon as its shards are done),
 records each class's outcome and goes on when one fails.
@@ -31,17 +33,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from protodb.api import ProtoDB
-from protodb.distributed.cluster import RayOptions, check_shared, connect, runtime_env, worker_shape
-from protodb.distributed.plan import build_plan, shards_of
+from protodb.distributed.cluster import check_shared, connect, runtime_env, worker_shape
 from protodb.distributed.progress import Poller, counter_named, start_counter
-from protodb.entities import AddClassResult, AddVocabResult, BuildPlan, ClassFailure
+from protodb.entities import AddClassResult, ClassFailure
 from protodb.errors import InvalidInput, ProtoDBError
 from protodb.lazy import lazy_import
-from protodb.names import Ref
-from protodb.pipeline.build import BYTES_PER_IMAGE, SECONDS_PER_IMAGE
-from protodb.pipeline.config import MAX_IMAGES_WITHOUT_CONFIRM, AddClassRequest, check_request
-from protodb.pipeline.vocab_build import missing_classes
+from protodb.models.registry import ModelRegistry
+from protodb.pipeline.build import ClassBuilder
+from protodb.pipeline.config import AddClassRequest
+from protodb.pipeline.vocab_build import resolved_requests
+from protodb.planning import shards_of
+from protodb.runners import RayOptions
+from protodb.services.container import Services
 
 ray = lazy_import("ray")
 
@@ -68,8 +71,9 @@ class BuildWorker:
         self.counter = counter_named(counter)
         self.error: str | None = None  # a worker that cannot open the database says why, task by task
         try:
-            self.db = ProtoDB(home, catalog_url=catalog_url)
-            self.builder = self.db.builder(preset=preset, device=device, dtype=dtype, progress=self._progress)
+            self.services = Services.open(home, catalog_url=catalog_url, create=True)
+            self.builder = ClassBuilder.open(self.services, preset=preset, device=device, dtype=dtype,
+                                             progress=self._progress)
         except Exception as err:  # noqa: BLE001
             log.exception("worker could not start")
             self.error = f"a worker could not open the database: {one_line(err)}"
@@ -113,70 +117,77 @@ class _Item:
     indices: list[int] | None = None
 
 
-def resolved_requests(db: ProtoDB, requests: Sequence[AddClassRequest], preset: str | None) -> list[AddClassRequest]:
-    """Requests with their image count resolved (preset default) and checked, before any worker starts."""
-    reg = db.registry(preset)
-    out = []
-    for req in requests:
-        name = check_request(req)
-        images = reg.default_images if req.images is None else req.images
-        if images > MAX_IMAGES_WITHOUT_CONFIRM and not req.yes:
-            raise InvalidInput(f"--images {images} would take about {images * SECONDS_PER_IMAGE / 3600:.1f} GPU-hours "
-                               f"and {images * BYTES_PER_IMAGE / 2**30:.1f} GiB per class; the limit without --yes is "
-                               f"{MAX_IMAGES_WITHOUT_CONFIRM}")
-        if req.new_version:  # a task retried after its worker died would commit a second new version
-            raise InvalidInput("--new-version cannot run on Ray (a retried task would add another version); "
-                               "build the new version without --ray")
-        out.append(req.replace(name=name, images=images))
-    return out
+def _refuse_new_version(requests: Sequence[AddClassRequest]) -> None:
+    if any(r.new_version for r in requests):  # a task retried after its worker died would commit a second one
+        raise InvalidInput("--new-version cannot run on Ray (a retried task would add another version); "
+                           "build the new version without --ray")
 
 
-def run_builds(db: ProtoDB, requests: Sequence[AddClassRequest], *, preset: str | None, opts: RayOptions,
-               progress: Progress | None = None, on_result: Callable[[AddClassResult], None] | None = None
-               ) -> tuple[list[AddClassResult], list[ClassFailure]]:
-    """Build every request's class on Ray; returns (results in request order, failures)."""
-    opts.check()
-    progress = progress or (lambda stage, n, total: None)
-    reqs = resolved_requests(db, requests, preset)
-    if not reqs:
-        return [], []
-    order = {r.name: i for i, r in enumerate(reqs)}
-    queue: collections.deque[_Item] = collections.deque()
-    pending: dict[str, int] = {}
-    for req in reqs:
-        shards = shards_of(req.images or 0, opts.shard_size, req.batch_size)
-        pending[req.name] = len(shards)
-        if shards:
-            queue.extend(_Item("shard", req.name, req, s) for s in shards)
-        else:
-            queue.append(_Item("build", req.name, req))
-    cluster = connect(opts.address)
-    actors, counter = [], None
-    try:
-        check_shared(db.stores, cluster.nodes, exemplars=any(r.exemplars for r in reqs))
-        shape = worker_shape(cluster, workers=opts.workers, gpus=opts.gpus_per_task, cpus=opts.cpus_per_worker)
-        n_workers = min(shape.workers, len(queue))
-        log.info("building %d classes on %d workers (%g CPUs, %g GPUs each) of a %d-node cluster",
-                 len(reqs), n_workers, shape.cpus, shape.gpus, cluster.nodes)
-        counter, counter_name = start_counter()
-        worker_cls = ray.remote(BuildWorker).options(
-            num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=-1, max_task_retries=opts.task_retries,
-            runtime_env=runtime_env() or None)
-        template = reqs[0]
-        actors = [worker_cls.remote(str(db.home), db.catalog_url, preset, template.device, template.dtype,
-                                     counter_name)
-                  for _ in range(n_workers)]
-        results, failures = _schedule(actors, queue, pending, reqs, opts, counter, progress, on_result)
-    finally:
-        for handle in actors + ([counter] if counter is not None else []):
-            try:
-                ray.kill(handle)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        cluster.close()
-    results.sort(key=lambda r: order.get(r.name, len(order)))
-    failures.sort(key=lambda f: order.get(f.name, len(order)))
-    return results, failures
+class RayExecutor:
+    """Builds classes on Ray actors (see the module docstring): the Ray side of
+    :class:`protodb.pipeline.vocab_build.BuildExecutor`."""
+
+    def __init__(self, services: Services, preset: str | None, opts: RayOptions):
+        self.services, self.preset, self.opts = services, preset, opts.check()
+
+    def check(self, requests: Sequence[AddClassRequest]) -> list[AddClassRequest]:
+        """``requests`` resolved and checked before any worker starts."""
+        _refuse_new_version(requests)
+        return resolved_requests(ModelRegistry(self.services.stores, self.preset), requests)
+
+    def add_class(self, req: AddClassRequest, *, progress: Progress | None = None) -> AddClassResult:
+        """One class on Ray (its generation shards spread over the workers)."""
+        results, failures = self.run([req], progress=progress)
+        if failures:
+            raise ClassBuildFailed(failures[0].error)
+        return results[0]
+
+    def run(self, requests: Sequence[AddClassRequest], *, progress: Progress | None = None,
+            on_result: Callable[[AddClassResult], None] | None = None
+            ) -> tuple[list[AddClassResult], list[ClassFailure]]:
+        """Build every request's class on Ray; returns (results in request order, failures)."""
+        opts, stores = self.opts, self.services.stores
+        progress = progress or (lambda stage, n, total: None)
+        reqs = self.check(requests)
+        if not reqs:
+            return [], []
+        order = {r.name: i for i, r in enumerate(reqs)}
+        queue: collections.deque[_Item] = collections.deque()
+        pending: dict[str, int] = {}
+        for req in reqs:
+            shards = shards_of(req.images or 0, opts.shard_size, req.batch_size)
+            pending[req.name] = len(shards)
+            if shards:
+                queue.extend(_Item("shard", req.name, req, s) for s in shards)
+            else:
+                queue.append(_Item("build", req.name, req))
+        cluster = connect(opts.address)
+        actors, counter = [], None
+        try:
+            check_shared(stores, cluster.nodes, exemplars=any(r.exemplars for r in reqs))
+            shape = worker_shape(cluster, workers=opts.workers, gpus=opts.gpus_per_task, cpus=opts.cpus_per_worker)
+            n_workers = min(shape.workers, len(queue))
+            log.info("building %d classes on %d workers (%g CPUs, %g GPUs each) of a %d-node cluster",
+                     len(reqs), n_workers, shape.cpus, shape.gpus, cluster.nodes)
+            counter, counter_name = start_counter()
+            worker_cls = ray.remote(BuildWorker).options(
+                num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=-1, max_task_retries=opts.task_retries,
+                runtime_env=runtime_env() or None)
+            template = reqs[0]
+            actors = [worker_cls.remote(str(stores.home), stores.catalog_url, self.preset, template.device,
+                                         template.dtype, counter_name)
+                      for _ in range(n_workers)]
+            results, failures = _schedule(actors, queue, pending, reqs, opts, counter, progress, on_result)
+        finally:
+            for handle in actors + ([counter] if counter is not None else []):
+                try:
+                    ray.kill(handle)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            cluster.close()
+        results.sort(key=lambda r: order.get(r.name, len(order)))
+        failures.sort(key=lambda f: order.get(f.name, len(order)))
+        return results, failures
 
 
 def _schedule(actors, queue, pending, reqs, opts: RayOptions, counter, progress: Progress, on_result):
@@ -240,49 +251,3 @@ def _schedule(actors, queue, pending, reqs, opts: RayOptions, counter, progress:
             progress(CLASSES, 1, None)
     poller.poll()
     return results, failures
-
-
-# ================================================================================ entry points
-def add_class(db: ProtoDB, req: AddClassRequest, *, preset: str | None, opts: RayOptions,
-              progress: Progress | None = None) -> AddClassResult:
-    """One class on Ray (its generation shards spread over the workers)."""
-    results, failures = run_builds(db, [req], preset=preset, opts=opts, progress=progress)
-    if failures:
-        raise ClassBuildFailed(failures[0].error)
-    return results[0]
-
-
-def vocab_requests(db: ProtoDB, name: str, template: AddClassRequest, preset: str | None
-                   ) -> tuple[Any, list[AddClassRequest], list[str]]:
-    """(vocabulary, requests of its classes still to build, refs already built)."""
-    vocab = db.vocabs.show(name)
-    wanted = list(template.extractors) or list(db.registry(preset).default_extractors)
-    todo, present = missing_classes(db.sets, list(vocab.classes), wanted)
-    return vocab, [template.replace(name=Ref.parse(ref).name, extractors=tuple(wanted)) for ref in todo], present
-
-
-def add_vocab(db: ProtoDB, name: str, template: AddClassRequest, *, preset: str | None, opts: RayOptions,
-              progress: Progress | None = None, on_result: Callable[[AddClassResult], None] | None = None
-              ) -> AddVocabResult:
-    """Every class of vocabulary ``name`` without prototypes, on Ray (as ``ProtoDB.add_vocab``)."""
-    vocab, requests, present = vocab_requests(db, name, template, preset)
-    results, failures = run_builds(db, requests, preset=preset, opts=opts, progress=progress, on_result=on_result)
-    if vocab.builtin:
-        db.vocabs.create(name, list(vocab.classes), description=vocab.description, replace=True,
-                         background=bool(vocab.background))
-    return AddVocabResult(vocab=name, classes=tuple(results), already_built=tuple(present), failed=tuple(failures))
-
-
-def plan(db: ProtoDB, requests: Sequence[AddClassRequest], already_built: Sequence[str], *, preset: str | None,
-         opts: RayOptions | None) -> BuildPlan:
-    """``--dry-run``: the plan of building ``requests`` (nothing started, nothing written)."""
-    reqs = resolved_requests(db, requests, preset)
-    reg = db.registry(preset)
-    generator = next((r.generator for r in reqs if r.generator), None) or reg.default_generator
-    shard_size = opts.check().shard_size if opts is not None else 0
-    batch = reqs[0].batch_size if reqs else 4
-    return build_plan([(r.name, int(r.images or 0)) for r in reqs], list(already_built), shard_size=shard_size,
-                      batch_size=batch, generator=generator, preset=preset, ray=opts.address if opts else None,
-                      home=db.home)
-
-

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from protodb.errors import InvalidInput
+from protodb.fileio import is_remote_uri
 from protodb.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -36,28 +37,6 @@ FORWARDED_ENV_PREFIXES = ("PROTODB_", "AWS_", "HF_", "TRANSFORMERS_")
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 INIT_FIX = "start one with: ray start --head (then --ray auto), or use --ray local"
 
-
-@dataclass(frozen=True)
-class RayOptions:
-    """How work runs on Ray. address: ``local``, ``auto`` or ADDRESS. workers: actors (``--workers``;
-    ``--concurrency`` for segment; default one per GPU / ``gpus_per_task``, or one per CPU).
-    gpus_per_task: GPUs each worker holds (``--gpus-per-task`` / ``--gpus-per-worker``; default 1 on a GPU
-    cluster, 0 on CPU; fractions share a GPU). shard_size: generated images per generation task.
-    task_retries: how often a build task whose worker died is run again."""
-
-    address: str = "local"
-    workers: int | None = None
-    gpus_per_task: float | None = None
-    cpus_per_worker: float | None = None
-    shard_size: int = 16
-    task_retries: int = 3
-
-    def check(self) -> "RayOptions":
-        if self.shard_size < 1:
-            raise InvalidInput(f"--shard-size must be >= 1, got {self.shard_size}")
-        if self.task_retries < 0:
-            raise InvalidInput(f"task retries must be >= 0, got {self.task_retries}")
-        return self
 
 
 @dataclass
@@ -130,12 +109,6 @@ def forwarded_env() -> dict[str, str]:
 def runtime_env() -> dict[str, Any]:
     env = forwarded_env()
     return {"env_vars": env} if env else {}
-
-
-def is_remote_uri(uri: str) -> bool:
-    """Whether ``uri`` names a store every node can reach (``s3://``, ``gs://``...; not a folder)."""
-    scheme, sep, _ = str(uri).partition("://")
-    return bool(sep) and scheme.lower() not in ("", "file", "local")
 
 
 def check_shared(stores: "Stores", nodes: int, *, exemplars: bool = False) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import importlib.resources
 import importlib.util
@@ -22,7 +21,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import struct
 import threading
 import warnings

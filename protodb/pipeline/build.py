@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from sqlalchemy import select
 
 from protodb.entities import FOREGROUND_KINDS, AddClassResult, BuiltSet, ExtractorRecord
 from protodb.errors import InvalidInput
@@ -30,33 +29,35 @@ from protodb.models.generators import model_revision, resolve_model_folder
 from protodb.models.registry import ModelRegistry
 from protodb.pipeline import segmenters
 from protodb.pipeline.config import (
-    MAX_IMAGES_WITHOUT_CONFIRM,
     AddClassRequest,
     BuildConfig,
     GenerationConfig,
     MaskConfig,
+    check_image_count,
     check_request,
     effective_bg_value,
     generator_changes,
     parts_for,
 )
 from protodb.pipeline.exemplars import find_exemplars, load_exemplars
-from protodb.pipeline.features import SUPPORT_WINDOWS, FeatureCache, featurize, support_window_spec
+from protodb.features.cache import FeatureCache
+from protodb.features.featurize import featurize
+from protodb.features.windows import SUPPORT_WINDOWS
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
 from protodb.pipeline.support_masks import NCUT_PARAMS, GridMasks, for_extractor, masks_for, upsample
 from protodb.services.labels import LabelService, label_record
 from protodb.services.sets import SetService
-from protodb.catalog.schema import MaskRow
+from protodb.services.support import SupportService
 from protodb.storage.vectors import PrototypeRows
 from protodb.stores import Stores
 from protodb.thing_stuff import Label, classify
 
+if TYPE_CHECKING:
+    from protodb.services.container import Services
+
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, "int | None"], None]
-#: Rough cost of one generated image (seconds on one modern GPU at 512 px, 30 steps) and its bytes,
-#: for the warning before very large builds.
-SECONDS_PER_IMAGE, BYTES_PER_IMAGE = 3.3, 600_000
 
 
 @dataclass
@@ -73,14 +74,23 @@ class Resolved:
 class ClassBuilder:
     """Runs add-class for one database; models are loaded once and shared across classes."""
 
-    def __init__(self, stores: Stores, sets: SetService, labels: LabelService, registry: ModelRegistry, *,
-                 device: str = "auto", dtype: str = "auto", progress: Progress | None = None):
+    def __init__(self, stores: Stores, sets: SetService, labels: LabelService, support: SupportService,
+                 registry: ModelRegistry, *, device: str = "auto", dtype: str = "auto", progress: Progress | None = None):
         self.stores, self.sets, self.labels, self.registry = stores, sets, labels, registry
         self.device = choose_device(device)
         self.dtype = choose_dtype(self.device, dtype)
         self.progress = progress or (lambda stage, n, total: None)
         self.cache = FeatureCache(stores.cache_dir / "features")
-        self.support = SupportStage(stores, self.progress)
+        self.support = support
+        self.stage = SupportStage(stores, support, self.progress)
+
+    @classmethod
+    def open(cls, services: "Services", *, preset: str | None = None, device: str = "auto", dtype: str = "auto",
+             progress: Progress | None = None) -> "ClassBuilder":
+        """A builder over one database's services with the models of ``preset`` (the facade's and every
+        Ray worker's way of making one)."""
+        return cls(services.stores, services.sets, services.labels, services.support,
+                   ModelRegistry(services.stores, preset), device=device, dtype=dtype, progress=progress)
 
     # ------------------------------------------------------------------ resolve
     def resolve(self, req: AddClassRequest) -> Resolved:
@@ -96,11 +106,7 @@ class ClassBuilder:
         files, mask_files, skipped = find_exemplars(req.exemplars, req.masks)
         if images == 0 and not files:
             raise InvalidInput("nothing to build from: --images 0 and no --exemplars")
-        if images > MAX_IMAGES_WITHOUT_CONFIRM and not req.yes:
-            hours = images * SECONDS_PER_IMAGE / 3600
-            raise InvalidInput(f"--images {images} would take about {hours:.1f} GPU-hours and "
-                               f"{images * BYTES_PER_IMAGE / 2**30:.1f} GiB; the limit without --yes is "
-                               f"{MAX_IMAGES_WITHOUT_CONFIRM}")
+        check_image_count(images, req.yes)
         generation = self._generation(req, name, images)
         plugin = segmenters.choose(req.segmenter)
         bg_value = effective_bg_value(req.mask_value, req.bg_value)
@@ -141,8 +147,8 @@ class ClassBuilder:
         if gen is None:
             return 0
         label = self._label(name, req.kind)
-        class_id, _ = self.sets.sessions.transact(lambda s: self._class_row(s, name, label), what="class row")
-        return self.support.generate_indices(
+        class_id, _ = self._class_row(name, label)
+        return self.stage.generate_indices(
             class_id, name, gen, lambda: self.registry.load_pipeline(gen.spec, self.device, self.dtype),
             dtype_name(self.dtype), req.batch_size, indices)
 
@@ -150,19 +156,18 @@ class ClassBuilder:
         plan = self.resolve(req)
         cfg = plan.config
         label = self._label(cfg.class_name, req.kind)
-        class_id, kind = self.sets.sessions.transact(lambda s: self._class_row(s, cfg.class_name, label),
-                                                     what="class row")
+        class_id, kind = self._class_row(cfg.class_name, label)
         support: list[SupportImage] = []
         run_id, generated, reused_images = None, 0, 0
         if cfg.generation is not None:
-            run_id, gen_images, generated = self.support.generated(
+            run_id, gen_images, generated = self.stage.generated(
                 class_id, cfg.class_name, cfg.generation,
                 lambda: self.registry.load_pipeline(cfg.generation.spec, self.device, self.dtype),
                 dtype_name(self.dtype), req.batch_size)
             support += gen_images
             reused_images = len(gen_images) - generated
         if plan.exemplars:
-            support += self.support.exemplars(class_id, plan.exemplars)
+            support += self.stage.exemplars(class_id, plan.exemplars)
         built = self._build_sets(plan, support, run_id, req.batch_size)
         return AddClassResult(name=cfg.class_name, kind=kind, label_source=label.source,
                               generated_images=generated, reused_images=reused_images,
@@ -176,13 +181,10 @@ class ClassBuilder:
             return Label(kind=existing, source="existing")
         return classify(name, override=override)
 
-    def _class_row(self, s, name: str, label: Label) -> tuple[str, str]:
-        record = label_record(label) if label.source != "existing" else None
-        cls = self.sets.ensure_class(s, name, label=record)
-        if label.source == "manual" and cls.kind != label.kind:
-            cls.kind = label.kind
-            self.labels.record(s, cls.id, label)
-        return cls.id, cls.kind
+    def _class_row(self, name: str, label: Label) -> tuple[str, str]:
+        record = label_record(label)
+        return self.sets.class_for_build(name, record if label.source != "existing" else None,
+                                         record if label.source == "manual" else None)
 
     # ------------------------------------------------------------------ sets
     def _build_sets(self, plan: Resolved, support: list[SupportImage], run_id, batch_size: int) -> list[BuiltSet]:
@@ -213,14 +215,15 @@ class ClassBuilder:
     def _features(self, cfg: BuildConfig, i: int, extractor, support: list[SupportImage], batch_size: int):
         stage = f"extract {cfg.extractors[i].name}"
         self.progress(stage, 0, len(support))
-        return featurize(extractor, [(s.sha, s.image) for s in support], short_side=cfg.short_side,
+        plan = cfg.support_features
+        return featurize(extractor, [(s.sha, s.image) for s in support], short_side=plan.short_side,
                          cache=self.cache, batch_size=max(1, batch_size), progress=lambda n: self.progress(stage, n, None),
-                         windows=support_window_spec(cfg.support_windows))
+                         windows=plan.window_spec())
 
     def _masks(self, cfg: BuildConfig, plan: Resolved, src: int, support: list[SupportImage], feats) -> list[GridMasks]:
         """One mask per support image on the source extractor's grid, stored once (its extractor id)."""
         record = cfg.extractors[src]
-        self.sets.sessions.transact(lambda s: self.sets.ensure_extractor(s, record), what="extractor row")
+        self.sets.register_extractor(record)
         stage = f"masks {record.name}"
         self.progress(stage, 0, len(support))
         out = []
@@ -238,16 +241,7 @@ class ClassBuilder:
         pixels = {"foreground": m.fg_pixels if m.fg_pixels is not None else upsample(m.fg, size),
                   "background": m.bg_pixels if m.bg_pixels is not None else upsample(m.bg, size)}
         digests = {role: self.stores.artifacts.put(mask_png(px)) for role, px in pixels.items()}
-
-        def rows(s) -> None:
-            from_sql = set(s.execute(select(MaskRow.role, MaskRow.artifact_sha256).where(
-                MaskRow.image_id == sup.id, MaskRow.extractor_id == record.id)).tuples())
-            for role, sha in digests.items():
-                if (role, sha) not in from_sql:
-                    s.add(MaskRow(image_id=sup.id, role=role, artifact_sha256=sha, method=m.method,
-                                  params=m.params, extractor_id=record.id))
-
-        self.sets.sessions.transact(rows, what="mask rows")
+        self.support.store_masks(sup.id, record.id, digests, method=m.method, params=m.params)
 
     def _commit(self, cfg: BuildConfig, record: ExtractorRecord, support: list[SupportImage], feats, grids,
                 run_id) -> BuiltSet:

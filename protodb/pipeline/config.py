@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from protodb._version import __version__
 from protodb.entities import ExtractorRecord, plain
 from protodb.errors import InvalidInput
+from protodb.features.plan import SupportFeatures
 from protodb.hashing import sha256_json
 from protodb.lazy import lazy_import
 from protodb.names import normalize_class_name
@@ -31,8 +32,11 @@ if TYPE_CHECKING:
 
 #: Bump when the way prototypes are computed from the same inputs changes (new config hashes).
 PIPELINE_VERSION = 2
-#: Above this many generated images add-class asks for ``--yes`` (see ``check_scale``).
+#: Above this many generated images add-class asks for ``--yes`` (:func:`check_image_count`).
 MAX_IMAGES_WITHOUT_CONFIRM = 1024
+#: Rough cost of one generated image (seconds on one modern GPU at 512 px, 30 steps) and its bytes,
+#: for the refusal of very large builds.
+SECONDS_PER_IMAGE, BYTES_PER_IMAGE = 3.3, 600_000
 MAX_SEED = 2**31 - 1
 
 
@@ -170,6 +174,11 @@ class BuildConfig:
             out["support_windows"] = plain(self.support_windows)
         return out
 
+    @property
+    def support_features(self) -> SupportFeatures:
+        """How this build featurises its support images (short side, window plan)."""
+        return SupportFeatures(self.short_side, self.support_windows)
+
     def set_config(self, extractor: ExtractorRecord, support: Sequence[str]) -> "SetConfig":
         """The config of the set built for ``extractor`` from support images ``support`` (sha256s)."""
         return SetConfig(self, extractor, tuple(support))
@@ -220,6 +229,16 @@ def parts_for(n_images: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------- checks
+def check_image_count(images: int, yes: bool) -> None:
+    """Refuse more than :data:`MAX_IMAGES_WITHOUT_CONFIRM` generated images per class without ``--yes``
+    (the one guard every runner applies before anything starts)."""
+    if images > MAX_IMAGES_WITHOUT_CONFIRM and not yes:
+        hours = images * SECONDS_PER_IMAGE / 3600
+        raise InvalidInput(f"--images {images} would take about {hours:.1f} GPU-hours and "
+                           f"{images * BYTES_PER_IMAGE / 2**30:.1f} GiB per class; the limit without --yes is "
+                           f"{MAX_IMAGES_WITHOUT_CONFIRM}")
+
+
 def check_request(req: AddClassRequest) -> str:
     """Everything about a request that needs no model and no file: returns the class name."""
     name = normalize_class_name(req.name)

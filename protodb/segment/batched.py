@@ -1,12 +1,13 @@
 """Batched segmentation for accelerators: several images' windows go through each extractor together.
 
 One image gives a handful of window crops (two sizes plus the whole image), too few to keep a GPU busy.
-:func:`segment_batch` moves the images to the device through pinned memory (non-blocking copies),
-cuts every image's crops exactly as :func:`protodb.segment.windows.window_calls` does, runs each
-extractor once per crop shape over all images (in chunks of ``max_crops``), then scores each image
-against its own match table (the pre-filter may keep other classes per image) with the unchanged
-single-image code, which is handed the features already computed. Labels are those of
-:meth:`VocabularySegmenter.segment` up to the floating-point effect of another batch size.
+:meth:`protodb.segment.segmenter.VocabularySegmenter.segment_many` moves the images to the device through
+pinned memory (:func:`to_device`, non-blocking copies), cuts every image's crops exactly as
+:func:`protodb.features.crops.window_calls` does, runs each extractor once per crop shape over all images
+(:func:`batched_features`, in chunks of ``max_crops``), then scores each image against its own match table
+(the pre-filter may keep other classes per image) with the unchanged single-image code, which is handed the
+features already computed (:class:`Replay`). Labels are those of ``segment`` up to the floating-point
+effect of another batch size.
 
 The CPU path never comes here (``protodb segment`` without ``--ray``, and workers on CPU, segment one
 image at a time as before).
@@ -20,16 +21,14 @@ from typing import Any, Sequence
 import PIL.Image
 import torch
 
+from protodb.features.crops import window_calls
 from protodb.images import to_tensor
-from protodb.segment.label import segment_image
-from protodb.segment.run import VocabularySegmenter
-from protodb.segment.windows import window_calls
 
 #: Crops per extractor call when batching across images.
 MAX_CROPS = 64
 
 
-class _Replay:
+class Replay:
     """Stands for an extractor inside :func:`window_grid_scores`: returns, call by call, the features
     computed beforehand for this image's crops."""
 
@@ -76,20 +75,3 @@ def batched_features(extractor, tensors: Sequence[torch.Tensor], spec, max_crops
             out[k][j] = feats[offset:offset + n]
             offset += n
     return out
-
-
-def segment_batch(seg: VocabularySegmenter, images: Sequence[PIL.Image.Image]) -> list[dict[str, Any]]:
-    """:meth:`VocabularySegmenter.segment` of every image, the extractor calls batched across images."""
-    if not images:
-        return []
-    spec = seg.opts.windows
-    tensors = [to_device(im, seg.device) for im in images]
-    keeps = [seg.keep(im) for im in images]
-    feats = {e: batched_features(seg.extractors[e], tensors, spec) for e in seg.vocab.extractors}
-    results = []
-    for k, t in enumerate(tensors):
-        pairs = [(_Replay(seg.extractors[e], feats[e][k]), table)
-                 for e, (_ext, table) in zip(seg.vocab.extractors, seg.pairs(keeps[k]))]
-        res = segment_image(t, pairs, windows=spec, pamr=seg.opts.pamr)
-        results.append(seg.finish(res, keeps[k]))
-    return results

@@ -13,7 +13,7 @@ from protodb.errors import InvalidInput
 from protodb.images import load_image
 from protodb.segment.datasets import iter_dataset, label_convention, load_label
 from protodb.segment.metrics import MIoU
-from protodb.segment.run import VocabularySegmenter
+from protodb.segment.segmenter import VocabularySegmenter
 from protodb.vocabularies import load_builtin
 
 
@@ -50,7 +50,7 @@ def evaluate(segmenter: VocabularySegmenter, dataset: str, root: str | Path, *, 
         gt = load_label(lab_path, conv)
         if gt.shape != (image.height, image.width):
             raise InvalidInput(f"label {lab_path} is {gt.shape[1]}x{gt.shape[0]}, image is {image.width}x{image.height}")
-        metric.update(segmenter.segment(image)["labels"].astype(np.int64), gt)
+        metric.update(segmenter.segment(image, str(img_path)).labels.astype(np.int64), gt)
         if progress:
             progress(i + 1, len(pairs))
     res = metric.result()

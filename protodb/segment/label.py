@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
 from protodb.segment.match import MatchTable
-from protodb.segment.options import WindowSpec
+from protodb.features.windows import WindowSpec
 from protodb.segment.pamr import affinities
 from protodb.segment.pamr import pamr as refine
 from protodb.segment.windows import window_grid_scores

@@ -10,47 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from protodb.errors import InvalidInput
+from protodb.features.windows import WindowSpec
 
 LEVELS = ("class", "instance", "part")
-MAX_SUBPATCH = 4  # 16 extractor passes per window
 CLIP_ENV = "PROTODB_CLIP_MODEL"
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """``short_side``: side the image's short side is resized to (None: keep the size); ``sizes``: square
-    window sides in resized pixels (clamped to the image); ``stride``: window step in resized pixels;
-    ``whole``: also score the whole resized image as one window; ``batch``: crops per extractor call;
-    ``scales``: extra passes at ``short_side * scale``, averaged; ``subpatch``: sample the patch grid n
-    times per axis (n x n shifted passes per window, score maps at stride patch/n: thin objects)."""
-
-    short_side: int | None = 448
-    sizes: tuple[int, ...] = (448, 336)
-    stride: int = 224
-    whole: bool = True
-    batch: int = 8
-    scales: tuple[float, ...] = (1.0,)  # extra passes at short_side * scale (finer detail), averaged
-    subpatch: int = 1
-
-    def at_scales(self) -> list["WindowSpec"]:
-        """One spec per scale: the same windows over the image resized to ``short_side * scale``."""
-        if self.scales == (1.0,) or self.short_side is None:
-            return [self]
-        return [dataclasses.replace(self, short_side=int(round(self.short_side * s)), scales=(1.0,))
-                for s in self.scales]
-
-    def check(self) -> "WindowSpec":
-        if not self.sizes and not self.whole:
-            raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
-        if not 1 <= int(self.subpatch) <= MAX_SUBPATCH:
-            raise InvalidInput(f"--subpatch takes 1 to {MAX_SUBPATCH} (n x n extractor passes per window); "
-                               f"got {self.subpatch}")
-        if not self.scales or any(not 0.25 <= s <= 4 for s in self.scales):
-            raise InvalidInput(f"window scales must be between 0.25 and 4; got {self.scales}")
-        if self.stride <= 0 or any(s <= 0 for s in self.sizes) or (self.short_side is not None and self.short_side <= 0):
-            raise InvalidInput(f"window sizes, stride and short side must be positive; got {self.sizes} / "
-                               f"{self.stride} / {self.short_side}")
-        return self
 
 
 @dataclass(frozen=True)

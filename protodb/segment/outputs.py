@@ -1,4 +1,5 @@
-"""What a segment run writes per input: a palette label PNG, an overlay PNG, a JSON (legend, classes
+"""What a segment run writes per input (:class:`OutputWriter`, the one writer every runner uses): a palette
+label PNG, an overlay PNG, a JSON (:meth:`protodb.segment.result.ImageResult.document`: legend, classes
 present, vocabulary and settings) and, with explain, a PNG showing the support crop that won.
 
 Label PNGs: with a background class, value 0 is background and class i of the vocabulary is i + 1
@@ -10,17 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
+import fsspec
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
 from protodb.errors import InvalidInput
-from protodb.fileio import atomic_write
+from protodb.fileio import atomic_write, is_remote_uri
 from protodb.images import png_bytes
 from protodb.render import CELL, crop_with_context
+
+if TYPE_CHECKING:
+    from protodb.segment.result import ImageResult
 
 
 def palette(n: int) -> np.ndarray:
@@ -93,24 +100,48 @@ def overlay(image: PIL.Image.Image, values: np.ndarray, n_labels: int) -> np.nda
     return (0.45 * np.asarray(image, np.float32) + 0.55 * colour).astype(np.uint8)
 
 
-def write_outputs(image: PIL.Image.Image, result: dict, out: Path, stem: str, meta: dict[str, Any],
-                  names: list[str], background: bool, support_crop: Callable[[dict], PIL.Image.Image | None]
-                  ) -> dict[str, str]:
-    """Label PNG, overlay PNG, JSON (and explain PNG) for one input under ``out``; returns the paths."""
-    values, legend = label_values(result["labels"], names, background)
-    n = max(legend) + 1
-    base = out / stem
-    paths = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png", "json": f"{base}.json"}
-    atomic_write(paths["labels"], label_png(values, n))
-    over = overlay(image, values, n)
-    atomic_write(paths["overlay"], png_bytes(over))
-    doc = {**meta, "legend": {str(k): v for k, v in legend.items()}}
-    if result.get("winners"):
-        doc["explain"] = result["winners"]
-        paths["explain"] = f"{base}.explain.png"
-        atomic_write(paths["explain"], png_bytes(render_explain(over, result["winners"], support_crop)))
-    atomic_write(paths["json"], json.dumps(doc, indent=1).encode())
-    return paths
+class OutputWriter:
+    """Writes each result's label PNG, overlay PNG, explain PNG (with explanations) and JSON under ``out``:
+    a local folder (checked when the writer is made), or an fsspec URL such as ``s3://bucket/prefix`` (the
+    files are made in a local temporary folder and uploaded, the JSON last, so an input counts as done only
+    when all its files are there). ``support_crop``: the support-image crop a winner names (the
+    segmenter's :meth:`~protodb.segment.segmenter.VocabularySegmenter.support_crop`)."""
+
+    def __init__(self, out: str | os.PathLike, support_crop: Callable[[dict], PIL.Image.Image | None] | None = None):
+        self.remote = is_remote_uri(str(out))
+        self.out = str(out).rstrip("/") if self.remote else check_out(Path(out))
+        self.support_crop = support_crop or (lambda _winner: None)
+        self._fs = fsspec.core.url_to_fs(self.out)[0] if self.remote else None
+
+    def write(self, result: "ImageResult", stem: str) -> dict[str, str]:
+        """The files of ``result`` named ``stem`` + ``.labels.png``, ``.overlay.png``, (``.explain.png``),
+        ``.json``; returns {kind: path or URL}."""
+        if not self.remote:
+            return self._write_local(result, Path(self.out) / stem)
+        tmp = Path(tempfile.mkdtemp(prefix="protodb-seg-"))
+        try:
+            local = self._write_local(result, tmp / Path(stem).name)
+            files = {}
+            for kind in sorted(local, key=lambda k: k == "json"):  # the JSON last: it marks the input done
+                target = f"{self.out}/{stem}{Path(local[kind]).name[len(Path(stem).name):]}"
+                self._fs.put_file(local[kind], target)
+                files[kind] = target
+            return files
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_local(self, result: "ImageResult", base: Path) -> dict[str, str]:
+        values, legend = result.values()
+        n = max(legend) + 1
+        paths = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png", "json": f"{base}.json"}
+        atomic_write(paths["labels"], label_png(values, n))
+        over = overlay(result.image, values, n)
+        atomic_write(paths["overlay"], png_bytes(over))
+        if result.winners:
+            paths["explain"] = f"{base}.explain.png"
+            atomic_write(paths["explain"], png_bytes(render_explain(over, result.winners, self.support_crop)))
+        atomic_write(paths["json"], json.dumps(result.document(), indent=1).encode())
+        return paths
 
 
 def render_explain(over: np.ndarray, winners: dict, support_crop: Callable[[dict], PIL.Image.Image | None]

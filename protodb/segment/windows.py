@@ -1,4 +1,5 @@
-"""Sliding-window scoring, as in OVDiff: the image is resized so its short side is ``short_side``, square
+"""Sliding-window scoring, as in OVDiff (the windows themselves are planned and cut by
+:mod:`protodb.features.windows`): the image is resized so its short side is ``short_side``, square
 windows of each size slide over it with ``stride`` (the last one flush with the border), the whole image is
 one more window; each window's patch scores are upsampled to its pixels and overlapping windows averaged.
 
@@ -19,55 +20,9 @@ import torch.nn.functional as F
 
 from protodb import subpatch
 from protodb.errors import InvalidInput
-from protodb.images import crop_starts, feature_size
+from protodb.features.crops import window_calls
+from protodb.features.windows import Window, WindowSpec
 from protodb.segment.match import MatchTable, score_patches
-from protodb.segment.options import WindowSpec
-
-
-@dataclass(frozen=True)
-class Window:
-    """A crop of the resized image: rows [top, top + height), columns [left, left + width)."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-
-def resized_size(H: int, W: int, spec: WindowSpec, patch: int) -> tuple[int, int]:
-    """Size (H', W') the image is scored at: short side ``spec.short_side``, aspect kept, both sides
-    rounded to the nearest multiple of ``patch`` (at least one patch)."""
-    if H <= 0 or W <= 0:
-        raise InvalidInput(f"image has no pixels ({H}x{W})")
-    return feature_size(W, H, spec.short_side or min(H, W), patch)  # as support images are sized
-
-
-def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
-    """Windows over the image of original size (H, W) once resized to :func:`resized_size`.
-
-    For each size in ``spec.sizes`` (clamped to the short side, rounded down to a multiple of ``patch``):
-    square windows at ``spec.stride`` covering every pixel, the last row/column flush with the border;
-    then the whole image when ``spec.whole``. Duplicates are dropped; coordinates are resized pixels.
-    """
-    if not spec.sizes and not spec.whole:
-        raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
-    if spec.stride <= 0 or any(s <= 0 for s in spec.sizes):
-        raise InvalidInput(f"window sizes and stride must be positive; got {spec.sizes} / {spec.stride}")
-    H2, W2 = resized_size(H, W, spec, patch)
-    out: list[Window] = []
-    for size in spec.sizes:
-        side = max(patch, min(size, H2, W2) // patch * patch)
-        if spec.whole and side * 2 < min(size, spec.short_side or size):
-            continue  # a thin strip: windows this narrow add nothing the whole image does not
-        stride = min(spec.stride, side)  # windows never leave gaps
-        for top in crop_starts(H2, side, stride):
-            for left in crop_starts(W2, side, stride):
-                win = Window(top, left, side, side)
-                if win not in out:
-                    out.append(win)
-    if spec.whole and Window(0, 0, H2, W2) not in out:
-        out.append(Window(0, 0, H2, W2))
-    return out
 
 
 @dataclass
@@ -99,47 +54,6 @@ class PatchScores:
         if not (0 <= y2 < self.window.height and 0 <= x2 < self.window.width):
             return None
         return int(y2 // p), int(x2 // p)
-
-
-@torch.no_grad()
-def window_calls(image: torch.Tensor, patch: int, spec: WindowSpec, device=None):
-    """The extractor calls :func:`window_grid_scores` makes for ``image``, in order: the image is resized
-    (on ``device`` when it is already there), its windows planned and grouped by size, each group cut
-    into calls of about ``spec.batch`` crops. Returns ``((H, W), (H', W'), plan, iterator of (window
-    indices, crops (len(indices) * n * n, 3, h, w)))`` with n = ``spec.subpatch``: per window its n x n
-    shifted crops (:func:`protodb.subpatch.crops`). Batched segmentation extracts these crops
-    for several images at once."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
-    p = int(patch)
-    H, W = int(image.shape[1]), int(image.shape[2])
-    H2, W2 = resized_size(H, W, spec, p)
-    img = image.float()[None]
-    if (H2, W2) != (H, W):
-        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
-        img = img.clamp_(0, 1)
-    if device is not None:
-        img = img.to(device)
-    plan = plan_windows(H, W, spec, p)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, win in enumerate(plan):
-        groups.setdefault((win.height, win.width), []).append(i)
-    n = max(1, int(spec.subpatch))
-    per_call = max(1, spec.batch // (n * n))
-    padded = subpatch.pad(img, p) if n > 1 else None  # shifted copies reach up to a patch beyond a window
-
-    def calls():  # lazily, so that only one batch of crops exists at a time
-        for (wh, ww), members in groups.items():
-            for b in range(0, len(members), per_call):
-                idx = members[b:b + per_call]
-                if padded is None:
-                    yield idx, torch.cat([img[:, :, plan[i].top:plan[i].top + wh, plan[i].left:plan[i].left + ww]
-                                          for i in idx])
-                else:
-                    yield idx, torch.cat([subpatch.crops(padded, plan[i].top, plan[i].left, wh, ww, p, n)
-                                          for i in idx])
-
-    return (H, W), (H2, W2), plan, calls()
 
 
 @torch.no_grad()

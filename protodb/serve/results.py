@@ -22,7 +22,8 @@ import numpy as np
 
 from protodb.errors import InvalidInput
 from protodb.images import png_bytes
-from protodb.segment.outputs import label_png, label_values, overlay, palette
+from protodb.segment.outputs import label_png, overlay, palette
+from protodb.segment.result import ImageResult
 
 OUTPUTS = ("labels", "overlay", "maps", "explain")
 SCORES_SCALE = 10000
@@ -42,19 +43,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def segment_doc(served, image, result: dict, *, outputs: set[str], name: str, seconds: float) -> dict[str, Any]:
+def segment_doc(served, result: ImageResult, *, outputs: set[str]) -> dict[str, Any]:
+    """The answer for one :class:`ImageResult` of ``served``'s segmenter: its document (as written beside
+    ``protodb segment``'s outputs) with the warm segmenter's generation, the colours and the asked outputs."""
     seg = served.segmenter
-    names, background = seg.vocab.names, seg.vocab.background
-    values, legend = label_values(result["labels"], names, background)
+    image = result.image
+    values, legend = result.values()
     n = max(legend) + 1
     pal = palette(n)
+    base = result.document()
     doc: dict[str, Any] = {
-        "input": name, "size": [image.width, image.height], "vocabulary": seg.vocab.describe(),
-        "generation": served.generation, "settings": seg.settings.to_dict(), "present": result["present"],
-        "legend": {str(k): v for k, v in legend.items()},
-        "colours": {str(k): [int(c) for c in pal[k]] for k in legend},
-        "prefilter_kept": result["kept"] if seg.prefilter is not None else None,
-        "seconds": round(seconds, 4),
+        "input": base["input"], "size": base["size"], "vocabulary": base["vocabulary"],
+        "generation": served.generation, "settings": base["settings"], "present": base["present"],
+        "legend": base["legend"], "colours": {str(k): [int(c) for c in pal[k]] for k in legend},
+        "prefilter_kept": base["prefilter_kept"], "seconds": round(result.seconds, 4),
     }
     if "labels" in outputs:
         doc["labels_png"] = _b64(label_png(values, n))
@@ -62,14 +64,14 @@ def segment_doc(served, image, result: dict, *, outputs: set[str], name: str, se
         doc["overlay_png"] = _b64(png_bytes(overlay(image, values, n)))
     if "maps" in outputs:
         dtype = "<u1" if n <= 256 else "<u2"
-        scores = np.clip(np.nan_to_num(np.asarray(result["scores"], np.float32)), -1.0, 1.0)
+        scores = np.clip(np.nan_to_num(np.asarray(result.scores, np.float32)), -1.0, 1.0)
         doc["maps"] = {"width": image.width, "height": image.height,
                        "labels_dtype": "uint8" if dtype == "<u1" else "uint16",
                        "labels": _b64(np.ascontiguousarray(values, dtype=dtype).tobytes()),
                        "scores": _b64(np.rint(scores * SCORES_SCALE).astype("<i2").tobytes()),
                        "scores_scale": SCORES_SCALE}
     if "explain" in outputs:
-        doc["explain"] = explain(seg, result.get("winners") or {})
+        doc["explain"] = explain(seg, result.winners)
     return doc
 
 

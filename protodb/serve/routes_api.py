@@ -4,6 +4,7 @@ prototype traces run on the bounded :class:`protodb.serve.jobs.WorkQueue` (503 w
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import re
@@ -15,8 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import protodb
+from protodb.entities import InputFailure
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
 from protodb.images import MAX_PIXELS, load_image
+from protodb.segment.workflow import SegmentInput, segment_inputs
 from protodb.serve.results import parse_outputs, segment_doc
 
 router = APIRouter(prefix="/api")
@@ -223,27 +226,20 @@ def _decode(data: bytes, name: str, max_pixels: int):
 
 
 def _segment_job(state, key, uploads: list[tuple[bytes, str]], outputs: set[str]) -> bytes:
-    """On a worker: decode each image (refusing non-images, truncated files, bombs), segment it with
-    the warm segmenter of ``key``, serialize. One image: its result or its error; several: one
-    entry each (an image that fails does not stop the others)."""
+    """On a worker: feed the uploads to the segment workflow with the warm segmenter of ``key`` (decoding
+    refuses non-images, truncated files, bombs) and serialize each result. One image: its result or its
+    error; several: one entry each (an image that fails does not stop the others)."""
     served = state.pool.get(key)
     max_pixels = state.config.max_pixels or MAX_PIXELS
+    inputs = [SegmentInput(name, functools.partial(_decode, data, name, max_pixels)) for data, name in uploads]
     results: list[dict[str, Any]] = []
-    for data, name in uploads:
-        try:
-            image = _decode(data, name, max_pixels)
-            t0 = time.perf_counter()
-            try:
-                result = served.segmenter.segment(image)
-            except RuntimeError as err:  # e.g. an image too large for this machine's memory
-                raise ProtoDBError(f"{name}: could not be segmented ({type(err).__name__}: "
-                                   f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
-            results.append(segment_doc(served, image, result, outputs=outputs, name=name,
-                                       seconds=time.perf_counter() - t0))
-        except ProtoDBError as err:
-            if len(uploads) == 1:
-                raise
-            results.append({"input": name, "error": str(err).splitlines()[0]})
+    for item in segment_inputs(served.segmenter, inputs):
+        if isinstance(item, InputFailure):
+            if len(uploads) == 1:  # its own status: 400/404 for what the caller sent, 507 memory, else 500
+                raise item.cause if isinstance(item.cause, (ProtoDBError, MemoryError)) else ProtoDBError(item.error)
+            results.append({"input": item.input, "error": item.error.splitlines()[0]})
+        else:
+            results.append(segment_doc(served, item, outputs=outputs))
     if len(uploads) == 1:
         return json.dumps(results[0], separators=(",", ":")).encode()
     if all("error" in r for r in results):

@@ -14,42 +14,30 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from protodb.entities import PrototypeSet
+from protodb.entities import SHEETS, PrototypeSet
 from protodb.errors import NotFound
-from protodb.lazy import lazy_import
 from protodb.names import Ref
-from protodb.services.changes import ChangeService
-from protodb.services.support import SupportService
-
-inspection = lazy_import("protodb.inspection")
 
 SET_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACE_CACHE = 64
-#: the contact sheets of ``protodb inspect``: sheet name -> prototype kinds traced
-SHEETS = {"parts": ("part",), "instances": ("instance",), "background": ("bg_class", "bg_instance", "bg_part")}
 
 
 class CatalogViews:
     def __init__(self, db, trace_top: int = 6):
         self.db = db
         self.trace_top = trace_top
-        self._changes = ChangeService(db.stores)
-        self._support = SupportService(db.stores)
         self._lock = threading.Lock()
         self._classes: tuple[tuple, dict] | None = None
         self._traces: OrderedDict[tuple[str, str, int], dict] = OrderedDict()
-        self._inspector = None
 
     @property
     def inspector(self):
-        if self._inspector is None:
-            self._inspector = inspection.Inspector(self.db.stores, self.db.sets, self.db.labels, self.db.registry())
-        return self._inspector
+        return self.db.inspector
 
     # ------------------------------------------------------------------ gallery
     def classes(self) -> dict[str, Any]:
         """Every class with ready versions; each version names its sets and a thumbnail artifact."""
-        stamp = self._changes.stamp()
+        stamp = self.db.changes.stamp()
         with self._lock:
             if self._classes is not None and self._classes[0] == stamp:
                 return self._classes[1]
@@ -110,9 +98,7 @@ class CatalogViews:
     def images(self, key: str) -> dict[str, Any]:
         """The set's support images with their attention maps and fg/bg masks (artifact digests)."""
         pset = self.find_set(key)
-        mask_ext = inspection.mask_extractor_id(pset)
-        return {"set": pset.id, "ref": pset.ref, "mask_extractor_id": mask_ext,
-                "images": self._support.of_set(pset.id, mask_ext)}
+        return self.db.support.images_of(pset)
 
     def trace(self, key: str, sheet: str = "parts", top: int | None = None) -> dict[str, Any]:
         """Each prototype of a sheet (parts, instances, background): its ``top`` nearest support

@@ -34,7 +34,6 @@ from typing import Any, Callable, Sequence
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
 from protodb.names import Ref, parse_class_list
 from protodb.segment.options import SegmentOptions, parse_levels
-from protodb.services.changes import ChangeService
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class WarmPool:
         self.max_warm = int(max_warm)
         self.on_demand = bool(on_demand)
         self._build_fn = build or db.segmenter
-        self._changes = ChangeService(db.stores)
+        self._changes = db.changes
         self._entries: OrderedDict[ServeKey, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._stamp: tuple | None = None

@@ -108,6 +108,24 @@ class SetService:
             s.flush()
         return row
 
+    def class_for_build(self, name: str, label: dict | None, relabel: dict | None = None) -> tuple[str, str]:
+        """(id, kind) of the class a build writes to, in one retried transaction: created with ``label`` (the
+        columns of its first label row) when new; ``relabel`` (a manual decision) given to an existing class
+        of another kind changes its kind and adds to its history."""
+
+        def rows(s: Session) -> tuple[str, str]:
+            cls = self.ensure_class(s, name, label=label)
+            if relabel is not None and cls.kind != relabel["kind"]:
+                cls.kind = relabel["kind"]
+                s.add(LabelRow(class_id=cls.id, **relabel))
+            return cls.id, cls.kind
+
+        return self.sessions.transact(rows, what="class row")
+
+    def register_extractor(self, record: ExtractorRecord) -> None:
+        """Record an extractor (once) before rows that name it are written."""
+        self.sessions.transact(lambda s: self.ensure_extractor(s, record), what="extractor row")
+
     # ------------------------------------------------------------------ commit
     def commit(self, class_name: str, extractor: ExtractorRecord, rows, *, config_hash: str,
                config: dict | None = None, image_ids: Sequence[str] = (), run_id: str | None = None,

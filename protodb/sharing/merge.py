@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protodb._version import __version__

@@ -37,8 +37,7 @@ from protodb.entities import PullReport, PushReport, Remote, RemoteRef
 from protodb.errors import InvalidInput, NotFound
 from protodb.hashing import sha256_file
 from protodb.names import Ref, quoted
-from protodb.services.sets import SetService
-from protodb.services.vocabs import VocabService
+from protodb.sharing.ports import SetLookup, VocabLookup
 from protodb.sharing import merge
 from protodb.sharing.bundle import (
     MANIFEST,
@@ -218,7 +217,7 @@ def list_remotes(settings: Settings) -> list[Remote]:
 
 
 # ================================================================================ push
-def _push_jobs(sets: SetService, vocabs: VocabService, sel: Selection) -> tuple[list[tuple[str, str, Selection]], list[str]]:
+def _push_jobs(sets: SetLookup, vocabs: VocabLookup, sel: Selection) -> tuple[list[tuple[str, str, Selection]], list[str]]:
     if sel.vocab:
         return [("vocab", sel.vocab, sel)], []
     if sel.classes:
@@ -245,7 +244,7 @@ def _push_jobs(sets: SetService, vocabs: VocabService, sel: Selection) -> tuple[
     return jobs, warnings
 
 
-def push(stores: Stores, sets: SetService, vocabs: VocabService, name: str, sel: Selection, *,
+def push(stores: Stores, sets: SetLookup, vocabs: VocabLookup, name: str, sel: Selection, *,
          lean: bool = False, progress: Progress | None = None) -> PushReport:
     """Upload what the remote lacks of the selected bundles, then write their refs."""
     tick = progress or (lambda _s, _n, _t: None)

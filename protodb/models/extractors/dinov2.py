@@ -38,10 +38,10 @@ from protodb.models.extractors.base import (
 from protodb.models.extractors.onnx_dinov2 import CONFIG_FILE, WEIGHTS_FILE, read_dinov2_onnx
 from protodb.models.extractors.spec import ExtractorSpec, resolve_file
 from protodb.models.generators import quiet_loading
+from protodb.paths import user_cache_dir
 
 transformers = lazy_import("transformers")
 log = logging.getLogger(__name__)
-DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "protodb" / "converted"
 _PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}  # Dinov2Attention's linear layers
 
 
@@ -80,7 +80,7 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
     attn = cfg.get("attn", "sdpa")
     if cfg.get("onnx"):
         onnx_path = resolve_file(spec, "onnx", "ONNX DINOv2 file")
-        folder = convert_dinov2_onnx(onnx_path, cfg.get("cache") or DEFAULT_CACHE)
+        folder = convert_dinov2_onnx(onnx_path, cfg.get("cache") or user_cache_dir() / "converted")
         weights_hash = sha256_file(onnx_path)  # the converted folder is named by it too
         source, revision = str(folder), None
     elif cfg.get("model"):

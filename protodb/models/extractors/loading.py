@@ -10,7 +10,8 @@ import torch
 
 from protodb.errors import InvalidInput
 from protodb.models.extractors.base import Extractor
-from protodb.models.extractors.spec import ExtractorSpec
+from protodb.models.extractors.spec import ExtractorSpec, resolve_paths
+from protodb.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,10 @@ def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
                    dtype: torch.dtype | str = torch.float32) -> Extractor:
     """Load (once per process and (config_hash, device, dtype)) the extractor ``spec`` describes.
     ``dtype`` is the compute dtype of torch models (e.g. torch.bfloat16; ONNX runs in its graph's dtype);
-    outputs are float32 whatever it is."""
+    outputs are float32 whatever it is. Relative model paths in the config (``cache``, ``path``, ...) that
+    no database home resolved go under the user cache (:func:`protodb.paths.user_cache_dir`), never
+    under the working directory."""
+    spec = resolve_paths(spec, user_cache_dir())
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):

@@ -14,7 +14,7 @@ import torch
 from protodb.errors import InvalidInput
 from protodb.fileio import atomic_path
 from protodb.hashing import sha256_bytes, sha256_file
-from protodb.images import crop_starts
+from protodb.features.windows import crop_starts
 from protodb.lazy import lazy_import
 from protodb.models.extractors.base import Extractor, load_error
 from protodb.models.extractors.onnx_proto import graph_output_names, with_extra_output

@@ -32,7 +32,6 @@ Needs the ``onnx`` package (read the graph; used: onnx 1.23.2) only for the one-
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib

@@ -8,9 +8,9 @@ from typing import Any
 
 from protodb.catalog import rules
 from protodb.catalog.schema import SET_READY
-from protodb.images import feature_size
+from protodb.features.plan import SupportFeatures
 from protodb.entities import PROTOTYPE_KINDS as KINDS
-from protodb.errors import InvalidInput
+from protodb.errors import DamagedData, InvalidInput
 from protodb.names import check_tag_name, normalize_class_name
 from protodb.sharing.bundle.read import Staged, _load_json
 from protodb.sharing.bundle.tables import FOREIGN_KEYS, TABLES, _check_rows
@@ -129,14 +129,16 @@ def _check_sources(pset: dict, vec: PrototypeRows, rows: dict, images_of: dict[s
     by_id = {i["id"]: i for i in rows["support_images"]}
     ext = next(e for e in rows["extractors"] if e["id"] == pset["extractor_id"])
     patch = int((ext.get("config") or {}).get("patch_size") or 1)
-    short = int((pset.get("params") or {}).get("short_side") or 448)
+    try:
+        plan = SupportFeatures.of(pset.get("config"), pset.get("params"), what=f"set {pset['id'][:32]}")
+    except DamagedData as err:
+        raise refuse(f"{name}: {err}") from None
     for image_id, region in zip(vec.image_ids, vec.regions):
         if image_id is None:
             continue
         if image_id not in own:
             raise refuse(f"{name} names support image {image_id[:32]} that is not one of the set's images")
         img = by_id[image_id]
-        fh, fw = feature_size(int(img["width"]), int(img["height"]), short, patch)
-        if region is not None and (region[2] > fh // patch or region[3] > fw // patch):
-            raise refuse(f"{name} holds a region {list(region)} outside its image's {fh // patch}x{fw // patch} "
-                         "patch grid")
+        gh, gw = plan.grid(int(img["width"]), int(img["height"]), patch)
+        if region is not None and (region[2] > gh or region[3] > gw):
+            raise refuse(f"{name} holds a region {list(region)} outside its image's {gh}x{gw} patch grid")

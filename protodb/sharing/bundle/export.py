@@ -36,8 +36,7 @@ from protodb.entities import ExportReport
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
 from protodb.fileio import move_into_place, temp_dir
 from protodb.names import Ref
-from protodb.services.sets import SetService
-from protodb.services.vocabs import VocabService
+from protodb.sharing.ports import SetLookup, VocabLookup
 from protodb.sharing.bundle.format import FORMAT, FORMAT_VERSION, MANIFEST, Selection, json_bytes, tarinfo
 from protodb.sharing.bundle.tables import TABLES, _pk, row_to_dict
 from protodb.sharing.bundle.vectors import vectors_to_arrow
@@ -83,7 +82,7 @@ def _rows_in(s: Session, model, column, values: Iterable) -> list:
     return out
 
 
-def select_sets(stores: Stores, sets: SetService, vocabs: VocabService,
+def select_sets(stores: Stores, sets: SetLookup, vocabs: VocabLookup,
                 sel: Selection) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """Ids of the ready sets a selection names, the vocabularies it carries (name, builtin, members
     with the sets each resolved to) and the ids of catalog vocabulary rows to export."""
@@ -182,7 +181,7 @@ def _artifact_sizes(stores: Stores, tables: dict[str, list[dict[str, Any]]]) -> 
     return sizes
 
 
-def _vector_blobs(set_service: SetService, sets: list[dict[str, Any]], class_names: dict[str, str],
+def _vector_blobs(set_service: SetLookup, sets: list[dict[str, Any]], class_names: dict[str, str],
                   ext_info: dict[str, tuple[str, int]]) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
     """One Arrow file per set (its vectors read and checked like every read: count and checksum) and
     the manifest's set list."""
@@ -201,7 +200,7 @@ def _vector_blobs(set_service: SetService, sets: list[dict[str, Any]], class_nam
     return blobs, listed
 
 
-def build_bundle(stores: Stores, sets: SetService, vocabs: VocabService, sel: Selection, *,
+def build_bundle(stores: Stores, sets: SetLookup, vocabs: VocabLookup, sel: Selection, *,
                  lean: bool = False) -> BundleParts:
     """Collect the chosen ready sets and everything they depend on into bundle members."""
     set_ids, vocab_entries, vocab_ids = select_sets(stores, sets, vocabs, sel)

@@ -19,7 +19,6 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-from protodb.catalog import migrate
 from protodb.errors import InvalidInput
 from protodb.names import parse_class_list
 

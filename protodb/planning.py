@@ -1,4 +1,5 @@
-"""``--dry-run``: what a build or a segmentation would do, and how many GPU-hours it would take.
+"""``--dry-run``: what a build or a segmentation would do, and how many GPU-hours it would take, for any
+runner (this process or Ray).
 
 Nothing is started (no Ray, no model) and nothing is written. The estimate multiplies images by
 per-image costs kept as data (``protodb/data/costs.json``, each with its source); a database's own

@@ -1,4 +1,4 @@
-"""Looking inside: ls, inspect (provenance + contact sheets), alias (tags)."""
+"""Classes and their sets: ls, inspect (provenance + contact sheets), label (thing/stuff), alias (tags)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from protodb.entities import ClassVersions, InspectReport, TaggedSets
+from protodb.entities import ClassVersions, InspectReport, LabelHistory, TaggedSets
 from protodb_cli.app import Ctx, command
 from protodb_cli.output import human_bytes, say, table
 
 top = typer.Typer()
-
-
-def register(app: typer.Typer) -> None:
-    app.registered_commands.extend(top.registered_commands)
 
 
 def _ls(classes: list[ClassVersions]) -> None:
@@ -111,3 +107,22 @@ def alias(
     ctx.emit(sets.tag(tag, refs, extractor=extractor) if refs else sets.tagged(tag), _tagged)
 
 
+def _history(data: LabelHistory) -> None:
+    say(f"{data.name}: {data.kind}")
+    for h in data.history:
+        extra = f" ({h.model}: {h.raw_answer!r})" if h.model else ""
+        say(f"  {h.at[:19]}  {h.kind:<5} from {h.source}{extra}")
+
+
+@command(top, "label")
+def label(
+    ctx: Ctx,
+    name: Annotated[str, typer.Argument(help="Class name.")],
+    stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="New label; omit to show the history.", show_default=False)] = None,
+) -> None:
+    """Show or change a class's thing/stuff label (the history is kept).
+
+    Example: protodb label grass --stuff
+    """
+    labels = ctx.db.labels
+    ctx.emit(labels.history(name) if stuff is None else labels.set(name, "stuff" if stuff else "thing"), _history)

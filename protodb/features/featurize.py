@@ -1,8 +1,6 @@
-"""Patch features of support images, computed once per (image, extractor, size, windows).
-
-The cache is a folder of safetensors files keyed by the extractor's identity, the image's sha256,
-the input size and the window plan, so an image used by several classes — or by a re-run — is
-featurised once.
+"""Patch features of whole images (support images, inspect traces), computed once per (image, extractor,
+size, windows) through the feature cache (:mod:`protodb.features.cache`), so an image used by several
+classes — or by a re-run — is featurised once.
 
 Support windows: by default a support image is featurised through the same sliding windows that
 ``segment`` scores a photo with (:data:`SUPPORT_WINDOWS`: squares of 448 and 336 at stride 224 plus the
@@ -15,67 +13,15 @@ against 51.02 with one pass over the whole image.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable, Sequence
 
 import PIL.Image
 import torch
-from safetensors.torch import load_file, save_file
 
-from protodb.fileio import atomic_path
+from protodb.features.cache import FeatureCache, extractor_key
+from protodb.features.windows import WindowSpec, feature_size, plan_windows, window_plan
 from protodb.hashing import sha256_json
-from protodb.images import feature_size, to_tensor
-from protodb.segment.options import WindowSpec
-from protodb.segment.windows import plan_windows
-
-def window_plan(spec: WindowSpec) -> dict:
-    """The part of a window spec that decides support features: ``{"sizes", "stride", "whole"}``."""
-    return {"sizes": list(spec.sizes), "stride": spec.stride, "whole": spec.whole}
-
-
-#: The window plan support images are featurised with (the segment defaults), as recorded in a build.
-SUPPORT_WINDOWS = window_plan(WindowSpec())
-
-
-def support_window_spec(plan: dict | None) -> WindowSpec | None:
-    """The :class:`WindowSpec` of a recorded support window plan (``{"sizes", "stride", "whole"}``), on
-    images already at their feature size; None (one pass over the whole image) for None."""
-    if not plan:
-        return None
-    return WindowSpec(short_side=None, sizes=tuple(int(v) for v in plan["sizes"]), stride=int(plan["stride"]),
-                      whole=bool(plan["whole"]))
-
-
-class FeatureCache:
-    """Features on disk under ``root/<extractor key>/<sha256>_<H>x<W>.safetensors`` (float16)."""
-
-    def __init__(self, root: str | Path | None):
-        self.root = Path(root) if root else None
-
-    def _path(self, key: str, digest: str, size: tuple[int, int], tag: str = "") -> Path | None:
-        if self.root is None:
-            return None
-        return self.root / key[:24] / f"{digest}_{size[0]}x{size[1]}{tag}.safetensors"
-
-    def get(self, key: str, digest: str, size: tuple[int, int], tag: str = "") -> torch.Tensor | None:
-        path = self._path(key, digest, size, tag)
-        if path is None or not path.exists():
-            return None
-        try:
-            return load_file(str(path))["feats"].float()
-        except Exception:  # noqa: BLE001 - a torn file from a crash is recomputed
-            return None
-
-    def put(self, key: str, digest: str, size: tuple[int, int], feats: torch.Tensor, tag: str = "") -> None:
-        path = self._path(key, digest, size, tag)
-        if path is None:
-            return
-        with atomic_path(path) as tmp:
-            save_file({"feats": feats.to(torch.float16).contiguous().cpu()}, str(tmp))
-
-
-def extractor_key(extractor) -> str:
-    return f"{extractor.spec.config_hash()[:16]}{(extractor.weights_hash or '')[:8]}"
+from protodb.images import to_tensor
 
 
 def featurize(

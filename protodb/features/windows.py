@@ -1,0 +1,147 @@
+"""Window plans: how an image is cut for an extractor, shared by building prototypes and segmenting.
+
+A :class:`WindowSpec` says how an image is resized (``short_side``) and which square windows slide over
+it (sizes, stride, the whole image, scales, sub-patch sampling). :func:`plan_windows` turns a spec into
+the windows of one image (pure planning, no torch); :func:`protodb.features.crops.window_calls` cuts them
+into extractor calls. Support images are
+featurised through a recorded plan (:data:`SUPPORT_WINDOWS`, the segment defaults) so that support
+patches are seen in the contexts query patches are seen in (:mod:`protodb.features.featurize`); the
+segmenter scores the same windows (:mod:`protodb.segment.windows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from protodb.errors import InvalidInput
+
+MAX_SUBPATCH = 4  # 16 extractor passes per window
+
+
+#: The resize rule keeps the short side, up to this many times short_side**2 pixels in all (aspect
+#: ratios up to 4:1 are unaffected); longer images are scaled so their AREA stays bounded, so an
+#: 8000x4 strip cannot ask for a 896000x448 tensor.
+MAX_AREA_FACTOR = 4
+
+
+def feature_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
+    """(H, W) after resizing so the short side is ``short_side`` (area at most ``MAX_AREA_FACTOR *
+    short_side**2``), both multiples of ``patch`` (at least one patch)."""
+    scale = short_side / min(width, height)
+    scale = min(scale, (MAX_AREA_FACTOR * short_side * short_side / (width * height)) ** 0.5)
+    h = max(patch, int(round(height * scale / patch)) * patch)
+    w = max(patch, int(round(width * scale / patch)) * patch)
+    return h, w
+
+
+def crop_starts(length: int, size: int, stride: int) -> list[int]:
+    """Starts of ``size``-long windows covering [0, length) with ``stride``, the last flush with the end."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """``short_side``: side the image's short side is resized to (None: keep the size); ``sizes``: square
+    window sides in resized pixels (clamped to the image); ``stride``: window step in resized pixels;
+    ``whole``: also score the whole resized image as one window; ``batch``: crops per extractor call;
+    ``scales``: extra passes at ``short_side * scale``, averaged; ``subpatch``: sample the patch grid n
+    times per axis (n x n shifted passes per window, score maps at stride patch/n: thin objects)."""
+
+    short_side: int | None = 448
+    sizes: tuple[int, ...] = (448, 336)
+    stride: int = 224
+    whole: bool = True
+    batch: int = 8
+    scales: tuple[float, ...] = (1.0,)  # extra passes at short_side * scale (finer detail), averaged
+    subpatch: int = 1
+
+    def at_scales(self) -> list["WindowSpec"]:
+        """One spec per scale: the same windows over the image resized to ``short_side * scale``."""
+        if self.scales == (1.0,) or self.short_side is None:
+            return [self]
+        return [dataclasses.replace(self, short_side=int(round(self.short_side * s)), scales=(1.0,))
+                for s in self.scales]
+
+    def check(self) -> "WindowSpec":
+        if not self.sizes and not self.whole:
+            raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
+        if not 1 <= int(self.subpatch) <= MAX_SUBPATCH:
+            raise InvalidInput(f"--subpatch takes 1 to {MAX_SUBPATCH} (n x n extractor passes per window); "
+                               f"got {self.subpatch}")
+        if not self.scales or any(not 0.25 <= s <= 4 for s in self.scales):
+            raise InvalidInput(f"window scales must be between 0.25 and 4; got {self.scales}")
+        if self.stride <= 0 or any(s <= 0 for s in self.sizes) or (self.short_side is not None and self.short_side <= 0):
+            raise InvalidInput(f"window sizes, stride and short side must be positive; got {self.sizes} / "
+                               f"{self.stride} / {self.short_side}")
+        return self
+
+
+@dataclass(frozen=True)
+class Window:
+    """A crop of the resized image: rows [top, top + height), columns [left, left + width)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def resized_size(H: int, W: int, spec: WindowSpec, patch: int) -> tuple[int, int]:
+    """Size (H', W') the image is scored at: short side ``spec.short_side``, aspect kept, both sides
+    rounded to the nearest multiple of ``patch`` (at least one patch)."""
+    if H <= 0 or W <= 0:
+        raise InvalidInput(f"image has no pixels ({H}x{W})")
+    return feature_size(W, H, spec.short_side or min(H, W), patch)  # as support images are sized
+
+
+def plan_windows(H: int, W: int, spec: WindowSpec, patch: int) -> list[Window]:
+    """Windows over the image of original size (H, W) once resized to :func:`resized_size`.
+
+    For each size in ``spec.sizes`` (clamped to the short side, rounded down to a multiple of ``patch``):
+    square windows at ``spec.stride`` covering every pixel, the last row/column flush with the border;
+    then the whole image when ``spec.whole``. Duplicates are dropped; coordinates are resized pixels.
+    """
+    if not spec.sizes and not spec.whole:
+        raise InvalidInput("window spec has no window sizes and whole=False: nothing would be scored")
+    if spec.stride <= 0 or any(s <= 0 for s in spec.sizes):
+        raise InvalidInput(f"window sizes and stride must be positive; got {spec.sizes} / {spec.stride}")
+    H2, W2 = resized_size(H, W, spec, patch)
+    out: list[Window] = []
+    for size in spec.sizes:
+        side = max(patch, min(size, H2, W2) // patch * patch)
+        if spec.whole and side * 2 < min(size, spec.short_side or size):
+            continue  # a thin strip: windows this narrow add nothing the whole image does not
+        stride = min(spec.stride, side)  # windows never leave gaps
+        for top in crop_starts(H2, side, stride):
+            for left in crop_starts(W2, side, stride):
+                win = Window(top, left, side, side)
+                if win not in out:
+                    out.append(win)
+    if spec.whole and Window(0, 0, H2, W2) not in out:
+        out.append(Window(0, 0, H2, W2))
+    return out
+
+
+def window_plan(spec: WindowSpec) -> dict[str, Any]:
+    """The part of a window spec that decides support features: ``{"sizes", "stride", "whole"}``."""
+    return {"sizes": list(spec.sizes), "stride": spec.stride, "whole": spec.whole}
+
+
+#: The window plan support images are featurised with (the segment defaults), as recorded in a build.
+SUPPORT_WINDOWS = window_plan(WindowSpec())
+
+
+def support_window_spec(plan: dict | None) -> WindowSpec | None:
+    """The :class:`WindowSpec` of a recorded support window plan (``{"sizes", "stride", "whole"}``), on
+    images already at their feature size; None (one pass over the whole image) for None."""
+    if not plan:
+        return None
+    return WindowSpec(short_side=None, sizes=tuple(int(v) for v in plan["sizes"]), stride=int(plan["stride"]),
+                      whole=bool(plan["whole"]))

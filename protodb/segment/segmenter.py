@@ -1,0 +1,172 @@
+"""The warm segmenter: a vocabulary's match tables, its extractors and the optional CLIP pre-filter,
+loaded once and kept (``protodb serve`` holds one per vocabulary, a Ray actor one per worker).
+
+:meth:`VocabularySegmenter.segment` labels one image and returns a typed
+:class:`protodb.segment.result.ImageResult`; :meth:`VocabularySegmenter.segment_many` labels several,
+batching their extractor calls on CUDA. Driving it over many inputs is
+:func:`protodb.segment.workflow.segment_inputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+
+from protodb.device import choose_device, choose_dtype, dtype_name
+from protodb.features.plan import SupportFeatures
+from protodb.images import decode_rgb, to_tensor
+from protodb.models.extractors import spec_from_dict
+from protodb.models.registry import ModelRegistry
+from protodb.render import region_box
+from protodb.segment import batched
+from protodb.segment.label import SegmentResult, segment_image
+from protodb.segment.options import SegmentOptions, SegmentSettings, check_options, clip_model_from
+from protodb.segment.outputs import support_crop_of
+from protodb.segment.prefilter import ClipPrefilter
+from protodb.segment.result import ImageResult
+from protodb.segment.vocab import LoadedVocabulary, load_vocabulary
+from protodb.services.sets import SetService
+from protodb.services.vocabs import VocabService
+from protodb.stores import Stores
+
+if TYPE_CHECKING:
+    from protodb.services.container import Services
+
+log = logging.getLogger(__name__)
+
+
+class VocabularySegmenter:
+    """A resolved vocabulary with its loaded extractors and optional CLIP pre-filter."""
+
+    def __init__(self, stores: Stores, sets: SetService, vocabs: VocabService, registry: ModelRegistry,
+                 opts: SegmentOptions):
+        levels = check_options(opts)
+        opts.windows.check()
+        self.stores, self.sets, self.opts = stores, sets, opts
+        self.device = choose_device(opts.device)
+        self.dtype = choose_dtype(self.device, opts.dtype)
+        self.vocab: LoadedVocabulary = load_vocabulary(
+            sets, vocabs, vocab=opts.vocab, classes=opts.classes, extractors=list(opts.extractors), levels=levels,
+            background=opts.background, stuff_threshold=opts.stuff_threshold, skip_missing=opts.skip_missing,
+            device=self.device, dtype=self.dtype)
+        self.extractors = {}
+        for e in self.vocab.extractors:
+            record = sets.extractor_row(self.vocab.sets[e][0].extractor_id)
+            spec = spec_from_dict({"name": record.name, "kind": record.kind, "config": record.config})
+            self.extractors[e] = registry.load_extractor(spec, self.device, self.dtype,
+                                                         expect_weights=record.weights_hash)
+        clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
+        use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
+        self.prefilter = ClipPrefilter(clip, self.device, torch.float32) if use_prefilter else None
+        self.settings = SegmentSettings(levels=levels, background=self.vocab.background,
+                                        prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
+                                        pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
+                                        stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain)
+
+        #: whether :meth:`segment_many` batches extractor calls across images (on CUDA; the CPU path
+        #: segments one image at a time)
+        self.batches = self.device.type == "cuda"
+
+    @classmethod
+    def open(cls, services: "Services", options: SegmentOptions) -> "VocabularySegmenter":
+        """A segmenter over one database's services (the facade's and every Ray worker's way of making one)."""
+        return cls(services.stores, services.sets, services.vocabs, ModelRegistry(services.stores, options.preset),
+                   options)
+
+    def segment(self, image: PIL.Image.Image, name: str = "image") -> ImageResult:
+        """Label one RGB image (see :class:`ImageResult`)."""
+        t0 = time.perf_counter()
+        keep = self.keep(image)
+        res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr)
+        return self.finish(res, keep, image, name, time.perf_counter() - t0)
+
+    def segment_many(self, images: Sequence[PIL.Image.Image], names: Sequence[str]) -> list[ImageResult]:
+        """:meth:`segment` of every image; on CUDA the images' window crops go through each extractor
+        together (:mod:`protodb.segment.batched`): the same labels up to the floating-point effect of
+        another batch size."""
+        if not self.batches or len(images) < 2:
+            return [self.segment(im, n) for im, n in zip(images, names)]
+        t0 = time.perf_counter()
+        spec = self.opts.windows
+        tensors = [batched.to_device(im, self.device) for im in images]
+        keeps = [self.keep(im) for im in images]
+        feats = {e: batched.batched_features(self.extractors[e], tensors, spec) for e in self.vocab.extractors}
+        out = []
+        for k, t in enumerate(tensors):
+            pairs = [(batched.Replay(self.extractors[e], feats[e][k]), table)
+                     for e, (_ext, table) in zip(self.vocab.extractors, self.pairs(keeps[k]))]
+            res = segment_image(t, pairs, windows=spec, pamr=self.opts.pamr)
+            out.append(self.finish(res, keeps[k], images[k], names[k], (time.perf_counter() - t0) / len(images)))
+        return out
+
+    def keep(self, image: PIL.Image.Image) -> list[int] | None:
+        """The vocabulary columns the pre-filter keeps for ``image`` (None: all of them)."""
+        if self.prefilter is None:
+            return None
+        return self.prefilter.select(image, self.vocab.names, self.vocab.stuff) or None
+
+    def pairs(self, keep: list[int] | None) -> list[tuple[Any, Any]]:
+        """(loaded extractor, match table of the ``keep`` columns) per extractor of the vocabulary."""
+        return [(self.extractors[e], self.vocab.table_for(e, keep)) for e in self.vocab.extractors]
+
+    def finish(self, res: SegmentResult, keep: list[int] | None, image: PIL.Image.Image, name: str,
+               seconds: float) -> ImageResult:
+        """A :class:`protodb.segment.label.SegmentResult` (table columns) in vocabulary index space."""
+        cols = keep if keep is not None else list(range(len(self.vocab.names)))
+        C = len(self.vocab.names)
+        lut = np.array(cols + ([C] if self.vocab.background else []), np.int32)  # table column -> vocab index
+        labels = lut[res.labels]
+        best = res.best.numpy()
+        present = {}
+        for col, frac in res.fractions.items():
+            vi = int(lut[col])
+            cname = "background" if vi == C else self.vocab.names[vi]
+            present[cname] = {"fraction": round(frac, 6), "score": round(float(best[res.labels == col].mean()), 4)}
+        winners = self._explain(res, lut, C) if self.opts.explain else {}
+        return ImageResult(input=name, image=image, labels=labels, scores=best, present=present,
+                           kept=tuple(self.vocab.names[i] for i in cols), winners=winners,
+                           vocabulary=self.vocab.describe(), settings=self.settings.to_dict(),
+                           prefilter=self.prefilter is not None, seconds=seconds)
+
+    def _explain(self, res: SegmentResult, lut: np.ndarray, C: int) -> dict[str, Any]:
+        out = {}
+        for col, w in res.winners.items():
+            vi = int(lut[col])
+            name = "background" if vi == C else self.vocab.names[vi]
+            ext = self.vocab.extractors[w["extractor"]]
+            pid = w.get("prototype_id")
+            info = {"class": name, "score": round(float(w["score"]), 4), "extractor": ext,
+                    "pixel": list(map(int, w["pixel"])), "prototype": pid}
+            for pset, rows in zip(self.vocab.sets[ext], self.vocab.rows[ext]):
+                if pid is not None and pid in rows.ids:
+                    j = rows.ids.index(pid)
+                    info.update({"set": pset.id, "set_ref": pset.ref, "kind": rows.kinds[j],
+                                 "support_image": rows.image_ids[j],
+                                 "region": list(rows.regions[j]) if rows.regions[j] is not None else None})
+                    if info["support_image"] and info["region"]:
+                        info["box"] = self._region_box(ext, pset, info["support_image"], info["region"])
+                    break
+            out[name] = info
+        return out
+
+    def _region_box(self, ext: str, pset, image_id: str, region: list[int]) -> list[int] | None:
+        """Patch-grid region of a support image -> [x0, y0, x1, y1] pixels of the stored image."""
+        sup = self.sets.support_images([image_id]).get(image_id)
+        if sup is None:
+            return None
+        plan = SupportFeatures.of(pset.config, pset.params, what=f"set {pset.ref}")
+        return region_box(region, plan.grid(sup.width, sup.height, self.extractors[ext].patch_size),
+                          (sup.width, sup.height))
+
+    def support_crop(self, winner: dict) -> PIL.Image.Image | None:
+        """The support-image crop a winner's box names (None when it has none)."""
+        image_id, box = winner.get("support_image"), winner.get("box")
+        if not image_id or not box:
+            return None
+        sup = self.sets.support_images([image_id]).get(image_id)
+        return support_crop_of(decode_rgb(self.stores.artifacts.get(sup.sha256)) if sup else None, box)
