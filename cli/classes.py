@@ -69,7 +69,7 @@ def inspect_(
     background: Annotated[bool, typer.Option("--background", help="The same for background prototypes.")] = False,
     instances: Annotated[bool, typer.Option("--instances", help="The same for instance prototypes.")] = False,
     images: Annotated[bool, typer.Option("--images", help="Support images with fg/bg masks and attention maps.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for sheets (default ./protodb-inspect).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for sheets (default: DB/out/inspect, inside the database home).")] = None,
     top: Annotated[int, typer.Option(help="Nearest patches shown per prototype.")] = 6,
 ) -> None:
     """Show a class's versions and provenance (the resolved build config); render what its

@@ -33,7 +33,7 @@ def segment(
     explain: Annotated[bool, typer.Option("--explain", help="For each region: the winning prototype and the support region it came from (JSON + side-by-side PNG).")] = False,
     skip_missing: SkipOpt = False,
     preset: Annotated[Optional[str], typer.Option(help="'paper': turn on the pre-filter with CLIP ViT-B/16 (openai/clip-vit-base-patch16) unless --clip-model is given.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Folder for label PNGs, overlays and JSON (default ./protodb-out; with --ray also s3://...); outputs mirror the inputs' relative paths.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder for label PNGs, overlays and JSON (default: DB/out/segment, inside the database home; with --ray also s3://...); outputs mirror the inputs' relative paths.")] = None,
     segmenting: Annotated[SegmentOptions, SEGMENTING] = None,
     run: Annotated[SegmentRun, SEGMENT_RUN] = None,
 ) -> None:
@@ -53,7 +53,7 @@ def segment(
     Example: protodb segment 's3://b/imgs/**/*.jpg' --vocab voc --out s3://b/out/ --ray auto --batch-size 16
     """
     opts = segmenting.replace(explain=explain, skip_missing=skip_missing, preset=preset)
-    target = out or "protodb-out"
+    target = out or str(ctx.db.home / "out" / "segment")
     if run.dry_run:
         ctx.emit(ctx.db.plan_segment(inputs, opts, target, runner=run.runner, overwrite=run.overwrite,
                                      batch_size=run.batch_size), print_segment_plan)

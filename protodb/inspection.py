@@ -91,7 +91,7 @@ class Inspector:
         spec = spec_from_dict({"name": e["name"], "kind": e["kind"], "config": e["config"]})
         extractor = self.registry.load_extractor(spec, "cpu", torch.float32)
         images = [self.image(i["sha256"]) for i in prov["images"]]
-        plan = SupportFeatures.of(prov["config"], prov["params"], what=f"set {prov['set']}")
+        plan = SupportFeatures.of(prov["config"], prov["params"])
         feats = featurize(extractor, [(i["sha256"], im) for i, im in zip(prov["images"], images)],
                           short_side=plan.short_side, cache=FeatureCache(self.stores.cache_dir / "features"),
                           windows=plan.window_spec())
@@ -185,7 +185,7 @@ class Inspector:
         files: dict[str, dict[str, str]] = {}
         flags = {"parts": parts, "background": background, "instances": instances}
         if any(flags.values()) or images:
-            folder = Path(out or Path.cwd() / "protodb-inspect")
+            folder = Path(out or self.stores.home / "out" / "inspect")
             stem = file_stem(f"{name}@{chosen.version}-{chosen.extractor}")
             prepared = None
             for label, kinds in SHEETS.items():

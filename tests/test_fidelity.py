@@ -530,9 +530,11 @@ def test_one_mask_per_support_image_shared_by_two_extractors(tmp_path):
 
 def test_the_paper_preset_names_what_the_paper_used():
     from protodb.models.registry import PRESETS
+    from protodb.pipeline.config import parts_for
 
     p = PRESETS["paper"]
-    assert (p.generator, p.extractors, p.images, p.k) == ("sd15", ("sd15", "dino-vitb8", "clip-vitb16"), 64, 32)
+    assert (p.generator, p.extractors, p.images, parts_for(p.images)) == \
+        ("sd15", ("sd15", "dino-vitb8", "clip-vitb16"), 64, 32)
     assert p.clip_model == "openai/clip-vit-base-patch16" and p.mask_extractor == "dino-vitb8"
     from protodb.models.extractors import builtin_specs
     from protodb.models.generators import builtin_generators

@@ -368,10 +368,10 @@ def test_full_queue_answers_503_with_retry_after(scene_db, scene_image):
         gate, entered = threading.Event(), threading.Event()
         real = served.segmenter.segment
 
-        def slow(image):
+        def slow(image, *args):
             entered.set()
             gate.wait(30)
-            return real(image)
+            return real(image, *args)
 
         served.segmenter.segment = slow
         first: list = []

@@ -145,6 +145,3 @@ def safe_url(engine_or_url) -> str:
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
     return url.render_as_string(hide_password=True)
 
-
-def env_catalog_url() -> str | None:
-    return os.environ.get("PROTODB_CATALOG_URL") or None

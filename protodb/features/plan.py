@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protodb.errors import DamagedData
 from protodb.features.windows import WindowSpec, feature_size, support_window_spec
+
+
+#: The short side of a set that records none (committed through the API without a build config): the
+#: resolution protodb's builds and segmenting default to.
+UNRECORDED_SHORT_SIDE = 448
 
 
 @dataclass(frozen=True)
@@ -24,14 +28,15 @@ class SupportFeatures:
     windows: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, config: dict | None, params: dict | None = None, *, what: str = "the set") -> "SupportFeatures":
+    def of(cls, config: dict | None, params: dict | None = None) -> "SupportFeatures":
         """From a set's stored build ``config``; sets written before configs were stored recorded the same
-        values in ``params``. DamagedData when neither records a short side."""
+        values in ``params``. A set that records neither was committed through the API without a build
+        (``SetService.commit``): it is taken at :data:`UNRECORDED_SHORT_SIDE`, one pass per image — the one
+        place this is assumed."""
         for source in (config, params):
             if source and source.get("short_side"):
                 return cls(int(source["short_side"]), source.get("support_windows") or None)
-        raise DamagedData(f"{what} records no feature resolution (short_side) in its config; rebuild it with "
-                          "protodb add-class --new-version")
+        return cls(UNRECORDED_SHORT_SIDE, None)
 
     def window_spec(self) -> WindowSpec | None:
         """The support windows as a :class:`WindowSpec` on images at their feature size (None: one pass)."""

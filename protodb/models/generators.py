@@ -127,16 +127,6 @@ def builtin_generators() -> dict[str, GeneratorSpec]:
     }
 
 
-def get_generator(name: str) -> GeneratorSpec:
-    """A built-in generator by name; InvalidInput listing the known names otherwise."""
-    specs = builtin_generators()
-    if name not in specs:
-        raise InvalidInput(
-            f"unknown generator {name!r}; choose one of {sorted(specs)} or pass a local folder with --generator PATH"
-        )
-    return specs[name]
-
-
 # --------------------------------------------------------------------------------------------
 # Locating weights (local folder or Hugging Face cache)
 # --------------------------------------------------------------------------------------------

@@ -47,23 +47,18 @@ class Preset:
     short_side: int
     clip_model: str | None = None
     mask_extractor: str | None = None  # whose features make the shared masks (default: the first)
-    k: int = 32
-    description: str = ""
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("default", "sd15", ("dinov2-vits14",), 64, 448,
-                      description="SD 1.5 (64 images, 30 steps), DINOv2 ViT-S/14 features"),
-    "tiny": Preset("tiny", TINY_GENERATOR, (TINY_EXTRACTOR,), 4, 64,
-                   description="tiny random-weight generator and extractor built locally (offline, seconds; "
-                               "results NOT meaningful)"),
+    # SD 1.5 (64 images, 30 steps), DINOv2 ViT-S/14 features
+    "default": Preset("default", "sd15", ("dinov2-vits14",), 64, 448),
+    # a tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful)
+    "tiny": Preset("tiny", TINY_GENERATOR, (TINY_EXTRACTOR,), 4, 64),
     # What OVDiff reports 67.1 mIoU on PASCAL VOC with: SD 1.5 draws 64 images (30 steps, guidance 8);
-    # SD, DINO ViT-B/8 keys and CLIP ViT-B/16 keys (layer -2) are averaged; K = 32; the CLIP ViT-B/16
-    # pre-filter. Masks come from DINO's features (what MaskCut/CutLER cut on).
+    # SD, DINO ViT-B/8 keys and CLIP ViT-B/16 keys (layer -2) are averaged; K = 32 (parts_for(64)); the CLIP
+    # ViT-B/16 pre-filter. Masks come from DINO's features (what MaskCut/CutLER cut on).
     "paper": Preset("paper", "sd15", ("sd15", "dino-vitb8", "clip-vitb16"), 64, 448,
-                    clip_model="openai/clip-vit-base-patch16", mask_extractor="dino-vitb8", k=32,
-                    description="OVDiff as published: SD 1.5, SD + DINO ViT-B/8 + CLIP ViT-B/16 features, K=32, "
-                                "CLIP ViT-B/16 pre-filter"),
+                    clip_model="openai/clip-vit-base-patch16", mask_extractor="dino-vitb8"),
 }
 
 
@@ -83,10 +78,6 @@ class ModelRegistry:
     @property
     def default_extractors(self) -> tuple[str, ...]:
         return self._defaults.extractors
-
-    @property
-    def default_extractor(self) -> str:
-        return self._defaults.extractors[0]
 
     @property
     def default_short_side(self) -> int:

@@ -115,12 +115,12 @@ class OutputWriter:
 
     def write(self, result: "ImageResult", stem: str) -> dict[str, str]:
         """The files of ``result`` named ``stem`` + ``.labels.png``, ``.overlay.png``, (``.explain.png``),
-        ``.json``; returns {kind: path or URL}."""
+        ``.json`` (whose ``input`` is ``stem``); returns {kind: path or URL}."""
         if not self.remote:
-            return self._write_local(result, Path(self.out) / stem)
+            return self._write_local(result, Path(self.out) / stem, stem)
         tmp = Path(tempfile.mkdtemp(prefix="protodb-seg-"))
         try:
-            local = self._write_local(result, tmp / Path(stem).name)
+            local = self._write_local(result, tmp / Path(stem).name, stem)
             files = {}
             for kind in sorted(local, key=lambda k: k == "json"):  # the JSON last: it marks the input done
                 target = f"{self.out}/{stem}{Path(local[kind]).name[len(Path(stem).name):]}"
@@ -130,7 +130,7 @@ class OutputWriter:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _write_local(self, result: "ImageResult", base: Path) -> dict[str, str]:
+    def _write_local(self, result: "ImageResult", base: Path, stem: str) -> dict[str, str]:
         values, legend = result.values()
         n = max(legend) + 1
         paths = {"labels": f"{base}.labels.png", "overlay": f"{base}.overlay.png", "json": f"{base}.json"}
@@ -140,7 +140,7 @@ class OutputWriter:
         if result.winners:
             paths["explain"] = f"{base}.explain.png"
             atomic_write(paths["explain"], png_bytes(render_explain(over, result.winners, self.support_crop)))
-        atomic_write(paths["json"], json.dumps(result.document(), indent=1).encode())
+        atomic_write(paths["json"], json.dumps(result.document(stem), indent=1).encode())
         return paths
 
 

@@ -67,11 +67,12 @@ class ImageResult:
         """The label PNG's values (with a background, 0 = background and class i = i + 1) and their legend."""
         return label_values(self.labels, self.names, self.background)
 
-    def document(self) -> dict[str, Any]:
-        """The JSON written beside each input's outputs (and the base of the HTTP answer): input, size,
-        vocabulary, present, prefilter_kept, settings, legend and, with explain, the winners."""
+    def document(self, name: str | None = None) -> dict[str, Any]:
+        """The JSON written beside each input's outputs (and the base of the HTTP answer): input (``name``,
+        by default the input's own), size, vocabulary, present, prefilter_kept, settings, legend and, with
+        explain, the winners."""
         _, legend = self.values()
-        doc = {"input": self.input, "size": list(self.size), "vocabulary": self.vocabulary,
+        doc = {"input": self.input if name is None else name, "size": list(self.size), "vocabulary": self.vocabulary,
                "present": self.present, "prefilter_kept": list(self.kept) if self.prefilter else None,
                "settings": self.settings, "legend": {str(k): v for k, v in legend.items()}}
         if self.winners:

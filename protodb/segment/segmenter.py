@@ -159,7 +159,7 @@ class VocabularySegmenter:
         sup = self.sets.support_images([image_id]).get(image_id)
         if sup is None:
             return None
-        plan = SupportFeatures.of(pset.config, pset.params, what=f"set {pset.ref}")
+        plan = SupportFeatures.of(pset.config, pset.params)
         return region_box(region, plan.grid(sup.width, sup.height, self.extractors[ext].patch_size),
                           (sup.width, sup.height))
 

@@ -10,7 +10,7 @@ from protodb.catalog import rules
 from protodb.catalog.schema import SET_READY
 from protodb.features.plan import SupportFeatures
 from protodb.entities import PROTOTYPE_KINDS as KINDS
-from protodb.errors import DamagedData, InvalidInput
+from protodb.errors import InvalidInput
 from protodb.names import check_tag_name, normalize_class_name
 from protodb.sharing.bundle.read import Staged, _load_json
 from protodb.sharing.bundle.tables import FOREIGN_KEYS, TABLES, _check_rows
@@ -129,10 +129,7 @@ def _check_sources(pset: dict, vec: PrototypeRows, rows: dict, images_of: dict[s
     by_id = {i["id"]: i for i in rows["support_images"]}
     ext = next(e for e in rows["extractors"] if e["id"] == pset["extractor_id"])
     patch = int((ext.get("config") or {}).get("patch_size") or 1)
-    try:
-        plan = SupportFeatures.of(pset.get("config"), pset.get("params"), what=f"set {pset['id'][:32]}")
-    except DamagedData as err:
-        raise refuse(f"{name}: {err}") from None
+    plan = SupportFeatures.of(pset.get("config"), pset.get("params"))
     for image_id, region in zip(vec.image_ids, vec.regions):
         if image_id is None:
             continue
