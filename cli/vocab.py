@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from protodb.entities import Vocabulary
+from protodb.errors import InvalidInput
+from protodb.namelists import NameList, read_name_list
+from protodb.names import check_tag_name
 from protodb_cli.app import WRITE, Ctx, command
 from protodb_cli.output import say, table
 
@@ -47,14 +50,42 @@ def vocab_show(ctx: Ctx, name: str) -> None:
 def vocab_create(
     ctx: Ctx,
     name: str,
-    classes: Annotated[list[str], typer.Argument(help="Classes; pin versions with boat@3.")],
+    classes: Annotated[Optional[list[str]], typer.Argument(help="Classes; pin versions with boat@3.", show_default=False)] = None,
     description: Annotated[Optional[str], typer.Option(help="What it is for.")] = None,
+    from_file: Annotated[Optional[str], typer.Option(
+        "--from-file", metavar="PATH",
+        help="Read the classes from a file: one name per line (blank lines and # comments skipped) "
+             "or a JSON list of names; '-' reads standard input. Names that are the same class after "
+             "normalising (Cat, cat) are kept once.", show_default=False)] = None,
 ) -> None:
     """Create a vocabulary.
 
     Example: protodb vocab create pets cat dog "guinea pig"
+
+    Example: protodb vocab create my-lvis --from-file lvis_names.txt
     """
-    ctx.emit(ctx.db.vocabs.create(name, classes, description=description), _show)
+    if from_file is None:
+        if not classes:
+            raise InvalidInput(f"give the classes, e.g. protodb vocab create {name} cat dog, "
+                               f"or a file: protodb vocab create {name} --from-file names.txt")
+        ctx.emit(ctx.db.vocabs.create(name, classes, description=description), _show)
+        return
+    if classes:
+        raise InvalidInput("give the classes either as arguments or with --from-file, not both")
+    check_tag_name(name)
+    names = read_name_list(from_file)  # every line checked before the database is opened
+    vocab = ctx.db.vocabs.create(name, list(names.refs), description=description)
+    ctx.emit({**vocab.to_dict(), "from_file": names.source, "duplicates": names.duplicates},
+             lambda _: _show_created(vocab, names))
+
+
+def _show_created(v: Vocabulary, names: NameList) -> None:
+    shown = ", ".join(v.classes[:12]) + (f", ... ({len(v.classes) - 12} more)" if len(v.classes) > 12 else "")
+    say(f"created {v.name} (version {v.version}, {len(v.classes)} classes) from {names.source}: {shown}")
+    if names.duplicates:
+        first = names.duplicates[0]
+        say(f"{len(names.duplicates)} duplicate name(s) kept once (line {first.line} {first.text!r} "
+            f"is the class of line {first.same_as_line})")
 
 
 @command(vocab_app, "add", db=WRITE)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from protodb.catalog import queries
-from protodb.catalog.schema import ClassRow, VocabularyMemberRow, VocabularyRow
+from protodb.catalog.schema import ClassRow, LabelRow, VocabularyMemberRow, VocabularyRow, new_id
 from protodb.entities import Vocabulary, VocabularySummary
 from protodb.errors import InvalidInput, NotFound
 from protodb.names import Ref, check_tag_name, normalize_class_name
@@ -29,12 +29,27 @@ class VocabService:
         self.stores = stores
         self.sets = sets
 
-    def _member(self, s: Session, ref: str) -> tuple[ClassRow, str | None]:
-        parsed = Ref.parse(ref)
-        cls = queries.get_class(s, parsed.name)
-        if cls is None:
-            cls = self.sets.ensure_class(s, parsed.name, label=label_record(classify_with_lexicon(parsed.name)))
-        return cls, (str(parsed) if parsed.pinned else None)
+    def _members(self, s: Session, refs: Sequence[str]) -> list[tuple[str, str | None]]:
+        """(class id, pin) for each ref, creating the classes not in the catalog yet (labelled by the
+        lexicon, as ``SetService.ensure_class`` does). Bulk statements, one query per 500 names: a
+        20,000-name list takes seconds, not minutes."""
+        parsed = [Ref.parse(ref) for ref in refs]
+        names = list(dict.fromkeys(p.name for p in parsed))
+        ids: dict[str, str] = {}
+        for i in range(0, len(names), 500):
+            ids.update((n, cid) for cid, n in s.execute(
+                select(ClassRow.id, ClassRow.name).where(ClassRow.name.in_(names[i:i + 500]))))
+        new_classes, new_labels = [], []
+        for name in names:
+            if name not in ids:
+                label = label_record(classify_with_lexicon(name))
+                ids[name] = new_id()
+                new_classes.append({"id": ids[name], "name": name, "kind": label["kind"]})
+                new_labels.append({"id": new_id(), "class_id": ids[name], **label})
+        if new_classes:
+            s.execute(insert(ClassRow), new_classes)
+            s.execute(insert(LabelRow), new_labels)
+        return [(ids[p.name], str(p) if p.pinned else None) for p in parsed]
 
     def create(self, name: str, classes: Sequence[str], *, description: str | None = None,
                replace: bool = False, background: bool = True) -> Vocabulary:
@@ -54,17 +69,17 @@ class VocabService:
                 s.add(row)
                 s.flush()
             else:
-                row.members.clear()
+                s.execute(delete(VocabularyMemberRow).where(VocabularyMemberRow.vocabulary_id == row.id))
                 row.version += 1
                 row.background = background
                 s.flush()
-            seen = set()
-            for pos, ref in enumerate(classes):
-                cls, pin = self._member(s, ref)
-                if cls.id in seen:
-                    continue
-                seen.add(cls.id)
-                row.members.append(VocabularyMemberRow(class_id=cls.id, position=pos, ref=pin))
+            seen, members = set(), []
+            for pos, (class_id, pin) in enumerate(self._members(s, classes)):
+                if class_id not in seen:
+                    seen.add(class_id)
+                    members.append({"vocabulary_id": row.id, "class_id": class_id, "position": pos, "ref": pin})
+            s.execute(insert(VocabularyMemberRow), members)
+            s.expire(row, ["members"])
         return self.show(vname)
 
     def add(self, name: str, classes: Sequence[str], *, create: bool = False) -> Vocabulary:
@@ -89,15 +104,16 @@ class VocabService:
             have = {m.class_id: m for m in row.members}
             pos = max((m.position for m in row.members), default=-1) + 1
             changed = False
-            for ref in classes:
-                cls, pin = self._member(s, ref)
-                if cls.id in have:
-                    if have[cls.id].ref != pin:
-                        have[cls.id].ref, changed = pin, True
-                    continue
-                row.members.append(VocabularyMemberRow(class_id=cls.id, position=pos, ref=pin))
-                have[cls.id] = row.members[-1]
-                pos, changed = pos + 1, True
+            members = self._members(s, classes)
+            with s.no_autoflush:
+                for class_id, pin in members:
+                    if class_id in have:
+                        if have[class_id].ref != pin:
+                            have[class_id].ref, changed = pin, True
+                        continue
+                    row.members.append(VocabularyMemberRow(class_id=class_id, position=pos, ref=pin))
+                    have[class_id] = row.members[-1]
+                    pos, changed = pos + 1, True
             if changed:
                 row.version += 1
         return self.show(name)
@@ -119,9 +135,14 @@ class VocabService:
         with self.stores.sessions.reader() as s:
             row = s.scalar(select(VocabularyRow).where(VocabularyRow.name == name))
             if row is not None:
+                members = s.execute(
+                    select(VocabularyMemberRow.ref, ClassRow.name, ClassRow.kind)
+                    .join(ClassRow, ClassRow.id == VocabularyMemberRow.class_id)
+                    .where(VocabularyMemberRow.vocabulary_id == row.id)
+                    .order_by(VocabularyMemberRow.position)).all()  # one query, not one per class
                 return Vocabulary(row.name, row.description, row.version, False, row.background,
-                                  tuple(m.ref or m.cls.name for m in row.members),
-                                  tuple(m.cls.kind for m in row.members))
+                                  tuple(ref or cname for ref, cname, _ in members),
+                                  tuple(kind for _, _, kind in members))
         builtins = builtin_vocabularies()
         if name in builtins:
             b = builtins[name]
