@@ -12,15 +12,15 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from protodb.catalog import queries
-from protodb.catalog.schema import ClassRow, LabelRow, VocabularyMemberRow, VocabularyRow, new_id
-from protodb.entities import Vocabulary, VocabularySummary
+from protodb.catalog.schema import ClassRow, VocabularyMemberRow, VocabularyRow
+from protodb.entities import LabelRun, Vocabulary, VocabularySummary
 from protodb.errors import InvalidInput, NotFound
 from protodb.names import Ref, check_tag_name, normalize_class_name
-from protodb.services.labels import label_record
+from protodb.services.labels import LabelService, ensure_classes
 from protodb.services.overview import OverviewService
 from protodb.services.sets import SetService
 from protodb.stores import Stores
-from protodb.thing_stuff import classify_with_lexicon
+from protodb.thing_stuff import DEFAULT_BATCH_SIZE, LLMClient
 from protodb.vocabularies import builtin_vocabularies
 
 
@@ -31,24 +31,9 @@ class VocabService:
 
     def _members(self, s: Session, refs: Sequence[str]) -> list[tuple[str, str | None]]:
         """(class id, pin) for each ref, creating the classes not in the catalog yet (labelled by the
-        lexicon, as ``SetService.ensure_class`` does). Bulk statements, one query per 500 names: a
-        20,000-name list takes seconds, not minutes."""
+        lexicon). Bulk statements, one query per 500 names: 20,000 names take seconds, not minutes."""
         parsed = [Ref.parse(ref) for ref in refs]
-        names = list(dict.fromkeys(p.name for p in parsed))
-        ids: dict[str, str] = {}
-        for i in range(0, len(names), 500):
-            ids.update((n, cid) for cid, n in s.execute(
-                select(ClassRow.id, ClassRow.name).where(ClassRow.name.in_(names[i:i + 500]))))
-        new_classes, new_labels = [], []
-        for name in names:
-            if name not in ids:
-                label = label_record(classify_with_lexicon(name))
-                ids[name] = new_id()
-                new_classes.append({"id": ids[name], "name": name, "kind": label["kind"]})
-                new_labels.append({"id": new_id(), "class_id": ids[name], **label})
-        if new_classes:
-            s.execute(insert(ClassRow), new_classes)
-            s.execute(insert(LabelRow), new_labels)
+        ids = ensure_classes(s, [p.name for p in parsed])
         return [(ids[p.name], str(p) if p.pinned else None) for p in parsed]
 
     def create(self, name: str, classes: Sequence[str], *, description: str | None = None,
@@ -149,6 +134,18 @@ class VocabService:
             return Vocabulary(name, b.get("description"), 0, True, b.get("background"), tuple(b["classes"]), None)
         raise NotFound(f"no vocabulary {name!r}; built-in: {', '.join(sorted(builtins))}; "
                        f"or create one: protodb vocab create {name} CLASS...")
+
+    def label(self, name: str, *, client: LLMClient | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+              lexicon_only: bool = False, on_progress=None) -> LabelRun:
+        """Thing/stuff labels for every class of vocabulary ``name`` that has none decided yet:
+        :meth:`protodb.services.labels.LabelService.label_classes` (lexicon first, then the LLM in
+        batches). Classes of a built-in vocabulary that the catalog lacks are created (the vocabulary
+        itself is not copied), so a later ``add-vocab`` finds their labels."""
+        vocab = self.show(name)
+        names = [Ref.parse(ref).name for ref in vocab.classes]
+        return LabelService(self.stores).label_classes(names, vocabulary=vocab.name, client=client,
+                                                       batch_size=batch_size, lexicon_only=lexicon_only,
+                                                       on_progress=on_progress)
 
     def list(self) -> list[VocabularySummary]:
         """:meth:`protodb.services.overview.OverviewService.vocabularies`."""
