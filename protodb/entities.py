@@ -198,6 +198,38 @@ class LabelHistory(Entity):
     history: tuple[LabelEntry, ...]
 
 
+@dataclass(frozen=True)
+class LabelFailure(Entity):
+    """A class the LLM gave no usable label for (it keeps the label it had)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LabelRun(Entity):
+    """``protodb vocab label``: how each class of a vocabulary got its thing/stuff label.
+
+    ``already``: decided before (LLM, by hand, or a dataset's split), untouched; ``lexicon``: the
+    built-in stuff lexicon names it; ``dataset``: labelled now from a dataset's own thing/stuff split;
+    ``llm``: labelled now by the LLM; ``left``: still only the lexicon's default "thing" (no LLM asked);
+    ``changed``: classes whose kind changed; ``requests``: LLM requests sent.
+    """
+
+    vocabulary: str
+    classes: int
+    already: int
+    lexicon: int
+    dataset: int
+    llm: int
+    left: int
+    changed: int
+    failed: tuple[LabelFailure, ...]
+    requests: int
+    batch_size: int
+    model: str | None
+
+
 # ---------------------------------------------------------------------------------------- vocabularies
 @dataclass(frozen=True)
 class Vocabulary(Entity):

@@ -7,7 +7,10 @@ One rule per kind of name, applied wherever a name enters (CLI, API, bundles, la
   (paths), ``..``, or control characters;
 * a **tag** (also vocabulary names) is letters, digits and ``_.:-``, not only digits;
 * a **reference** is ``name``, ``name@3`` (version) or ``name@tag``;
-* a name becomes part of a **file name** only through :func:`file_stem`.
+* a name becomes part of a **file name** only through :func:`file_stem`;
+* a **dataset's class name** (``bow_(weapon)``, ``Cabinet/shelf``) becomes a class name through
+  :func:`dataset_display_name`: ``_`` is a space, ``/`` between alternatives is `` or ``, then the
+  class-name rule (so ``bow (weapon)``, ``cabinet or shelf``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ def normalize_class_name(name: str) -> str:
     if ".." in cleaned:
         raise InvalidInput(f"class name {text!r} may not contain '..'")
     return cleaned
+
+
+def dataset_display_name(raw: str) -> str:
+    """A class name as a dataset writes it, as a protodb class name: ``_`` becomes a space (LVIS
+    ``bow_(weapon)`` -> ``bow (weapon)``), ``/`` between alternatives becomes `` or `` (Objects365
+    ``Cabinet/shelf`` -> ``cabinet or shelf``), then :func:`normalize_class_name` (trimmed,
+    single-spaced, lowercase; InvalidInput for what it refuses)."""
+    text = str(raw).replace("_", " ")
+    text = re.sub(r"\s*/\s*", " or ", text)
+    return normalize_class_name(text)
 
 
 def check_tag_name(tag: str) -> str:

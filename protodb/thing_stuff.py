@@ -15,6 +15,14 @@ When the LLM fails (HTTP error, timeout, malformed reply, an answer that is neit
 falls back to the lexicon and says so: ``source="lexicon"``, ``model`` and ``prompt`` are those of
 the failed LLM call, and ``raw_answer`` is ``"llm error: <one line>; fell back to lexicon"``.
 
+Many names at once (a vocabulary of thousands, ``protodb vocab label``): :func:`classify_many_with_llm`
+asks about ``batch_size`` names per request (one JSON object per answer, validated); a malformed
+answer is never accepted in part: the batch is split in two and each half asked again, down to single
+names, which get the one-name prompt once. ``N`` names cost ``ceil(N / batch_size)`` requests when
+every answer is usable, and at most ``3 * batch_size - 1`` more for a batch whose answers never are.
+An endpoint that fails (HTTP error, timeout, unreachable) is asked once more, then the run stops with
+:class:`LLMBatchAborted`, holding what was labelled before.
+
 Only the standard library is used for HTTP (``urllib.request``).
 """
 
@@ -29,7 +37,7 @@ import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Callable, Literal
 
 from protodb.errors import InvalidInput, ProtoDBError
 
@@ -69,6 +77,10 @@ class Label:
 
 class LLMError(ProtoDBError):
     """The LLM endpoint failed or gave an unusable answer. ``str(err)`` is one line."""
+
+
+class LLMAnswerError(LLMError):
+    """The endpoint answered, but the answer is not usable (asking again, smaller, may help)."""
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -178,7 +190,7 @@ def parse_answer(answer: str) -> str:
     if len(found) == 1:
         return found.pop()
     what = "both 'thing' and 'stuff'" if found else "neither 'thing' nor 'stuff'"
-    raise LLMError(_one_line(f"LLM answer has {what}: {answer!r}"))
+    raise LLMAnswerError(_one_line(f"LLM answer has {what}: {answer!r}"))
 
 
 def _check_name(name: str) -> str:
@@ -195,6 +207,143 @@ def classify_with_llm(client: LLMClient, name: str) -> Label:
     answer = client.chat([{"role": "user", "content": prompt}], temperature=0.0)
     kind = parse_answer(answer)
     return Label(kind=kind, source="llm", model=client.model, prompt=prompt, raw_answer=answer)
+
+
+# --- many names per request ----------------------------------------------------------------------
+
+DEFAULT_BATCH_SIZE = 50
+MAX_BATCH_SIZE = 500
+
+BATCH_PROMPT_TEMPLATE = (
+    "In image segmentation (as in the COCO-Stuff dataset) every class is either a \"thing\" or "
+    "\"stuff\". A thing is a countable object with a well-defined shape, whose individual instances "
+    "can be told apart and counted (for example: person, car, boat, cup, dog). Stuff is an amorphous "
+    "region or material without a fixed shape or a count (for example: sky, grass, road, water, "
+    "wall, sand).\n"
+    "Here are {count} class names as a JSON list:\n{names}\n"
+    "Answer with one JSON object and nothing else: every name of the list, exactly as written, as a "
+    "key, and \"thing\" or \"stuff\" as its value."
+)
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
+
+
+def build_batch_prompt(names: list[str]) -> str:
+    """The user message that asks for the thing/stuff label of every name in ``names``."""
+    return BATCH_PROMPT_TEMPLATE.format(count=len(names), names=json.dumps(list(names), ensure_ascii=False))
+
+
+def parse_batch_answer(answer: str, names: list[str]) -> dict[str, str]:
+    """name -> "thing"/"stuff" from a batch answer: one JSON object (a ``<think>`` block and a
+    ```json fence around it are ignored) whose keys are exactly ``names`` and whose values are
+    "thing" or "stuff" (any case). Anything else raises LLMAnswerError: a missing, extra or
+    unusable entry rejects the whole answer."""
+    text = _FENCE.sub("", _THINK_BLOCK.sub(" ", answer).strip()).strip()
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LLMAnswerError(_one_line(f"batch answer is not one JSON object ({err.msg}): {answer!r}", 160)) from None
+    if not isinstance(parsed, dict):
+        raise LLMAnswerError(f"batch answer is a JSON {type(parsed).__name__}, not an object")
+    wanted = set(names)
+    missing, extra = wanted - parsed.keys(), parsed.keys() - wanted
+    if missing or extra:
+        what = [f"{len(missing)} name(s) missing (e.g. {sorted(missing)[0]!r})"] if missing else []
+        what += [f"{len(extra)} name(s) not asked about (e.g. {sorted(extra)[0]!r})"] if extra else []
+        raise LLMAnswerError("batch answer has " + " and ".join(what))
+    kinds = {}
+    for name in names:
+        value = parsed[name]
+        kind = value.strip().lower() if isinstance(value, str) else None
+        if kind not in KINDS:
+            raise LLMAnswerError(_one_line(f"batch answer for {name!r} is {value!r}, not 'thing' or 'stuff'"))
+        kinds[name] = kind
+    return kinds
+
+
+@dataclass
+class BatchReport:
+    """What :func:`classify_many_with_llm` did: ``labels`` (name -> Label), ``failed`` (name -> why the
+    LLM gave no usable label), ``requests`` (HTTP requests sent)."""
+
+    labels: dict[str, Label]
+    failed: dict[str, str]
+    requests: int = 0
+
+
+class LLMBatchAborted(LLMError):
+    """The endpoint failed twice in a row; ``report`` holds what was labelled before."""
+
+    def __init__(self, message: str, report: BatchReport):
+        super().__init__(message)
+        self.report = report
+
+
+def classify_many_with_llm(
+    client: LLMClient,
+    names: list[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[dict[str, Label], dict[str, str]], None] | None = None,
+) -> BatchReport:
+    """Thing or stuff for each of ``names`` (duplicates asked once), ``batch_size`` names per request.
+
+    ``on_batch(labels, failed)`` is called after each batch with that batch's results (callers store
+    them, so a stopped run keeps what it got). A malformed answer is split and asked again (see the
+    module docstring); an endpoint failure is retried once, then LLMBatchAborted is raised.
+    """
+    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+        raise InvalidInput(f"batch size must be 1..{MAX_BATCH_SIZE}, not {batch_size}")
+    names = list(dict.fromkeys(_check_name(n) for n in names))
+    report = BatchReport({}, {})
+
+    def ask(messages: list[dict], max_tokens: int) -> str:
+        for attempt in (1, 2):
+            report.requests += 1
+            try:
+                return client.chat(messages, temperature=0.0, max_tokens=max_tokens)
+            except LLMAnswerError:
+                raise
+            except LLMError as err:
+                if attempt == 2:
+                    raise LLMBatchAborted(f"the LLM endpoint failed twice: {err}", report) from None
+        raise AssertionError("unreachable")
+
+    def one(batch: list[str], labels: dict[str, Label], failed: dict[str, str]) -> None:
+        prompt = build_batch_prompt(batch)
+        budget = 64 + sum(len(n) // 2 + 12 for n in batch)  # room for the JSON object, not an essay
+        try:
+            answer = ask([{"role": "user", "content": prompt}], budget)
+            kinds = parse_batch_answer(answer, batch)
+        except LLMAnswerError as err:
+            if len(batch) > 1:
+                half = (len(batch) + 1) // 2
+                one(batch[:half], labels, failed)
+                one(batch[half:], labels, failed)
+                return
+            name = batch[0]
+            try:  # the plain one-name question, once
+                single = build_prompt(name)
+                answer1 = ask([{"role": "user", "content": single}], 64)
+                labels[name] = Label(parse_answer(answer1), "llm", client.model, single, answer1)
+            except LLMAnswerError as err1:
+                failed[name] = _one_line(f"{err}; then {err1}")
+            return
+        for name in batch:
+            labels[name] = Label(kinds[name], "llm", client.model, prompt,
+                                 json.dumps({name: kinds[name]}, ensure_ascii=False))
+
+    for start in range(0, len(names), int(batch_size)):
+        labels: dict[str, Label] = {}
+        failed: dict[str, str] = {}
+        try:
+            one(names[start:start + int(batch_size)], labels, failed)
+        finally:
+            report.labels.update(labels)
+            report.failed.update(failed)
+            if on_batch is not None and (labels or failed):
+                on_batch(labels, failed)
+    return report
 
 
 # --- lexicon -------------------------------------------------------------------------------------
@@ -311,6 +460,13 @@ __all__ = [
     "Label",
     "LLMClient",
     "LLMError",
+    "LLMAnswerError",
+    "LLMBatchAborted",
+    "BatchReport",
+    "DEFAULT_BATCH_SIZE",
+    "build_batch_prompt",
+    "parse_batch_answer",
+    "classify_many_with_llm",
     "build_prompt",
     "parse_answer",
     "classify",

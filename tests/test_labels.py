@@ -297,6 +297,12 @@ EXPECTED = {
     "ade20k": (150, False, 1),  # file value 0 is "other" (ignored): class i is value i + 1
     "cityscapes": (19, False, 0),
     "camvid": (11, False, 0),
+    # the large name lists (tests/test_namelists.py checks their contents and sources)
+    "ade847": (847, False, 0),
+    "context459": (459, False, 0),
+    "lvis": (1203, True, 1),  # category id = i + 1
+    "objects365": (365, True, 1),
+    "openimages": (601, True, 0),  # the boxable file has 601 rows (announced as 600)
 }
 
 
