@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Layers, deepest first: a module may import (at module level) only from its own layer or below.
 LAYERS = [
     {"_version", "errors", "lazy", "paths", "names", "fileio", "hashing", "images", "device", "entities", "render",
-     "subpatch", "vocabularies", "thing_stuff", "runners", "planning", "logs"},
+     "subpatch", "vocabularies", "namelists", "thing_stuff", "runners", "planning", "logs"},
     {"catalog", "storage", "features"},
     {"stores"},
     {"sharing"},  # the row-level implementation behind services/sharing.py

@@ -11,7 +11,6 @@ from typing import Sequence
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from protodb.catalog import queries
 from protodb.catalog.schema import ClassRow, VocabularyMemberRow, VocabularyRow
 from protodb.entities import LabelRun, Vocabulary, VocabularySummary
 from protodb.errors import InvalidInput, NotFound
