@@ -66,7 +66,9 @@ class VocabularySegmenter:
     def segment(self, image: PIL.Image.Image) -> dict[str, Any]:
         """Label one RGB image. Returns ``labels`` (H, W) int32 in vocabulary index space (C =
         background), ``scores`` (H, W) float32 the winning score per pixel, ``present`` {name:
-        {fraction, score}}, ``kept`` (pre-filter) and ``winners``."""
+        {fraction, score}}, ``kept`` (pre-filter) and ``winners``; when more than one column competed,
+        ``runner_up`` (H, W) float32 the best other column's score per pixel and ``runner_up_labels``
+        (H, W) that column (vocabulary index space)."""
         keep = self.keep(image)
         res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr)
         return self.finish(res, keep)
@@ -94,6 +96,9 @@ class VocabularySegmenter:
             name = "background" if vi == C else self.vocab.names[vi]
             present[name] = {"fraction": round(frac, 6), "score": round(float(best[res.labels == col].mean()), 4)}
         out = {"labels": labels, "scores": best, "present": present, "kept": [self.vocab.names[i] for i in cols], "winners": {}}
+        if res.second is not None:  # the runner-up per pixel (what the winner beat), for confidence
+            out["runner_up"] = res.second.numpy()
+            out["runner_up_labels"] = lut[res.second_labels]
         if self.opts.explain:
             out["winners"] = self._explain(res, lut, C)
         return out

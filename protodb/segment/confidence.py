@@ -1,0 +1,126 @@
+"""How much to trust a segmentation: a signal computed from the result itself, with the rule spelled out.
+
+**How the scores read.** The ``score`` of a pixel (and a class's mean ``score`` in ``present``) is the
+cosine similarity, -1 to 1, between the photo's patch feature there and the nearest prototype of the
+winning class. It is *not* a probability: its usual level depends on the extractor (self-supervised
+ViT features of unrelated things are often far above 0) and on the class, so a high value alone —
+say a road labelled "rocket" at 0.93 — does not mean the class is right. Every pixel gets *some*
+class of the vocabulary: argmax has no "none of these". What the result can say is whether the
+winner was clearly nearer than the alternatives.
+
+**The signal: separation.** At each pixel, with ``s1`` the winning cosine and ``s2`` the runner-up's
+(the best score of any other column, the background included), take cosine distances ``d = 1 - s``::
+
+    separation = 1 - d1 / d2        (0 when d2 = 0)
+
+the share of the runner-up's distance that the winner is nearer: 0 is a tie, 0.5 means the winner is
+twice as near, 1 a perfect match. Unlike the raw lead ``s1 - s2`` it does not shrink when an
+extractor's cosines crowd close to 1. A pixel is a **near tie** when ``separation < NEAR_TIE`` (the
+winner is less than 10 % nearer than the runner-up).
+
+**The rule.** A class is **uncertain** when more than ``MOSTLY`` (half) of its pixels are near ties:
+on most of its area it only just beat the runner-up (named, with how often). The image gets warnings:
+
+- ``one_column``: a single column competed (one class, no background): every pixel is that class
+  whatever the photo shows, and nothing can be compared;
+- ``near_ties``: more than half of the image's pixels are near ties: the classes barely differ on this
+  photo, so the labels are mostly a toss-up — the vocabulary likely does not describe it;
+- ``uncertain``: some classes present are uncertain (listed);
+- ``no_match``: the median winning cosine is at most 0: no prototype points the way the photo's
+  features do.
+
+``NEAR_TIE`` (10 %) and ``MOSTLY`` (half) are round reading conventions, not values fitted to any data
+set; the raw numbers (margins, separations, near-tie shares) are reported alongside so a caller can
+apply its own. Class boundaries are near ties by nature (two classes meet there), so a small class
+with much boundary may be flagged. Nothing here knows what score a class reaches on photos it does
+fit, so the signal can flag an ambiguous result but never certify a right one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+NEAR_TIE = 0.1
+MOSTLY = 0.5
+
+
+def separation(best: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per pixel ``1 - (1 - best) / (1 - second)`` in [0, 1] (0 where both are perfect matches)."""
+    d1 = np.clip(1.0 - np.asarray(best, np.float64), 0.0, None)
+    d2 = np.clip(1.0 - np.asarray(second, np.float64), 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sep = np.where(d2 > 0, 1.0 - d1 / np.where(d2 > 0, d2, 1.0), 0.0)
+    return np.clip(np.nan_to_num(sep, nan=0.0), 0.0, 1.0)
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -> dict[str, Any]:
+    """The confidence block of one segmented image (``result`` as
+    :meth:`protodb.segment.run.VocabularySegmenter.segment` returns it: ``labels`` in vocabulary index
+    space, ``scores``, and ``runner_up`` / ``runner_up_labels`` when more than one column competed).
+
+    Returns ``rule`` (the thresholds), ``columns`` (how many competed), ``score`` (median winning
+    cosine), ``margin`` (mean ``s1 - s2``), ``separation`` (median), ``near_tie`` (share of pixels),
+    ``classes`` {name: {margin, separation, near_tie, runner_up, runner_up_share, uncertain}} for every
+    class present, ``warnings`` [{code, message}] and ``verdict``: ``"clear"`` or ``"doubtful"``.
+    """
+    labels = np.asarray(result["labels"])
+    best = np.nan_to_num(np.asarray(result["scores"], np.float32))
+    C = len(names)
+    col_names = list(names) + (["background"] if background else [])
+    kept = result.get("kept")
+    columns = (len(kept) if kept is not None else C) + int(background)
+    out: dict[str, Any] = {"rule": {"near_tie": NEAR_TIE, "mostly": MOSTLY}, "columns": columns,
+                           "score": _r(np.median(best)) if best.size else 0.0}
+    warnings: list[dict[str, str]] = []
+    second = result.get("runner_up")
+    if second is None or columns < 2:
+        only = col_names[int(labels.flat[0])] if labels.size else "?"
+        out.update(margin=None, separation=None, near_tie=None, classes={})
+        warnings.append({"code": "one_column", "message": (
+            f"only one column competed ({only}): every pixel is {only} whatever the photo shows; add classes "
+            "or a background to get a comparison")})
+    else:
+        second = np.nan_to_num(np.asarray(second, np.float32))
+        runner = np.asarray(result["runner_up_labels"])
+        margin = best.astype(np.float64) - second
+        sep = separation(best, second)
+        tie = sep < NEAR_TIE
+        classes: dict[str, Any] = {}
+        flat_labels, flat_runner = labels.ravel(), runner.ravel()
+        order = np.argsort(flat_labels, kind="stable")
+        bounds = np.searchsorted(flat_labels[order], np.arange(len(col_names) + 1))
+        flat_margin, flat_sep, flat_tie = margin.ravel(), sep.ravel(), tie.ravel()
+        for col, name in enumerate(col_names):
+            idx = order[bounds[col]:bounds[col + 1]]
+            if not idx.size:
+                continue
+            ru = np.bincount(flat_runner[idx], minlength=len(col_names))
+            top = int(ru.argmax())
+            share = float(flat_tie[idx].mean())
+            classes[name] = {"margin": _r(flat_margin[idx].mean()), "separation": _r(np.median(flat_sep[idx])),
+                             "near_tie": _r(share), "runner_up": col_names[top],
+                             "runner_up_share": _r(ru[top] / idx.size), "uncertain": bool(share > MOSTLY)}
+        image_tie = float(tie.mean())
+        out.update(margin=_r(margin.mean()), separation=_r(np.median(sep)), near_tie=_r(image_tie), classes=classes)
+        if image_tie > MOSTLY:
+            warnings.append({"code": "near_ties", "message": (
+                f"on {100 * image_tie:.0f}% of the image the winning class is less than {100 * NEAR_TIE:.0f}% "
+                "nearer than the runner-up: the classes barely differ on this photo, so the labels are mostly a "
+                "toss-up; the vocabulary may not describe what it shows")})
+        shaky = [n for n, c in classes.items() if c["uncertain"]]
+        if shaky:
+            listed = "; ".join(f"{n} (mostly just ahead of {classes[n]['runner_up']})" for n in shaky)
+            warnings.append({"code": "uncertain", "message": (
+                f"{len(shaky)} of {len(classes)} classes present only just won most of their pixels: {listed}")})
+    if best.size and np.median(best) <= 0:
+        warnings.append({"code": "no_match", "message": (
+            f"the median winning cosine is {np.median(best):.3f}: no prototype resembles this photo's features")})
+    out["warnings"] = warnings
+    out["verdict"] = "doubtful" if warnings else "clear"
+    return out
