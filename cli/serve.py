@@ -43,7 +43,9 @@ def serve(
     # defaults of every request (a request may set its own: extractor, levels, background, pamr, skip_missing)
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
     pamr: PamrOpt = False, skip_missing: SkipOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
+    max_jobs: Annotated[int, typer.Option(help="Jobs (/api/jobs: segmenting followed by the page, with progress and cancel) held at once; the oldest finished are forgotten first, and when all are unfinished a new one gets 503.")] = 16,
+    job_ttl: Annotated[float, typer.Option(help="Seconds a finished job's result is kept for its client.")] = 300.0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr: time, client, request line, status, bytes sent, milliseconds.")] = False,
 ) -> None:
     """Serve the database over HTTP: a JSON API and a web page (gallery, sets and their parts,
     segmenting an uploaded image). Read-only unless --allow-writes and PROTODB_SERVE_TOKEN are set.
@@ -51,7 +53,8 @@ def serve(
     Segmenters stay warm per (vocabulary or class list, extractors, options). New ready sets of
     served classes (another process's add-class, an import, a relabel, a vocabulary edit) are picked
     up while running, within --reload-interval seconds. Prints the URL on stdout; Ctrl-C or SIGTERM
-    stops. API documentation: /api/docs.
+    stops. API documentation: /api/docs (also at /docs). Images over 80 MP are refused (one limit,
+    protodb's own).
 
     \b
     Example: protodb serve --db demo-out/db
@@ -68,7 +71,8 @@ def serve(
                                pamr=pamr, device=device, dtype=dtype, skip_missing=skip_missing),
         allow_writes=allow_writes, token=token if allow_writes else None,
         max_upload=int(max_upload_mb * 1024 * 1024), queue_size=queue, reload_interval=reload_interval,
-        host=host, port=port, vocab_only=vocab_only, max_warm=max_warm,
+        host=host, port=port, vocab_only=vocab_only, max_warm=max_warm, max_jobs=max_jobs, job_ttl=job_ttl,
+        access_log=access_log,
         **({"workers": workers} if workers is not None else {}),
     )
     if extra_hosts:
@@ -87,4 +91,4 @@ def serve(
         print(url, flush=True)
         sys.stdout.flush()
 
-    server.serve(config, announce=announce, access_log=access_log)
+    server.serve(config, announce=announce)
