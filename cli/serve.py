@@ -54,7 +54,8 @@ def serve(
     served classes (another process's add-class, an import, a relabel, a vocabulary edit) are picked
     up while running, within --reload-interval seconds. Prints the URL on stdout; Ctrl-C or SIGTERM
     stops. API documentation: /api/docs (also at /docs). Images over 80 MP are refused (one limit,
-    protodb's own).
+    protodb's own). Long segments can run as jobs (POST /api/jobs/segment: place in the queue,
+    elapsed time, cancel), as the segment page does. HEAD is answered wherever GET is.
 
     \b
     Example: protodb serve --db demo-out/db

@@ -77,8 +77,8 @@ def test_clear_result_has_no_warnings():
     res = _result([[0, 0, 1, 1]], [[0.9, 0.9, 0.9, 0.9]], [[0.5, 0.5, 0.5, 0.5]], [[1, 1, 0, 0]])
     conf = confidence(res, ["a", "b"], background=False)
     assert conf["verdict"] == "clear" and conf["warnings"] == [] and conf["columns"] == 2
-    assert conf["classes"]["a"] == {"margin": 0.4, "separation": 0.8, "near_tie": 0.0, "runner_up": "b",
-                                    "runner_up_share": 1.0, "uncertain": False}
+    assert conf["classes"]["a"] == {"fraction": 0.5, "margin": 0.4, "separation": 0.8, "near_tie": 0.0,
+                                    "runner_up": "b", "runner_up_share": 1.0, "uncertain": False}
     assert conf["separation"] == 0.8 and conf["near_tie"] == 0.0 and conf["score"] == pytest.approx(0.9)
     assert conf["rule"] == {"near_tie": NEAR_TIE, "mostly": MOSTLY}
 
@@ -94,9 +94,19 @@ def test_a_road_labelled_rocket_at_093_is_flagged():
     assert rocket["uncertain"] and rocket["runner_up"] == "background" and rocket["near_tie"] == 1.0
     assert rocket["separation"] == pytest.approx(1 - 0.07 / 0.075, abs=1e-4)
     assert not conf["classes"]["background"]["uncertain"]
-    assert [w["code"] for w in conf["warnings"]] == ["near_ties", "uncertain"] and conf["verdict"] == "doubtful"
-    assert "75%" in conf["warnings"][0]["message"] and "rocket (mostly just ahead of background)" in conf["warnings"][1]["message"]
+    assert [(w["code"], w["level"]) for w in conf["warnings"]] == [("near_ties", "warning"), ("uncertain", "note")]
+    assert conf["verdict"] == "doubtful" and "75%" in conf["warnings"][0]["message"]
+    assert "rocket (75% of the image, mostly just ahead of background)" in conf["warnings"][1]["message"]
     assert conf["columns"] == 3  # two classes and the background competed
+
+
+def test_an_uncertain_class_on_a_clear_image_is_a_note():
+    # a (0) wins 3 of 4 pixels clearly; b (1) wins one pixel as a near tie (0.5 vs 0.49)
+    res = _result([[0, 0, 0, 1]], [[0.9, 0.9, 0.9, 0.5]], [[0.2, 0.2, 0.2, 0.49]], [[1, 1, 1, 0]])
+    conf = confidence(res, ["a", "b"], background=False)
+    assert conf["verdict"] == "mixed" and [w["level"] for w in conf["warnings"]] == ["note"]
+    assert conf["classes"]["b"]["uncertain"] and not conf["classes"]["a"]["uncertain"]
+    assert "b (25% of the image, mostly just ahead of a)" in conf["warnings"][0]["message"]
 
 
 def test_one_column_and_no_match_warnings():

@@ -19,15 +19,18 @@ extractor's cosines crowd close to 1. A pixel is a **near tie** when ``separatio
 winner is less than 10 % nearer than the runner-up).
 
 **The rule.** A class is **uncertain** when more than ``MOSTLY`` (half) of its pixels are near ties:
-on most of its area it only just beat the runner-up (named, with how often). The image gets warnings:
+on most of its area it only just beat the runner-up (named, with how often). The image gets
+warnings, each with a level:
 
-- ``one_column``: a single column competed (one class, no background): every pixel is that class
-  whatever the photo shows, and nothing can be compared;
-- ``near_ties``: more than half of the image's pixels are near ties: the classes barely differ on this
-  photo, so the labels are mostly a toss-up — the vocabulary likely does not describe it;
-- ``uncertain``: some classes present are uncertain (listed);
-- ``no_match``: the median winning cosine is at most 0: no prototype points the way the photo's
-  features do.
+- ``one_column`` (warning): a single column competed (one class, no background): every pixel is that
+  class whatever the photo shows, and nothing can be compared;
+- ``near_ties`` (warning): more than half of the image's pixels are near ties: the classes barely
+  differ on this photo, so the labels are mostly a toss-up — the vocabulary likely does not describe it;
+- ``no_match`` (warning): the median winning cosine is at most 0: no prototype points the way the
+  photo's features do;
+- ``uncertain`` (note): some classes present are uncertain (listed with their share of the image).
+
+``verdict``: ``doubtful`` with any warning, ``mixed`` with notes only, else ``clear``.
 
 ``NEAR_TIE`` (10 %) and ``MOSTLY`` (half) are round reading conventions, not values fitted to any data
 set; the raw numbers (margins, separations, near-tie shares) are reported alongside so a caller can
@@ -66,8 +69,9 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
 
     Returns ``rule`` (the thresholds), ``columns`` (how many competed), ``score`` (median winning
     cosine), ``margin`` (mean ``s1 - s2``), ``separation`` (median), ``near_tie`` (share of pixels),
-    ``classes`` {name: {margin, separation, near_tie, runner_up, runner_up_share, uncertain}} for every
-    class present, ``warnings`` [{code, message}] and ``verdict``: ``"clear"`` or ``"doubtful"``.
+    ``classes`` {name: {fraction, margin, separation, near_tie, runner_up, runner_up_share, uncertain}}
+    for every class present, ``warnings`` [{code, level, message}] and ``verdict``: ``"clear"``,
+    ``"mixed"`` (notes only) or ``"doubtful"`` (a warning).
     """
     labels = np.asarray(result["labels"])
     best = np.nan_to_num(np.asarray(result["scores"], np.float32))
@@ -82,7 +86,7 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
     if second is None or columns < 2:
         only = col_names[int(labels.flat[0])] if labels.size else "?"
         out.update(margin=None, separation=None, near_tie=None, classes={})
-        warnings.append({"code": "one_column", "message": (
+        warnings.append({"code": "one_column", "level": "warning", "message": (
             f"only one column competed ({only}): every pixel is {only} whatever the photo shows; add classes "
             "or a background to get a comparison")})
     else:
@@ -103,24 +107,32 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
             ru = np.bincount(flat_runner[idx], minlength=len(col_names))
             top = int(ru.argmax())
             share = float(flat_tie[idx].mean())
-            classes[name] = {"margin": _r(flat_margin[idx].mean()), "separation": _r(np.median(flat_sep[idx])),
+            classes[name] = {"fraction": _r(idx.size / flat_labels.size), "margin": _r(flat_margin[idx].mean()),
+                             "separation": _r(np.median(flat_sep[idx])),
                              "near_tie": _r(share), "runner_up": col_names[top],
                              "runner_up_share": _r(ru[top] / idx.size), "uncertain": bool(share > MOSTLY)}
         image_tie = float(tie.mean())
         out.update(margin=_r(margin.mean()), separation=_r(np.median(sep)), near_tie=_r(image_tie), classes=classes)
         if image_tie > MOSTLY:
-            warnings.append({"code": "near_ties", "message": (
+            warnings.append({"code": "near_ties", "level": "warning", "message": (
                 f"on {100 * image_tie:.0f}% of the image the winning class is less than {100 * NEAR_TIE:.0f}% "
                 "nearer than the runner-up: the classes barely differ on this photo, so the labels are mostly a "
                 "toss-up; the vocabulary may not describe what it shows")})
-        shaky = [n for n, c in classes.items() if c["uncertain"]]
+        shaky = sorted((n for n, c in classes.items() if c["uncertain"]), key=lambda n: -classes[n]["fraction"])
         if shaky:
-            listed = "; ".join(f"{n} (mostly just ahead of {classes[n]['runner_up']})" for n in shaky)
-            warnings.append({"code": "uncertain", "message": (
+            listed = "; ".join(f"{n} ({_share(classes[n]['fraction'])} of the image, mostly just ahead of "
+                               f"{classes[n]['runner_up']})" for n in shaky)
+            warnings.append({"code": "uncertain", "level": "note", "message": (
                 f"{len(shaky)} of {len(classes)} classes present only just won most of their pixels: {listed}")})
     if best.size and np.median(best) <= 0:
-        warnings.append({"code": "no_match", "message": (
+        warnings.append({"code": "no_match", "level": "warning", "message": (
             f"the median winning cosine is {np.median(best):.3f}: no prototype resembles this photo's features")})
+    warnings.sort(key=lambda w: w["level"] != "warning")  # warnings first, then notes
     out["warnings"] = warnings
-    out["verdict"] = "doubtful" if warnings else "clear"
+    out["verdict"] = ("doubtful" if any(w["level"] == "warning" for w in warnings) else
+                      "mixed" if warnings else "clear")
     return out
+
+
+def _share(fraction: float) -> str:
+    return f"{100 * fraction:.0f}%" if fraction >= 0.01 else "under 1%"

@@ -328,7 +328,7 @@ async def segment(request: Request):
     body). Query or form fields: ``vocab`` or ``classes`` (``cat,dog,boat@3``; neither: the only
     offered vocabulary), ``extractor`` (comma list), ``levels`` (any of class,instance,part),
     ``background``, ``pamr``, ``skip_missing`` (true/false), ``explain`` (true: add explanations),
-    ``outputs`` (comma list of labels, overlay, maps, explain; default labels).
+    ``outputs`` (comma list of labels, overlay, maps, runner_up, explain; default labels).
 
     Answers ``present`` {class: {fraction, score}}, ``legend`` and ``colours`` (label values as in
     ``protodb segment``'s PNGs), ``vocabulary`` (the sets used), ``settings``, ``confidence`` and the
@@ -340,8 +340,9 @@ async def segment(request: Request):
     A score is a cosine similarity (-1 to 1) to the class's nearest prototype, not a probability.
     ``confidence`` says how clearly the winners beat their runners-up: ``separation`` = 1 - (1 - s1) /
     (1 - s2) per pixel (0 a tie), per class and for the image, the share of near ties (separation
-    under 0.1), each class's usual runner-up, and ``warnings`` when the result is doubtful (most of
-    the image near ties, classes that only just won, a single competing column).
+    under 0.1), each class's usual runner-up, ``warnings`` (level warning: most of the image near
+    ties, a single competing column, no match; level note: classes that only just won) and
+    ``verdict``: clear, mixed (notes only) or doubtful.
 
     Images over the pixel limit (``max_pixels`` in ``/api/health``, 80 MP) are refused with 400.
     For progress and cancel on long work use ``POST /api/jobs/segment`` (same fields)."""
