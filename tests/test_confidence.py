@@ -64,7 +64,7 @@ def test_one_column_has_no_runner_up(monkeypatch):
 def test_separation_is_the_share_of_the_runner_ups_distance():
     s = separation(np.array([0.9, 0.5, 1.0, 0.8, 1.0]), np.array([0.8, 0.5, 0.0, 0.79, 1.0]))
     # d1/d2: 0.1/0.2, 0.5/0.5, 0/1, 0.2/0.21, 0/0 (both perfect: a tie)
-    assert s == pytest.approx([0.5, 0.0, 1.0, 1 - 0.2 / 0.21, 0.0])
+    assert s == pytest.approx([0.5, 0.0, 1.0, 1 - 0.2 / 0.21, 0.0], abs=1e-6)
 
 
 def _result(labels, best, second, runner, kept=("a", "b")):
@@ -114,3 +114,32 @@ def test_one_column_and_no_match_warnings():
                       ["a"], background=False)
     assert [w["code"] for w in conf["warnings"]] == ["one_column", "no_match"]
     assert conf["separation"] is None and conf["classes"] == {} and "every pixel is a" in conf["warnings"][0]["message"]
+
+
+@pytest.mark.parametrize("vocabulary", [6, 5000])  # 5000 columns: runner-up counts per class, not a pair table
+def test_per_class_numbers_equal_the_direct_ones(vocabulary):
+    rng = np.random.default_rng(2)
+    H, W = 60, 80
+    labels = rng.integers(0, 5, (H, W))
+    runner = (labels + rng.integers(1, 3, (H, W))) % 6
+    best = rng.random((H, W)).astype(np.float32)
+    second = best - (rng.random((H, W)) * 0.3).astype(np.float32)
+    names = [f"c{i}" for i in range(vocabulary)]
+    res = {"labels": labels, "scores": best, "runner_up": second, "runner_up_labels": runner, "kept": names}
+    conf = confidence(res, names, background=False)
+    sep = separation(best, second)
+
+    def near_median(got, values):  # between the two middle values, to the histogram's 1/10000
+        v = np.sort(values.ravel())
+        return v[(len(v) - 1) // 2] - 1.5e-4 <= got <= v[len(v) // 2] + 1.5e-4
+
+    assert near_median(conf["separation"], sep)
+    for c in range(5):
+        mine = labels == c
+        got = conf["classes"][f"c{c}"]
+        assert got["fraction"] == pytest.approx(mine.mean(), abs=1e-4)
+        assert got["margin"] == pytest.approx((best - second)[mine].mean(), abs=1e-4)
+        assert near_median(got["separation"], sep[mine])
+        assert got["near_tie"] == pytest.approx((sep[mine] < NEAR_TIE).mean(), abs=1e-4)
+        counts = np.bincount(runner[mine], minlength=6)
+        assert got["runner_up"] == f"c{counts.argmax()}" and got["runner_up_share"] == pytest.approx(counts.max() / mine.sum(), abs=1e-4)

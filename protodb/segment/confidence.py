@@ -47,19 +47,31 @@ import numpy as np
 
 NEAR_TIE = 0.1
 MOSTLY = 0.5
+SEP_BINS = 10_000  # medians of separation are read to 1/10000 (a histogram, not a sort)
 
 
 def separation(best: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Per pixel ``1 - (1 - best) / (1 - second)`` in [0, 1] (0 where both are perfect matches)."""
-    d1 = np.clip(1.0 - np.asarray(best, np.float64), 0.0, None)
-    d2 = np.clip(1.0 - np.asarray(second, np.float64), 0.0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sep = np.where(d2 > 0, 1.0 - d1 / np.where(d2 > 0, d2, 1.0), 0.0)
+    d1 = np.maximum(1.0 - np.asarray(best, np.float32), 0.0)
+    d2 = np.maximum(1.0 - np.asarray(second, np.float32), 0.0)
+    positive = d2 > 0
+    sep = np.zeros_like(d2)
+    np.divide(d1, d2, out=sep, where=positive)
+    sep = np.where(positive, 1.0 - sep, 0.0)
     return np.clip(np.nan_to_num(sep, nan=0.0), 0.0, 1.0)
 
 
 def _r(x: float) -> float:
     return round(float(x), 4)
+
+
+def _median(hist: np.ndarray) -> float:
+    """The median of values binned in ``hist`` (bins of 1/SEP_BINS over [0, 1]): the bin's centre."""
+    total = int(hist.sum())
+    if not total:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), (total + 1) / 2))
+    return _r((k + 0.5) / SEP_BINS)
 
 
 def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -> dict[str, Any]:
@@ -79,8 +91,9 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
     col_names = list(names) + (["background"] if background else [])
     kept = result.get("kept")
     columns = (len(kept) if kept is not None else C) + int(background)
+    median_score = float(np.median(best)) if best.size else 0.0
     out: dict[str, Any] = {"rule": {"near_tie": NEAR_TIE, "mostly": MOSTLY}, "columns": columns,
-                           "score": _r(np.median(best)) if best.size else 0.0}
+                           "score": _r(median_score)}
     warnings: list[dict[str, str]] = []
     second = result.get("runner_up")
     if second is None or columns < 2:
@@ -91,28 +104,36 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
             "or a background to get a comparison")})
     else:
         second = np.nan_to_num(np.asarray(second, np.float32))
-        runner = np.asarray(result["runner_up_labels"])
-        margin = best.astype(np.float64) - second
-        sep = separation(best, second)
+        runner = np.asarray(result["runner_up_labels"]).ravel().astype(np.int64)
+        flat = labels.ravel().astype(np.int64)
+        margin = (best - second).ravel()
+        sep = separation(best, second).ravel()
         tie = sep < NEAR_TIE
+        n = len(col_names)
+        # per-class sums and counts in one pass each (no per-class masks: a 2048-pixel photo of many
+        # classes stays fast); medians from a fine histogram of separation (bins of 1/SEP_BINS)
+        counts = np.bincount(flat, minlength=n)
+        margins = np.bincount(flat, weights=margin, minlength=n)
+        ties = np.bincount(flat, weights=tie, minlength=n)
+        bins = np.minimum((sep * SEP_BINS).astype(np.int64), SEP_BINS - 1)
+        hist = np.bincount(flat * SEP_BINS + bins, minlength=n * SEP_BINS).reshape(n, SEP_BINS)
+        present = np.flatnonzero(counts)
+        if n * n <= 1 << 24:
+            pairs = np.bincount(flat * n + runner, minlength=n * n).reshape(n, n)
+            runners = {int(c): pairs[c] for c in present}
+        else:  # a huge vocabulary: one pass per class present
+            runners = {int(c): np.bincount(runner[flat == c], minlength=n) for c in present}
         classes: dict[str, Any] = {}
-        flat_labels, flat_runner = labels.ravel(), runner.ravel()
-        order = np.argsort(flat_labels, kind="stable")
-        bounds = np.searchsorted(flat_labels[order], np.arange(len(col_names) + 1))
-        flat_margin, flat_sep, flat_tie = margin.ravel(), sep.ravel(), tie.ravel()
-        for col, name in enumerate(col_names):
-            idx = order[bounds[col]:bounds[col + 1]]
-            if not idx.size:
-                continue
-            ru = np.bincount(flat_runner[idx], minlength=len(col_names))
+        for col in present:
+            ru = runners[int(col)]
             top = int(ru.argmax())
-            share = float(flat_tie[idx].mean())
-            classes[name] = {"fraction": _r(idx.size / flat_labels.size), "margin": _r(flat_margin[idx].mean()),
-                             "separation": _r(np.median(flat_sep[idx])),
-                             "near_tie": _r(share), "runner_up": col_names[top],
-                             "runner_up_share": _r(ru[top] / idx.size), "uncertain": bool(share > MOSTLY)}
+            share = float(ties[col] / counts[col])
+            classes[col_names[col]] = {
+                "fraction": _r(counts[col] / flat.size), "margin": _r(margins[col] / counts[col]),
+                "separation": _median(hist[col]), "near_tie": _r(share), "runner_up": col_names[top],
+                "runner_up_share": _r(ru[top] / counts[col]), "uncertain": bool(share > MOSTLY)}
         image_tie = float(tie.mean())
-        out.update(margin=_r(margin.mean()), separation=_r(np.median(sep)), near_tie=_r(image_tie), classes=classes)
+        out.update(margin=_r(margin.mean()), separation=_median(hist.sum(0)), near_tie=_r(image_tie), classes=classes)
         if image_tie > MOSTLY:
             warnings.append({"code": "near_ties", "level": "warning", "message": (
                 f"on {100 * image_tie:.0f}% of the image the winning class is less than {100 * NEAR_TIE:.0f}% "
@@ -124,9 +145,9 @@ def confidence(result: dict[str, Any], names: Sequence[str], background: bool) -
                                f"{classes[n]['runner_up']})" for n in shaky)
             warnings.append({"code": "uncertain", "level": "note", "message": (
                 f"{len(shaky)} of {len(classes)} classes present only just won most of their pixels: {listed}")})
-    if best.size and np.median(best) <= 0:
+    if best.size and median_score <= 0:
         warnings.append({"code": "no_match", "level": "warning", "message": (
-            f"the median winning cosine is {np.median(best):.3f}: no prototype resembles this photo's features")})
+            f"the median winning cosine is {median_score:.3f}: no prototype resembles this photo's features")})
     warnings.sort(key=lambda w: w["level"] != "warning")  # warnings first, then notes
     out["warnings"] = warnings
     out["verdict"] = ("doubtful" if any(w["level"] == "warning" for w in warnings) else
