@@ -153,14 +153,20 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
 
 def runner_up(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(values, columns) of the best column other than ``labels`` per pixel of ``scores`` (C', H, W);
-    (None, None) with a single column. On an exact tie the runner-up scores the same as the winner."""
+    (None, None) with a single column. On an exact tie the runner-up scores the same as the winner.
+
+    One more max() over ``scores`` with the winners set aside: the winners' entries are set to -inf in
+    place and put back afterwards (exactly: ``scores`` is unchanged on return), so no copy of the score
+    maps is made (topk along the class axis is several times slower)."""
     if scores.shape[0] < 2:
         return None, None
-    top = scores.topk(2, dim=0)
-    # topk may order tied columns differently from max(): the runner-up is whichever of the two is
-    # not the label max() chose
-    first_is_label = top.indices[0] == labels
-    return top.values[1], torch.where(first_is_label, top.indices[1], top.indices[0])
+    index = labels.to(scores.device)[None]
+    kept = scores.gather(0, index)
+    scores.scatter_(0, index, float("-inf"))
+    try:
+        return scores.max(dim=0)
+    finally:
+        scores.scatter_(0, index, kept)
 
 
 def _winners(labels: torch.Tensor, best: torch.Tensor, passes: list, tables: list[MatchTable],
