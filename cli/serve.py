@@ -36,7 +36,9 @@ def serve(
     # defaults of every request (a request may set its own: extractor, levels, background, pamr, skip_missing)
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
     pamr: PamrOpt = False, skip_missing: SkipOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
+    max_jobs: Annotated[int, typer.Option(help="Jobs (/api/jobs: segmenting followed by the page, with progress and cancel) held at once; the oldest finished are forgotten first, and when all are unfinished a new one gets 503.")] = 16,
+    job_ttl: Annotated[float, typer.Option(help="Seconds a finished job's result is kept for its client.")] = 300.0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr: time, client, request line, status, bytes sent, milliseconds.")] = False,
 ) -> None:
     """Serve the database over HTTP: a JSON API and a web page (gallery, sets and their parts,
     segmenting an uploaded image). Read-only unless --allow-writes and PROTODB_SERVE_TOKEN are set.
@@ -44,7 +46,9 @@ def serve(
     Segmenters stay warm per (vocabulary or class list, extractors, options). New ready sets of
     served classes (another process's add-class, an import, a relabel, a vocabulary edit) are picked
     up while running, within --reload-interval seconds. Prints the URL on stdout; Ctrl-C or SIGTERM
-    stops. API documentation: /api/docs.
+    stops. API documentation: /api/docs (also at /docs). Images over 80 MP are refused (one limit,
+    protodb's own). Long segments can run as jobs (POST /api/jobs/segment: place in the queue,
+    elapsed time, cancel), as the segment page does. HEAD is answered wherever GET is.
 
     \b
     Example: protodb serve --db demo-out/db
@@ -61,7 +65,8 @@ def serve(
                                pamr=pamr, device=device, dtype=dtype, skip_missing=skip_missing),
         allow_writes=allow_writes, token=token if allow_writes else None,
         max_upload=int(max_upload_mb * 1024 * 1024), queue_size=queue, reload_interval=reload_interval,
-        host=host, port=port, vocab_only=vocab_only, max_warm=max_warm,
+        host=host, port=port, vocab_only=vocab_only, max_warm=max_warm, max_jobs=max_jobs, job_ttl=job_ttl,
+        access_log=access_log,
         **({"workers": workers} if workers is not None else {}),
     )
     if extra_hosts:
@@ -82,4 +87,4 @@ def serve(
 
     from protodb.serve.server import serve as run_server  # deferred: FastAPI + uvicorn, only when serving
 
-    run_server(config, announce=announce, access_log=access_log)
+    run_server(config, announce=announce)

@@ -14,7 +14,9 @@ What is accepted and how it is decoded to 8-bit RGB:
 - palette and 1-bit images are expanded.
 
 Refused: empty files, files that are not images, truncated or corrupt files, and images over
-``MAX_PIXELS`` (80 MP; a decompression bomb is refused from its header, before decoding).
+``MAX_PIXELS`` (80 MP; a decompression bomb is refused from its header, before decoding). That limit is
+protodb's own and the only one: Pillow's (89.5 MP warning, 179 MP error) is never quoted; an image
+Pillow refuses from its header before protodb sees the size is reported against ``MAX_PIXELS`` too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -37,6 +40,23 @@ F = lazy_import("torch.nn.functional")
 
 MAX_PIXELS = 80_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _over_limit(name: str, max_pixels: int, size: tuple[int, int] | None = None, pixels: int | None = None) -> InvalidInput:
+    """The one message for an image over the pixel limit (protodb's limit, never Pillow's)."""
+    what = f"{size[0]}x{size[1]} = {_megapixels(size[0] * size[1])}" if size else (
+        _megapixels(pixels) if pixels else "larger than that")
+    return InvalidInput(f"{name}: image is {what}, over the {_megapixels(max_pixels)} limit for one image; "
+                        "downscale it first")
+
+
+def _megapixels(n: int) -> str:
+    """80 MP, 2.5 MP, or 12,288 pixels (small limits are set in tests and odd deployments)."""
+    if n >= 10_000_000:
+        return f"{n / 1e6:.0f} MP"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MP"
+    return f"{n:,} pixels"
 
 
 def _name(src) -> str:
@@ -86,12 +106,13 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.I
         fp = path
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own bomb warning (over 89.5 MP) is not protodb's limit: the size is checked just
+            # below, from the header, against max_pixels (nothing is decoded before that)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise InvalidInput(f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} MP, over the "
-                                       f"{max_pixels / 1e6:.0f} MP limit; downscale it first")
+                    raise _over_limit(name, max_pixels, (w, h))
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
@@ -106,7 +127,10 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.I
     except PermissionError:
         raise InvalidInput(f"{name}: permission denied (cannot read the file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InvalidInput(f"{name}: refused as a possible decompression bomb ({err}); downscale it first") from None
+        # Pillow refused it from its header before the size check above (over 2 x its own limit): say
+        # protodb's limit, with the size Pillow read when it gives one
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _over_limit(name, max_pixels, pixels=int(found.group(1)) if found else None) from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         msg = " ".join(str(err).split()) or type(err).__name__
         raise InvalidInput(f"{name}: cannot decode image (truncated or corrupt: {msg})") from None

@@ -116,6 +116,43 @@ def test_classes_thumbnails_and_immutable_artifacts(api, scene_db):
     assert detail["kind"] == "thing" and detail["label"]["history"] and detail["versions"][0]["version"] == 1
 
 
+def test_head_answers_like_get_without_the_body(api):
+    thumb = api.get("/api/classes").json()["classes"][0]["versions"][0]["thumbnail"]
+    for path in ("/", "/segment", "/sets/red%20box", "/api/docs", "/api/health", "/static/app.css",
+                 f"/api/artifacts/{thumb}", "/favicon.ico"):
+        got, head = api.get(path), api.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and int(head.headers["content-length"]) == len(got.content) > 0, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["x-content-type-options"] == "nosniff"
+    head = api.head(f"/api/artifacts/{thumb}")
+    assert head.headers["etag"] == f'"{thumb}"' and "immutable" in head.headers["cache-control"]
+    assert api.head(f"/api/artifacts/{thumb}", headers={"If-None-Match": f'"{thumb}"'}).status_code == 304
+    missing = api.head("/api/artifacts/" + "0" * 64)
+    assert missing.status_code == 404 and missing.content == b""  # the status of GET, still no body
+    assert api.head("/api/classes/x/label").status_code == api.get("/api/classes/x/label").status_code == 404
+
+
+def test_fastapi_doc_paths_redirect_and_segment_parameters_are_documented(api):
+    for path, target in (("/docs", "/api/docs"), ("/redoc", "/api/docs"), ("/openapi.json", "/api/openapi.json")):
+        r = api.get(path, follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == target, path
+    assert api.get("/docs").status_code == 200 and 'id="endpoints"' in api.get("/docs").text
+    spec = api.get("/api/openapi.json").json()
+    for path in ("/api/segment", "/api/jobs/segment"):
+        op = spec["paths"][path]["post"]
+        params = {p["name"]: p for p in op["parameters"]}
+        assert {"vocab", "classes", "extractor", "levels", "background", "pamr", "skip_missing", "outputs",
+                "explain", "name"} == set(params)
+        assert all(p["in"] == "query" and p["description"] for p in params.values())
+        assert params["pamr"]["schema"]["type"] == "boolean" and "runner_up" in params["outputs"]["description"]
+        form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == ["image"] and form["properties"]["image"]["items"]["format"] == "binary"
+        assert "application/octet-stream" in op["requestBody"]["content"]
+    assert {"/api/jobs/{job_id}", "/api/jobs/{job_id}/result"} <= set(spec["paths"])
+    assert "delete" in spec["paths"]["/api/jobs/{job_id}"]
+
+
 def test_set_provenance_by_id_and_ref_and_part_traces(api, scene_db):
     with protodb.open(scene_db, create=False) as db:
         (pset,) = db.sets.resolve("red box")
@@ -145,7 +182,10 @@ def test_set_provenance_by_id_and_ref_and_part_traces(api, scene_db):
     inst = api.get(f"/api/sets/{pset.id}/instances").json()
     assert [p["kind"] for p in inst["prototypes"]] == ["instance"] * pset.counts["instance"]
     assert api.get(f"/api/sets/{pset.id}/nothing").status_code == 422
-    images = api.get(f"/api/sets/{pset.id}/images").json()["images"]
+    listing = api.get(f"/api/sets/{pset.id}/images").json()
+    assert listing["mask_extractor"] == {"id": listing["mask_extractor_id"], "name": "tiny-vit", "patch_size": 8}
+    assert by_id["mask_extractor"]["name"] == "tiny-vit"
+    images = listing["images"]
     assert [i["id"] for i in images] == list(pset.images)
     for im in images:  # support images, masks and attention maps come from the artifact store
         assert set(im["masks"]) == {"foreground", "background"}
@@ -183,6 +223,10 @@ def test_segment_matches_the_in_process_segmenter(api, scene_db, scene_image):
                 assert arts.exists(w["support_sha256"]) and len(w["box"]) == 4
         assert any(w.get("support_sha256") for w in res["explain"].values())
     assert res["vocabulary"]["sets"] == {"tiny-vit": ["red box@1", "blue stripes@1"]} and res["generation"] == 1
+    # the overlay leaves the background as the photo; classes are blended with their colour
+    over, photo = decode_png(res["overlay_png"]), np.asarray(load_image(scene_image))
+    bg = labels == 0
+    assert bg.any() and np.array_equal(over[bg], photo[bg]) and not np.array_equal(over[~bg], photo[~bg])
     # without the background class (each class's background here is the other class), the halves are
     # told apart, as the CLI's tests expect of this database
     r = api.post("/api/segment", files={"image": ("s10.png", scene_image, "image/png")},
@@ -190,6 +234,36 @@ def test_segment_matches_the_in_process_segmenter(api, scene_db, scene_image):
     assert r.status_code == 200, r.text
     halves = decode_png(r.json()["labels_png"]).astype(np.int64)  # no background: class i = label i
     assert (halves[:, :64] == 0).mean() > 0.8 and (halves[:, 64:] == 1).mean() > 0.8
+
+
+def test_confidence_and_runner_up_maps(api, scene_image):
+    """This database's classes are each other's background: with a background column the three
+    columns are near ties (the result says so); without it, the halves are told apart clearly."""
+    r = api.post("/api/segment?vocab=scene&outputs=runner_up", content=scene_image)
+    res = r.json()
+    conf = res["confidence"]
+    assert conf["columns"] == 3 and conf["verdict"] == "doubtful" and conf["near_tie"] > 0.5
+    assert [w["code"] for w in conf["warnings"]][:1] == ["near_ties"]
+    assert set(conf["classes"]) == set(res["present"]) and conf["rule"] == {"near_tie": 0.1, "mostly": 0.5}
+    m = res["maps"]
+    labels = np.frombuffer(base64.b64decode(m["labels"]), np.uint8)
+    scores = np.frombuffer(base64.b64decode(m["scores"]), "<i2")
+    ru = np.frombuffer(base64.b64decode(m["runner_up_labels"]), np.uint8)
+    ru_scores = np.frombuffer(base64.b64decode(m["runner_up_scores"]), "<i2")
+    assert ru.shape == labels.shape and (ru != labels).all() and (ru_scores <= scores).all()
+    assert set(np.unique(ru).tolist()) <= {int(k) for k in res["legend"]}
+    # the per-class numbers are those of the maps
+    s1, s2 = scores / m["scores_scale"], ru_scores / m["scores_scale"]
+    for value, name in res["legend"].items():
+        mine = labels == int(value)
+        if mine.any():
+            assert conf["classes"][name]["margin"] == pytest.approx((s1[mine] - s2[mine]).mean(), abs=2e-3)
+            assert res["legend"][str(np.bincount(ru[mine]).argmax())] == conf["classes"][name]["runner_up"]
+    clear = api.post("/api/segment?vocab=scene&background=false", content=scene_image).json()["confidence"]
+    assert clear["verdict"] == "clear" and clear["warnings"] == [] and clear["separation"] > 0.5
+    assert {c["uncertain"] for c in clear["classes"].values()} == {False}
+    one = api.post("/api/segment?classes=red%20box&background=false", content=scene_image).json()["confidence"]
+    assert [w["code"] for w in one["warnings"]] == ["one_column"] and one["columns"] == 1
 
 
 def test_raw_body_default_vocabulary_and_outputs(api, scene_image):
@@ -246,10 +320,17 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["text", "truncated", "bomb", "empty", "no-file-field"])
+def _blank_png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    PIL.Image.new("1", (w, h)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "bomb", "ten-k", "empty", "no-file-field"])
 def test_bad_uploads_are_one_line_400s(api, scene_image, case):
     data = {"text": lambda: b"this is not an image at all", "truncated": lambda: scene_image[: len(scene_image) // 2],
-            "bomb": _bomb, "empty": lambda: b"", "no-file-field": lambda: None}[case]()
+            "bomb": _bomb, "ten-k": lambda: _blank_png(10000, 10000), "empty": lambda: b"",
+            "no-file-field": lambda: None}[case]()
     if data is None:
         r = api.post("/api/segment", data={"vocab": "scene"}, files={"other": ("x.png", scene_image)})
         assert "'image'" in one_line_error(r, 400)
@@ -257,8 +338,18 @@ def test_bad_uploads_are_one_line_400s(api, scene_image, case):
     r = api.post("/api/segment", files={"image": (f"{case}.png", data, "image/png")}, data={"vocab": "scene"})
     message = one_line_error(r, 400)
     assert message.startswith(f"{case}.png: ")
-    assert {"text": "not an image", "truncated": "truncated", "bomb": "decompression bomb",
-            "empty": "empty"}[case] in message
+    assert {"text": "not an image", "truncated": "truncated", "bomb": "image is 400 MP, over the 80 MP limit",
+            "ten-k": "image is 10000x10000 = 100 MP, over the 80 MP limit", "empty": "empty"}[case] in message
+    # one limit, protodb's own (the README's 80 MP): Pillow's 89,478,485 / 178,956,970 pixels never show
+    assert "89478485" not in message and "178956970" not in message and "DOS" not in message
+    assert str(api.get("/api/health").json()["max_pixels"]) == "80000000"
+
+
+def test_the_pixel_limit_is_the_servers_setting(scene_db, scene_image):
+    with client(scene_db, max_pixels=100 * 100) as c:
+        msg = one_line_error(c.post("/api/segment?name=s.png", content=scene_image), 400)
+        assert msg == "s.png: image is 128x96 = 12,288 pixels, over the 10,000 pixels limit for one image; downscale it first"
+        assert c.post("/api/segment?name=s.png", content=png(scene(3)[0][:50, :50])).status_code == 200
 
 
 def test_upload_limit_is_checked_before_and_while_reading(scene_db, scene_image):
@@ -277,6 +368,9 @@ def test_unknown_names_path_escapes_and_foreign_origins(api, scene_image):
     assert "protodb add-class" in one_line_error(api.post("/api/segment?vocab=voc", content=scene_image), 404)
     assert "protodb add-class zebra" in one_line_error(
         api.post("/api/segment?classes=red box,zebra", content=scene_image), 404)
+    both = one_line_error(api.post("/api/segment?classes=kite,red box,zebra", content=scene_image), 404)
+    assert both.startswith("2 classes cannot be used: no classes 'kite', 'zebra' in this database")
+    assert "protodb add-class kite" in both and "protodb add-class zebra" in both
     assert "--levels" in one_line_error(api.post("/api/segment?levels=parts", content=scene_image), 400)
     assert "either vocab" in one_line_error(api.post("/api/segment?vocab=scene&classes=a", content=scene_image), 400)
     assert "true or false" in one_line_error(api.post("/api/segment?pamr=maybe", content=scene_image), 400)
@@ -321,7 +415,15 @@ def test_writes_need_allow_writes_and_the_token(api, db_copy):
         one_line_error(c.post(url, json={"kind": "stuff"}, headers={"Authorization": "Bearer wrong-token"}), 401)
         one_line_error(c.post(url, json={"kind": "stuff"}, headers={"Authorization": f"Basic {TOKEN}"}), 401)
         one_line_error(c.post(url, content=b"not json", headers={"Authorization": f"Bearer {TOKEN}"}), 400)
-        one_line_error(c.post(url, json={"kind": "gas"}, headers={"Authorization": f"Bearer {TOKEN}"}), 400)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert "got 'gas'" not in one_line_error(c.post(url, json={"kind": "gas"}, headers=auth), 400)
+        assert one_line_error(c.post(url, json={"kind": "gas"}, headers=auth), 400) == \
+            '"kind" is "thing" or "stuff"; got "gas"'
+        assert one_line_error(c.post(url, json=[1, 2], headers=auth), 400) == \
+            'send a JSON object {"kind": "thing"} or {"kind": "stuff"}; got an array: [1, 2]'
+        assert 'the object has no "kind" (it has \'type\')' in one_line_error(
+            c.post(url, json={"type": "stuff"}, headers=auth), 400)
+        assert "got null" in one_line_error(c.post(url, content=b"null", headers=auth), 400)
         one_line_error(c.post("/api/classes/zebra/label", json={"kind": "stuff"},
                               headers={"Authorization": f"Bearer {TOKEN}"}), 404)
         ok = c.post(url, json={"kind": "stuff"}, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -368,10 +470,10 @@ def test_full_queue_answers_503_with_retry_after(scene_db, scene_image):
         gate, entered = threading.Event(), threading.Event()
         real = served.segmenter.segment
 
-        def slow(image, *args):
+        def slow(image):
             entered.set()
             gate.wait(30)
-            return real(image, *args)
+            return real(image)
 
         served.segmenter.segment = slow
         first: list = []
@@ -388,6 +490,125 @@ def test_full_queue_answers_503_with_retry_after(scene_db, scene_image):
         assert first[0].status_code == 200
         q = c.get("/api/health").json()["queue"]
         assert q["refused"] == 1 and q["done"] == 1 and q["in_flight"] == 0
+
+
+# ---------------------------------------------------------------------------------------- jobs
+class Gate:
+    """Holds the warm segmenter of ``scene`` until opened (a segment that takes as long as a test wants)."""
+
+    def __init__(self, c):
+        pool = c.app.state.serve.pool
+        self.served = pool.get(pool.key(vocab="scene"))
+        self.real = self.served.segmenter.segment
+        self.open, self.entered = threading.Event(), threading.Event()
+        self.served.segmenter.segment = self.slow
+
+    def slow(self, image):
+        self.entered.set()
+        self.open.wait(30)
+        return self.real(image)
+
+    def restore(self):
+        self.open.set()
+        self.served.segmenter.segment = self.real
+
+
+def _until(c, url, states, timeout=30.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = c.get(url).json()
+        if job.get("state") in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never reached {states}: {c.get(url).json()}")
+
+
+def test_a_job_gives_the_result_of_the_synchronous_endpoint(api, scene_image):
+    sync = api.post("/api/segment?vocab=scene&outputs=labels,runner_up", content=scene_image).json()
+    r = api.post("/api/jobs/segment?vocab=scene&outputs=labels,runner_up", content=scene_image)
+    assert r.status_code == 202 and r.headers["location"] == r.json()["url"]
+    job = r.json()
+    assert job["kind"] == "segment" and job["label"] == "segment 1 image with scene" and job["state"] in ("queued", "running")
+    assert api.get(job["url"] + "/result").status_code in (200, 409)
+    done = _until(api, job["url"], {"done"})
+    assert done["result_url"] == job["url"] + "/result" and done["elapsed"] >= done["running_seconds"] > 0
+    assert done["position"] is None and done["typical_seconds"] > 0
+    res = api.get(done["result_url"]).json()
+    assert res["labels_png"] == sync["labels_png"] and res["present"] == sync["present"]
+    assert res["maps"]["runner_up_labels"] == sync["maps"]["runner_up_labels"]
+    forgot = api.delete(job["url"]).json()
+    assert forgot["removed"] is True and forgot["state"] == "done"
+    assert "no job" in one_line_error(api.get(job["url"]), 404)
+    # bad fields are answered at once, as by the synchronous endpoint; a class unknown to the catalog
+    # fails the job with the status that endpoint would give
+    assert "outputs takes" in one_line_error(api.post("/api/jobs/segment?outputs=svg", content=scene_image), 400)
+    assert "no vocabulary 'nope'" in one_line_error(api.post("/api/jobs/segment?vocab=nope", content=scene_image), 404)
+    job = api.post("/api/jobs/segment?classes=kite,red%20box", content=scene_image).json()
+    failed = _until(api, job["url"], {"failed"})
+    assert failed["status"] == 404 and "protodb add-class kite" in failed["error"]
+    assert one_line_error(api.get(job["url"] + "/result"), 404) == failed["error"]
+    assert "no job" in one_line_error(api.get("/api/jobs/nope"), 404)
+    assert "no job" in one_line_error(api.delete("/api/jobs/nope"), 404)
+
+
+def test_jobs_show_their_place_in_line_and_cancel(scene_db, scene_image):
+    with client(scene_db, workers=1, queue_size=4) as c:
+        gate = Gate(c)
+        try:
+            first = c.post("/api/jobs/segment", content=scene_image).json()
+            assert gate.entered.wait(30)
+            running = _until(c, first["url"], {"running"})
+            assert running["position"] is None and running["queue"] == {"workers": 1, "running": 1, "waiting": 0}
+            second = c.post("/api/jobs/segment", content=scene_image).json()
+            third = c.post("/api/jobs/segment", content=scene_image).json()
+            assert (second["state"], second["position"], second["ahead"]) == ("queued", 1, 0)
+            assert (third["position"], third["ahead"]) == (2, 1) and third["queue"]["waiting"] == 2
+            time.sleep(0.3)
+            later = c.get(third["url"]).json()
+            assert later["elapsed"] >= 0.3 and later["queued_seconds"] == later["elapsed"] and later["running_seconds"] is None
+            # a queued job cancelled: out of the line at once, never runs; the one behind moves up
+            gone = c.delete(second["url"]).json()
+            assert gone["state"] == "cancelled" and gone["removed"] is False
+            assert c.get(third["url"]).json()["position"] == 1
+            assert "cancelled" in one_line_error(c.get(second["url"] + "/result"), 410)
+            # a running job cannot be stopped mid-image: cancelling, then cancelled and its result dropped
+            assert c.delete(first["url"]).json()["state"] == "cancelling"
+            assert "cancelling" in one_line_error(c.get(first["url"] + "/result"), 409)
+            gate.open.set()
+            assert _until(c, first["url"], {"cancelled", "done"})["state"] == "cancelled"
+            assert _until(c, third["url"], {"done"})["state"] == "done"
+            q = c.get("/api/health").json()["queue"]
+            assert q["cancelled"] == 1 and q["in_flight"] == 0 and q["waiting"] == 0
+            jobs = c.get("/api/health").json()["jobs"]
+            assert jobs["states"] == {"cancelled": 2, "done": 1} and jobs["max_jobs"] == 16
+        finally:
+            gate.restore()
+
+
+def test_jobs_are_bounded_and_expire(scene_db, scene_image):
+    with client(scene_db, workers=1, queue_size=1, max_jobs=2, job_ttl=0.5) as c:
+        gate = Gate(c)
+        try:
+            a = c.post("/api/jobs/segment", content=scene_image).json()
+            assert gate.entered.wait(30)
+            b = c.post("/api/jobs/segment", content=scene_image).json()
+            r = c.post("/api/jobs/segment", content=scene_image)  # the job table is full of unfinished jobs
+            assert "--max-jobs" in one_line_error(r, 503) and int(r.headers["retry-after"]) >= 1
+            r = c.post("/api/segment", content=scene_image)  # and the queue too (1 worker + 1 place)
+            assert "busy" in one_line_error(r, 503)
+            gate.open.set()
+            _until(c, a["url"], {"done"})
+            _until(c, b["url"], {"done"})
+            # finished jobs make room: the oldest is forgotten for a new one
+            d = c.post("/api/jobs/segment", content=scene_image)
+            assert d.status_code == 202
+            assert "no job" in one_line_error(c.get(a["url"]), 404) and c.get(b["url"]).status_code == 200
+            _until(c, d.json()["url"], {"done"})
+            time.sleep(0.7)  # past the ttl: finished jobs are forgotten
+            assert "kept 0.5 s" in one_line_error(c.get(d.json()["url"]), 404)
+            assert c.get("/api/health").json()["jobs"]["held"] == 0
+        finally:
+            gate.restore()
 
 
 # ---------------------------------------------------------------------------------------- the command
@@ -438,7 +659,8 @@ def server(scene_db, tmp_path_factory):
     """``protodb serve`` over a copy of the database, in its own process; stopped however the tests end."""
     home = tmp_path_factory.mktemp("served") / "db"
     shutil.copytree(scene_db, home, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
-    proc = ServerProcess(home, "--vocab", "scene", "--workers", "2", "--queue", "64", "--reload-interval", "0.3")
+    proc = ServerProcess(home, "--vocab", "scene", "--workers", "2", "--queue", "64", "--reload-interval", "0.3",
+                         "--access-log")
     proc.home = home
     yield proc
     proc.stop()
@@ -519,6 +741,49 @@ def test_new_sets_are_served_without_a_restart(server, scene_image, tmp_path):
         assert after["generation"] > before["generation"] and "3" in after["legend"]
         names = {c["name"] for c in h.get("/api/classes").json()["classes"]}
         assert names == {"red box", "blue stripes", "green"}
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    return raw
+
+
+@pytest.mark.slow
+def test_real_server_access_log_and_head_on_the_wire(server, scene_image):
+    """--access-log: one line per request on stderr while the server runs (read from its log file as
+    requests go); HEAD through uvicorn: the headers of GET, no body on the wire."""
+    thumb = httpx.get(server.url + "/api/classes").json()["classes"][0]["versions"][0]["thumbnail"]
+    get = _raw(server.port, f"GET /api/artifacts/{thumb} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    head = _raw(server.port, f"HEAD /api/artifacts/{thumb} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    get_headers, get_body = get.split(b"\r\n\r\n", 1)
+    head_headers, head_body = head.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and head_body == b""
+    length = [h for h in head_headers.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+    assert length and int(length[0].split(b":")[1]) == len(get_body) > 0
+    page = _raw(server.port, b"HEAD /segment HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200") and page.endswith(b"\r\n\r\n")
+    marker = f"/api/health?probe={time.time_ns()}"
+    before = server.log()
+    assert httpx.get(server.url + marker).status_code == 200
+    assert httpx.post(server.url + "/api/segment?vocab=scene&outputs=none", content=scene_image, timeout=60).status_code == 200
+    assert httpx.get(server.url + "/api/nothing").status_code == 404
+    end = time.monotonic() + 10
+    while time.monotonic() < end and "/api/nothing" not in server.log():
+        time.sleep(0.05)  # the server is still running: its lines are on stderr as requests are answered
+    lines = [line for line in server.log().splitlines() if line not in before.splitlines()]
+    text = "\n".join(lines)
+    assert f'"GET {marker} HTTP/1.1" 200' in text, server.log()
+    assert '"POST /api/segment?vocab=scene&outputs=none HTTP/1.1" 200' in text
+    assert '"GET /api/nothing HTTP/1.1" 404' in text
+    assert f'"HEAD /api/artifacts/{thumb} HTTP/1.1" 200 0 B' in server.log()
+    import re
+    line = next(line for line in lines if marker in line)
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1:\d+ \"GET .+\" 200 \d+ B \d+\.\d ms$", line), line
+    assert server.proc.poll() is None  # read while it runs
 
 
 @pytest.mark.slow

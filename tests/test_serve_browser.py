@@ -104,7 +104,8 @@ def test_gallery_parts_and_segment_page_in_chromium(served, page, tmp_path):
     assert page.evaluate("document.querySelector('#prov').children.length") > 8
     page.wait_for_selector("#support-images[data-ready='true']")  # images with their masks (from the artifact store)
     assert page.locator("#support-images .support-row").count() == 3
-    assert page.locator("#support-images figure[data-what='foreground mask'] img").count() == 3
+    assert page.locator("#support-images canvas[data-layers='background,foreground']").count() == 3
+    assert page.locator("#support-images a[data-what='foreground mask']").count() == 3
     page.focus("#tab-parts")
     page.keyboard.press("ArrowRight")  # the instances sheet, from the keyboard
     page.wait_for_selector("#parts[data-sheet='instances'][data-ready='true']")

@@ -38,7 +38,9 @@ class SegmentResult:
     prototype with the patch, "extractor": index into the extractor list, "window": window index,
     "patch": (row, col) in that window's patch grid, "pixel": (y, x) of the patch centre in the image}
     for each column present in ``labels``. ``fractions``: column -> share of the image's pixels (present
-    columns only, summing to 1).
+    columns only, summing to 1). ``second`` / ``second_labels``: (H, W) the runner-up per pixel — the
+    highest score of any other column and that column (None when only one column competes); on an
+    exact tie the runner-up's score equals ``best``.
     """
 
     labels: np.ndarray
@@ -48,6 +50,8 @@ class SegmentResult:
     best: torch.Tensor
     winners: dict[int, dict]
     fractions: dict[int, float]
+    second: torch.Tensor | None = None
+    second_labels: np.ndarray | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -56,14 +60,16 @@ class SegmentResult:
 
 
 def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, MatchTable]], *,
-                  windows=None, pamr: bool = False, pamr_iterations: int = 10) -> SegmentResult:
+                  windows=None, pamr: bool = False, pamr_iterations: int = 10,
+                  runner_up: bool = True) -> SegmentResult:
     """Segment ``image``: (3, H, W) float32 RGB in [0, 1] with one or more (extractor, table) pairs.
 
     For each extractor, sliding-window score maps (:func:`protodb.segment.windows.window_scores`) at the
     image's size; the ensemble is their mean; optionally refined by PAMR; the label is the argmax over
     columns. All tables must have the same columns (same names, same background flag). Explanations: for
     each column present, the patch (over all extractors and windows) whose centre pixel carries that label
-    and whose score for the column is highest, with the prototype reaching that score.
+    and whose score for the column is highest, with the prototype reaching that score. ``runner_up``: also
+    the best other column per pixel (``second``, ``second_labels``; one more max over the score maps).
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
@@ -103,12 +109,15 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
             scores = refine(image[None].float().to(scores.device), scores[None], iterations=pamr_iterations)[0]
         scores = scores.cpu()
         best, labels = scores.max(dim=0)
+        second, second_idx = best_other(scores, labels) if runner_up else (None, None)
     else:  # many classes: argmax over column chunks, never holding (C', H, W)
         # With PAMR every column is refined, chunk by chunk, with affinities computed once: PAMR is linear
         # and per column given its affinities, so this equals refining (C', H, W) at once; a column that
         # wins nowhere before refinement can win after it, so none may be skipped.
         best = torch.full((H, W), float("-inf"), device=first.vectors.device)
         labels = torch.zeros((H, W), dtype=torch.int64, device=first.vectors.device)
+        second = torch.full((H, W), float("-inf"), device=first.vectors.device)
+        second_idx = torch.zeros((H, W), dtype=torch.int64, device=first.vectors.device)
         step = max(1, FULL_SCORES_MAX // (H * W))
         alpha = affinities(image[None].float().to(first.vectors.device)) if pamr else None  # (1, 48, H, W)
         for c0 in range(0, cols, step):
@@ -117,17 +126,49 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
             if alpha is not None:
                 chunk = refine(None, chunk[None], iterations=pamr_iterations, alpha=alpha)[0]
             v, a = chunk.max(dim=0)
+            v2, a2 = best_other(chunk, a) if runner_up else (None, None)
             better = v > best
+            # the runner-up after this chunk: the loser of (best so far, the chunk's best) against the
+            # better of the two runners-up
+            lose_v, lose_i = torch.where(better, best, v), torch.where(better, labels, a + c0)
+            keep_v = torch.where(better, v2 if v2 is not None else torch.full_like(v, float("-inf")), second)
+            keep_i = torch.where(better, (a2 + c0) if a2 is not None else labels, second_idx)
+            take = lose_v >= keep_v
+            second = torch.where(take, lose_v, keep_v)
+            second_idx = torch.where(take, lose_i, keep_i)
             best = torch.where(better, v, best)
             labels = torch.where(better, a + c0, labels)
         scores = None
         best, labels = best.cpu(), labels.cpu()
+        if cols > 1 and runner_up:
+            second, second_idx = second.cpu(), second_idx.cpu()
+        else:
+            second = second_idx = None
     labels_np = labels.numpy().astype(np.int32)
     counts = np.bincount(labels_np.ravel(), minlength=cols)
     fractions = {int(c): float(n) / labels_np.size for c, n in enumerate(counts) if n}
     winners = _winners(labels, best, passes, [t for _, t in extractors], (H, W))
     return SegmentResult(labels=labels_np, scores=scores, names=list(first.names),
-                         background=first.background, best=best, winners=winners, fractions=fractions)
+                         background=first.background, best=best, winners=winners, fractions=fractions,
+                         second=second, second_labels=None if second_idx is None else second_idx.numpy().astype(np.int32))
+
+
+def best_other(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(values, columns) of the best column other than ``labels`` per pixel of ``scores`` (C', H, W);
+    (None, None) with a single column. On an exact tie the runner-up scores the same as the winner.
+
+    One more max() over ``scores`` with the winners set aside: the winners' entries are set to -inf in
+    place and put back afterwards (exactly: ``scores`` is unchanged on return), so no copy of the score
+    maps is made (topk along the class axis is several times slower)."""
+    if scores.shape[0] < 2:
+        return None, None
+    index = labels.to(scores.device)[None]
+    kept = scores.gather(0, index)
+    scores.scatter_(0, index, float("-inf"))
+    try:
+        return scores.max(dim=0)
+    finally:
+        scores.scatter_(0, index, kept)
 
 
 def _winners(labels: torch.Tensor, best: torch.Tensor, passes: list, tables: list[MatchTable],

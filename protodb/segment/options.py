@@ -35,6 +35,7 @@ class SegmentOptions:
     explain: bool = False
     skip_missing: bool = False  # segment with the usable classes when some have no prototypes
     preset: str | None = None  # a preset's pre-filter model (``paper``: CLIP ViT-B/16) unless clip_model
+    runner_up: bool = False  # also the best other column per pixel (confidence; protodb serve turns it on)
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)

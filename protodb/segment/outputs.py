@@ -95,9 +95,15 @@ def label_png(values: np.ndarray, n_labels: int) -> bytes:
     return png_bytes(PIL.Image.fromarray(values.astype(np.uint16)))
 
 
-def overlay(image: PIL.Image.Image, values: np.ndarray, n_labels: int) -> np.ndarray:
+def overlay(image: PIL.Image.Image, values: np.ndarray, n_labels: int, clear: int | None = None) -> np.ndarray:
+    """The image blended with the label colours; pixels of value ``clear`` (e.g. 0, the background) are
+    left as the image (None: every value is coloured, the background black)."""
+    rgb = np.asarray(image, np.float32)
     colour = palette(n_labels)[values].astype(np.float32)
-    return (0.45 * np.asarray(image, np.float32) + 0.55 * colour).astype(np.uint8)
+    out = 0.45 * rgb + 0.55 * colour
+    if clear is not None:
+        out = np.where((values == clear)[..., None], rgb, out)
+    return out.astype(np.uint8)
 
 
 class OutputWriter:

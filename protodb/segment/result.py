@@ -31,7 +31,10 @@ class ImageResult:
     the pre-filter kept (every class when there is no pre-filter); ``winners``: per class present, the
     prototype that won it (set, support image, box; empty unless ``explain``); ``vocabulary``: the loaded
     vocabulary (name, version, classes, background, extractors, the sets used); ``settings``: the resolved
-    segment settings; ``prefilter``: whether a pre-filter chose ``kept``; ``seconds``: segmenting time.
+    segment settings; ``prefilter``: whether a pre-filter chose ``kept``; ``seconds``: segmenting time;
+    ``runner_up`` / ``runner_up_labels``: (H, W) float32 the best other column's score per pixel and (H, W)
+    int32 that column (vocabulary index space), when asked for (``SegmentOptions.runner_up``) and more than
+    one column competed, else None.
     """
 
     input: str
@@ -45,6 +48,8 @@ class ImageResult:
     settings: dict[str, Any]
     prefilter: bool = False
     seconds: float = 0.0
+    runner_up: np.ndarray | None = None
+    runner_up_labels: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:

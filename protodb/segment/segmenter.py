@@ -82,7 +82,8 @@ class VocabularySegmenter:
         """Label one RGB image (see :class:`ImageResult`)."""
         t0 = time.perf_counter()
         keep = self.keep(image)
-        res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr)
+        res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr,
+                            runner_up=self.opts.runner_up)
         return self.finish(res, keep, image, name, time.perf_counter() - t0)
 
     def segment_many(self, images: Sequence[PIL.Image.Image], names: Sequence[str]) -> list[ImageResult]:
@@ -100,7 +101,7 @@ class VocabularySegmenter:
         for k, t in enumerate(tensors):
             pairs = [(batched.Replay(self.extractors[e], feats[e][k]), table)
                      for e, (_ext, table) in zip(self.vocab.extractors, self.pairs(keeps[k]))]
-            res = segment_image(t, pairs, windows=spec, pamr=self.opts.pamr)
+            res = segment_image(t, pairs, windows=spec, pamr=self.opts.pamr, runner_up=self.opts.runner_up)
             out.append(self.finish(res, keeps[k], images[k], names[k], (time.perf_counter() - t0) / len(images)))
         return out
 
@@ -128,10 +129,13 @@ class VocabularySegmenter:
             cname = "background" if vi == C else self.vocab.names[vi]
             present[cname] = {"fraction": round(frac, 6), "score": round(float(best[res.labels == col].mean()), 4)}
         winners = self._explain(res, lut, C) if self.opts.explain else {}
+        second = res.second is not None  # the runner-up per pixel (what the winner beat), for confidence
         return ImageResult(input=name, image=image, labels=labels, scores=best, present=present,
                            kept=tuple(self.vocab.names[i] for i in cols), winners=winners,
                            vocabulary=self.vocab.describe(), settings=self.settings.to_dict(),
-                           prefilter=self.prefilter is not None, seconds=seconds)
+                           prefilter=self.prefilter is not None, seconds=seconds,
+                           runner_up=res.second.numpy() if second else None,
+                           runner_up_labels=lut[res.second_labels] if second else None)
 
     def _explain(self, res: SegmentResult, lut: np.ndarray, C: int) -> dict[str, Any]:
         out = {}

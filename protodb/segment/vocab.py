@@ -1,8 +1,9 @@
 """A vocabulary ready to match: every class's ready sets for the chosen extractors, read once,
 filtered (levels, stuff filter) into one match table per extractor on the matching device.
 
-Classes without usable prototypes stop the run with one line naming them and the command that
-builds them; with ``skip_missing`` the run goes on with the others and says which were left out.
+Classes without usable prototypes stop the run with one line naming them all (not only the first)
+and the commands that build them; with ``skip_missing`` the run goes on with the others and says
+which were left out.
 """
 
 from __future__ import annotations
@@ -74,6 +75,47 @@ def vocabulary_refs(vocabs: VocabService, vocab: str | None, classes: str | None
     return "ad-hoc", 0, refs, True
 
 
+_UNKNOWN = "no class "
+
+
+def _missing_message(problems: list[tuple[str, str]], vocab: str | None) -> str:
+    """One line for every class that cannot be used: ``problems`` is [(class name, its message)]. Several
+    classes unknown to the database are named together, with the command that builds each."""
+    unknown = [n for n, m in problems if m.startswith(_UNKNOWN) and "in this database" in m]
+    others = [m for n, m in problems if n not in unknown]
+    parts = list(others)
+    if len(unknown) == 1:
+        parts.insert(0, next(m for n, m in problems if n == unknown[0]))
+    elif unknown:
+        parts.insert(0, f"no classes {', '.join(repr(n) for n in unknown)} in this database; run: "
+                        + "; ".join(f"protodb add-class {quoted(n)}" for n in unknown))
+    text = "; ".join(parts)
+    if len(problems) > 1:
+        text = f"{len(problems)} classes cannot be used: {text}"
+    hint = f"; or build the whole vocabulary: protodb add-vocab {vocab}" if vocab and "add-class" in text else ""
+    return f"{text}{hint} (or segment with the others: --skip-missing)"
+
+
+def _known(sets: SetService, refs: list[str], vocab: str | None, skip_missing: bool) -> tuple[list[str], list[str]]:
+    """(refs the catalog knows, names left out): every unknown class or version is named in one error
+    unless ``skip_missing``."""
+    keep, problems = [], []
+    for ref in refs:
+        try:
+            sets.resolve(ref)
+        except NotFound as err:
+            problems.append((Ref.parse(ref).name, str(err).splitlines()[0]))
+            continue
+        keep.append(ref)
+    if problems and not skip_missing:
+        raise NotFound(_missing_message(problems, vocab))
+    for _name, message in problems:
+        log.warning("left out of the vocabulary: %s", message)
+    if not keep:
+        raise NotFound("no class of the vocabulary has usable prototypes; build them with protodb add-class")
+    return keep, [n for n, _ in problems]
+
+
 def _default_extractors(sets: SetService, refs: list[str]) -> list[str]:
     """Extractors every class has a ready set for (all of them: an ensemble); first ref decides order."""
     common: list[str] | None = None
@@ -88,7 +130,7 @@ def _default_extractors(sets: SetService, refs: list[str]) -> list[str]:
 def _usable(sets: SetService, refs: list[str], extractors: list[str], vocab: str | None,
             skip_missing: bool) -> tuple[list[str], list[str]]:
     """Refs whose every extractor set exists and has foreground prototypes; the others, or an error."""
-    keep, skipped = [], []
+    keep, skipped, problems = [], [], []
     for ref in refs:
         problem = None
         for e in extractors:
@@ -107,8 +149,9 @@ def _usable(sets: SetService, refs: list[str], extractors: list[str], vocab: str
             log.warning("left out of the vocabulary: %s", problem)
             skipped.append(Ref.parse(ref).name)
         else:
-            hint = f"; or build the whole vocabulary: protodb add-vocab {vocab}" if vocab and "add-class" in problem else ""
-            raise NotFound(f"{problem}{hint} (or segment with the others: --skip-missing)")
+            problems.append((Ref.parse(ref).name, problem))
+    if problems:
+        raise NotFound(_missing_message(problems, vocab))
     if not keep:
         raise NotFound("no class of the vocabulary has usable prototypes; build them with protodb add-class")
     return keep, skipped
@@ -122,8 +165,10 @@ def load_vocabulary(sets: SetService, vocabs: VocabService, *, vocab: str | None
     if not refs:
         raise InvalidInput("the vocabulary has no classes")
     bg = default_bg if background is None else background
+    refs, unknown = _known(sets, refs, vocab, skip_missing)
     exts = list(dict.fromkeys(extractors)) or _default_extractors(sets, refs)
     refs, skipped = _usable(sets, refs, exts, vocab, skip_missing)
+    skipped = unknown + skipped
     kinds = list(levels) + [f"bg_{k}" for k in levels]
     per_class: dict[str, list[ClassPrototypes]] = {}
     chosen: dict[str, list[PrototypeSet]] = {}

@@ -10,6 +10,7 @@ inputs and consume its results.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -75,7 +76,7 @@ def segment_inputs(segmenter: "VocabularySegmenter", inputs: Iterable[SegmentInp
                 yield done[id(item)]
                 continue
             try:
-                yield segmenter.segment(image, item.name)
+                yield dataclasses.replace(segmenter.segment(image), input=item.name)
             except INPUT_ERRORS as err:
                 log.warning("%s failed: %s", item.name, err)
                 yield input_failure(item.name, err)

@@ -3,10 +3,11 @@
 =====================  ===================================================================
 ``config``             :class:`ServeConfig`: what a server serves and its limits (checked up front)
 ``warm``               the warm segmenters, one per served vocabulary, reloaded live
-``jobs``               the bounded worker pool (back-pressure: 503 + Retry-After when full)
+``jobs``               the bounded worker pool (back-pressure: 503 + Retry-After when full; place in line)
+``tasks``              jobs a page follows (``/api/jobs``): state, position, elapsed, cancel; bounded, expiring
 ``views``              catalog pages as JSON: classes, sets, part traces (cached per set)
 ``results``            a segmentation as JSON (label PNG, overlay, per-pixel maps, explanations)
-``guards``             body size (413 while reading), Host check, security headers (plain ASGI)
+``guards``             body size (413 while reading), Host check, security headers, HEAD as GET, access log (ASGI)
 ``app``                the FastAPI application (``create_app``); routes in ``routes_api``/``routes_pages``
 ``server``             uvicorn on 127.0.0.1, the URL printed, SIGINT/SIGTERM stop it
 ``static/``            the web page: plain HTML, vanilla JS, CSS (no CDN, no build step)

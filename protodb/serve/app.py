@@ -23,7 +23,8 @@ from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError
 from protodb.serve import routes_api, routes_pages
 from protodb.serve.config import ServeConfig
 from protodb.serve.jobs import Overloaded, WorkQueue
-from protodb.serve.guards import BodyLimit, HostGuard, SecurityHeaders, UploadTooLarge
+from protodb.serve.guards import AccessLog, BodyLimit, HeadAsGet, HostGuard, SecurityHeaders, UploadTooLarge
+from protodb.serve.tasks import JobTable
 from protodb.serve.views import CatalogViews
 from protodb.serve.warm import WarmPool
 
@@ -132,6 +133,7 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
         raise
     queue = WorkQueue(config.workers, config.queue_size)
     state = ServeState(config, db, pool, queue, CatalogViews(db, config.trace_top))
+    state.jobs = JobTable(queue, config.max_jobs, config.job_ttl)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -153,7 +155,10 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
     app.include_router(routes_api.router)
     app.include_router(routes_api.aliases)
     routes_pages.mount_static(app)
+    app.add_middleware(HeadAsGet)  # innermost: HEAD is GET to the routes, and loses only the body
     app.add_middleware(BodyLimit, max_bytes=config.max_upload)
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
-    app.add_middleware(HostGuard, allowed=config.hosts())  # outermost: a foreign Host gets nothing else
+    app.add_middleware(HostGuard, allowed=config.hosts())  # a foreign Host gets nothing else
+    if config.access_log:
+        app.add_middleware(AccessLog)  # outermost: every request, refused ones too, with its final status
     return app

@@ -34,7 +34,9 @@ class ServeConfig:
     in constant time. max_upload: bytes of one request body. workers / queue_size: segmenting threads
     and requests that may wait for one; more at once are refused (503, Retry-After). reload_interval:
     seconds between cheap catalog checks for new ready sets. allowed_hosts: Host headers accepted
-    (DNS-rebinding guard; default: the bound host and the loopback names).
+    (DNS-rebinding guard; default: the bound host and the loopback names). max_jobs / job_ttl: jobs
+    (``/api/jobs``) held at once, and seconds a finished one is kept for its result. access_log: one
+    line per request on stderr (method, path, status, bytes, milliseconds).
     """
 
     db_path: Path | None = None
@@ -55,6 +57,9 @@ class ServeConfig:
     max_warm: int = 8  # warm segmenters kept besides the pinned ones (other vocabularies, class lists, options)
     vocab_only: bool = False  # serve only the named vocabularies with the server's options
     max_images: int = 16  # images in one POST /api/segment
+    max_jobs: int = 16  # jobs held at once (unfinished + finished awaiting their result)
+    job_ttl: float = 300.0  # seconds a finished job's result is kept
+    access_log: bool = False
 
     def replace(self, **changes: Any) -> "ServeConfig":
         return dataclasses.replace(self, **changes)
@@ -83,6 +88,10 @@ class ServeConfig:
         if self.max_warm < 0 or self.max_images < 1:
             raise InvalidInput(f"--max-warm must be >= 0 and images per request >= 1; got {self.max_warm} / "
                                f"{self.max_images}")
+        if self.max_jobs < 1 or not self.job_ttl > 0:
+            raise InvalidInput(f"--max-jobs must be >= 1 and --job-ttl > 0 seconds; got {self.max_jobs} / {self.job_ttl}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise InvalidInput(f"the pixel limit must be positive, got {self.max_pixels}")
         return self
 
     def hosts(self) -> list[str]:

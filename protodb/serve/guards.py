@@ -5,17 +5,23 @@ says so (nothing is read), else while reading — the body is counted as it arri
 at the limit with :class:`UploadTooLarge` (answered 413), so no request can make the server hold more
 than the limit. :class:`HostGuard` answers 400 to a Host header that is not this server's (a web page
 reaching 127.0.0.1 through DNS rebinding sends its own host name) and 403 to a POST whose Origin is
-another site (a cross-site form post needs no CORS preflight).
+another site (a cross-site form post needs no CORS preflight). :class:`HeadAsGet` answers ``HEAD``
+wherever ``GET`` is answered, with the same status and headers and no body. :class:`AccessLog` logs
+one line per request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any, Awaitable, Callable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
+
+ACCESS_LOGGER = "protodb.serve.access"
 
 
 class UploadTooLarge(Exception):
@@ -112,3 +118,70 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class HeadAsGet:
+    """``HEAD`` answered as ``GET`` without the body (caches and link checkers use it): the routes see
+    GET, the client gets the same status and headers (Content-Length of the full body) and no bytes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            return await self.app(scope, receive, send)
+        ended = False
+
+        async def headers_only(message: dict) -> None:
+            nonlocal ended
+            if message["type"] == "http.response.body":
+                if ended or message.get("more_body", False):
+                    return
+                ended = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            elif message["type"] == "http.response.pathsend":  # a file sent by the server: not for HEAD
+                if not ended:
+                    ended = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class AccessLog:
+    """One line per request on the ``protodb.serve.access`` logger: client, request line, status, bytes
+    of the response body and milliseconds until its last byte (``-`` for a status when none was sent)."""
+
+    def __init__(self, app, logger: logging.Logger | None = None):
+        self.app = app
+        self.log = logger or logging.getLogger(ACCESS_LOGGER)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status: int | None = None
+        sent = 0
+
+        async def counted(message: dict) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            target = scope.get("raw_path") or scope.get("path", "").encode()
+            if isinstance(target, bytes):
+                target = target.decode("latin-1")
+            if scope.get("query_string"):
+                target += "?" + scope["query_string"].decode("latin-1")
+            line = "".join(ch if ch.isprintable() else "?" for ch in f'{scope.get("method", "-")} {target[:300]}')
+            self.log.info('%s:%s "%s HTTP/%s" %s %d B %.1f ms', client[0], client[1], line,
+                          scope.get("http_version", "1.1"), status if status is not None else "-", sent,
+                          1000 * (time.perf_counter() - t0))

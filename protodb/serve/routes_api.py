@@ -58,7 +58,11 @@ def index() -> dict[str, Any]:
         "GET /api/sets/{id or ref}/images": "its support images with attention maps and fg/bg masks",
         "GET /api/sets/{id or ref}/parts|instances|background?top=6": "prototypes traced to support patches",
         "GET /api/artifacts/{sha256}": "a stored image, mask or attention map (immutable)",
-        "POST /api/segment?vocab=NAME|classes=a,b&outputs=labels,overlay,maps,explain": "segment uploaded images",
+        "POST /api/segment?vocab=NAME|classes=a,b&outputs=labels,overlay,maps,explain,runner_up": "segment uploaded images",
+        "POST /api/jobs/segment": "the same as a job: answers at once with its id (202)",
+        "GET /api/jobs/{id}": "a job's state, place in the queue, elapsed seconds",
+        "GET /api/jobs/{id}/result": "a finished job's result (as POST /api/segment answers)",
+        "DELETE /api/jobs/{id}": "cancel a queued or running job (or forget a finished one)",
     }}
 
 
@@ -68,7 +72,8 @@ def health(request: Request) -> dict[str, Any]:
     return {"ok": True, "protodb_version": protodb.__version__, "schema_revision": s.db.schema_revision,
             "writes": s.config.writes_enabled, "vocabularies": list(s.pool.names()),
             "on_demand": s.pool.on_demand, "max_upload": s.config.max_upload, "max_images": s.config.max_images,
-            "queue": s.queue.stats(), "reload": s.pool.stats(), "uptime": round(time.time() - s.started_at, 1)}
+            "max_pixels": s.config.max_pixels or MAX_PIXELS, "queue": s.queue.stats(), "jobs": s.jobs.stats(),
+            "reload": s.pool.stats(), "uptime": round(time.time() - s.started_at, 1)}
 
 
 @router.get("/vocabularies", summary="Offered vocabularies and the warm segmenters")
@@ -160,6 +165,21 @@ def _authorize(request: Request) -> None:
         raise _Refused(401, "wrong token")
 
 
+def _label_kind(body: Any) -> str:
+    """``"thing"`` or ``"stuff"`` from a relabel body, else one line saying what was wrong with it."""
+    want = 'send a JSON object {"kind": "thing"} or {"kind": "stuff"}'
+    if not isinstance(body, dict):
+        what = {list: "an array: ", str: "a string: "}.get(type(body), "")
+        raise InvalidInput(f"{want}; got {what}{json.dumps(body)[:40]}")
+    if "kind" not in body:
+        keys = ", ".join(repr(k) for k in list(body)[:5])
+        raise InvalidInput(f'{want}; the object has no "kind"' + (f" (it has {keys})" if keys else " (it is empty)"))
+    kind = body["kind"]
+    if kind not in ("thing", "stuff"):
+        raise InvalidInput(f'"kind" is "thing" or "stuff"; got {json.dumps(kind)[:40]}')
+    return kind
+
+
 @router.post("/classes/{name}/label", summary="Relabel a class thing or stuff (writes)",
              responses={401: ERROR, 403: ERROR, **ERRORS})
 async def relabel(request: Request, name: str):
@@ -174,9 +194,7 @@ async def relabel(request: Request, name: str):
         body = await request.json()
     except ValueError:
         raise InvalidInput('send a JSON body: {"kind": "thing"} or {"kind": "stuff"}') from None
-    kind = body.get("kind") if isinstance(body, dict) else None
-    if kind not in ("thing", "stuff"):
-        raise InvalidInput(f'send {{"kind": "thing"}} or {{"kind": "stuff"}}; got {str(kind)[:40]!r}')
+    kind = _label_kind(body)
     history = await run_in_threadpool(_state(request).db.labels.set, name, kind)
     return history.to_dict()
 
@@ -248,20 +266,39 @@ def _segment_job(state, key, uploads: list[tuple[bytes, str]], outputs: set[str]
                       separators=(",", ":")).encode()
 
 
-@router.post("/segment", summary="Segment uploaded images", responses={
-    200: {"description": "one image: its result; several: {'results': [...], 'failed': n}"},
-    413: ERROR, 503: {"description": "busy: every worker and queue place taken (Retry-After)", **ERROR}, **ERRORS})
-async def segment(request: Request):
-    """Label every pixel of one or more images (multipart field ``image``, repeatable; or the raw
-    body). Query or form fields: ``vocab`` or ``classes`` (``cat,dog,boat@3``; neither: the only
-    offered vocabulary), ``extractor`` (comma list), ``levels`` (any of class,instance,part),
-    ``background``, ``pamr``, ``skip_missing`` (true/false), ``explain`` (true: add explanations),
-    ``outputs`` (comma list of labels, overlay, maps, explain; default labels).
+def _param(name: str, about: str, schema: dict | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"},
+            "description": about}
 
-    Answers ``present`` {class: {fraction, score}}, ``legend`` and ``colours`` (label values as in
-    ``protodb segment``'s PNGs), ``vocabulary`` (the sets used), ``settings`` and the outputs asked:
-    ``labels_png`` and ``overlay_png`` (base64 PNG), ``maps`` (per-pixel labels and int16 scores x
-    10000, base64), ``explain`` (per class the winning prototype, its set, support image and box)."""
+
+_BOOL = {"type": "boolean"}
+#: ``POST /api/segment``'s fields (query parameters or multipart form fields), for the OpenAPI document
+SEGMENT_FIELDS = [
+    _param("vocab", "vocabulary to segment with (neither vocab nor classes: the only offered vocabulary)"),
+    _param("classes", "or an ad-hoc comma list of classes: cat,dog,boat@3 (not with vocab)"),
+    _param("extractor", "comma list of extractors to use (default: every one the classes share)"),
+    _param("levels", "prototype levels, any of class,instance,part (default: all three)"),
+    _param("background", "true: score a background class; false: none (default: the vocabulary's)", _BOOL),
+    _param("pamr", "true: refine the score maps with PAMR", _BOOL),
+    _param("skip_missing", "true: segment with the usable classes, leaving out the others", _BOOL),
+    _param("outputs", "comma list of labels, overlay, maps, explain, runner_up, or none (default: labels)"),
+    _param("explain", "true: add explain to the outputs", _BOOL),
+    _param("name", "the image's name in the answer when the body is the raw image (default: upload)"),
+]
+SEGMENT_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "the image file(s): the field repeated for several (at most --max-images)"},
+        **{p["name"]: {**p["schema"], "description": p["description"]} for p in SEGMENT_FIELDS if p["name"] != "name"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                            "description": "or the raw image bytes as the whole body (any content type)"}},
+}}
+SEGMENT_OPENAPI = {"parameters": SEGMENT_FIELDS, "requestBody": SEGMENT_BODY}
+
+
+async def _segment_args(request: Request) -> tuple[Any, list[tuple[bytes, str]], set[str]]:
+    """(warm segmenter key, uploads, outputs) of a segment request, checked; the catalog is asked on a
+    thread (never a worker) whether the key is served."""
     s = _state(request)
     uploads, fields = await _read_upload(request, s.config.max_images)
     params = {**request.query_params, **fields}
@@ -276,14 +313,102 @@ async def segment(request: Request):
                      skip_missing=_flag(params.get("skip_missing"), "skip_missing"))
     if key not in s.pool.pinned:  # the catalog decides (a thread, not the event loop); never a worker
         key = await run_in_threadpool(s.pool.check_allowed, key)
+    return key, uploads, outputs
+
+
+@router.post("/segment", summary="Segment uploaded images", openapi_extra=SEGMENT_OPENAPI, responses={
+    200: {"description": "one image: its result; several: {'results': [...], 'failed': n}"},
+    413: ERROR, 503: {"description": "busy: every worker and queue place taken (Retry-After)", **ERROR}, **ERRORS})
+async def segment(request: Request):
+    """Label every pixel of one or more images (multipart field ``image``, repeatable; or the raw
+    body). Query or form fields: ``vocab`` or ``classes`` (``cat,dog,boat@3``; neither: the only
+    offered vocabulary), ``extractor`` (comma list), ``levels`` (any of class,instance,part),
+    ``background``, ``pamr``, ``skip_missing`` (true/false), ``explain`` (true: add explanations),
+    ``outputs`` (comma list of labels, overlay, maps, runner_up, explain; default labels).
+
+    Answers ``present`` {class: {fraction, score}}, ``legend`` and ``colours`` (label values as in
+    ``protodb segment``'s PNGs), ``vocabulary`` (the sets used), ``settings``, ``confidence`` and the
+    outputs asked: ``labels_png`` and ``overlay_png`` (base64 PNG; the overlay leaves the background
+    as the photo), ``maps`` (per-pixel labels and int16 scores x 10000, base64), ``runner_up`` (adds
+    to maps the best other label per pixel and its score), ``explain`` (per class the winning
+    prototype, its set, support image and box).
+
+    A score is a cosine similarity (-1 to 1) to the class's nearest prototype, not a probability.
+    ``confidence`` says how clearly the winners beat their runners-up: ``separation`` = 1 - (1 - s1) /
+    (1 - s2) per pixel (0 a tie), per class and for the image, the share of near ties (separation
+    under 0.1), each class's usual runner-up, ``warnings`` (level warning: most of the image near
+    ties, a single competing column, no match; level note: classes that only just won) and
+    ``verdict``: clear, mixed (notes only) or doubtful.
+
+    Images over the pixel limit (``max_pixels`` in ``/api/health``, 80 MP) are refused with 400.
+    For progress and cancel on long work use ``POST /api/jobs/segment`` (same fields)."""
+    s = _state(request)
+    key, uploads, outputs = await _segment_args(request)
     body = await s.queue.run(_segment_job, s, key, uploads, outputs)
     return Response(content=body, media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------- jobs
+JOB_ERRORS = {404: {"description": "no such job (finished jobs are kept --job-ttl seconds)", **ERROR}}
+
+
+@router.post("/jobs/segment", summary="Segment uploaded images as a job (progress, cancel)", status_code=202,
+             openapi_extra=SEGMENT_OPENAPI, responses={
+                 202: {"description": "the job: id, state, position in the queue; Location: its URL"},
+                 413: ERROR, 503: {"description": "busy: the queue or the job table is full (Retry-After)", **ERROR},
+                 **ERRORS})
+async def segment_job(request: Request):
+    """The fields of ``POST /api/segment``, checked at once (a bad field or an unknown vocabulary is
+    answered here); the work waits in the same queue. Answers 202 with the job (``GET
+    /api/jobs/{id}`` to follow it, ``GET /api/jobs/{id}/result`` once ``done``)."""
+    s = _state(request)
+    key, uploads, outputs = await _segment_args(request)
+    n = len(uploads)
+    label = f"segment {n} image{'s' if n != 1 else ''} with {key.label}"
+    job = s.jobs.submit("segment", label, _segment_job, s, key, uploads, outputs)
+    return JSONResponse(job.to_dict(s.queue), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+@router.get("/jobs/{job_id}", summary="A job's state, place in the queue and elapsed time", responses=JOB_ERRORS)
+def job_status(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
+    """``state``: queued, running, cancelling, done, failed or cancelled; ``position`` (1 = next to
+    start) and ``ahead`` while queued; ``elapsed``, ``queued_seconds``, ``running_seconds``;
+    ``typical_seconds``: the recent mean time of one piece of work; ``error`` and ``status`` when
+    failed; ``result_url`` when done."""
+    s = _state(request)
+    return s.jobs.get(job_id).to_dict(s.queue)
+
+
+@router.get("/jobs/{job_id}/result", summary="A finished job's result", responses={
+    409: {"description": "not finished yet", **ERROR}, 410: {"description": "cancelled", **ERROR}, **JOB_ERRORS})
+def job_result(request: Request, job_id: str = Path(max_length=64)):
+    """What the synchronous endpoint would have answered: the result (200), or the job's error with
+    the status it would have had."""
+    s = _state(request)
+    job = s.jobs.get(job_id)
+    if job.state == "done":
+        return Response(content=job.result, media_type=job.media_type)
+    if job.state == "failed":
+        return _error(job.status or 500, job.error or "failed")
+    if job.state == "cancelled":
+        return _error(410, f"job {job.id} was cancelled; it has no result")
+    return _error(409, f"job {job.id} is {job.state}; poll GET /api/jobs/{job.id} until it is done")
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a job (or forget a finished one)", responses=JOB_ERRORS)
+def job_cancel(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
+    """A queued job is cancelled at once and never runs; a running one is ``cancelling`` until its
+    worker finishes the image in hand, then ``cancelled`` (its result dropped). A finished job is
+    forgotten (``removed``: true), freeing its result."""
+    s = _state(request)
+    job, removed = s.jobs.cancel(job_id)
+    return {**job.to_dict(s.queue), "removed": removed}
 
 
 #: ``POST /segment`` (the page itself is ``GET /segment``): the same endpoint without the /api prefix
 aliases = APIRouter()
 aliases.add_api_route("/segment", segment, methods=["POST"], summary="Segment uploaded images (= POST /api/segment)",
-                      responses={413: ERROR, 503: ERROR, **ERRORS})
+                      responses={413: ERROR, 503: ERROR, **ERRORS}, openapi_extra=SEGMENT_OPENAPI)
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)

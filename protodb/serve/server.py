@@ -2,7 +2,8 @@
 
 The socket is bound (port 0 picks a free one) and listening before the URL is printed, so whoever
 reads the URL can connect at once. uvicorn stops gracefully on SIGINT and SIGTERM: requests in
-flight get ``GRACE`` seconds to finish, then the workers and the database are closed.
+flight get ``GRACE`` seconds to finish, then the workers and the database are closed. With
+``--access-log`` every request is one line on stderr (see :func:`access_logger`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 from typing import Callable, Iterator
 
@@ -19,6 +21,7 @@ import uvicorn
 from protodb.errors import InvalidInput
 from protodb.serve.app import create_app
 from protodb.serve.config import ServeConfig
+from protodb.serve.guards import ACCESS_LOGGER
 
 GRACE = 5
 
@@ -65,16 +68,40 @@ def quiet_stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve(config: ServeConfig, *, announce: Callable[[str], None] = print, access_log: bool = False,
+ACCESS_FORMAT = "%(asctime)s %(message)s"
+
+
+def access_logger(stream=None) -> logging.Logger:
+    """The request log (:class:`protodb.serve.guards.AccessLog` writes it): INFO lines on stderr with the
+    time, not passed on to the root logger (so ``log_level`` never hides it, nor doubles it)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not any(getattr(h, "_protodb_access", False) for h in logger.handlers):
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter(ACCESS_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+        handler._protodb_access = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    return logger
+
+
+def serve(config: ServeConfig, *, announce: Callable[[str], None] = print, access_log: bool | None = None,
           log_level: str = "warning") -> None:
-    """Warm the named vocabularies, bind, announce the URL, serve until SIGINT/SIGTERM."""
+    """Warm the named vocabularies, bind, announce the URL, serve until SIGINT/SIGTERM. ``access_log``
+    (default: the config's) logs one line per request on stderr, whatever ``log_level`` says."""
+    if access_log is not None:
+        config = config.replace(access_log=access_log)
     config = config.check()
+    if config.access_log:
+        access_logger()
     app = create_app(config=config)  # a vocabulary that cannot be served fails here, before binding
     sock = bind(config.host, config.port)
     try:
         port = sock.getsockname()[1]
+        # uvicorn's own access log stays off: ours (guards.AccessLog) adds bytes and milliseconds and
+        # is not hidden by log_level
         server = uvicorn.Server(uvicorn.Config(
-            app, host=config.host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
+            app, host=config.host, port=port, log_level=log_level, access_log=False, lifespan="on",
             timeout_graceful_shutdown=GRACE, server_header=False, proxy_headers=False))
         announce(url_of(sock, config.host))
         with quiet_stop_signals():

@@ -93,12 +93,19 @@ class CatalogViews:
         pset = self.find_set(key, extractor)
         prov = self.inspector.provenance(pset)
         siblings = [s.to_dict() for s in self.db.sets.resolve(pset.class_name)]
-        return {"set": pset.to_dict(), "ref": pset.ref, "provenance": prov, "newest": siblings}
+        return {"set": pset.to_dict(), "ref": pset.ref, "provenance": prov, "newest": siblings,
+                "mask_extractor": self.extractor_name(prov["mask_extractor_id"])}
+
+    def extractor_name(self, extractor_id: str) -> dict[str, Any]:
+        """{id, name, patch_size} of an extractor (the name is what people know it by, not its hash)."""
+        rec = self.db.sets.extractor_row(extractor_id)
+        return {"id": rec.id, "name": rec.name, "patch_size": (rec.config or {}).get("patch_size")}
 
     def images(self, key: str) -> dict[str, Any]:
-        """The set's support images with their attention maps and fg/bg masks (artifact digests)."""
-        pset = self.find_set(key)
-        return self.db.support.images_of(pset)
+        """The set's support images with their attention maps and fg/bg masks (artifact digests), and
+        the extractor whose patch grid made the masks (``mask_extractor``: id, name, patch size)."""
+        doc = self.db.support.images_of(self.find_set(key))
+        return {**doc, "mask_extractor": self.extractor_name(doc["mask_extractor_id"])}
 
     def trace(self, key: str, sheet: str = "parts", top: int | None = None) -> dict[str, Any]:
         """Each prototype of a sheet (parts, instances, background): its ``top`` nearest support

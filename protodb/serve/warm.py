@@ -60,7 +60,7 @@ class ServeKey:
     def options(self, base: SegmentOptions) -> SegmentOptions:
         return base.replace(vocab=self.vocab, classes=",".join(self.classes) if self.classes else None,
                             extractors=self.extractors, levels=self.levels, background=self.background,
-                            pamr=self.pamr, skip_missing=self.skip_missing, explain=True)
+                            pamr=self.pamr, skip_missing=self.skip_missing, explain=True, runner_up=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"vocab": self.vocab, "classes": list(self.classes) if self.classes else None,

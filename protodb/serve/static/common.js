@@ -68,6 +68,52 @@ const protodb = (() => {
     ctx.strokeRect((x0 - cx0) * sx + 1, (y0 - cy0) * sy + 1, (x1 - x0) * sx - 2, (y1 - y0) * sy - 2);
   }
 
+  /** "1 image", "3 images"; `many` for irregular plurals. */
+  function plural(n, one, many = `${one}s`) {
+    return `${n} ${Number(n) === 1 ? one : many}`;
+  }
+
+  /** Text with RST/Markdown inline code (``x``, `x`, :role:`x`) as <code> nodes (never HTML). */
+  function richText(text) {
+    const out = [];
+    const re = /``([^`]+)``|:[a-z]+:`([^`]+)`|`([^`]+)`/g;
+    let last = 0, m;
+    while ((m = re.exec(text)) !== null) {
+      if (m.index > last) out.push(text.slice(last, m.index));
+      out.push(el("code", {}, m[1] || m[2] || m[3]));
+      last = re.lastIndex;
+    }
+    if (last < text.length) out.push(text.slice(last));
+    return out;
+  }
+
+  /** A mask or map image (white = on) as an RGBA layer of `colour` at the given size (nearest
+   *  neighbour: patch-grid blocks stay blocks). `heat`: the grey level is the alpha. */
+  function maskLayer(img, width, height, colour, heat = false) {
+    const c = document.createElement("canvas");
+    c.width = width;
+    c.height = height;
+    const ctx = c.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(img, 0, 0, width, height);
+    const data = ctx.getImageData(0, 0, width, height);
+    const d = data.data;
+    let on = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      const v = d[i];
+      if (heat) {
+        d[i] = colour[0]; d[i + 1] = Math.round(colour[1] * (1 - v / 255)); d[i + 2] = colour[2]; d[i + 3] = v;
+      } else if (v > 127) {
+        d[i] = colour[0]; d[i + 1] = colour[1]; d[i + 2] = colour[2]; d[i + 3] = 255; on++;
+      } else {
+        d[i + 3] = 0;
+      }
+    }
+    ctx.putImageData(data, 0, 0);
+    c.dataset.fraction = String(on / (width * height));
+    return c;
+  }
+
   function fmtBytes(n) {
     const units = ["B", "KiB", "MiB", "GiB"];
     let v = Number(n) || 0, i = 0;
@@ -94,5 +140,5 @@ const protodb = (() => {
     }
   }
 
-  return { api, el, artifactUrl, loadImage, drawCrop, fmtBytes, fmtDate, serverStatus };
+  return { api, el, artifactUrl, loadImage, drawCrop, fmtBytes, fmtDate, serverStatus, plural, richText, maskLayer };
 })();

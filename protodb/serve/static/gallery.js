@@ -1,7 +1,7 @@
 /* Gallery: every class with its ready versions, thing/stuff label, a support-image thumbnail. */
 "use strict";
 (() => {
-  const { api, el, artifactUrl, fmtBytes, fmtDate, serverStatus } = protodb;
+  const { api, el, artifactUrl, fmtBytes, fmtDate, serverStatus, plural } = protodb;
   const list = document.getElementById("gallery");
   const status = document.getElementById("gallery-status");
   const filter = document.getElementById("filter");
@@ -18,7 +18,7 @@
           el("a", { href: `/sets/${s.id}`, class: "version-link", dataset: { setId: s.id, version: v.version, extractor: s.extractor } },
             `v${v.version} ${s.extractor}`)]),
         el("div", { class: "muted" },
-          `${Object.values(v.counts).reduce((a, b) => a + b, 0)} prototypes · ${v.images} images · ${fmtBytes(v.bytes)}`,
+          `${plural(Object.values(v.counts).reduce((a, b) => a + b, 0), "prototype")} · ${plural(v.images, "image")} · ${fmtBytes(v.bytes)}`,
           v.tags.length ? ` · tags ${v.tags.join(", ")}` : ""),
         el("div", { class: "muted" }, fmtDate(v.created_at)),
         v.sets_detail.some((s) => s.preset === "tiny") ? el("span", { class: "badge preset", title: "built with stand-in models" }, "preset tiny") : null,
@@ -37,7 +37,7 @@
     const shown = classes.filter((c) => (!q || c.name.includes(q)) && (!kind || c.kind === kind));
     list.replaceChildren(...shown.map(card));
     status.textContent = classes.length
-      ? `${shown.length} of ${classes.length} classes`
+      ? `${shown.length} of ${plural(classes.length, "class", "classes")}`
       : "No classes yet: build one with protodb add-class NAME.";
     list.dataset.ready = "true";
   }

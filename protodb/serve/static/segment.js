@@ -1,21 +1,32 @@
-/* Segment page: upload an image, show the overlay, probe a pixel for class, score and the
- * support crop whose prototype won that class (the explain output). */
+/* Segment page: upload an image as a job (elapsed time, place in the queue, cancel), draw the labels
+ * over the photo (opacity, classes shown or hidden from the legend, background left clear), say how
+ * clearly each class won, and probe a pixel for class, score, runner-up and the support crop whose
+ * prototype won that class (the explain output). */
 "use strict";
 (() => {
-  const { api, el, artifactUrl, loadImage, drawCrop, serverStatus } = protodb;
+  const { api, el, artifactUrl, loadImage, drawCrop, serverStatus, plural } = protodb;
   const form = document.getElementById("segment-form");
   const vocabSel = document.getElementById("vocab");
   const fileInput = document.getElementById("file");
   const drop = document.getElementById("drop");
   const status = document.getElementById("seg-status");
   const runBtn = document.getElementById("run");
+  const section = document.getElementById("result");
   const canvas = document.getElementById("overlay");
   const mark = document.getElementById("probe-mark");
   const probe = document.getElementById("probe");
   const crop = document.getElementById("crop");
+  const progress = document.getElementById("progress");
+  const progressText = document.getElementById("progress-text");
+  const cancelBtn = document.getElementById("cancel");
+  const opacity = document.getElementById("opacity");
+  const showLabels = document.getElementById("show-labels");
   let dropped = null;
   let result = null;
   let cursor = null;
+  let hidden = new Set();  // label values not drawn (the background starts hidden: the photo shows through)
+  let shown = { base: null, baseUrl: null, layer: null };
+  let current = null;  // the job in progress: {id, url, ...}
 
   function b64bytes(b64) {
     const bin = atob(b64);
@@ -28,7 +39,7 @@
     try {
       const { vocabularies } = await api("/api/vocabularies");
       vocabSel.replaceChildren(...vocabularies.map((v) => el("option", { value: v.name },
-        v.loaded ? `${v.name} (${v.classes.length} classes, v${v.version})` : v.name)));
+        v.loaded ? `${v.name} (${plural(v.classes.length, "class", "classes")}, v${v.version})` : v.name)));
       if (!vocabularies.length) status.textContent = "No vocabulary yet: type classes, or create one with protodb vocab create NAME CLASS…";
       vocabSel.dataset.ready = "true";
     } catch (err) {
@@ -38,20 +49,21 @@
 
   const MAX_SIDE = 2048;  // the page sends at most this many pixels a side (per-pixel maps stay small)
 
-  /** The file, or a PNG of it scaled down to MAX_SIDE; the server decodes (and refuses) what it gets. */
+  /** The file, or a PNG of it scaled down to MAX_SIDE; the server decodes (and refuses) what it gets.
+   *  `decodable`: the browser can draw it (else the server's overlay is shown instead). */
   async function prepare(file) {
     let bitmap = null;
-    try { bitmap = await createImageBitmap(file); } catch (_) { return { blob: file, note: "" }; }
+    try { bitmap = await createImageBitmap(file); } catch (_) { return { blob: file, note: "", decodable: false }; }
     const { width: w, height: h } = bitmap;
     const scale = MAX_SIDE / Math.max(w, h);
-    if (scale >= 1) { bitmap.close(); return { blob: file, note: "" }; }
+    if (scale >= 1) { bitmap.close(); return { blob: file, note: "", decodable: true }; }
     const c = document.createElement("canvas");
     c.width = Math.max(1, Math.round(w * scale));
     c.height = Math.max(1, Math.round(h * scale));
     c.getContext("2d").drawImage(bitmap, 0, 0, c.width, c.height);
     bitmap.close();
     const blob = await new Promise((resolve) => c.toBlob(resolve, "image/png"));
-    return { blob: blob || file, note: blob ? ` (sent at ${c.width}×${c.height}, scaled from ${w}×${h})` : "" };
+    return { blob: blob || file, note: blob ? ` (sent at ${c.width}×${c.height}, scaled from ${w}×${h})` : "", decodable: true };
   }
 
   function chosenFile() {
@@ -74,24 +86,48 @@
     }
   });
 
-  function showLegend(res) {
-    const present = res.present;
-    const items = Object.entries(res.legend)
-      .filter(([, name]) => present[name])
-      .sort((a, b) => present[b[1]].fraction - present[a[1]].fraction)
-      .map(([value, name]) => {
-        const sw = el("span", { class: "swatch", "aria-hidden": "true" });
-        sw.style.background = `rgb(${res.colours[value].join(",")})`;
-        return el("li", { dataset: { label: name, value, fraction: present[name].fraction, score: present[name].score } },
-          sw, el("span", { class: "name" }, name),
-          el("span", { class: "frac" }, `${(100 * present[name].fraction).toFixed(1)}% · ${present[name].score.toFixed(3)}`));
-      });
-    const legend = document.getElementById("legend");
-    legend.replaceChildren(...items);
-    legend.dataset.ready = "true";
+  // ------------------------------------------------------------------ drawing
+  const isBackground = (res, value) => res.legend[String(value)] === "background";
+
+  /** The label layer: every shown class in its colour, hidden ones (and the background, at first) clear. */
+  function buildLayer() {
+    const m = result.maps;
+    const layer = document.createElement("canvas");
+    layer.width = m.width;
+    layer.height = m.height;
+    const ctx = layer.getContext("2d");
+    const img = ctx.createImageData(m.width, m.height);
+    const px = new Uint32Array(img.data.buffer);
+    const lut = new Uint32Array(Math.max(...Object.keys(result.legend).map(Number)) + 1);  // RGBA little-endian
+    for (const [value, rgb] of Object.entries(result.colours)) {
+      if (hidden.has(Number(value))) continue;
+      const [r, g, b] = isBackground(result, value) ? [0, 0, 0] : rgb;
+      lut[Number(value)] = (255 << 24 | b << 16 | g << 8 | r) >>> 0;
+    }
+    const labels = m.labelView;
+    for (let i = 0; i < px.length; i++) px[i] = lut[labels[i]] || 0;
+    ctx.putImageData(img, 0, 0);
+    shown.layer = layer;
   }
 
-  let shown = { overlay: null, original: null };
+  function paint() {
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+    if (shown.base) ctx.drawImage(shown.base, 0, 0, canvas.width, canvas.height);
+    if (showLabels.checked && shown.layer && shown.base !== shown.serverOverlay) {
+      ctx.globalAlpha = Number(opacity.value) / 100;
+      ctx.drawImage(shown.layer, 0, 0, canvas.width, canvas.height);
+      ctx.globalAlpha = 1;
+    }
+    canvas.dataset.opacity = opacity.value;
+    canvas.dataset.hidden = Array.from(hidden).sort((a, b) => a - b).join(",");
+  }
+  showLabels.addEventListener("change", paint);
+  opacity.addEventListener("input", () => {
+    document.getElementById("opacity-value").textContent = `${opacity.value}%`;
+    paint();
+  });
 
   /** Display size: as large as the column allows and fits a 768-pixel-high window, aspect kept. */
   function fitCanvas() {
@@ -106,27 +142,87 @@
   }
   window.addEventListener("resize", fitCanvas);
 
-  function paint() {
-    const img = document.getElementById("show-labels").checked ? shown.overlay : shown.original || shown.overlay;
-    canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
-  }
-  document.getElementById("show-labels").addEventListener("change", paint);
-
-  async function showOverlay(res, file) {
-    const img = await loadImage(`data:image/png;base64,${res.overlay_png}`);
-    if (shown.originalUrl) URL.revokeObjectURL(shown.originalUrl);
-    const originalUrl = URL.createObjectURL(file);
-    let original = null;
-    try { original = await loadImage(originalUrl); } catch (_) { original = null; }
-    shown = { overlay: img, original, originalUrl };
-    canvas.width = img.naturalWidth;
-    canvas.height = img.naturalHeight;
-    canvas.dataset.width = String(img.naturalWidth);
-    canvas.dataset.height = String(img.naturalHeight);
+  async function showImage(res, blob, decodable) {
+    if (shown.baseUrl) URL.revokeObjectURL(shown.baseUrl);
+    let base = null, baseUrl = null, serverOverlay = null;
+    if (decodable) {
+      baseUrl = URL.createObjectURL(blob);
+      try { base = await loadImage(baseUrl); } catch (_) { base = null; }
+    }
+    if (!base && res.overlay_png) {  // a format this browser cannot draw: the server's overlay instead
+      serverOverlay = await loadImage(`data:image/png;base64,${res.overlay_png}`);
+      base = serverOverlay;
+    }
+    shown = { base, baseUrl, layer: null, serverOverlay };
+    canvas.width = res.maps.width;
+    canvas.height = res.maps.height;
+    canvas.dataset.width = String(res.maps.width);
+    canvas.dataset.height = String(res.maps.height);
+    buildLayer();
     paint();
     fitCanvas();
   }
 
+  // ------------------------------------------------------------------ legend and confidence
+  function fmtSep(c) {
+    return c && c.separation !== null && c.separation !== undefined ? c.separation.toFixed(2) : "–";
+  }
+
+  function toggle(value, button) {
+    if (hidden.has(value)) hidden.delete(value); else hidden.add(value);
+    button.setAttribute("aria-pressed", String(!hidden.has(value)));
+    button.closest("li").dataset.shown = String(!hidden.has(value));
+    buildLayer();
+    paint();
+  }
+
+  function showLegend(res) {
+    const present = res.present;
+    const conf = (res.confidence && res.confidence.classes) || {};
+    const items = Object.entries(res.legend)
+      .filter(([, name]) => present[name])
+      .sort((a, b) => present[b[1]].fraction - present[a[1]].fraction)
+      .map(([value, name]) => {
+        const c = conf[name];
+        const bg = name === "background";
+        const sw = el("span", { class: bg ? "swatch clear" : "swatch", "aria-hidden": "true" });
+        if (!bg) sw.style.background = `rgb(${res.colours[value].join(",")})`;
+        const on = !hidden.has(Number(value));
+        const button = el("button", { type: "button", class: "legend-toggle", "aria-pressed": String(on),
+          title: `${on ? "Hide" : "Show"} ${name} on the image`, dataset: { value } },
+          sw, el("span", { class: "name" }, name),
+          c && c.uncertain ? el("span", { class: "badge uncertain", title: `most of its pixels only just beat ${c.runner_up}` }, "uncertain") : null,
+          el("span", { class: "frac" }, `${(100 * present[name].fraction).toFixed(1)}%`));
+        button.addEventListener("click", () => toggle(Number(value), button));
+        const detail = el("span", { class: "conf muted" },
+          `score ${present[name].score.toFixed(3)} · separation ${fmtSep(c)}`,
+          c ? ` · ${(100 * c.near_tie).toFixed(0)}% near ties · runner-up ${c.runner_up}` : "");
+        return el("li", { dataset: { label: name, value, fraction: present[name].fraction, score: present[name].score,
+          separation: c ? c.separation : "", uncertain: c ? String(c.uncertain) : "", shown: String(on) } },
+          button, detail);
+      });
+    const legend = document.getElementById("legend");
+    legend.replaceChildren(...items);
+    legend.dataset.ready = "true";
+  }
+
+  function showConfidence(res) {
+    const box = document.getElementById("fit-warning");
+    const conf = res.confidence || { warnings: [] };
+    box.dataset.verdict = conf.verdict || "";
+    if (!conf.warnings.length) {
+      box.hidden = true;
+      box.replaceChildren();
+      return;
+    }
+    box.replaceChildren(
+      el("strong", {}, conf.verdict === "doubtful" ? "These labels may not describe the photo." : "Some labels are uncertain."),
+      el("ul", {}, conf.warnings.map((w) => el("li", { dataset: { code: w.code, level: w.level } }, w.message))),
+      el("span", {}, "Scores are cosine similarities, not probabilities: see “How to read these numbers”."));
+    box.hidden = false;
+  }
+
+  // ------------------------------------------------------------------ probe
   function probeAt(x, y) {
     if (!result) return;
     const m = result.maps;
@@ -139,8 +235,19 @@
     const name = result.legend[String(value)] || "?";
     document.getElementById("probe-class").textContent = name;
     document.getElementById("probe-score").textContent = score.toFixed(4);
+    let runner = "–", sep = "–";
+    if (m.runnerView) {
+      const rv = m.runnerView[i];
+      const rs = m.runnerScoreView.getInt16(2 * i, true) / m.scores_scale;
+      const d1 = Math.max(0, 1 - score), d2 = Math.max(0, 1 - rs);
+      const s = d2 > 0 ? Math.max(0, Math.min(1, 1 - d1 / d2)) : 0;
+      runner = `${result.legend[String(rv)] || "?"} ${rs.toFixed(4)}`;
+      sep = `${s.toFixed(3)}${s < result.confidence.rule.near_tie ? " (near tie)" : ""}`;
+    }
+    document.getElementById("probe-runner").textContent = runner;
+    document.getElementById("probe-separation").textContent = sep;
     document.getElementById("probe-pixel").textContent = `${x}, ${y}`;
-    Object.assign(probe.dataset, { class: name, score: score.toFixed(4), x, y });
+    Object.assign(probe.dataset, { class: name, score: score.toFixed(4), x, y, runner, separation: sep });
     const rect = canvas.getBoundingClientRect();
     const wrap = document.getElementById("canvas-wrap").getBoundingClientRect();
     mark.hidden = false;
@@ -186,12 +293,86 @@
   });
   canvas.addEventListener("focus", () => { if (result && !cursor) probeAt(result.maps.width / 2, result.maps.height / 2); });
 
+  // ------------------------------------------------------------------ the job
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const secs = (s) => (s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`);
+
+  function describe(job, local) {
+    const elapsed = secs(job.elapsed + local);
+    if (job.state === "queued") {
+      const ahead = job.ahead === null ? "" : job.ahead === 0 ? "next in line" : `${plural(job.ahead, "job")} ahead of yours`;
+      return `Queued: ${ahead} (${plural(job.queue.running, "worker")} busy of ${job.queue.workers}) · ${elapsed}`;
+    }
+    if (job.state === "running") {
+      const typical = job.typical_seconds ? ` · usually about ${secs(job.typical_seconds)}` : "";
+      return `Segmenting: ${elapsed}${typical}`;
+    }
+    if (job.state === "cancelling") return `Cancelling: the worker finishes the image in hand, then drops it · ${elapsed}`;
+    return `${job.state} · ${elapsed}`;
+  }
+
+  /** Follow a job until it is finished: the line below the form ticks every 100 ms between polls. */
+  async function follow(job) {
+    let seen = performance.now();
+    let last = job;
+    const tick = setInterval(() => {
+      progressText.textContent = describe(last, last.state === "queued" || last.state === "running" || last.state === "cancelling"
+        ? (performance.now() - seen) / 1000 : 0);
+      progress.dataset.state = last.state;
+      progress.dataset.position = last.position === null ? "" : String(last.position);
+    }, 100);
+    try {
+      let wait = 250;
+      while (!["done", "failed", "cancelled"].includes(last.state)) {
+        await sleep(wait);
+        wait = Math.min(1000, wait * 1.5);
+        last = await api(job.url);
+        seen = performance.now();
+        if (current) current.job = last;
+      }
+      progress.dataset.state = last.state;
+      return last;
+    } finally {
+      clearInterval(tick);
+    }
+  }
+
+  cancelBtn.addEventListener("click", async () => {
+    if (!current || !current.job) return;
+    cancelBtn.disabled = true;
+    try {
+      const job = await api(current.job.url, { method: "DELETE" });
+      current.job = job;
+      progressText.textContent = describe(job, 0);
+    } catch (err) {
+      progressText.textContent = `Could not cancel: ${err.message}`;
+    }
+  });
+
+  function clearResult() {
+    section.hidden = true;
+    result = null;
+    cursor = null;
+    mark.hidden = true;
+    document.getElementById("legend").replaceChildren();
+    document.getElementById("legend").dataset.ready = "false";
+    document.getElementById("fit-warning").hidden = true;
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  }
+
+  function failed(message) {
+    clearResult();
+    status.textContent = message;
+    status.classList.add("error");
+    form.dataset.failed = String(Number(form.dataset.failed || 0) + 1);
+  }
+
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const file = chosenFile();
     if (!file) { status.textContent = "Choose an image first."; fileInput.focus(); return; }
     runBtn.disabled = true;
-    const { blob, note } = await prepare(file);
+    const { blob, note, decodable } = await prepare(file);
     const body = new FormData();
     body.append("image", blob, file.name);
     const classes = document.getElementById("classes").value.trim();
@@ -202,30 +383,56 @@
     if (document.getElementById("pamr").checked) body.append("pamr", "true");
     const bg = document.getElementById("background").value;
     if (bg) body.append("background", bg);
-    body.append("outputs", "overlay,maps,explain");
+    body.append("outputs", decodable ? "maps,runner_up,explain" : "overlay,maps,runner_up,explain");
     status.classList.remove("error");
     status.textContent = `Segmenting ${file.name} with ${classes || vocabSel.value}…`;
+    section.classList.add("stale");  // the previous result stays visible, dimmed, until this one is in
     const t0 = performance.now();
+    current = { job: null };
     try {
-      const res = await api("/api/segment", { method: "POST", body });
+      const job = await api("/api/jobs/segment", { method: "POST", body });
+      current.job = job;
+      progress.hidden = false;
+      cancelBtn.disabled = false;
+      cancelBtn.focus();
+      const end = await follow(job);
+      if (end.state === "cancelled") {
+        status.textContent = `Cancelled ${file.name}${result ? "; the result shown is the previous one" : ""}.`;
+        form.dataset.cancelled = String(Number(form.dataset.cancelled || 0) + 1);
+        return;
+      }
+      if (end.state === "failed") { failed(end.error); return; }
+      const res = await api(end.result_url);
+      api(end.url, { method: "DELETE" }).catch(() => {});  // the result is in: let the server forget it
       const m = res.maps;
       const raw = b64bytes(m.labels);
       m.labelView = m.labels_dtype === "uint8" ? raw : new Uint16Array(raw.buffer);
       m.scoreView = new DataView(b64bytes(m.scores).buffer);
+      if (m.runner_up_labels) {
+        const rr = b64bytes(m.runner_up_labels);
+        m.runnerView = m.labels_dtype === "uint8" ? rr : new Uint16Array(rr.buffer);
+        m.runnerScoreView = new DataView(b64bytes(m.runner_up_scores).buffer);
+      }
       result = res;
       cursor = null;
       crop.dataset.class = "";
-      document.getElementById("result").hidden = false;
-      await showOverlay(res, blob);
+      hidden = new Set(Object.keys(res.legend).filter((v) => isBackground(res, v)).map(Number));
+      section.hidden = false;
+      await showImage(res, blob, decodable);
       showLegend(res);
+      showConfidence(res);
       document.getElementById("timing").textContent =
-        `${res.vocabulary.name} v${res.vocabulary.version} (generation ${res.generation}) · segmented in ${res.seconds.toFixed(2)} s, ${((performance.now() - t0) / 1000).toFixed(2)} s round trip`;
-      status.textContent = `${res.input}${note}: ${Object.keys(res.present).length} classes present.`;
+        `${res.input}: ${res.vocabulary.name} v${res.vocabulary.version} (generation ${res.generation}) · segmented in ${res.seconds.toFixed(2)} s, ${((performance.now() - t0) / 1000).toFixed(2)} s in all`;
+      const n = Object.keys(res.present).length;
+      const verdict = { doubtful: " (doubtful: see the warning)", mixed: " (some uncertain: see the note)" }[res.confidence.verdict] || "";
+      status.textContent = `${res.input}${note}: ${plural(n, "class", "classes")} present${verdict}.`;
       form.dataset.done = String(Number(form.dataset.done || 0) + 1);
     } catch (err) {
-      status.textContent = err.retryAfter ? `${err.message} (retry in ${err.retryAfter} s)` : err.message;
-      status.classList.add("error");
+      failed(err.retryAfter ? `${err.message} (retry in ${err.retryAfter} s)` : err.message);
     } finally {
+      section.classList.remove("stale");
+      progress.hidden = true;
+      current = null;
       runBtn.disabled = false;
     }
   });

@@ -1,20 +1,48 @@
 /* One prototype set: provenance, its prototypes (parts, instances, background) traced to their nearest
- * support patches, and its support images with masks and attention maps. */
+ * support patches (zoomable, so patch boxes can be seen), and its support images with their
+ * foreground/background masks and attention drawn over them (opacity, layers, zoom). */
 "use strict";
 (() => {
-  const { api, el, artifactUrl, loadImage, drawCrop, fmtBytes, fmtDate, serverStatus } = protodb;
+  const { api, el, artifactUrl, loadImage, drawCrop, fmtBytes, fmtDate, serverStatus, plural, maskLayer } = protodb;
   const key = decodeURIComponent(location.pathname.replace(/^\/sets\//, ""));
   const status = document.getElementById("set-status");
   const partsStatus = document.getElementById("parts-status");
   const partsList = document.getElementById("parts");
   const supports = document.getElementById("supports");
+  const supportsView = document.getElementById("supports-view");
   const nearestBox = document.getElementById("nearest");
+  const zoom = document.getElementById("zoom");
   let trace = null;
   const NOUN = { parts: "part", instances: "instance", background: "background" };
+  const SUPPORT_WIDTH = 320;  // CSS pixels of a support image at zoom 1
 
   function row(dl, term, value) {
     if (value === null || value === undefined || value === "") return;
     dl.append(el("dt", {}, term), el("dd", {}, value));
+  }
+
+  function fmtValue(v) {
+    if (v === null || v === undefined) return "none";
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    if (Array.isArray(v)) return v.map(fmtValue).join(", ");
+    if (typeof v === "object") return Object.entries(v).map(([k, x]) => `${k.replace(/_/g, " ")} ${fmtValue(x)}`).join(", ");
+    return String(v);
+  }
+
+  /** Mask settings as a small table per method (a readable list, not JSON). */
+  function masksTable(masks, made) {
+    const methods = Object.entries(masks || {});
+    if (!methods.length) return null;
+    return el("div", { class: "masks" },
+      methods.map(([method, params]) => el("table", { class: "kv", dataset: { method } },
+        el("caption", {}, method === "given" ? "given masks (from the exemplars' label maps)" : method),
+        el("tbody", {}, Object.entries(params).map(([k, v]) => el("tr", {},
+          el("th", { scope: "row" }, k.replace(/_/g, " ")), el("td", {}, fmtValue(v))))))),
+      made ? el("p", { class: "muted" }, made) : null);
+  }
+
+  function gridName(ext) {
+    return ext ? `${ext.name}${ext.patch_size ? ` (${ext.patch_size}-pixel patches)` : ""}` : "";
   }
 
   function showProvenance(data) {
@@ -33,9 +61,9 @@
     const c = p.counts;
     row(dl, "prototypes", `${c.class} class, ${c.instance} instance, ${c.part} part · background ${c.bg_class}/${c.bg_instance}/${c.bg_part}`);
     const ex = p.images.filter((i) => i.source === "exemplar").length;
-    row(dl, "support images", `${p.images.length} (${ex} exemplars)` + (p.seeds.length ? `, seeds ${p.seeds.slice(0, 8).join(", ")}` : ""));
-    if (p.generator) row(dl, "generator", `${p.generator.model_id} @ ${p.generator.revision || "?"}, ${p.generator.steps} steps, guidance ${p.generator.guidance}; prompt “${p.generator.prompt}”`);
-    row(dl, "masks", Object.entries(p.masks).map(([m, params]) => `${m} ${JSON.stringify(params)}`).join("; "));
+    row(dl, "support images", `${plural(p.images.length, "image")} (${plural(ex, "exemplar")})` + (p.seeds.length ? `, seeds ${p.seeds.slice(0, 8).join(", ")}` : ""));
+    if (p.generator) row(dl, "generator", `${p.generator.model_id} @ ${p.generator.revision || "?"}, ${plural(p.generator.steps, "step")}, guidance ${p.generator.guidance}; prompt “${p.generator.prompt}”`);
+    row(dl, "masks", masksTable(p.masks, data.mask_extractor ? `made on the patch grid of ${gridName(data.mask_extractor)}` : ""));
     row(dl, "label history", p.label.history.map((h) => `${h.source} → ${h.kind}`).join("; "));
     row(dl, "config", `${String(p.config_hash).slice(0, 16)}${p.config ? ` · k=${p.config.k} seed=${p.config.seed}` : ""}`);
     if (p.params && p.params.preset) row(dl, "preset", `${p.params.preset} (stand-in models: not meaningful)`);
@@ -45,12 +73,33 @@
     document.getElementById("relabel-kind").value = s.kind === "thing" ? "stuff" : "thing";
   }
 
+  // ------------------------------------------------------------------ prototypes and their patches
+  function applyZoom() {
+    const z = Number(zoom.value);
+    document.getElementById("zoom-value").textContent = `${z}×`;
+    supports.style.setProperty("--support-width", `${SUPPORT_WIDTH * z}px`);
+    supports.dataset.zoom = String(z);
+    supports.classList.toggle("crisp", z >= 2);
+    scrollToNearest();
+  }
+  zoom.addEventListener("input", applyZoom);
+
+  /** Bring the nearest patch (the yellow box) into the zoomed view, scrolling only the view itself. */
+  function scrollToNearest() {
+    const box = supports.querySelector('.hl[data-rank="0"]');
+    if (!box || Number(zoom.value) <= 1) return;
+    const v = supportsView.getBoundingClientRect(), b = box.getBoundingClientRect();
+    supportsView.scrollLeft += b.left - v.left - (v.width - b.width) / 2;
+    supportsView.scrollTop += b.top - v.top - (v.height - b.height) / 2;
+  }
+
   function showSupports(images) {
     supports.replaceChildren(...images.map((im) => el("figure", { class: "support", dataset: { imageId: im.id } },
       el("div", { class: "frame" },
         el("img", { src: artifactUrl(im.sha256), alt: `support image ${im.id.slice(0, 8)} (${im.source})`, width: im.size[0], height: im.size[1] }),
         el("div", { class: "boxes" })),
       el("figcaption", {}, `${im.source} · ${im.size[0]}×${im.size[1]}`))));
+    applyZoom();
   }
 
   function highlight(index) {
@@ -66,7 +115,7 @@
       if (!fig) return;
       const [W, H] = sizes[n.image];
       const [x0, y0, x1, y1] = n.box;
-      const box = el("div", { class: "hl", dataset: { rank, similarity: n.similarity } });
+      const box = el("div", { class: "hl", dataset: { rank, similarity: n.similarity }, title: `#${rank + 1} · ${n.similarity.toFixed(3)} · ${x1 - x0}×${y1 - y0} px` });
       Object.assign(box.style, { left: `${(100 * x0) / W}%`, top: `${(100 * y0) / H}%`, width: `${(100 * (x1 - x0)) / W}%`, height: `${(100 * (y1 - y0)) / H}%` });
       fig.querySelector(".boxes").append(box);
       fig.dataset.highlighted = "true";
@@ -78,6 +127,7 @@
       return el("figure", { dataset: { rank } }, canvas, el("figcaption", {}, `#${rank + 1} · ${n.similarity.toFixed(3)}`));
     }));
     nearestBox.dataset.part = String(index);
+    scrollToNearest();
   }
 
   function showParts(data) {
@@ -106,7 +156,7 @@
     });
     partsList.replaceChildren(...buttons);
     partsStatus.textContent = data.prototypes.length
-      ? `${data.prototypes.length} ${NOUN[data.sheet]} prototypes, ${data.top} nearest patches each`
+      ? `${plural(data.prototypes.length, `${NOUN[data.sheet]} prototype`)}, ${plural(data.top, "nearest patch", "nearest patches")} each`
       : `This set has no ${NOUN[data.sheet]} prototypes.`;
     partsList.dataset.sheet = data.sheet;
     partsList.dataset.ready = "true";
@@ -147,20 +197,89 @@
     });
   });
 
+  // ------------------------------------------------------------------ support images with masks drawn over them
+  const LAYERS = { foreground: [46, 204, 64], background: [230, 40, 40], attention: [255, 200, 0] };  // as protodb inspect
+  const maskRows = [];  // {im, base, layers: {foreground, background, attention}, canvas}
+  const maskOpacity = document.getElementById("mask-opacity");
+  const maskZoom = document.getElementById("mask-zoom");
+  const layerBoxes = { foreground: document.getElementById("layer-fg"), background: document.getElementById("layer-bg"),
+    attention: document.getElementById("layer-att") };
+
+  function drawMasked(r) {
+    if (!r.base) return;
+    const ctx = r.canvas.getContext("2d");
+    ctx.globalAlpha = 1;
+    ctx.drawImage(r.base, 0, 0, r.canvas.width, r.canvas.height);
+    ctx.globalAlpha = Number(maskOpacity.value) / 100;
+    const on = [];
+    for (const name of ["background", "foreground", "attention"]) {
+      if (r.layers[name] && layerBoxes[name].checked) {
+        ctx.drawImage(r.layers[name], 0, 0);
+        on.push(name);
+      }
+    }
+    ctx.globalAlpha = 1;
+    r.canvas.dataset.layers = on.join(",");
+    r.canvas.dataset.opacity = maskOpacity.value;
+  }
+
+  function redrawMasks() {
+    document.getElementById("mask-opacity-value").textContent = `${maskOpacity.value}%`;
+    const z = Number(maskZoom.value);
+    document.getElementById("mask-zoom-value").textContent = `${z}×`;
+    const box = document.getElementById("support-images");
+    box.style.setProperty("--mask-width", `${SUPPORT_WIDTH * z}px`);
+    box.classList.toggle("crisp", z >= 2);
+    maskRows.forEach(drawMasked);
+  }
+  [maskOpacity, maskZoom, ...Object.values(layerBoxes)].forEach((c) => c.addEventListener("input", redrawMasks));
+
+  async function prepareRow(r) {
+    const im = r.im;
+    const [w, h] = im.size;
+    try {
+      r.base = await loadImage(artifactUrl(im.sha256));
+      const masks = { foreground: im.masks.foreground, background: im.masks.background, attention: im.attention_sha256 };
+      for (const [name, sha] of Object.entries(masks)) {
+        if (!sha) continue;
+        const img = await loadImage(artifactUrl(sha));
+        r.layers[name] = maskLayer(img, w, h, LAYERS[name], name === "attention");
+      }
+      const fg = r.layers.foreground ? Number(r.layers.foreground.dataset.fraction) : null;
+      r.canvas.dataset.ready = "true";
+      if (fg !== null) r.share.textContent = ` · foreground ${(100 * fg).toFixed(0)}% of the image`;
+      drawMasked(r);
+    } catch (err) {
+      r.share.textContent = ` · ${err.message}`;
+    }
+  }
+
   async function showSupportImages() {
     const box = document.getElementById("support-images");
     const note = document.getElementById("images-status");
     try {
       const data = await api(`/api/sets/${encodeURIComponent(setId)}/images`);
-      const thumb = (sha, what, im) => sha
-        ? el("figure", { dataset: { what } }, el("img", { src: artifactUrl(sha), alt: `${what} of support image ${im.id.slice(0, 8)}`, loading: "lazy" }),
-          el("figcaption", {}, what))
-        : null;
-      box.replaceChildren(...data.images.map((im) => el("div", { class: "support-row", dataset: { imageId: im.id } },
-        thumb(im.sha256, "image", im), thumb(im.masks.foreground, "foreground mask", im),
-        thumb(im.masks.background, "background mask", im), thumb(im.attention_sha256, "attention", im),
-        el("p", { class: "muted" }, `${im.source}${im.seed !== null ? ` · seed ${im.seed}` : ""}${im.origin ? ` · ${im.origin}` : ""} · ${im.size[0]}×${im.size[1]}`))));
-      note.textContent = `${data.images.length} support images; masks made on extractor ${data.mask_extractor_id.slice(0, 12)}'s patch grid.`;
+      maskRows.length = 0;
+      const link = (sha, what) => sha ? el("a", { href: artifactUrl(sha), target: "_blank", rel: "noopener", dataset: { what } }, what) : null;
+      box.replaceChildren(...data.images.map((im) => {
+        const canvas = el("canvas", { width: im.size[0], height: im.size[1], role: "img",
+          "aria-label": `support image ${im.id.slice(0, 8)} with its masks drawn over it` });
+        const share = el("span", {});
+        const r = { im, canvas, share, base: null, layers: {} };
+        maskRows.push(r);
+        const links = [link(im.sha256, "image"), link(im.masks.foreground, "foreground mask"),
+          link(im.masks.background, "background mask"), link(im.attention_sha256, "attention")].filter(Boolean);
+        return el("figure", { class: "support-row", dataset: { imageId: im.id } },
+          canvas,
+          el("figcaption", {},
+            `${im.source}${im.seed !== null ? ` · seed ${im.seed}` : ""}${im.origin ? ` · ${im.origin}` : ""} · ${im.size[0]}×${im.size[1]}`,
+            share,
+            el("span", { class: "files" }, " · files: ", links.map((a, i) => [i ? ", " : "", a]))));
+      }));
+      const grid = gridName(data.mask_extractor);
+      note.textContent = `${plural(data.images.length, "support image")}; masks made on the patch grid of ${grid || "its extractor"}. Green: foreground, red: background.`;
+      redrawMasks();
+      await Promise.all(maskRows.map(prepareRow));
       box.dataset.ready = "true";
     } catch (err) {
       note.textContent = `Could not list the support images: ${err.message}`;
@@ -178,7 +297,7 @@
       const res = await api(`/api/classes/${encodeURIComponent(cls)}/label`, {
         method: "POST", body: JSON.stringify({ kind }),
         headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` } });
-      out.textContent = `Now ${res.kind} (${res.history.length} decisions in the history).`;
+      out.textContent = `Now ${res.kind} (${plural(res.history.length, "decision")} in the history).`;
       const badge = document.getElementById("set-kind");
       badge.textContent = res.kind;
       badge.className = `badge kind-${res.kind}`;
@@ -191,7 +310,8 @@
     try {
       const data = await api(`/api/sets/${encodeURIComponent(key)}`);
       showProvenance(data);
-      status.textContent = `${data.ref}: ${data.provenance.images.length} support images`;
+      document.getElementById("set-body").hidden = false;
+      status.textContent = `${data.ref}: ${plural(data.provenance.images.length, "support image")}`;
       const health = await serverStatus();
       if (health && health.writes) document.getElementById("relabel-section").hidden = false;
       document.getElementById("relabel").addEventListener("submit", relabel);
@@ -199,9 +319,13 @@
       showSupportImages();
       await showSheet("parts");
     } catch (err) {
+      // an unknown set: its error alone, no empty provenance or sections
+      document.getElementById("set-body").hidden = true;
+      document.getElementById("set-title").textContent = "No such prototype set";
       status.textContent = err.message;
       status.classList.add("error");
-      partsStatus.textContent = "";
+      status.dataset.failed = "true";
+      serverStatus();
     }
   }
 
