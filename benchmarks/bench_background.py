@@ -103,7 +103,8 @@ def main() -> None:
                     "preset's random-weight ViT)")
     ap.add_argument("--modes", nargs="*", default=["labelled", "rest", "none"])
     ap.add_argument("--smoke", action="store_true",
-                    help="1 exemplar per class, 2 val images, tiny-vit: checks the script runs (figures not meaningful)")
+                    help="1 exemplar per class, 2 val images, tiny-vit: checks the script runs "
+                         "(figures not meaningful)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:

@@ -6,8 +6,9 @@ command itself reports, i.e. what start-up (imports, model loading) costs.
                                               # the user cache (protodb.paths.user_cache_dir()/bench-cli/db)
     python benchmarks/bench_cli.py --db demo-out/db      # the database `make demo` made
     python benchmarks/bench_cli.py --runs 9 --json
-    python benchmarks/bench_cli.py --smoke [--db DB --vocab NAME --photo FILE]   # 1 run each, no warm-up: checks it runs; with
-                                              # no --db, a tiny-preset database of one class in a temp folder
+    python benchmarks/bench_cli.py --smoke [--db DB --vocab NAME --photo FILE]   # checks it runs: 1 run each,
+                                              # no warm-up; with no --db, a one-class tiny-preset database in a
+                                              # temp folder
 
 Goal (issue 13): ls / info / vocab list under 0.6 s on the 2-core machine when it is quiet.
 """
@@ -35,7 +36,7 @@ def child_env() -> dict[str, str]:
 
 
 def protodb(args: list[str], **kw) -> subprocess.CompletedProcess:
-    out = subprocess.run(EXE + args, capture_output=True, env=child_env(), cwd=ROOT, text=True, **kw)
+    out = subprocess.run(EXE + args, capture_output=True, env=child_env(), cwd=ROOT, text=True, check=False, **kw)
     if out.returncode != 0:
         raise SystemExit(f"protodb {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return out
@@ -116,7 +117,8 @@ def main() -> None:
         print(f"  protodb {k:<12} {out[k]:.3f} s")
     if "segment" in out:
         s = out["segment"]
-        print(f"  protodb segment (1 photo, vocabulary {args.vocab}): {s['wall_s']} s wall, {s['reported_s']} s reported, "
+        print(f"  protodb segment (1 photo, vocabulary {args.vocab}): {s['wall_s']} s wall, "
+              f"{s['reported_s']} s reported, "
               f"start-up {s['startup_s']} s")
 
 

@@ -15,7 +15,8 @@
 
 ``--smoke`` runs the same calls with the tiny preset's random-weight generator and a 2-block DINOv2-shaped
 ViT (dim 64) instead of the full-size architectures: 2 images of 64 px, 2 steps, 2 classes, 2 photos of
-96x128; support images and photos at a 224 short side (on a CPU in about a minute, most of it imports; its figures mean nothing).
+96x128; support images and photos at a 224 short side (on a CPU in about a minute, most of it imports; its
+figures mean nothing).
 
 ``--save-costs HOME`` writes the measured per-image costs to HOME/costs.json, which ``--dry-run`` plans of
 that database then use. Goal (issue 11), on an H100-class GPU: a class in <= 25 s and >= 20 images/s.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -88,8 +90,8 @@ def main() -> None:
 
     import protodb
     from protodb.device import choose_device, choose_dtype
-    from protodb.models.extractors import spec_from_dict
     from protodb.features.windows import WindowSpec
+    from protodb.models.extractors import spec_from_dict
     from protodb.pipeline.config import AddClassRequest
     from protodb.segment.options import SegmentOptions
 
@@ -109,7 +111,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="protodb-bench-gpu-"))
     db = protodb.open(work / "db")
     spec = spec_from_dict({"name": "dinov2-random", "kind": "timm", "config": {
-        "model": DINO, **({"model_kwargs": dino_kwargs} if dino_kwargs else {}), "checkpoint": str(dino), "facet": "token", "layer": -1, "patch_size": 14,
+        "model": DINO, **({"model_kwargs": dino_kwargs} if dino_kwargs else {}), "checkpoint": str(dino),
+        "facet": "token", "layer": -1, "patch_size": 14,
         "input_size": 448, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
     db.add_extractor(spec)
     builder = db.builder(device=str(device), dtype=dtype)
@@ -177,6 +180,8 @@ def main() -> None:
                                                    f"batch {args.batch}"}}}
         args.save_costs.mkdir(parents=True, exist_ok=True)
         (args.save_costs / "costs.json").write_text(json.dumps(costs, indent=2) + "\n")
+    db.close()
+    shutil.rmtree(work, ignore_errors=True)  # the benchmark's database: nothing of it is kept
     if args.json:
         print(json.dumps(result, indent=2))
     else:

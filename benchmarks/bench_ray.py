@@ -5,11 +5,11 @@
    (``ProtoDB.add_vocab``) and through Ray with 1 and 2 workers (the same call with ``runner=RayOptions(...)``).
    Every run is a fresh Python process on a fresh database (the tiny models are built once beforehand and
    copied in), timed end to end: imports, Ray start, model loading, the work, shutdown.
-2. Segment: ``--photos`` CamVid photos (``--camvid DIR``'s ``val``, default ``../shared/data/camvid/val``
-   relative to the repository; skipped when absent; never copied anywhere) labelled with the built-in camvid vocabulary (support images from the
-   tiny generator, features from the real DINOv2 ViT-S/14 ``focus-vits14-torch``), by the single-process
-   loop (``ProtoDB.segment``) and by Ray Data (``runner=RayOptions(...)``, 2 actors), end to end and
-   the labelling alone.
+2. Segment: ``--photos`` CamVid photos (``DIR/val`` of ``--camvid DIR``, default ``../shared/data/camvid``
+   relative to the repository; skipped when absent; never copied anywhere) labelled with the built-in camvid
+   vocabulary (support images from the tiny generator, features from the real DINOv2 ViT-S/14
+   ``focus-vits14-torch``), by the single-process loop (``ProtoDB.segment``) and by Ray Data
+   (``runner=RayOptions(...)``, 2 actors), end to end and the labelling alone.
 
     python benchmarks/bench_ray.py [--classes 8] [--images 8] [--size 128] [--steps 4] [--photos 50] [--json]
     python benchmarks/bench_ray.py --smoke [--camvid DIR]
@@ -81,7 +81,7 @@ def child_env() -> dict[str, str]:
 
 
 def run(script: str, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, check=False,
                          cwd=ROOT, env=child_env())
     if out.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{out.stderr[-3000:]}")
@@ -90,7 +90,7 @@ def run(script: str, *args) -> dict:
 
 def cli(*args) -> None:
     out = subprocess.run([sys.executable, "-m", "protodb_cli.main", *map(str, args), "-q"], capture_output=True,
-                         text=True, cwd=ROOT, env=child_env())
+                         text=True, check=False, cwd=ROOT, env=child_env())
     if out.returncode != 0:
         raise SystemExit(f"protodb {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
 
@@ -164,7 +164,8 @@ def main() -> None:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-segment", action="store_true")
     ap.add_argument("--smoke", action="store_true",
-                    help="2 tiny classes x 2 images (64 px, 2 steps), 2 photos, Ray local with 1 worker: checks it runs")
+                    help="2 tiny classes x 2 images (64 px, 2 steps), 2 photos, Ray local with 1 worker: "
+                         "checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -189,7 +190,8 @@ def main() -> None:
     if s:
         print(f"segment {s['photos']} CamVid photos ({s['extractor']}): single {s['single_s']} s "
               f"({s['single_images_per_s']} img/s; labelling alone {s['single_labelling_images_per_s']} img/s) | "
-              f"ray data {s['ray_actors']} actors {s['ray_2_actors_s']} s ({s['ray_images_per_s']} img/s, {s['ray_speedup']}x)")
+              f"ray data {s['ray_actors']} actors {s['ray_2_actors_s']} s ({s['ray_images_per_s']} img/s, "
+              f"{s['ray_speedup']}x)")
 
 
 if __name__ == "__main__":

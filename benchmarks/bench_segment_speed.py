@@ -29,9 +29,11 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=97)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--extractor", default="focus-vits14",
-                    help="a built-in extractor, or tiny-vit (the tiny preset's random-weight ViT, built in a temp folder)")
+                    help="a built-in extractor, or tiny-vit (the tiny preset's random-weight ViT, built in a "
+                         "temp folder)")
     ap.add_argument("--smoke", action="store_true",
-                    help="2 and 20 classes of 8 prototypes each, tiny-vit, short side 224, 1 repeat: checks the script runs")
+                    help="2 and 20 classes of 8 prototypes each, tiny-vit, short side 224, 1 repeat: "
+                         "checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -41,12 +43,12 @@ def main() -> None:
 
     from protodb.demo import skimage_photo
     from protodb.device import choose_device, choose_dtype
+    from protodb.features.windows import WindowSpec, plan_windows, resized_size
     from protodb.models.extractors import builtin_specs
     from protodb.models.extractors.loading import load_extractor
     from protodb.models.tiny import build_tiny_extractor
     from protodb.segment.label import segment_image
     from protodb.segment.match import ClassPrototypes, build_match_table
-    from protodb.features.windows import WindowSpec, plan_windows, resized_size
 
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")
@@ -99,8 +101,9 @@ def main() -> None:
         b, s = min(b_times), min(s_times)
         rows.append({"classes": C, "prototypes": int(table.vectors.shape[0]), "extractor_s": round(b, 3),
                      "segment_s": round(s, 3), "ratio": round(s / b, 3)})
-    out = {"device": str(device), "dtype": str(dtype), "extractor": args.extractor, "image": [480, 360], "short_side": spec.short_side,
-           "torch_threads": torch.get_num_threads(), "results": rows, "smoke": args.smoke}
+    out = {"device": str(device), "dtype": str(dtype), "extractor": args.extractor, "image": [480, 360],
+           "short_side": spec.short_side, "torch_threads": torch.get_num_threads(), "results": rows,
+           "smoke": args.smoke}
     if args.json:
         print(json.dumps(out, indent=2))
         return

@@ -70,7 +70,7 @@ def run_benchmark(name: str, tmp: Path, *args) -> dict:
                     OMP_NUM_THREADS=1)  # one thread: 2 threads stall on cores other jobs share
     (tmp / "home").mkdir(exist_ok=True)
     out = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke", "--json", *map(str, args)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert out.returncode == 0, f"{name} failed ({out.returncode}):\n{out.stderr[-4000:]}"
     data = json.loads(out.stdout)  # nothing but the JSON on stdout
     assert data["smoke"] is True
