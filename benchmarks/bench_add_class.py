@@ -11,6 +11,8 @@ through its real loading code. The extractor is the real ONNX DINOv2 ViT-S/14 fr
 
     python benchmarks/bench_add_class.py                 # 256 px, 4 steps, 4 images (the goal's setting)
     python benchmarks/bench_add_class.py --repeats 3 --json
+    python benchmarks/bench_add_class.py --smoke         # the tiny preset's generator and extractor (64 px, 2 steps,
+                                                         # 2 images, 1 repeat): checks the script runs, in seconds
 
 Goal (issue 3): ratio <= 1.10 on the project's CPU.
 """
@@ -76,24 +78,35 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "protodb-bench")
     ap.add_argument("--extractor", default="focus-vits14")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the tiny preset's random-weight generator and extractor, 64 px, 2 steps, 2 images, "
+                         "1 repeat: checks the script runs (figures not meaningful)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.size, args.steps, args.images, args.repeats, args.extractor = 64, 2, 2, 1, "tiny-vit"
 
     import protodb
     from protodb.device import choose_device, choose_dtype
-    from protodb.pipeline.config import AddClassRequest
     from protodb.features.featurize import featurize
+    from protodb.models.tiny import build_tiny_generator
+    from protodb.pipeline.config import AddClassRequest
     from protodb.pipeline.generate import derive_seed
 
     t0 = time.perf_counter()
-    folder = build_sd15_random(args.models / "sd15-random")
+    if args.smoke:  # the tiny preset's generator, saved like a real model folder and loaded back by path
+        folder = args.models / "tiny-generator"
+        build_tiny_generator(folder)
+    else:
+        folder = build_sd15_random(args.models / "sd15-random")
     build_s = time.perf_counter() - t0
+    preset = "tiny" if args.extractor == "tiny-vit" else None  # tiny-vit is the tiny preset's extractor
 
     work = Path(tempfile.mkdtemp(prefix="protodb-bench-"))
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")
     db = protodb.open(work / "db0")
-    reg = db.registry()
+    reg = db.registry(preset)
     spec = reg.generator_spec(str(folder)).replace(steps=args.steps, width=args.size, height=args.size)
     pipe = reg.load_pipeline(spec, device, dtype)
     ext = reg.load_extractor(reg.extractor_spec(args.extractor), device, dtype)
@@ -116,7 +129,7 @@ def main() -> None:
 
     def add_class(run: int) -> float:
         pdb = protodb.open(work / f"db{run + 1}")
-        builder = pdb.builder(device=str(device), dtype=str(dtype).removeprefix("torch."))
+        builder = pdb.builder(preset=preset, device=str(device), dtype=str(dtype).removeprefix("torch."))
         req = AddClassRequest(name=name, images=args.images, generator=str(folder), steps=args.steps,
                               size=args.size, extractors=(args.extractor,), batch_size=args.images)
         t = time.perf_counter()
@@ -134,7 +147,7 @@ def main() -> None:
         "device": str(device), "dtype": str(dtype), "size": args.size, "steps": args.steps,
         "images": args.images, "extractor": args.extractor, "floor_s": round(f, 3),
         "add_class_s": round(a, 3), "ratio": round(a / f, 3), "floors": floors, "adds": adds,
-        "model_build_s": round(build_s, 1), "torch_threads": torch.get_num_threads(),
+        "model_build_s": round(build_s, 1), "torch_threads": torch.get_num_threads(), "smoke": args.smoke,
     }
     if args.json:
         print(json.dumps(result, indent=2))

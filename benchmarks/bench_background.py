@@ -12,6 +12,10 @@ a background class. Three ways to take the exemplars' background prototypes are 
 * ``none`` (``--no-exemplar-background``): no background prototypes from exemplars.
 
     python benchmarks/bench_background.py --shots 5 --limit 40
+    python benchmarks/bench_background.py --smoke --camvid DIR   # 1 exemplar, 2 val images, the tiny preset's
+                                                                 # random-weight ViT: checks the script runs
+
+``--json`` prints ``{"shots", "extractor", "results": [one row per mode], "smoke"}``.
 
 Label maps are derived in a temporary folder (never in the repository: CamVid is CC BY-NC).
 """
@@ -66,7 +70,7 @@ def prepare(camvid: Path, work: Path, shots: int) -> dict[str, tuple[Path, Path]
 
 def run(home: Path, folders, extractor: str, mode: str, camvid: Path, limit: int | None) -> dict:
     db = protodb.open(home)
-    builder = db.builder()
+    builder = db.builder(preset="tiny" if extractor == "tiny-vit" else None)  # tiny-vit: the tiny preset's
     for k, name in enumerate(THINGS, 1):
         ex, mk = folders[name]
         builder.add_class(AddClassRequest(name=name, images=0, exemplars=ex, masks=mk, mask_value=k,
@@ -95,10 +99,16 @@ def main() -> None:
     ap.add_argument("--camvid", type=Path, default=CAMVID)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--extractor", default="focus-vits14-torch")
+    ap.add_argument("--extractor", default="focus-vits14-torch", help="a built-in extractor, or tiny-vit (the tiny "
+                    "preset's random-weight ViT)")
     ap.add_argument("--modes", nargs="*", default=["labelled", "rest", "none"])
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 exemplar per class, 2 val images, tiny-vit: checks the script runs "
+                         "(figures not meaningful)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.shots, args.limit, args.extractor = 1, 2, "tiny-vit"
     if not args.camvid.exists():
         raise SystemExit(f"CamVid not found at {args.camvid}")
     with tempfile.TemporaryDirectory(prefix="protodb-bg-") as tmp:
@@ -106,7 +116,8 @@ def main() -> None:
         folders = prepare(args.camvid, work / "exemplars", args.shots)
         results = [run(work / f"db-{m}", folders, args.extractor, m, args.camvid, args.limit) for m in args.modes]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"shots": args.shots, "extractor": args.extractor, "results": results, "smoke": args.smoke},
+                         indent=2))
         return
     print(f"CamVid things + background, {args.shots} exemplars per class, {args.extractor}, "
           f"{results[0]['images']} val images")

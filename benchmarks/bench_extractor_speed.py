@@ -17,6 +17,8 @@ call, and how close the one-pass torch features are to the ONNX's tiled ones (th
 no tiling means every patch sees the whole window).
 
     python benchmarks/bench_extractor_speed.py [--repeats 5] [--json]
+    python benchmarks/bench_extractor_speed.py --smoke   # scikit-image's astronaut at 160x120, short side 112,
+                                                         # 1 repeat: the same paths in seconds (checks it runs)
 """
 
 from __future__ import annotations
@@ -35,20 +37,20 @@ import torch.nn.functional as F
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_photo() -> tuple[torch.Tensor, str]:
-    """(3, 360, 480) float in [0, 1] and where it came from."""
+def load_photo(size: tuple[int, int] = (480, 360), camvid: bool = True) -> tuple[torch.Tensor, str]:
+    """(3, H, W) float in [0, 1] (``size`` = (W, H)) and where it came from."""
     import PIL.Image
 
-    camvid = sorted((REPO.parent / "shared" / "data" / "camvid" / "val").glob("*.png"))
+    camvid = sorted((REPO.parent / "shared" / "data" / "camvid" / "val").glob("*.png")) if camvid else []
     if camvid:
         img, source = PIL.Image.open(camvid[0]).convert("RGB"), f"camvid val {camvid[0].name}"
     else:
         from protodb.demo import skimage_photo
 
         img, source = PIL.Image.open(skimage_photo("astronaut.png")).convert("RGB"), "skimage astronaut"
-    if img.size != (480, 360):
+    if img.size != size:
         source += f" (resized from {img.size[0]}x{img.size[1]})"
-        img = img.resize((480, 360), PIL.Image.BICUBIC)
+        img = img.resize(size, PIL.Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255, source
 
 
@@ -81,20 +83,25 @@ class TorchDinov2:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true",
+                    help="scikit-image's astronaut at 160x120, short side 112, 1 repeat: checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats = 1
 
     import transformers  # noqa: F401 - imported before timing the conversion
     from transformers.utils import logging as hf_logging
 
-    from protodb.models.extractors import builtin_specs, focus_onnx_path, load_extractor
-    from protodb.models.onnx_dinov2 import convert_dinov2_onnx
-    from protodb.features.windows import WindowSpec, plan_windows, resized_size
+    from protodb.features.windows import WindowSpec, crop_starts, plan_windows, resized_size
+    from protodb.models.extractors import builtin_specs, focus_onnx_path
+    from protodb.models.extractors.dinov2 import convert_dinov2_onnx
+    from protodb.models.extractors.loading import load_extractor
 
     hf_logging.disable_progress_bar()
-    photo, source = load_photo()
+    photo, source = load_photo((160, 120), camvid=False) if args.smoke else load_photo()
     H, W = photo.shape[1:]
-    spec = WindowSpec()
+    spec = WindowSpec(short_side=112) if args.smoke else WindowSpec()
     H2, W2 = resized_size(H, W, spec, 14)
     image = F.interpolate(photo[None], size=(H2, W2), mode="bilinear", align_corners=False,
                           antialias=True).clamp_(0, 1)
@@ -108,8 +115,6 @@ def main() -> None:
                 extract(torch.cat([image[:, :, x.top:x.top + h, x.left:x.left + w] for x in wins[i:i + spec.batch]]))
 
     def onnx_crops(h: int, w: int, side: int = 224, stride: int = 112) -> int:
-        from protodb.features.windows import crop_starts
-
         return len(crop_starts(max(h, side), side, stride)) * len(crop_starts(max(w, side), side, stride))
 
     with tempfile.TemporaryDirectory() as cache:
@@ -147,7 +152,7 @@ def main() -> None:
     n_windows = sum(len(w) for w in groups.values())
     crops = sum(onnx_crops(h, w) * len(wins) for (h, w), wins in groups.items())
     out = {
-        "photo": source, "resized": [H2, W2], "torch_threads": torch.get_num_threads(),
+        "photo": source, "resized": [H2, W2], "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
         "windows": n_windows, "onnx_224_crops_windows": crops, "onnx_224_crops_whole": onnx_crops(H2, W2),
         "conversion_s": convert_s, "cached_conversion_s": cached_s, "results": rows,
         "tiled_vs_one_pass_cosine": {"mean": cos.mean().item(), "min": cos.min().item()},

@@ -13,6 +13,11 @@
     python benchmarks/bench_gpu.py [--json] [--save-costs HOME]   # on a CUDA machine
     python benchmarks/bench_gpu.py --smoke                        # tiny sizes: checks the script runs anywhere
 
+``--smoke`` runs the same calls with the tiny preset's random-weight generator and a 2-block DINOv2-shaped
+ViT (dim 64) instead of the full-size architectures: 2 images of 64 px, 2 steps, 2 classes, 2 photos of
+96x128; support images and photos at a 224 short side (on a CPU in about a minute, most of it imports; its
+figures mean nothing).
+
 ``--save-costs HOME`` writes the measured per-image costs to HOME/costs.json, which ``--dry-run`` plans of
 that database then use. Goal (issue 11), on an H100-class GPU: a class in <= 25 s and >= 20 images/s.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -35,17 +41,24 @@ from bench_add_class import build_sd15_random  # noqa: E402 - the SD 1.5 archite
 DINO = "vit_small_patch14_dinov2.lvd142m"
 
 
-def build_dino_random(folder: Path) -> Path:
-    """The DINOv2 ViT-S/14 architecture with random weights, as a local safetensors checkpoint."""
+#: ``--smoke``: the DINOv2 ViT-S/14 layout (patch 14, register-free, layer scale) at a toy width and depth
+SMOKE_DINO_KWARGS = {"embed_dim": 64, "depth": 2, "num_heads": 2}
+
+
+def build_dino_random(folder: Path, model_kwargs: dict | None = None) -> Path:
+    """The DINOv2 ViT-S/14 architecture with random weights, as a local safetensors checkpoint
+    (``model_kwargs``: timm overrides, e.g. a smaller width for ``--smoke``)."""
     import safetensors.torch
     import timm
 
-    path = folder / "dinov2-vits14-random.safetensors"
+    path = folder / ("dinov2-vits14-random.safetensors" if not model_kwargs else "dinov2-smoke-random.safetensors")
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = timm.create_model(DINO, pretrained=False, num_classes=0, dynamic_img_size=True)
-        safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        model = timm.create_model(DINO, pretrained=False, num_classes=0, dynamic_img_size=True, **(model_kwargs or {}))
+        tmp = path.with_name(path.name + ".tmp")
+        safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.rename(path)
     return path
 
 
@@ -69,12 +82,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:
-        args.images, args.size, args.steps, args.gen_batch, args.photos, args.batch = 4, 64, 2, 4, 4, 2
+        args.images, args.size, args.steps, args.gen_batch, args.photos, args.batch = 2, 64, 2, 2, 2, 2
+        args.classes = 2
+    short_side = 224 if args.smoke else 448
 
     import PIL.Image
 
     import protodb
     from protodb.device import choose_device, choose_dtype
+    from protodb.features.windows import WindowSpec
     from protodb.models.extractors import spec_from_dict
     from protodb.pipeline.config import AddClassRequest
     from protodb.segment.options import SegmentOptions
@@ -82,20 +98,29 @@ def main() -> None:
     device = choose_device("auto")
     dtype = "float16" if device.type == "cuda" else dtype_name(choose_dtype(device, "auto"))
     t0 = time.perf_counter()
-    sd = build_sd15_random(args.models / "sd15-random")
-    dino = build_dino_random(args.models)
+    if args.smoke:  # the tiny preset's generator, saved like a real model folder and loaded back by path
+        from protodb.models.tiny import build_tiny_generator
+
+        sd = args.models / "tiny-generator"
+        build_tiny_generator(sd)
+    else:
+        sd = build_sd15_random(args.models / "sd15-random")
+    dino_kwargs = SMOKE_DINO_KWARGS if args.smoke else {}
+    dino = build_dino_random(args.models, dino_kwargs)
     build_s = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="protodb-bench-gpu-"))
     db = protodb.open(work / "db")
     spec = spec_from_dict({"name": "dinov2-random", "kind": "timm", "config": {
-        "model": DINO, "checkpoint": str(dino), "facet": "token", "layer": -1, "patch_size": 14,
+        "model": DINO, **({"model_kwargs": dino_kwargs} if dino_kwargs else {}), "checkpoint": str(dino),
+        "facet": "token", "layer": -1, "patch_size": 14,
         "input_size": 448, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
     db.add_extractor(spec)
     builder = db.builder(device=str(device), dtype=dtype)
 
     def one_class(name: str, images: int) -> float:
         req = AddClassRequest(name=name, images=images, generator=str(sd), steps=args.steps, size=args.size,
-                              extractors=("dinov2-random",), batch_size=args.gen_batch, k=32)
+                              extractors=("dinov2-random",), batch_size=args.gen_batch, k=32,
+                              short_side=short_side)
         sync()
         t = time.perf_counter()
         builder.add_class(req)
@@ -122,7 +147,7 @@ def main() -> None:
         rows = PrototypeRows(vectors=vecs, kinds=kinds, regions=[None] * len(kinds))
         db.sets.commit(name, record, rows, config_hash=f"bench-{i}")
     seg = db.segmenter(SegmentOptions(classes=",".join(names), extractors=("dinov2-random",),
-                                      device=str(device), dtype=dtype))
+                                      device=str(device), dtype=dtype, windows=WindowSpec(short_side=short_side)))
     side = (96, 128) if args.smoke else (720, 960)
     photos = [PIL.Image.fromarray((rng.random((*side, 3)) * 255).astype(np.uint8)) for _ in range(args.photos)]
     seg.segment(photos[0])
@@ -142,8 +167,8 @@ def main() -> None:
     result = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "dtype": dtype, "class": {"images": args.images, "size": args.size, "steps": args.steps,
                                         "generator_batch": args.gen_batch, "seconds": round(class_s, 2)},
-              "segment": {"classes": args.classes, "photo": list(side), "short_side": 448,
-                          "images_per_s_batch_1": round(one_by_one, 2),
+              "segment": {"classes": args.classes, "photo": list(side), "short_side": short_side,
+                          "batch": args.batch, "images_per_s_batch_1": round(one_by_one, 2),
                           f"images_per_s_batch_{args.batch}": round(batched, 2)},
               "model_build_s": round(build_s, 1), "smoke": args.smoke}
     if args.save_costs and not args.smoke:
@@ -155,6 +180,8 @@ def main() -> None:
                                                    f"batch {args.batch}"}}}
         args.save_costs.mkdir(parents=True, exist_ok=True)
         (args.save_costs / "costs.json").write_text(json.dumps(costs, indent=2) + "\n")
+    db.close()
+    shutil.rmtree(work, ignore_errors=True)  # the benchmark's database: nothing of it is kept
     if args.json:
         print(json.dumps(result, indent=2))
     else:

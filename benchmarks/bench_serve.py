@@ -13,6 +13,7 @@ measures, on the same image (``--image``, default: a synthetic scene, or skimage
   server RSS before and after.
 
     python benchmarks/bench_serve.py [--clients 8] [--requests 200] [--workers 1] [--extractor tiny-vit] [--json]
+    python benchmarks/bench_serve.py --smoke   # 2 clients, 6 requests, 2 sequential, 1 warm-up, 1 round: checks it runs
 
 Prints figures; not a test. The machine's other load shows up in the numbers: run it on a quiet one.
 """
@@ -110,8 +111,12 @@ def main() -> None:
     ap.add_argument("--db", type=Path, help="an existing database (with --vocab)")
     ap.add_argument("--vocab")
     ap.add_argument("--image", type=Path)
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 clients, 6 requests, 2 sequential, 1 warm-up, 1 round: checks the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.clients, args.requests, args.sequential, args.warmup, args.rounds = 2, 6, 2, 1, 1
 
     import httpx
 
@@ -220,7 +225,7 @@ def main() -> None:
                            "service_ms_per_request": round(1000 * wall * workers / max(1, len(latencies)), 1),
                            "throughput_vs_in_process": round((len(latencies) / wall) * local_p50, 3)},
             "server_rss_mb": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
-            "server_exit_code": rc,
+            "server_exit_code": rc, "smoke": args.smoke,
         }
         if args.json:
             print(json.dumps(out, indent=1))

