@@ -216,6 +216,55 @@ def test_flip_config_averages_the_mirror_images_features(tmp_path):
     assert builtin_specs()["focus-vits14-flip"].config == {**builtin_specs()["focus-vits14-torch"].config,
                                                             "flip": True}
 
+def test_tiled_extractor_averages_its_tiles_and_shares_them_between_windows(tmp_path):
+    from protodb.features.windows import Window, WindowSpec, plan_windows
+
+    plain_spec = build_tiny_extractor(tmp_path / "t")
+    tiled = load_extractor(ExtractorSpec("tiny-tiles", "tiny", {**plain_spec.config, "tile": {"size": 32, "stride": 16}}))
+    plain = load_extractor(plain_spec)
+    assert tiled.tile == (32, 16) and plain.tile is None
+    image = _photos(48, 64)[0]
+    # by hand: 32x32 tiles at rows 0, 16 and columns 0, 16, 32; each patch the mean of its tiles' raw tokens
+    raw = {(y, x): plain._features(image[None, :, y:y + 32, x:x + 32])[0] for y in (0, 16) for x in (0, 16, 32)}
+    acc, count = torch.zeros(6, 8, 32), torch.zeros(6, 8, 1)
+    for (y, x), f in raw.items():
+        acc[y // 8:y // 8 + 4, x // 8:x // 8 + 4] += f
+        count[y // 8:y // 8 + 4, x // 8:x // 8 + 4] += 1
+    assert torch.allclose(tiled(image[None])[0], F.normalize(acc / count, dim=-1), atol=1e-5)
+    # an image smaller than a tile is padded with the mean colour, not stretched
+    small = tiled(image[None, :, :16, :24])
+    assert small.shape == (1, 2, 3, 32) and torch.allclose(small.norm(dim=-1), torch.ones(1, 2, 3), atol=1e-5)
+
+    calls = []
+    original = tiled._features
+    tiled._features = lambda x: (calls.append(len(x)), original(x))[1]
+    plan = plan_windows(48, 64, WindowSpec(short_side=None, sizes=(32, 24), stride=16, whole=True), 8)
+    shared = tiled.window_features(image, plan)
+    n_shared = sum(calls)
+    calls.clear()
+    alone = [tiled(image[None, :, w.top:w.top + w.height, w.left:w.left + w.width])[0] for w in plan]
+    assert n_shared < sum(calls)  # overlapping windows ran each shared tile once
+    for a, b in zip(shared, alone):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    flip = load_extractor(ExtractorSpec("tiny-tiles-flip", "tiny", {**tiled.spec.config, "flip": True}))
+    for w, f in zip(plan, flip.window_features(image, plan)):
+        assert torch.allclose(f, flip(image[None, :, w.top:w.top + w.height, w.left:w.left + w.width])[0], atol=1e-5)
+    # untiled extractors give the same windows through batched calls
+    for w, f in zip(plan, plain.window_features(image, plan)):
+        assert torch.allclose(f, plain(image[None, :, w.top:w.top + w.height, w.left:w.left + w.width])[0], atol=1e-5)
+    assert plain.window_features(image, [Window(0, 0, 48, 64)])[0].shape == (6, 8, 32)
+
+    for bad in ({"size": 30, "stride": 16}, {"size": 32, "stride": 40}, {"size": 32, "stride": 0}):
+        with pytest.raises(InvalidInput, match="tile size"):
+            load_extractor(ExtractorSpec("bad", "tiny", {**plain_spec.config, "tile": bad}))
+    with pytest.raises(InvalidInput, match="'tile' must be"):
+        ExtractorSpec("bad", "tiny", {**plain_spec.config, "tile": {"size": "32"}})
+    specs = builtin_specs()
+    assert specs["focus-vits14-tiles"].config == {**specs["focus-vits14-torch"].config, "input_size": 224,
+                                                  "tile": {"size": 224, "stride": 112}}
+    assert specs["focus-vits14-tiles-flip"].config == {**specs["focus-vits14-tiles"].config, "flip": True}
+
+
 # ------------------------------------------------------------------------------------------- CLIP
 
 

@@ -11,6 +11,23 @@ from protodb.features.windows import WindowSpec, plan_windows, resized_size
 
 
 @torch.no_grad()
+def resize_for(image: torch.Tensor, patch: int, spec: WindowSpec, device=None):
+    """``image`` (3, H, W) float RGB in [0, 1] resized as ``spec`` scores it: returns ``((H, W), (H', W'),
+    (1, 3, H', W') float32 in [0, 1])``, on ``device`` when given."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
+    H, W = int(image.shape[1]), int(image.shape[2])
+    H2, W2 = resized_size(H, W, spec, int(patch))
+    img = image.float()[None]
+    if (H2, W2) != (H, W):
+        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
+        img = img.clamp_(0, 1)
+    if device is not None:
+        img = img.to(device)
+    return (H, W), (H2, W2), img
+
+
+@torch.no_grad()
 def window_calls(image: torch.Tensor, patch: int, spec: WindowSpec, device=None):
     """The extractor calls :func:`window_grid_scores` makes for ``image``, in order: the image is resized
     (on ``device`` when it is already there), its windows planned and grouped by size, each group cut
@@ -18,17 +35,8 @@ def window_calls(image: torch.Tensor, patch: int, spec: WindowSpec, device=None)
     indices, crops (len(indices) * n * n, 3, h, w)))`` with n = ``spec.subpatch``: per window its n x n
     shifted crops (:func:`protodb.subpatch.crops`). Batched segmentation extracts these crops
     for several images at once."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
     p = int(patch)
-    H, W = int(image.shape[1]), int(image.shape[2])
-    H2, W2 = resized_size(H, W, spec, p)
-    img = image.float()[None]
-    if (H2, W2) != (H, W):
-        img = F.interpolate(img, size=(H2, W2), mode="bilinear", align_corners=False, antialias=True)
-        img = img.clamp_(0, 1)
-    if device is not None:
-        img = img.to(device)
+    (H, W), (H2, W2), img = resize_for(image, p, spec, device)
     plan = plan_windows(H, W, spec, p)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, win in enumerate(plan):

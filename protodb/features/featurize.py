@@ -78,10 +78,15 @@ def featurize(
 
 def _windowed(extractor, image: torch.Tensor, plan: list, batch_size: int) -> torch.Tensor:
     """(3, H, W) at feature size -> (H/p, W/p, D): the normalised mean over the crops of ``plan``
-    (:func:`protodb.segment.windows.plan_windows` on this size)."""
+    (:func:`protodb.features.windows.plan_windows` on this size). An extractor with ``window_features``
+    featurises all windows at once (a tiled one runs each shared tile once)."""
     p = extractor.patch_size
     H, W = int(image.shape[1]), int(image.shape[2])
     acc = torch.zeros(H // p, W // p, extractor.dim)
+    if hasattr(extractor, "window_features"):
+        for w, f in zip(plan, extractor.window_features(image, plan)):
+            acc[w.top // p:(w.top + w.height) // p, w.left // p:(w.left + w.width) // p] += f.float().cpu()
+        return torch.nn.functional.normalize(acc, dim=-1)
     by_size: dict[tuple[int, int], list] = defaultdict(list)
     for win in plan:
         by_size[(win.height, win.width)].append(win)

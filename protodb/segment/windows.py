@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from protodb import subpatch
 from protodb.errors import InvalidInput
-from protodb.features.crops import window_calls
-from protodb.features.windows import Window, WindowSpec
+from protodb.features.crops import resize_for, window_calls
+from protodb.features.windows import Window, WindowSpec, plan_windows
 from protodb.segment.match import MatchTable, score_patches
 
 
@@ -61,7 +61,9 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
                        spec: WindowSpec | None = None, *, keep_patches: bool = False):
     """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
 
-    Every window's crop goes through the extractor (windows of one size batched); all windows' patches
+    Every window's crop goes through the extractor (windows of one size batched; an extractor with
+    ``window_features`` gets all windows of the image at once, so a tiled one runs each shared tile once);
+    all windows' patches
     are then scored in ONE pass over the prototypes (:func:`score_patches` on the stacked patches, so the
     prototype matrix is streamed once per image, not once per window), and each window's (C', h, w)
     scores are added at its cell offset. Windows always lie on the patch grid (sizes, stride and the
@@ -72,8 +74,15 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
     spec = spec or WindowSpec()
     p = int(getattr(extract, "patch_size"))
     n = max(1, int(spec.subpatch))
-    (H, W), (H2, W2), plan, calls = window_calls(image, p, spec, getattr(extract, "device", None))
-    feats_of: list[torch.Tensor | None] = [None] * len(plan)
+    device = getattr(extract, "device", None)
+    if n == 1 and hasattr(extract, "window_features"):
+        (H, W), (H2, W2), img = resize_for(image, p, spec, device)
+        plan = plan_windows(H, W, spec, p)
+        feats_of = list(extract.window_features(img[0], plan))
+        calls = iter(())
+    else:
+        (H, W), (H2, W2), plan, calls = window_calls(image, p, spec, device)
+        feats_of = [None] * len(plan)
     for idx, crops in calls:
         feats = extract(crops)
         wh, ww = int(crops.shape[2]), int(crops.shape[3])

@@ -10,6 +10,15 @@ features of the image and of its mirror image (mirrored back), f(x) = n(n(g(x)) 
 left-right mirror and n the L2 normalisation: twice the compute for features that no longer depend on
 which way the scene faces (support images and segmented images alike, since both go through the same
 extractor). ``"flip"`` is part of the config, so it is part of the extractor's identity and its cache key.
+The mirror pass goes through the backbone in the same batch as the image.
+
+Any extractor's config may also say ``"tile": {"size": S, "stride": T}``: the backbone then only ever sees
+S x S tiles at stride T (the last flush with the border; images smaller than S padded with the mean
+colour), each patch's feature the mean over the tiles holding it, then normalised. This is how a fixed
+224x224 ONNX graph has always run (its graph side is its tile), and it lets the same weights in torch give
+the features that generalise best across CamVid drives (a ViT-S/14 sees 16x16-patch contexts, as it was
+trained) instead of one pass over a 448-pixel window. :meth:`Extractor.window_features` featurises many
+windows of one image and computes each distinct tile once (overlapping windows share tiles).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
+from protodb.features.windows import Window, crop_starts
 from protodb.hashing import sha256_files
 from protodb.models.extractors.spec import IMAGENET_MEAN, IMAGENET_STD, ExtractorSpec
 
@@ -144,6 +154,24 @@ class Extractor:
         self._mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32).view(1, 3, 1, 1)
         self._lock = threading.Lock()
+        self.tile = self._tile_of(cfg, input_size if fixed_size else None)
+        self.batch = max(1, int(cfg.get("batch", 8)))
+
+    def _tile_of(self, cfg: dict, fixed: int | None) -> tuple[int, int] | None:
+        """(size, stride) of the tiles the backbone sees, or None for one pass over any input."""
+        raw = cfg.get("tile")
+        if raw is None and fixed is None:
+            return None
+        p = self.patch_size
+        size = int(raw["size"]) if raw else int(fixed)
+        stride = raw.get("stride") if raw else cfg.get("stride")
+        stride = int(stride) if stride is not None else max(p, (size // 2) // p * p)
+        if fixed is not None and size != fixed:
+            raise InvalidInput(f"extractor {self.spec.name!r}: tile size {size} but the graph takes {fixed}x{fixed}")
+        if size <= 0 or size % p or stride <= 0 or stride % p or stride > size:
+            raise InvalidInput(f"extractor {self.spec.name!r}: tile size {size} and stride {stride} must be "
+                               f"positive multiples of the patch size {p}, stride <= size")
+        return size, stride
 
     def __repr__(self) -> str:
         return (f"Extractor({self.spec.name!r}, kind={self.spec.kind}, dim={self.dim}, "
@@ -156,18 +184,110 @@ class Extractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
-        feats = self._normalised(images)
-        if self.flip:  # the mirror image's features, mirrored back along the grid's columns
-            feats = F.normalize(feats + self._normalised(images.flip(-1)).flip(2), dim=-1)
-        return feats.to(self.device)
+        if not self.flip:
+            return self._normalised(images).to(self.device)
+        b = images.shape[0]  # the mirror image in the same batch, its features mirrored back along the columns
+        feats = self._normalised(torch.cat([images, images.flip(-1)]))
+        return F.normalize(feats[:b] + feats[b:].flip(2), dim=-1).to(self.device)
 
     def _normalised(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised: one pass of the backbone."""
+        """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised: the backbone (tiled when configured)."""
+        if self.tile is not None:
+            return self._tiled_windows(images[:, None] if images.ndim == 4 else images, None)
         with self._lock, torch.no_grad():
             feats = self._features(images)
         if feats.shape[:3] != (images.shape[0], images.shape[2] // self.patch_size, images.shape[3] // self.patch_size):
             raise RuntimeError(f"{self.spec.name}: feature grid {tuple(feats.shape)} does not match the input")
         return F.normalize(feats.float(), dim=-1)
+
+    # ------------------------------------------------------------------------------------------- tiles
+    def window_features(self, image: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        """Features of several windows of ONE image: ``image`` (3, H, W) float RGB in [0, 1], ``windows``
+        in its pixels (sides multiples of ``patch_size``) -> per window (h/p, w/p, D) float32, normalised,
+        on ``device``; each equal (up to float rounding) to ``self(crop[None])[0]``.
+
+        Tiled extractors run each distinct tile once: on a 480x360 photo scored at short side 448 the
+        segment windows (448 and 336 at stride 224, plus the whole image) need 21 tiles, not 57.
+        Others batch the windows of one size (``batch`` per call)."""
+        self._check(image[None])
+        if self.tile is None:
+            out: list[torch.Tensor | None] = [None] * len(windows)
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, w in enumerate(windows):
+                groups.setdefault((w.height, w.width), []).append(i)
+            for (wh, ww), idx in groups.items():
+                for b in range(0, len(idx), self.batch):
+                    part = idx[b:b + self.batch]
+                    crops = torch.stack([image[:, windows[i].top:windows[i].top + wh,
+                                               windows[i].left:windows[i].left + ww] for i in part])
+                    for i, f in zip(part, self(crops)):
+                        out[i] = f
+            return out  # type: ignore[return-value]
+        feats = self._tiled_windows(image, windows)
+        if self.flip:
+            W = int(image.shape[2])
+            mirrored = [Window(w.top, W - w.left - w.width, w.height, w.width) for w in windows]
+            back = self._tiled_windows(image.flip(-1), mirrored)
+            feats = [F.normalize(f + m.flip(1), dim=-1) for f, m in zip(feats, back)]
+        return [f.to(self.device) for f in feats]
+
+    def _tiled_windows(self, image: torch.Tensor, windows: list[Window] | None):
+        """Tiled features without the mirror pass. ``windows`` None: ``image`` is a batch (B, 1, 3, H, W)
+        viewed as B one-window images -> (B, H/p, W/p, D). Else ``image`` (3, H, W) and a list of windows
+        -> list of (h/p, w/p, D). Every distinct tile (position and valid extent) runs once."""
+        size, stride = self.tile  # type: ignore[misc]
+        p = self.patch_size
+        if windows is None:
+            sources = [(image[i, 0], Window(0, 0, int(image.shape[3]), int(image.shape[4])))
+                       for i in range(image.shape[0])]
+        else:
+            sources = [(image, w) for w in windows]
+        keys: dict[tuple, int] = {}
+        tiles: list[torch.Tensor] = []
+        layout: list[list[tuple[int, int, int, int, int]]] = []  # per window: (tile, row, col, rows, cols)
+        for src, (img, win) in enumerate(sources):
+            entries = []
+            for ty in crop_starts(win.height, size, stride):
+                for tx in crop_starts(win.width, size, stride):
+                    hv, wv = min(size, win.height - ty), min(size, win.width - tx)
+                    key = (src if windows is None else -1, win.top + ty, win.left + tx, hv, wv)
+                    if key not in keys:
+                        keys[key] = len(tiles)
+                        tiles.append(self._tile_crop(img, win.top + ty, win.left + tx, hv, wv, size))
+                    entries.append((keys[key], ty // p, tx // p, hv // p, wv // p))
+            layout.append(entries)
+        raw = self._run_tiles(torch.stack(tiles))
+        out = []
+        for (img, win), entries in zip(sources, layout):
+            acc = torch.zeros(win.height // p, win.width // p, raw.shape[-1], device=raw.device)
+            count = torch.zeros(win.height // p, win.width // p, 1, device=raw.device)
+            for t, r, c, rows, cols in entries:
+                acc[r:r + rows, c:c + cols] += raw[t, :rows, :cols]
+                count[r:r + rows, c:c + cols] += 1
+            out.append(F.normalize(acc / count, dim=-1))
+        return torch.stack(out) if windows is None else out
+
+    def _tile_crop(self, img: torch.Tensor, top: int, left: int, hv: int, wv: int, size: int) -> torch.Tensor:
+        """(3, size, size): the image's pixels, padded with the mean colour (zero once normalised)."""
+        crop = img[:, top:top + hv, left:left + wv].float()
+        if (hv, wv) == (size, size):
+            return crop
+        out = self._mean[0].to(crop.device).expand(3, size, size).clone()
+        out[:, :hv, :wv] = crop
+        return out
+
+    def _run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) -> (n, S/p, S/p, D) float32 on the extractor's device, raw (not normalised), ``batch`` tiles per call."""
+        outs = []
+        g = tiles.shape[2] // self.patch_size
+        for b in range(0, len(tiles), self.batch):
+            part = tiles[b:b + self.batch]
+            with self._lock, torch.no_grad():
+                f = self._features(part)
+            if f.shape[:3] != (len(part), g, g):
+                raise RuntimeError(f"{self.spec.name}: feature grid {tuple(f.shape)} does not match the tile")
+            outs.append(f.float().to(self.device))
+        return torch.cat(outs)
 
     def _check(self, images: torch.Tensor) -> None:
         p = self.patch_size

@@ -14,7 +14,6 @@ import torch
 from protodb.errors import InvalidInput
 from protodb.fileio import atomic_path
 from protodb.hashing import sha256_bytes, sha256_file
-from protodb.features.windows import crop_starts
 from protodb.lazy import lazy_import
 from protodb.models.extractors.base import Extractor, load_error
 from protodb.models.extractors.onnx_proto import graph_output_names, with_extra_output
@@ -32,9 +31,10 @@ def _available_cpus() -> int:
 
 class _OnnxExtractor(Extractor):
     """ONNX ViT via onnxruntime. Graph tensor ``output_name`` holds tokens (B, N, D); the first N - h*w
-    (or ``prefix_tokens``) are dropped. A graph with a fixed input side S runs on S x S crops at stride
-    ``stride`` (default S/2 aligned to the patch grid; images smaller than S are padded with the mean
-    colour), overlapping patch features are averaged, then normalised."""
+    (or ``prefix_tokens``) are dropped. A graph with a fixed square input side S is a tiled extractor
+    (:class:`~protodb.models.extractors.base.Extractor`): S x S tiles at config ``stride`` (default S/2
+    aligned to the patch grid; images smaller than S are padded with the mean colour), overlapping patch
+    features averaged, then normalised; overlapping windows of one image share their tiles."""
 
     def __init__(self, spec: ExtractorSpec, session, weights_hash: str, device: torch.device, dtype: torch.dtype):
         cfg = spec.config
@@ -49,7 +49,9 @@ class _OnnxExtractor(Extractor):
         fixed = isinstance(shape[2], int) and isinstance(shape[3], int)
         p = cfg["patch_size"]
         if fixed:
-            self._crop = (shape[2], shape[3])
+            if shape[2] != shape[3]:
+                raise InvalidInput(f"extractor {spec.name!r}: graph input {shape[2]}x{shape[3]} is not square; "
+                                   "protodb tiles images with square crops")
             if shape[2] % p or shape[3] % p:
                 raise InvalidInput(f"extractor {spec.name!r}: graph input {shape[2]}x{shape[3]} is not a "
                                    f"multiple of patch_size {p}")
@@ -63,7 +65,7 @@ class _OnnxExtractor(Extractor):
         super().__init__(spec, dim=dim, patch_size=p, input_size=input_size, weights_hash=weights_hash,
                          device=device, dtype=dtype, fixed_size=fixed)
         if not dim:  # unknown statically: probe once
-            side = self._crop if fixed else (p * 2, p * 2)
+            side = (shape[2], shape[3]) if fixed else (p * 2, p * 2)
             self.dim = int(self._run(np.zeros((1, 3, *side), np.float32)).shape[-1])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -86,28 +88,10 @@ class _OnnxExtractor(Extractor):
         return tokens[:, prefix:].reshape(len(tokens), gh, gw, -1)
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, D) raw tokens; a fixed graph only ever gets its own side (tiles)."""
         p = self.patch_size
         x = self._normalise(images).cpu().numpy()
-        b, _, h, w = x.shape
-        if not self.fixed_size:
-            return torch.from_numpy(self._grid(self._run(x), h // p, w // p))
-        ch, cw = self._crop
-        ph, pw = max(h, ch), max(w, cw)
-        if (ph, pw) != (h, w):  # zeros after normalisation = the mean colour
-            x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
-        default = max(p, (min(ch, cw) // 2) // p * p)
-        stride = int(self.spec.config.get("stride") or default)
-        ys, xs = crop_starts(ph, ch, stride), crop_starts(pw, cw, stride)
-        windows = [(y, xx) for y in ys for xx in xs]
-        total = np.zeros((b, ph // p, pw // p, self.dim), np.float32)
-        count = np.zeros((1, ph // p, pw // p, 1), np.float32)
-        crops = np.stack([x[:, :, y:y + ch, xx:xx + cw] for y, xx in windows], axis=1)  # (b, n, 3, ch, cw)
-        feats = self._grid(self._run(crops.reshape(-1, 3, ch, cw)), ch // p, cw // p)
-        feats = feats.reshape(b, len(windows), ch // p, cw // p, -1)
-        for i, (y, xx) in enumerate(windows):
-            total[:, y // p:(y + ch) // p, xx // p:(xx + cw) // p] += feats[:, i]
-            count[:, y // p:(y + ch) // p, xx // p:(xx + cw) // p] += 1
-        return torch.from_numpy(total / count)[:, : h // p, : w // p]
+        return torch.from_numpy(self._grid(self._run(x), x.shape[2] // p, x.shape[3] // p))
 
 
 def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extractor:

@@ -79,6 +79,12 @@ class ExtractorSpec:
                 raise InvalidInput(f"extractor {self.name!r}: config {key!r} must be 3 numbers (R, G, B)")
         if not isinstance(config.get("flip", False), bool):
             raise InvalidInput(f"extractor {self.name!r}: config 'flip' must be true or false")
+        tile = config.get("tile")
+        if tile is not None and not (isinstance(tile, dict) and set(tile) <= {"size", "stride"}
+                                     and all(isinstance(v, int) and not isinstance(v, bool) for v in tile.values())
+                                     and "size" in tile):
+            raise InvalidInput(f"extractor {self.name!r}: config 'tile' must be {{\"size\": S, \"stride\": T}} "
+                               "with whole numbers of pixels")
         if any(v == 0 for v in config.get("std") or []):
             raise InvalidInput(f"extractor {self.name!r}: config 'std' must not contain 0")
         object.__setattr__(self, "config", config)
