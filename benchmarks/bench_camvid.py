@@ -80,9 +80,9 @@ def link_split(camvid: Path, split: str, names: list[str], dest: Path, as_split:
 
 
 def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, short_side: int | None = None,
-          support: str = "train", support_windows: bool = True) -> float:
+          support: str = "train", support_windows: bool = True, dtype: str = "auto") -> float:
     names = load_builtin("camvid")["classes"]
-    builder = db.builder(preset="tiny" if extractor == "tiny-vit" else None)  # models load once for all classes
+    builder = db.builder(preset="tiny" if extractor == "tiny-vit" else None, dtype=dtype)  # models load once for all classes
     t = time.perf_counter()
     for value, name in enumerate(names):  # CamVid has no background label: the rest of each photo is
         builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
@@ -103,7 +103,7 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
     """Evaluate the ``camvid`` vocabulary on ``camvid/split``: one result row."""
     timing["match"] = 0.0
     opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
-                          background=False, pamr=pamr,
+                          background=False, pamr=pamr, dtype=args.dtype,
                           windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales),
                                              subpatch=args.subpatch))
     t, c = time.perf_counter(), time.process_time()
@@ -144,7 +144,7 @@ def run_lodo(db, args, work: Path) -> dict:
         link_split(args.camvid, "train", scored, root, "scored")
         t, c = time.perf_counter(), time.process_time()
         build(db, root, args.extractor, args.k, args.mask_min_fraction, args.short_side, "support",
-              not args.single_pass)
+              not args.single_pass, args.dtype)
         build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
         new = [n for n in support if n not in featurised]
         featurised.update(support)
@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--short-side", type=int, default=448, help="support features and windows at this short side")
     ap.add_argument("--smoke", action="store_true", help="tiny-vit, short side 64, class level only: checks the "
                     "script runs on a CamVid-layout --camvid folder (figures not meaningful)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype of torch extractors: auto (bf16 on CPUs with bf16 "
+                    "units), float32, bfloat16, int8 (dynamic quantisation of linear layers on CPU)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -206,6 +208,7 @@ def main() -> None:
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
+                "dtype": args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
     if args.protocol == "lodo":
         with tempfile.TemporaryDirectory(prefix="protodb-lodo-") as work:
@@ -226,7 +229,7 @@ def main() -> None:
         return
 
     build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side, args.support,
-                    not args.single_pass)
+                    not args.single_pass, args.dtype)
     results = [score(db, args, args.camvid, args.split, lv, False) for lv in args.levels]
     results += [score(db, args, args.camvid, args.split, "class,instance,part", True)] if args.pamr else []
     out = {**settings, "build_s": round(build_s, 1), "support": args.support, "split": args.split,

@@ -51,7 +51,7 @@ def add_class(
     bg_value: Annotated[str, typer.Option(help="Label maps: this value is background (default 0); other labels are never background. 'none': the maps have no background label, every other label is background.")] = "0",
     exemplar_background: Annotated[bool, typer.Option("--exemplar-background/--no-exemplar-background", help="Take background prototypes from exemplar photos (off for cluttered photos).")] = True,
     mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
-    support_windows: Annotated[bool, typer.Option("--support-windows/--single-pass", help="Featurise support images through segment's sliding windows, each patch the mean over its windows (default), or in one pass over the whole image (faster builds).")] = True,
+    support_windows: Annotated[Optional[bool], typer.Option("--support-windows/--single-pass", help="Featurise support images through segment's sliding windows, each patch the mean over its windows (default; --speed fast: one pass), or in one pass over the whole image (faster builds).", show_default=False)] = None,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
     parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
@@ -68,6 +68,7 @@ def add_class(
     Example: protodb add-class boat --preset tiny --images 4
     Example: protodb add-class road --images 0 --exemplars photos/ --masks labels/ --mask-value 3
     Example: protodb add-class boat --images 256 --ray auto --shard-size 32
+    Example: protodb add-class boat --speed fast   # one support pass, int8 on CPUs without bf16 units
     """
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
@@ -75,7 +76,7 @@ def add_class(
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
         support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
-        device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes)
+        device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes, speed=run.speed)
     if vocab:
         check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind
     if run.dry_run:
@@ -108,7 +109,7 @@ def add_vocab(
     """
     template = AddClassRequest(name=name, images=images, generator=generator, seed=seed,
                                extractors=tuple(extractor or ()), device=run.device, dtype=run.dtype, yes=run.yes,
-                               batch_size=run.batch_size)
+                               batch_size=run.batch_size, speed=run.speed)
     on_result = None if ctx.json else (lambda r: print_built(r) if not ctx.quiet else None)
     if run.dry_run:
         ctx.emit(ctx.db.plan_build([template], preset=run.preset, runner=run.runner, vocab=name), print_build_plan)

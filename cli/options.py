@@ -27,6 +27,7 @@ import typer
 from protodb.entities import BuildPlan, SegmentPlan
 from protodb.errors import InvalidInput
 from protodb.features.windows import WindowSpec
+from protodb.speed import speed_preset
 from protodb.runners import DEFAULT_SHARD_SIZE, RayOptions
 from protodb.segment.options import SegmentOptions, parse_levels, parse_scales
 from protodb_cli.app import OptionGroup
@@ -37,7 +38,9 @@ PresetOpt = Annotated[Optional[str], typer.Option(
     help="'paper': OVDiff as published (SD 1.5, 64 images; SD + DINO ViT-B/8 + CLIP ViT-B/16 features; K=32). "
          "'tiny': tiny random-weight generator and extractor built locally (offline, seconds; results NOT meaningful).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CPUs with bf16 units, fp16 on GPUs), float32, bfloat16, float16, "
+                                         "int8 (CPU: linear layers of torch extractors int8-quantised).")]
+SpeedOpt = Annotated[Optional[str], typer.Option(help="Speed preset: best (default), balanced (int8 on CPUs without bf16 units), fast (whole image only, int8 there); see the README's speed table.")]
 YesOpt = Annotated[bool, typer.Option("--yes", help="Confirm a very large build (over 1024 generated images).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Images per generator/extractor call.")]
 VocabOpt = Annotated[Optional[str], typer.Option(help="Vocabulary: voc, context, coco-object, ade20k, cityscapes, camvid, or yours.")]
@@ -105,25 +108,33 @@ class BuildRun:
     batch_size: int
     runner: RayOptions | None
     dry_run: bool
+    speed: str | None = None
 
 
-def _build_run(yes, preset, device, dtype, batch_size, ray, workers, gpus_per_task, shard_size, dry_run) -> BuildRun:
+def _build_run(yes, preset, device, dtype, batch_size, ray, workers, gpus_per_task, shard_size, dry_run,
+               speed) -> BuildRun:
+    if speed:
+        speed_preset(speed)  # one line for a bad name, before anything else
     return BuildRun(yes, preset, device, dtype, batch_size,
-                    ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size), dry_run)
+                    ray_options(ray, workers=workers, gpus=gpus_per_task, shard_size=shard_size), dry_run, speed)
 
 
 BUILD_RUN = OptionGroup({
     "yes": (YesOpt, False), "preset": (PresetOpt, None), "device": (DeviceOpt, "auto"), "dtype": (DtypeOpt, "auto"),
     "batch_size": (BatchSizeOpt, 4), "ray": (RayOpt, None), "workers": (WorkersOpt, None),
     "gpus_per_task": (GpusPerTaskOpt, None), "shard_size": (ShardSizeOpt, None), "dry_run": (DryRunOpt, False),
+    "speed": (SpeedOpt, None),
 }, _build_run)
 
 
 def _segmenting(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, scales, subpatch,
-                device, dtype) -> SegmentOptions:
+                device, dtype, speed) -> SegmentOptions:
+    if speed:
+        speed_preset(speed)
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
-                          dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check())
+                          dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check(),
+                          speed=speed)
 
 
 SEGMENTING = OptionGroup({
@@ -131,7 +142,7 @@ SEGMENTING = OptionGroup({
     "levels": (LevelsOpt, "class,instance,part"), "background": (BackgroundOpt, None),
     "prefilter": (PrefilterOpt, None), "clip_model": (ClipOpt, None), "pamr": (PamrOpt, False),
     "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "device": (DeviceOpt, "auto"),
-    "dtype": (DtypeOpt, "auto"),
+    "dtype": (DtypeOpt, "auto"), "speed": (SpeedOpt, None),
 }, _segmenting)
 
 

@@ -196,6 +196,7 @@ class ProtoDB:
                   runner: RayOptions | None = None) -> AddClassResult:
         """Build (or find) the prototype sets of one class (see :mod:`protodb.pipeline.build`); on Ray its
         generation shards are spread over the workers."""
+        request = request.with_speed()
         if runner is None:
             return self.builder(preset=preset, device=request.device, dtype=request.dtype,
                                 progress=progress).add_class(request)
@@ -207,6 +208,7 @@ class ProtoDB:
         """Build every class of vocabulary ``name`` that has no prototypes yet (``template``'s settings)."""
         from protodb.pipeline import vocab_build  # deferred: torch
 
+        template = template.with_speed()
         plan = vocab_build.plan_vocab(self.sets, self.vocabs, self.registry(preset), name, template)
         vocab_build.resolved_requests(self.registry(preset), plan.requests)  # every request checked up front
         return vocab_build.run_vocab(plan, self._executor(template, preset, progress, runner), self.vocabs,

@@ -8,8 +8,12 @@ import torch
 
 from protodb.errors import InvalidInput
 
+#: The int8 mode: torch dynamic quantisation of the linear layers (int8 weights, activations quantised per
+#: call, float32 elsewhere), for torch extractors on CPU; other models run float32 in this mode.
+INT8 = torch.qint8
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "int8": INT8}
 
 
 def choose_device(preference: str | None = "auto") -> torch.device:
@@ -42,16 +46,25 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def choose_dtype(device: torch.device, preference: str | None = "auto") -> torch.dtype:
-    """``auto``: fp16 on CUDA/MPS, bf16 on CPUs with bf16 units, else fp32."""
+    """``auto``: fp16 on CUDA/MPS, bf16 on CPUs with bf16 units, else fp32. ``int8`` (CPU only):
+    :data:`INT8`."""
     pref = (preference or "auto").lower()
     if pref != "auto":
         if pref not in _DTYPES:
-            raise InvalidInput(f"unknown dtype {preference!r}; use auto, float32, bfloat16 or float16")
+            raise InvalidInput(f"unknown dtype {preference!r}; use auto, float32, bfloat16, float16 or int8")
+        if _DTYPES[pref] is INT8 and device.type != "cpu":
+            raise InvalidInput(f"--dtype int8 runs on the CPU only; on {device.type} use auto or float16")
         return _DTYPES[pref]
     if device.type in ("cuda", "mps"):
         return torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The floating dtype tensors are in: float32 in the int8 mode, else ``dtype`` itself."""
+    return torch.float32 if dtype is INT8 else dtype
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    """``float32``, ``bfloat16``, ``float16`` or ``int8``."""
+    return "int8" if dtype is INT8 else str(dtype).removeprefix("torch.")

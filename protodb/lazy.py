@@ -54,6 +54,7 @@ DEFERRED: dict[str, dict[str, str]] = {
     "protodb.stores": {"protodb.catalog.engine": "sqlalchemy", "protodb.catalog.locks": "sqlalchemy",
                        "protodb.catalog.schema": "sqlalchemy"},
     "protodb_cli.serve": {"protodb.serve.server": "fastapi"},
+    "protodb.speed": {"protodb.device": "torch"},
 }
 
 

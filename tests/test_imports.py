@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"_version", "errors", "lazy", "paths", "names", "fileio", "hashing", "images", "device", "entities", "render",
      "subpatch", "vocabularies", "namelists", "thing_stuff", "runners", "planning", "logs"},
-    {"catalog", "storage", "features"},
+    {"catalog", "storage", "features", "speed"},
     {"stores"},
     {"sharing"},  # the row-level implementation behind services/sharing.py
     {"services"},

@@ -381,3 +381,25 @@ def test_prompt_with_unknown_fields_changes_nothing(tmp_path):
               "--db", home, ok=False)
     assert res.exit_code == 1 and "{name}" in res.stderr
     assert protodb.open(home).info().classes == 0
+
+
+def test_speed_presets_on_segment_and_add_class(tinydb, scenes, tmp_path):
+    res = json.loads(cli("segment", scenes / "val" / "s10.png", "--vocab", "scene", "--no-background", "--speed", "fast",
+                         "--dtype", "float32", "--out", tmp_path / "out", "--db", tinydb, "--json").stdout)
+    (o,) = res["outputs"]
+    settings = json.loads(Path(o["files"]["json"]).read_text())["settings"]
+    assert settings["speed"] == "fast" and settings["dtype"] == "float32"
+    assert settings["windows"]["sizes"] == [] and settings["windows"]["whole"] is True
+    lab = np.asarray(PIL.Image.open(o["files"]["labels"]))
+    assert (lab[:, :64] == 0).mean() > 0.8 and (lab[:, 64:] == 1).mean() > 0.8  # still tells the halves apart
+    bad = cli("segment", scenes / "val" / "s10.png", "--vocab", "scene", "--speed", "turbo", "--db", tinydb, ok=False)
+    assert bad.exit_code != 0 and "unknown speed preset 'turbo'" in bad.output
+    built = json.loads(cli("add-class", "red box quick", "--preset", "tiny", "--images", "0", "--exemplars", scenes / "train",
+                           "--masks", scenes / "trainannot", "--mask-value", 0, "-k", "4", "--speed", "fast",
+                           "--dtype", "float32", "--db", tinydb, "--json").stdout)
+    (made,) = built["sets"]
+    assert made["version"] == 1 and not made["reused"]
+    (pset,) = protodb.open(tinydb).sets.resolve("red box quick@1")
+    assert pset.config.get("support_windows") is None  # one support pass
+    (first,) = protodb.open(tinydb).sets.resolve("red box@1")
+    assert first.config["support_windows"]["sizes"] == [448, 336]

@@ -40,4 +40,8 @@ class FeatureCache:
 
 
 def extractor_key(extractor) -> str:
-    return f"{extractor.spec.config_hash()[:16]}{(extractor.weights_hash or '')[:8]}"
+    """Config hash + weights hash, and the compute dtype unless float32 (bf16 or int8 features are not the
+    float32 ones, so they never share cache entries)."""
+    key = f"{extractor.spec.config_hash()[:16]}{(extractor.weights_hash or '')[:8]}"
+    dtype = str(getattr(extractor, "dtype_label", None) or getattr(extractor, "dtype", "float32")).removeprefix("torch.")
+    return key if dtype == "float32" else f"{key}-{dtype}"

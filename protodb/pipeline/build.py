@@ -24,7 +24,7 @@ import numpy as np
 from protodb.entities import FOREGROUND_KINDS, AddClassResult, BuiltSet, ExtractorRecord
 from protodb.errors import InvalidInput
 from protodb.images import mask_png
-from protodb.device import choose_device, choose_dtype, dtype_name
+from protodb.device import choose_device, choose_dtype, compute_dtype, dtype_name
 from protodb.models.generators import model_revision, resolve_model_folder
 from protodb.models.registry import ModelRegistry
 from protodb.pipeline import segmenters
@@ -96,6 +96,7 @@ class ClassBuilder:
     def resolve(self, req: AddClassRequest) -> Resolved:
         """Check every input before anything is written; returns the frozen config."""
         name = check_request(req)
+        req = req.with_speed()
         reg = self.registry
         images = reg.default_images if req.images is None else req.images
         names = list(dict.fromkeys(req.extractors)) or list(reg.default_extractors)
@@ -149,8 +150,8 @@ class ClassBuilder:
         label = self._label(name, req.kind)
         class_id, _ = self._class_row(name, label)
         return self.stage.generate_indices(
-            class_id, name, gen, lambda: self.registry.load_pipeline(gen.spec, self.device, self.dtype),
-            dtype_name(self.dtype), req.batch_size, indices)
+            class_id, name, gen, lambda: self.registry.load_pipeline(gen.spec, self.device, compute_dtype(self.dtype)),
+            dtype_name(compute_dtype(self.dtype)), req.batch_size, indices)
 
     def add_class(self, req: AddClassRequest) -> AddClassResult:
         plan = self.resolve(req)
@@ -162,8 +163,8 @@ class ClassBuilder:
         if cfg.generation is not None:
             run_id, gen_images, generated = self.stage.generated(
                 class_id, cfg.class_name, cfg.generation,
-                lambda: self.registry.load_pipeline(cfg.generation.spec, self.device, self.dtype),
-                dtype_name(self.dtype), req.batch_size)
+                lambda: self.registry.load_pipeline(cfg.generation.spec, self.device, compute_dtype(self.dtype)),
+                dtype_name(compute_dtype(self.dtype)), req.batch_size)
             support += gen_images
             reused_images = len(gen_images) - generated
         if plan.exemplars:

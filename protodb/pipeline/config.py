@@ -25,6 +25,7 @@ from protodb.features.plan import SupportFeatures
 from protodb.hashing import sha256_json
 from protodb.lazy import lazy_import
 from protodb.names import normalize_class_name
+from protodb.speed import speed_preset
 
 np = lazy_import("numpy")
 if TYPE_CHECKING:
@@ -92,11 +93,20 @@ class AddClassRequest:
     mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
     segmenter: str = "auto"  # unsupervised proposals: auto (a usable plugin, else ncut), ncut, NAME
     mask_extractor: str | None = None  # whose features make the (shared) masks; default: the first
-    support_windows: bool = True  # featurise support images through segment's windows (False: one pass)
+    support_windows: bool | None = None  # support images through segment's windows (False: one pass; None: speed's)
     yes: bool = False  # confirm a very large build
+    speed: str | None = None  # a speed preset (protodb.speed): support windows and dtype where not given
 
     def replace(self, **changes: Any) -> "AddClassRequest":
         return dataclasses.replace(self, **changes)
+
+    def with_speed(self) -> "AddClassRequest":
+        """This request with its speed preset (default ``best``) resolved: ``support_windows`` when None,
+        ``dtype`` when ``auto`` (int8 on CPUs without bf16 units for ``balanced`` and ``fast``)."""
+        preset = speed_preset(self.speed)
+        windows = preset.support_windows if self.support_windows is None else self.support_windows
+        dtype = preset.dtype(self.device, self.dtype) if self.speed else self.dtype
+        return self.replace(support_windows=windows, dtype=dtype)
 
 
 @dataclass(frozen=True)

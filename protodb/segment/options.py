@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from protodb.errors import InvalidInput
 from protodb.features.windows import WindowSpec
+from protodb.speed import speed_preset
 
 LEVELS = ("class", "instance", "part")
 CLIP_ENV = "PROTODB_CLIP_MODEL"
@@ -36,6 +37,7 @@ class SegmentOptions:
     skip_missing: bool = False  # segment with the usable classes when some have no prototypes
     preset: str | None = None  # a preset's pre-filter model (``paper``: CLIP ViT-B/16) unless clip_model
     runner_up: bool = False  # also the best other column per pixel (confidence; protodb serve turns it on)
+    speed: str | None = None  # a speed preset (protodb.speed): its windows, and its dtype where dtype is auto
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)
@@ -65,9 +67,19 @@ def clip_model_from(opts: SegmentOptions) -> str | None:
     return opts.clip_model or os.environ.get(CLIP_ENV) or None
 
 
+def with_speed(opts: SegmentOptions, device) -> SegmentOptions:
+    """``opts`` with its speed preset applied (windows; dtype where it is ``auto``); unchanged without one."""
+    if not opts.speed:
+        return opts
+    preset = speed_preset(opts.speed)
+    return opts.replace(speed=preset.name, windows=preset.windows(opts.windows), dtype=preset.dtype(device, opts.dtype))
+
+
 def check_options(opts: SegmentOptions) -> tuple[str, ...]:
     """Everything about a request that needs no catalog and no model; returns the levels."""
     levels = parse_levels(opts.levels)
+    if opts.speed:
+        speed_preset(opts.speed)
     if bool(opts.vocab) == bool(opts.classes):
         raise InvalidInput("give either --vocab NAME or --classes 'cat,dog,boat@3'")
     if not math.isfinite(opts.stuff_threshold) or not -1.0 <= opts.stuff_threshold <= 1.0:
@@ -91,6 +103,7 @@ class SegmentSettings:
     stuff_threshold: float
     windows: WindowSpec
     explain: bool
+    speed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         w = self.windows
@@ -99,4 +112,4 @@ class SegmentSettings:
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
                             "scales": list(w.scales), "subpatch": w.subpatch},
-                "explain": self.explain}
+                "explain": self.explain, **({"speed": self.speed} if self.speed else {})}

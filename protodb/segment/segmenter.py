@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from protodb.device import choose_device, choose_dtype, dtype_name
+from protodb.device import choose_device, choose_dtype, compute_dtype, dtype_name
 from protodb.features.plan import SupportFeatures
 from protodb.images import decode_rgb, to_tensor
 from protodb.models.extractors import spec_from_dict
@@ -25,7 +25,7 @@ from protodb.models.registry import ModelRegistry
 from protodb.render import region_box
 from protodb.segment import batched
 from protodb.segment.label import SegmentResult, segment_image
-from protodb.segment.options import SegmentOptions, SegmentSettings, check_options, clip_model_from
+from protodb.segment.options import SegmentOptions, SegmentSettings, check_options, clip_model_from, with_speed
 from protodb.segment.outputs import support_crop_of
 from protodb.segment.prefilter import ClipPrefilter
 from protodb.segment.result import ImageResult
@@ -49,11 +49,12 @@ class VocabularySegmenter:
         opts.windows.check()
         self.stores, self.sets, self.opts = stores, sets, opts
         self.device = choose_device(opts.device)
+        opts = self.opts = with_speed(opts, self.device)
         self.dtype = choose_dtype(self.device, opts.dtype)
         self.vocab: LoadedVocabulary = load_vocabulary(
             sets, vocabs, vocab=opts.vocab, classes=opts.classes, extractors=list(opts.extractors), levels=levels,
             background=opts.background, stuff_threshold=opts.stuff_threshold, skip_missing=opts.skip_missing,
-            device=self.device, dtype=self.dtype)
+            device=self.device, dtype=compute_dtype(self.dtype))
         self.extractors = {}
         for e in self.vocab.extractors:
             record = sets.extractor_row(self.vocab.sets[e][0].extractor_id)
@@ -66,7 +67,8 @@ class VocabularySegmenter:
         self.settings = SegmentSettings(levels=levels, background=self.vocab.background,
                                         prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
-                                        stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain)
+                                        stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain,
+                                        speed=opts.speed)
 
         #: whether :meth:`segment_many` batches extractor calls across images (on CUDA; the CPU path
         #: segments one image at a time)

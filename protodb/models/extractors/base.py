@@ -27,11 +27,13 @@ import hashlib
 import logging
 import pathlib
 import threading
+import warnings
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from protodb.device import INT8
 from protodb.errors import InvalidInput
 from protodb.features.windows import Window, crop_starts
 from protodb.hashing import sha256_files
@@ -104,6 +106,24 @@ def from_pretrained(cls, source: str, **kwargs):
     return cls.from_pretrained(source, **kwargs)
 
 
+def place_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """Move ``model`` to ``device`` in ``dtype`` and return the dtype its inputs take. ``dtype`` int8
+    (:data:`protodb.device.INT8`): float32 with every ``nn.Linear`` replaced in place by torch's dynamic
+    int8 quantised linear (weights int8, activations quantised per call); the inputs stay float32. Call
+    before looking up submodules to hook (the linear layers are new objects afterwards)."""
+    if dtype is not INT8:
+        model.to(device=device, dtype=dtype)
+        return dtype
+    if device.type != "cpu":
+        raise InvalidInput("int8 extractors run on the CPU only")
+    model.to(device=device, dtype=torch.float32)
+    with warnings.catch_warnings():  # torch's notice that quantised tensor types will move elsewhere
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return torch.float32
+
+
 class _StopForward(Exception):
     """Raised by a capture hook once the wanted tensor is seen, to skip the rest of the network."""
 
@@ -137,7 +157,8 @@ class Extractor:
 
     Attributes: ``spec``; ``dim`` (feature size D); ``patch_size`` (p); ``input_size`` (the fixed graph
     input side when ``fixed_size``, else the preferred side, or None); ``weights_hash`` (sha256 of the
-    weight files loaded); ``device``; ``dtype`` (compute dtype; outputs are always float32).
+    weight files loaded); ``device``; ``dtype`` (compute dtype; outputs are always float32);
+    ``dtype_label`` (``"int8"`` when the linear layers are int8-quantised, else the dtype's name).
     """
 
     def __init__(self, spec: ExtractorSpec, *, dim: int, patch_size: int, input_size: int | None,
@@ -154,6 +175,7 @@ class Extractor:
         self._mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32).view(1, 3, 1, 1)
         self._lock = threading.Lock()
+        self.dtype_label = str(dtype).removeprefix("torch.")
         self.tile = self._tile_of(cfg, input_size if fixed_size else None)
         self.batch = max(1, int(cfg.get("batch", 8)))
 

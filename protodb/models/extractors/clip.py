@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from protodb.device import dtype_name
 from protodb.errors import InvalidInput
 from protodb.models.extractors.base import (
+    place_model,
     QKV_FACETS,
     Extractor,
     capture,
@@ -55,5 +57,6 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
                                      "'model' at a local folder") from None
     model.eval()
     weights_hash = pretrained_hash(cfg["model"], cfg.get("revision"), [""], [model])
-    model.to(device=device, dtype=dtype)
-    return _ClipExtractor(spec, model, weights_hash, device, dtype)
+    extractor = _ClipExtractor(spec, model, weights_hash, device, place_model(model, device, dtype))
+    extractor.dtype_label = dtype_name(dtype)
+    return extractor

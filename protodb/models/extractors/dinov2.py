@@ -23,10 +23,12 @@ import uuid
 
 import torch
 
+from protodb.device import dtype_name
 from protodb.errors import InvalidInput
 from protodb.hashing import sha256_file
 from protodb.lazy import lazy_import
 from protodb.models.extractors.base import (
+    place_model,
     QKV_FACETS,
     Extractor,
     capture,
@@ -95,8 +97,9 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
         raise load_error(spec, err, "point config 'model' at a Dinov2Model folder") from None
     model.eval()
     weights_hash = weights_hash or pretrained_hash(source, revision, [""], [model])
-    model.to(device=device, dtype=dtype)
-    return _Dinov2Extractor(spec, model, weights_hash, device, dtype)
+    extractor = _Dinov2Extractor(spec, model, weights_hash, device, place_model(model, device, dtype))
+    extractor.dtype_label = dtype_name(dtype)
+    return extractor
 
 
 # --------------------------------------------------------------------------------------------- conversion

@@ -8,6 +8,7 @@ import threading
 
 import torch
 
+from protodb.device import INT8
 from protodb.errors import InvalidInput
 from protodb.models.extractors.base import Extractor
 from protodb.models.extractors.spec import ExtractorSpec, resolve_paths
@@ -24,6 +25,8 @@ LOADERS: dict[str, str] = {
     "onnx": "protodb.models.extractors.onnx:load",
     "dinov2": "protodb.models.extractors.dinov2:load",
 }
+#: Kinds whose linear layers int8 dynamic quantisation applies to (``--dtype int8``, CPU).
+INT8_KINDS = frozenset({"timm", "tiny", "dinov2", "clip"})
 _CACHE: dict[tuple[str, str, str], Extractor] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -42,11 +45,14 @@ def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
     under the working directory."""
     spec = resolve_paths(spec, user_cache_dir())
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
+        dtype = INT8 if dtype == "int8" else getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
-            raise InvalidInput("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
+            raise InvalidInput("dtype must be a torch dtype name such as 'float32' or 'bfloat16', or 'int8'")
     if spec.kind == "onnx":
         dtype = torch.float32  # the graph's own dtype: one session whatever the caller asks
+    if dtype is INT8 and spec.kind not in INT8_KINDS:
+        log.info("extractor %s (%s) has no int8 mode: it runs in float32", spec.name, spec.kind)
+        dtype = torch.float32
     device = torch.device(device)
     key = (spec.config_hash(), str(device), str(dtype))
     with _CACHE_LOCK:

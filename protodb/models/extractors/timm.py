@@ -7,10 +7,12 @@ import pathlib
 
 import torch
 
+from protodb.device import dtype_name
 from protodb.errors import InvalidInput
 from protodb.hashing import sha256_file
 from protodb.lazy import lazy_import
 from protodb.models.extractors.base import (
+    place_model,
     QKV_FACETS,
     Extractor,
     capture,
@@ -106,5 +108,6 @@ def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extra
     model.eval()
     loaded = local or _timm_cached_file(cfg["model"])
     weights_hash = sha256_file(loaded) if loaded else state_dict_hash(model)
-    model.to(device=device, dtype=dtype)
-    return _TimmExtractor(spec, model, weights_hash, device, dtype)
+    extractor = _TimmExtractor(spec, model, weights_hash, device, place_model(model, device, dtype))
+    extractor.dtype_label = dtype_name(dtype)
+    return extractor

@@ -1,0 +1,80 @@
+"""Speed presets: named trade-offs between segment/build cost and quality, as data.
+
+A preset fixes what costs extractor passes without changing which prototypes match which features: the
+windows segment scores (sizes, whole image), whether support images are featurised through those windows
+at build time, and the compute dtype on the CPU. It never changes the extractor (prototypes built with one
+extractor are only matched against that extractor's features), so one database serves every preset.
+
+==========  ==========================================  ==================  =================================
+preset      segment windows                             support features    dtype (``--dtype auto`` only)
+==========  ==========================================  ==================  =================================
+best        448 and 336 at stride 224 + the whole image  through windows     auto (bf16 with bf16 units, else fp32)
+balanced    the same                                     through windows     auto; int8 on CPUs without bf16 units
+fast        the whole image only                         one pass            auto; int8 on CPUs without bf16 units
+==========  ==========================================  ==================  =================================
+
+An explicit ``--dtype`` other than ``auto`` always wins over the preset's. Each preset's quality (CamVid val and
+the leave-one-drive-out mean) and cost per photo are in the README table, measured by
+``benchmarks/bench_speed.py`` and ``benchmarks/bench_camvid.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from protodb.errors import InvalidInput
+from protodb.features.windows import WindowSpec
+
+
+@dataclass(frozen=True)
+class SpeedPreset:
+    """``sizes``/``whole``: segment's window sizes and whole-image pass; ``support_windows``: support images
+    through those windows (False: one pass); ``int8_without_bf16``: ``--dtype auto`` means int8 on a CPU
+    without bf16 units."""
+
+    name: str
+    description: str
+    sizes: tuple[int, ...]
+    whole: bool
+    support_windows: bool
+    int8_without_bf16: bool
+
+    def windows(self, base: WindowSpec | None = None) -> WindowSpec:
+        """``base`` (scales, subpatch, short side kept) with this preset's window sizes and whole pass."""
+        return dataclasses.replace(base or WindowSpec(), sizes=self.sizes, whole=self.whole)
+
+    def dtype(self, device, requested: str = "auto") -> str:
+        """The dtype to run with on ``device`` (a torch device or its name, ``auto`` included): ``requested``
+        unless it is ``auto``; then int8 where this preset asks for it (CPU without bf16 units), else ``auto``."""
+        if (requested or "auto").lower() != "auto":
+            return requested
+        if not self.int8_without_bf16:
+            return "auto"
+        from protodb.device import choose_device, cpu_has_fast_bf16  # deferred: torch
+
+        cpu = choose_device(str(device)).type == "cpu"
+        return "int8" if cpu and not cpu_has_fast_bf16() else "auto"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "sizes": list(self.sizes), "whole": self.whole,
+                "support_windows": self.support_windows, "int8_without_bf16": self.int8_without_bf16}
+
+
+PRESETS: dict[str, SpeedPreset] = {p.name: p for p in (
+    SpeedPreset("best", "every window, support through windows, full precision where bf16 units are absent",
+                (448, 336), True, True, False),
+    SpeedPreset("balanced", "every window, support through windows, int8 linear layers on CPUs without bf16",
+                (448, 336), True, True, True),
+    SpeedPreset("fast", "the whole image only, one support pass, int8 linear layers on CPUs without bf16",
+                (), True, False, True),
+)}
+DEFAULT_SPEED = "best"
+
+
+def speed_preset(name: str | None) -> SpeedPreset:
+    """The preset called ``name`` (None: :data:`DEFAULT_SPEED`); one clear error for any other name."""
+    key = (name or DEFAULT_SPEED).lower()
+    if key not in PRESETS:
+        raise InvalidInput(f"unknown speed preset {name!r}; use one of {', '.join(PRESETS)}")
+    return PRESETS[key]
