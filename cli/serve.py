@@ -10,9 +10,10 @@ import typer
 from protodb import serve as serve_pkg  # light: says what is missing without importing FastAPI
 from protodb.errors import InvalidInput
 from protodb.segment.options import SegmentOptions, parse_levels
+from protodb.speed import speed_preset
 from protodb.serve.config import ServeConfig, from_env_token, served_names
 from protodb_cli.app import Ctx, command
-from protodb_cli.options import BackgroundOpt, DeviceOpt, DtypeOpt, ExtractorOpt, LevelsOpt, PamrOpt, SkipOpt
+from protodb_cli.options import BackgroundOpt, DeviceOpt, DtypeOpt, ExtractorOpt, LevelsOpt, PamrOpt, SkipOpt, SpeedOpt
 from protodb_cli.output import say
 
 
@@ -36,6 +37,7 @@ def serve(
     # defaults of every request (a request may set its own: extractor, levels, background, pamr, skip_missing)
     extractor: ExtractorOpt = None, levels: LevelsOpt = "class,instance,part", background: BackgroundOpt = None,
     pamr: PamrOpt = False, skip_missing: SkipOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    speed: SpeedOpt = None,
     max_jobs: Annotated[int, typer.Option(help="Jobs (/api/jobs: segmenting followed by the page, with progress and cancel) held at once; the oldest finished are forgotten first, and when all are unfinished a new one gets 503.")] = 16,
     job_ttl: Annotated[float, typer.Option(help="Seconds a finished job's result is kept for its client.")] = 300.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr: time, client, request line, status, bytes sent, milliseconds.")] = False,
@@ -53,16 +55,19 @@ def serve(
     \b
     Example: protodb serve --db demo-out/db
     Example: protodb serve --vocab voc --port 8765
+    Example: protodb serve --vocab camvid --speed fast   # whole image only, int8 on CPUs without bf16
     Example: PROTODB_SERVE_TOKEN=$(openssl rand -hex 16) protodb serve --allow-writes
     """
     if serve_pkg.missing_dependencies():
         raise InvalidInput(serve_pkg.INSTALL_HINT)
+    if speed:
+        speed_preset(speed)  # one line for a bad name, before anything loads
     token = from_env_token()
     extra_hosts = tuple(allow_host or ())
     config = ServeConfig(
         db_path=ctx.db_path, catalog_url=ctx.catalog, vocabs=served_names(vocab or ()),
         options=SegmentOptions(extractors=tuple(extractor or ()), levels=parse_levels(levels), background=background,
-                               pamr=pamr, device=device, dtype=dtype, skip_missing=skip_missing),
+                               pamr=pamr, device=device, dtype=dtype, skip_missing=skip_missing, speed=speed),
         allow_writes=allow_writes, token=token if allow_writes else None,
         max_upload=int(max_upload_mb * 1024 * 1024), queue_size=queue, reload_interval=reload_interval,
         host=host, port=port, vocab_only=vocab_only, max_warm=max_warm, max_jobs=max_jobs, job_ttl=job_ttl,

@@ -236,6 +236,25 @@ def check_camvid(tmp, models, camvid):
     assert lodo["lodo_mean"] == pytest.approx(sum(lodo["folds"].values()) / 3, abs=0.01)
 
 
+def check_speed(tmp, models, camvid):
+    r = run_benchmark("bench_speed", tmp)
+    assert {"photo", "machine", "forward_448_s", "variants", "before", "presets"} <= set(r)
+    assert {"cpu", "torch_threads", "bf16_units"} <= set(r["machine"]) and r["machine"]["torch_threads"] == 1
+    positive(r["forward_448_s"], r["before"]["segment"]["s"], r["before"]["segment"]["cpu_s"])
+    rows = {(v["extractor"], v["dtype"]) for v in r["variants"]}
+    assert {("tiny-vit", "float32"), ("tiny-vit", "int8"), ("tiny-tiles", "float32"), ("tiny-tiles", "int8")} <= rows
+    for v in r["variants"]:
+        assert v["tiled"] == (v["extractor"] == "tiny-tiles") and v["windows"] >= 2
+        assert list(v["forward"]) == ["32x32", "48x48", "64x64", "64x88"]  # the photo at short side 64: 64x88
+        positive(v["segment"]["s"], v["support"]["s"], *(f["s"] for f in v["forward"].values()))
+    assert [p["name"] for p in r["presets"]] == ["best", "balanced", "fast"]
+    for p in r["presets"]:
+        assert p["extractor"] == "tiny-tiles" and p["val_miou"] is None and p["lodo_miou"] is None
+        positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
+        assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
+        assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+
+
 CASES = {
     "bench_add_class": check_add_class,
     "bench_camvid": check_camvid,
@@ -247,6 +266,7 @@ CASES = {
     "bench_resolution_bound": check_resolution_bound,
     "bench_segment_speed": check_segment_speed,
     "bench_serve": check_serve,
+    "bench_speed": check_speed,
 }
 
 
