@@ -84,12 +84,14 @@ def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, s
     names = load_builtin("camvid")["classes"]
     builder = db.builder(preset="tiny" if extractor == "tiny-vit" else None, dtype=dtype)  # models load once for all classes
     t = time.perf_counter()
+    refs = []  # each class pinned to the version this build made or found (a shared --db holds others)
     for value, name in enumerate(names):  # CamVid has no background label: the rest of each photo is
-        builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
+        res = builder.add_class(AddClassRequest(  # other classes, so bg prototypes are not built from it
             name=name, images=0, exemplars=camvid / support, masks=camvid / f"{support}annot",
             mask_value=value, bg_value=None, extractors=(extractor,), k=k, kind=None,
             mask_min_fraction=min_fraction, short_side=short_side, support_windows=support_windows))
-    db.vocabs.create("camvid", names, description="CamVid from real exemplars", replace=True)
+        refs.append(f"{name}@{res.sets[0].set.version}")
+    db.vocabs.create("camvid", refs, description="CamVid from real exemplars", replace=True)
     return time.perf_counter() - t
 
 
@@ -144,7 +146,7 @@ def run_lodo(db, args, work: Path) -> dict:
         link_split(args.camvid, "train", scored, root, "scored")
         t, c = time.perf_counter(), time.process_time()
         build(db, root, args.extractor, args.k, args.mask_min_fraction, args.short_side, "support",
-              not args.single_pass, args.dtype)
+              not args.single_pass, args.build_dtype or args.dtype)
         build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
         new = [n for n in support if n not in featurised]
         featurised.update(support)
@@ -194,6 +196,8 @@ def main() -> None:
                     "script runs on a CamVid-layout --camvid folder (figures not meaningful)")
     ap.add_argument("--dtype", default="auto", help="compute dtype of torch extractors: auto (bf16 on CPUs with bf16 "
                     "units), float32, bfloat16, int8 (dynamic quantisation of linear layers on CPU)")
+    ap.add_argument("--build-dtype", default=None, help="dtype of the support features (default: --dtype); e.g. "
+                    "--build-dtype float32 --dtype int8 scores int8 photo features against float32 prototypes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -208,7 +212,7 @@ def main() -> None:
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
-                "dtype": args.dtype,
+                "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
     if args.protocol == "lodo":
         with tempfile.TemporaryDirectory(prefix="protodb-lodo-") as work:
@@ -229,7 +233,7 @@ def main() -> None:
         return
 
     build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side, args.support,
-                    not args.single_pass, args.dtype)
+                    not args.single_pass, args.build_dtype or args.dtype)
     results = [score(db, args, args.camvid, args.split, lv, False) for lv in args.levels]
     results += [score(db, args, args.camvid, args.split, "class,instance,part", True)] if args.pamr else []
     out = {**settings, "build_s": round(build_s, 1), "support": args.support, "split": args.split,
