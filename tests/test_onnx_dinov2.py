@@ -350,3 +350,36 @@ def test_key_facet_is_the_last_layers_key_projection(tmp_path, model, photos224)
     assert float((earlier(photos224[:1]) * feats[:1]).sum(-1).mean()) < 0.95
     with pytest.raises(protodb.InvalidInput, match="layer 40 does not exist"):
         reg.load_extractor(dataclasses.replace(spec, config={**spec.config, "layer": 40}), "cpu", torch.float32)
+
+
+def test_focus_tiles_equal_the_onnx_path_and_windows_share_tiles(tmp_path):
+    """focus-vits14-tiles (the converted model on 224 tiles at stride 112) gives the ONNX extractor's
+    features on a real photo's segment windows, and both give, through window_features (each shared tile
+    run once), exactly what one call per window gives."""
+    import protodb
+    from protodb.features.crops import resize_for
+    from protodb.features.windows import WindowSpec, crop_starts, plan_windows
+
+    reg = protodb.open(tmp_path / "db").registry()
+    tiles = reg.load_extractor(reg.extractor_spec("focus-vits14-tiles"), "cpu", torch.float32)
+    onnx_ext = load_extractor(builtin_specs()["focus-vits14"])
+    assert tiles.tile == onnx_ext.tile == (224, 112)
+    spec = WindowSpec(short_side=252, sizes=(252, 196), stride=112)  # a smaller photo: the same tile logic, faster
+    (H, W), _, img = resize_for(_photo("chelsea", 300, 451), 14, spec)
+    plan = plan_windows(H, W, spec, 14)
+    per_window = [(w.top + y, w.left + x, min(224, w.height - y), min(224, w.width - x)) for w in plan
+                  for y in crop_starts(w.height, 224, 112) for x in crop_starts(w.width, 224, 112)]
+    assert len(plan) == 10 and len(set(per_window)) < len(per_window)  # a tile: position and extent
+    counted = []
+    run_tiles = onnx_ext._run_tiles
+    onnx_ext._run_tiles = lambda t: (counted.append(len(t)), run_tiles(t))[1]
+    try:
+        shared = onnx_ext.window_features(img[0], plan)
+        assert counted == [len(set(per_window))]  # each distinct tile once (one call per window: all of them)
+    finally:
+        onnx_ext._run_tiles = run_tiles
+    alone = [onnx_ext(img[:, :, w.top:w.top + w.height, w.left:w.left + w.width])[0] for w in plan]
+    torch_shared = tiles.window_features(img[0], plan)
+    for a, b, c in zip(shared, alone, torch_shared):
+        assert torch.equal(a, b)  # exactness claimed: the same tiles, the same sums
+        assert float((a - c).abs().max()) < 1e-4  # torch vs onnxruntime: rounding only
