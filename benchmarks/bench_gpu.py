@@ -94,6 +94,7 @@ def main() -> None:
     from protodb.models.extractors import spec_from_dict
     from protodb.pipeline.config import AddClassRequest
     from protodb.segment.options import SegmentOptions
+    from protodb.speed import PRESETS
 
     device = choose_device("auto")
     dtype = "float16" if device.type == "cuda" else dtype_name(choose_dtype(device, "auto"))
@@ -163,13 +164,25 @@ def main() -> None:
         seg.segment_many(photos[i:i + args.batch], [str(j) for j in range(i, i + args.batch)])
     sync()
     batched = len(photos) / (time.perf_counter() - t)
+    presets = {}
+    for name in PRESETS:  # each speed preset's windows, batched across images (the GPU path)
+        pseg = db.segmenter(SegmentOptions(classes=",".join(names), extractors=("dinov2-random",), device=str(device),
+                                           dtype=dtype, windows=WindowSpec(short_side=short_side), speed=name))
+        pseg.segment_many(photos[: args.batch], [str(i) for i in range(args.batch)])
+        sync()
+        t = time.perf_counter()
+        for i in range(0, len(photos), args.batch):
+            pseg.segment_many(photos[i:i + args.batch], [str(j) for j in range(i, i + args.batch)])
+        sync()
+        presets[name] = {"images_per_s": round(len(photos) / (time.perf_counter() - t), 2),
+                         "windows": pseg.settings.to_dict()["windows"], "dtype": pseg.settings.dtype}
 
     result = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "dtype": dtype, "class": {"images": args.images, "size": args.size, "steps": args.steps,
                                         "generator_batch": args.gen_batch, "seconds": round(class_s, 2)},
               "segment": {"classes": args.classes, "photo": list(side), "short_side": short_side,
                           "batch": args.batch, "images_per_s_batch_1": round(one_by_one, 2),
-                          f"images_per_s_batch_{args.batch}": round(batched, 2)},
+                          f"images_per_s_batch_{args.batch}": round(batched, 2), "presets": presets},
               "model_build_s": round(build_s, 1), "smoke": args.smoke}
     if args.save_costs and not args.smoke:
         costs = {"generate": {"sd15": {"seconds_per_image": round(class_s / args.images, 4),
@@ -188,7 +201,8 @@ def main() -> None:
         c, s = result["class"], result["segment"]
         print(f"class: {c['seconds']} s for {c['images']} images ({c['size']} px, {c['steps']} steps, {dtype}, "
               f"{result['gpu'] or device}) | segment {s['classes']} classes: {s['images_per_s_batch_1']} img/s "
-              f"at batch 1, {s[f'images_per_s_batch_{args.batch}']} img/s at batch {args.batch}")
+              f"at batch 1, {s[f'images_per_s_batch_{args.batch}']} img/s at batch {args.batch}; presets "
+              + ", ".join(f"{k} {v['images_per_s']} img/s" for k, v in s["presets"].items()))
 
 
 def dtype_name(dtype) -> str:

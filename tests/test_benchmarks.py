@@ -166,6 +166,10 @@ def check_gpu(tmp, models, camvid):
     assert (s["classes"], s["photo"], s["short_side"]) == (2, [96, 128], 224)
     assert (r["gpu"] is None) == (not r["device"].startswith("cuda"))
     assert (models / "dinov2-smoke-random.safetensors").is_file()
+    assert list(s["presets"]) == ["best", "balanced", "fast"]
+    for name, p in s["presets"].items():
+        positive(p["images_per_s"])
+        assert p["windows"]["sizes"] == ([] if name == "fast" else [448, 336])
 
 
 def check_ray(tmp, models, camvid):
