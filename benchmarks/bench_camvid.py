@@ -48,6 +48,7 @@ from protodb.pipeline.config import AddClassRequest
 from protodb.segment import match as match_mod
 from protodb.features.windows import WindowSpec
 from protodb.segment.options import SegmentOptions, parse_scales
+from protodb.speed import speed_preset
 from protodb.vocabularies import load_builtin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
     """Evaluate the ``camvid`` vocabulary on ``camvid/split``: one result row."""
     timing["match"] = 0.0
     opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
-                          background=False, pamr=pamr, dtype=args.dtype,
+                          background=False, pamr=pamr, dtype=args.dtype, speed=args.speed,
                           windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales),
                                              subpatch=args.subpatch))
     t, c = time.perf_counter(), time.process_time()
@@ -198,8 +199,12 @@ def main() -> None:
                     "units), float32, bfloat16, int8 (dynamic quantisation of linear layers on CPU)")
     ap.add_argument("--build-dtype", default=None, help="dtype of the support features (default: --dtype); e.g. "
                     "--build-dtype float32 --dtype int8 scores int8 photo features against float32 prototypes")
+    ap.add_argument("--speed", default=None, help="a speed preset (best, balanced, fast): its segment windows, its "
+                    "support windows unless --single-pass, its dtype where --dtype is auto")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.speed and not speed_preset(args.speed).support_windows:
+        args.single_pass = True
     if args.smoke:
         args.extractor, args.short_side, args.levels = "tiny-vit", 64, ["class"]
     if not args.camvid.exists():
@@ -212,7 +217,7 @@ def main() -> None:
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
-                "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
+                "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
     if args.protocol == "lodo":
         with tempfile.TemporaryDirectory(prefix="protodb-lodo-") as work:
