@@ -123,6 +123,35 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
 timing = {"match": 0.0}
 
 
+def memoise_window_features(root: Path) -> None:
+    """Keep every photo's window features on disk (fp16, keyed by the extractor, its dtype, the resized
+    photo's pixels and the windows), so that sweeps over settings that do not change features (K, levels,
+    PAMR, mask rules) re-run only the matching. Features read back are the fp16-rounded ones on every run,
+    as protodb's own feature cache does; seconds per photo then measure a warm memo, not the extractor."""
+    import hashlib
+
+    from protodb.features.cache import extractor_key
+    from protodb.models.extractors.base import Extractor
+
+    root.mkdir(parents=True, exist_ok=True)
+    original = Extractor.window_features
+
+    def window_features(self, image, windows):
+        h = hashlib.sha256(image.detach().float().cpu().numpy().tobytes())
+        h.update(repr([(w.top, w.left, w.height, w.width) for w in windows]).encode())
+        h.update(extractor_key(self).encode())
+        path = root / f"{h.hexdigest()[:40]}.pt"
+        if path.is_file():
+            return [t.float().to(self.device) for t in torch.load(path)]
+        out = [t.half() for t in original(self, image, windows)]
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save([t.cpu() for t in out], tmp)
+        tmp.replace(path)
+        return [t.float() for t in out]
+
+    Extractor.window_features = window_features
+
+
 def _timed_matching() -> None:
     """Attribute wall time to matching: wrap the score function windows.py calls."""
     orig_score = match_mod.score_patches
@@ -201,8 +230,12 @@ def main() -> None:
                     "--build-dtype float32 --dtype int8 scores int8 photo features against float32 prototypes")
     ap.add_argument("--speed", default=None, help="a speed preset (best, balanced, fast): its segment windows, its "
                     "support windows unless --single-pass, its dtype where --dtype is auto")
+    ap.add_argument("--memo", type=Path, default=None, help="keep photo window features in this folder and reuse "
+                    "them (settings sweeps; timings then measure the memo)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.memo:
+        memoise_window_features(args.memo)
     if args.speed and not speed_preset(args.speed).support_windows:
         args.single_pass = True
     if args.smoke:
@@ -217,7 +250,7 @@ def main() -> None:
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
-                "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
+                "memo": bool(args.memo), "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
     if args.protocol == "lodo":
         with tempfile.TemporaryDirectory(prefix="protodb-lodo-") as work:
