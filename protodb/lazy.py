@@ -50,7 +50,7 @@ DEFERRED: dict[str, dict[str, str]] = {
         "protodb.distributed.build": "ray",
         "protodb.distributed.segment": "ray",
     },
-    "protodb.services.container": {"protodb.services.sharing": "pyarrow"},
+    "protodb.services.container": {"protodb.services.sharing": "pyarrow", "protodb.services.corrections": "numpy"},
     "protodb.stores": {"protodb.catalog.engine": "sqlalchemy", "protodb.catalog.locks": "sqlalchemy",
                        "protodb.catalog.schema": "sqlalchemy"},
     "protodb_cli.serve": {"protodb.serve.server": "fastapi"},
