@@ -42,7 +42,10 @@ from protodb.entities import (
 )
 from protodb.errors import InvalidInput as InvalidInputError
 from protodb.errors import NotFound as NotFoundError
+from protodb.names import normalize_class_name
+from protodb.pipeline.config import rebuild_request
 from protodb.runners import DEFAULT_SEGMENT_BATCH, RayOptions
+from protodb.segment.options import SegmentOptions
 from protodb.services.overview import OverviewService
 from protodb.stores import Stores
 
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
     from protodb.pipeline.build import ClassBuilder
     from protodb.pipeline.config import AddClassRequest
     from protodb.pipeline.vocab_build import BuildExecutor
-    from protodb.segment.options import SegmentOptions
     from protodb.segment.segmenter import VocabularySegmenter
     from protodb.services.changes import ChangeService
     from protodb.services.corrections import CorrectionService
@@ -242,8 +244,6 @@ class ProtoDB:
         """A new version of ``class_name`` from its newest version's support (the same generated images,
         found stored; the same exemplar photos and masks) plus every stored correction, with the same
         settings and preset (unless ``preset``). The previous version stays as it was (``boat@N``)."""
-        from protodb.pipeline.config import rebuild_request  # deferred: numpy
-
         sets = self.sets.resolve(class_name, extractor)
         if not sets:
             raise NotFoundError(f"class {class_name!r} has no ready prototypes; run: protodb add-class {class_name}")
@@ -260,8 +260,6 @@ class ProtoDB:
         are the class) or ``label_map`` + ``values`` {value: class} — recorded against the class's newest
         version, then (``rebuild``) build a new version from that version's support plus every correction
         (:meth:`rebuild_with_corrections`). Bad input is refused before anything is written."""
-        from protodb.names import normalize_class_name
-
         name = normalize_class_name(class_name)
         current = self.sets.resolve(name, extractor)
         if not current:
@@ -287,7 +285,6 @@ class ProtoDB:
         or on the class's corrected images (those in ``images`` when given). Both segment with the same
         ``others`` classes and ``options`` (see :mod:`protodb.segment.compare`)."""
         from protodb.segment import compare as cmp  # deferred: torch
-        from protodb.segment.options import SegmentOptions
 
         name_a, name_b = cmp.class_of(a), cmp.class_of(b)
         if name_a != name_b:

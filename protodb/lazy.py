@@ -46,6 +46,7 @@ DEFERRED: dict[str, dict[str, str]] = {
         "protodb.segment.inputs": "fsspec",
         "protodb.segment.datasets": "numpy",
         "protodb.segment.evaluate": "torch",
+        "protodb.segment.compare": "torch",
         "protodb.inspection": "torch",
         "protodb.distributed.build": "ray",
         "protodb.distributed.segment": "ray",

@@ -288,10 +288,11 @@ def rebuild_request(name: str, config: dict[str, Any] | None, params: dict[str, 
     config, params = config or {}, params or {}
     gen = config.get("generation") or None
     masks = config.get("masks") or {}
+    windows = config.get("support_windows", params.get("support_windows"))
     fields: dict[str, Any] = dict(name=name, images=0, seed=int(config.get("seed", params.get("seed", 0)) or 0),
                                   extractors=(extractor,), support_from=set_id,
                                   short_side=config.get("short_side") or params.get("short_side"),
-                                  support_windows=config.get("support_windows", params.get("support_windows")) is not None)
+                                  support_windows=windows is not None)
     if gen:
         spec = gen.get("generator") or {}
         generator = spec.get("name")

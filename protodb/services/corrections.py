@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,7 +42,14 @@ def _record(r: CorrectionRow, class_name: str) -> CorrectionRecord:
                             source_sha256=r.source_sha256, mask_sha256=r.mask_sha256, width=r.width, height=r.height,
                             pixels=r.pixels, label_value=r.label_value, origin=r.origin, author=r.author,
                             set_id=r.set_id, settings=r.settings if isinstance(r.settings, dict) else None,
-                            created_at=r.created_at.isoformat() if r.created_at else None)
+                            created_at=_utc(r.created_at))
+
+
+def _utc(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back naive datetimes, which are UTC here)."""
+    if dt is None:
+        return None
+    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)).isoformat()
 
 
 def _read_bytes(src: bytes | str | Path, what: str) -> tuple[bytes, str]:
@@ -72,8 +80,8 @@ def decode_mask_array(data: bytes, name: str = "mask", max_pixels: int = MAX_PIX
     except InvalidInput:
         raise
     except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
-        raise InvalidInput(f"{name}: not a readable mask image ({' '.join(str(err).split())[:80] or type(err).__name__})") \
-            from None
+        why = " ".join(str(err).split())[:80] or type(err).__name__
+        raise InvalidInput(f"{name}: not a readable mask image ({why})") from None
     if arr.ndim == 3:
         if arr.shape[2] == 4:  # a canvas: transparent is not marked, whatever its colour
             arr = np.where(arr[..., 3] > 0, arr[..., :3].max(axis=2), 0)
@@ -119,9 +127,14 @@ class CorrectionService:
         InvalidInput (unreadable files, size mismatch, nothing marked) or NotFound (unknown class)."""
         data, origin = _read_bytes(image, "image")
         origin = name or origin
-        img = load_image(data, max_pixels=max_pixels) if data else None
-        if img is None:
+        if not data:
             raise InvalidInput(f"{origin}: empty image (0 bytes); send an image file")
+        try:
+            img = load_image(data, max_pixels=max_pixels)
+        except InvalidInput as err:
+            message = str(err)
+            raise InvalidInput(f"{origin}: {message.split(': ', 1)[1] if message.startswith('<bytes>: ') else message}") \
+                from None
         if (mask is None) == (label_map is None):
             raise InvalidInput("give a mask with its class, or a label map with its values, not both or neither")
         if mask is not None:
