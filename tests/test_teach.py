@@ -124,6 +124,12 @@ def test_teach_builds_a_new_version_from_the_support_plus_the_corrections(db_cop
         assert "instance" in from_correction and "bg_instance" in from_correction
         # v1 is unchanged: same vectors as before
         assert db.sets.prototypes(v1).checksum() == v1.vectors_sha256
+        # segment --explain says where each winning prototype came from (a correction is named as such)
+        from protodb.segment.options import SegmentOptions
+        res = db.segmenter(SegmentOptions(classes="red box@2,blue stripes", explain=True, background=False)).segment(
+            PIL.Image.open(files["image"]).convert("RGB"))
+        assert res.winners and all((w.get("support_source") in ("exemplar", "correction")) == bool(w.get("support_image"))
+                                   for w in res.winners.values())
     shown = json.loads(cli("inspect", "red box", "--db", db_copy, "--json").stdout)
     assert shown["provenance"]["corrections"]["used"] == [corr["id"]]
     # the same pixels again: no new version (exactly once)

@@ -277,7 +277,8 @@
       caption.textContent = w ? `${name}: won by a ${w.kind || "class"} prototype (no support patch to show)` : "";
       return;
     }
-    caption.textContent = `${name}: ${w.kind} prototype of ${w.set_ref}, score ${w.score.toFixed(3)}`;
+    const taught = w.support_source === "correction" ? " (from a correction)" : "";
+    caption.textContent = `${name}: ${w.kind} prototype of ${w.set_ref}${taught}, score ${w.score.toFixed(3)}`;
     try {
       const img = await loadImage(artifactUrl(w.support_sha256));
       if (crop.dataset.class === name) drawCrop(crop, img, w.box);
