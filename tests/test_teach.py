@@ -17,7 +17,7 @@ import protodb
 from protodb.catalog.schema import CorrectionRow, SupportImageRow
 from protodb.errors import InvalidInput, NotFound
 from tests.conftest import cli
-from tests.serve_helpers import db_copy, png, scene, scene_db  # noqa: F401 - fixtures
+from tests.serve_helpers import db_copy, scene, scene_db  # noqa: F401 - fixtures
 
 
 def _box_mask(h: int = 96, w: int = 128) -> np.ndarray:
@@ -67,7 +67,8 @@ def test_a_correction_is_stored_with_its_provenance(db_copy, files):
         # adding a correction never touches a version
         assert db.sets.resolve("red box")[0].id == current.id and db.sets.resolve("red box")[0].version == 1
     listed = json.loads(cli("corrections", "ls", "--db", db_copy, "--json").stdout)
-    assert [(c["id"], c["class"], c["pixels"], c["author"]) for c in listed] == [(rec.id, "red box", rec.pixels, "ana b")]
+    assert [(c["id"], c["class"], c["pixels"], c["author"]) for c in listed] == \
+        [(rec.id, "red box", rec.pixels, "ana b")]
     shown = json.loads(cli("inspect", "red box", "--db", db_copy, "--json").stdout)
     assert [c["id"] for c in shown["provenance"]["corrections"]["all"]] == [rec.id]
     assert shown["provenance"]["corrections"]["used"] == []
@@ -128,8 +129,9 @@ def test_teach_builds_a_new_version_from_the_support_plus_the_corrections(db_cop
         from protodb.segment.options import SegmentOptions
         res = db.segmenter(SegmentOptions(classes="red box@2,blue stripes", explain=True, background=False)).segment(
             PIL.Image.open(files["image"]).convert("RGB"))
-        assert res.winners and all((w.get("support_source") in ("exemplar", "correction")) == bool(w.get("support_image"))
-                                   for w in res.winners.values())
+        assert res.winners
+        for w in res.winners.values():
+            assert (w.get("support_source") in ("exemplar", "correction")) == bool(w.get("support_image"))
     shown = json.loads(cli("inspect", "red box", "--db", db_copy, "--json").stdout)
     assert shown["provenance"]["corrections"]["used"] == [corr["id"]]
     # the same pixels again: no new version (exactly once)

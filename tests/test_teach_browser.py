@@ -75,8 +75,9 @@ def test_paint_a_correction_rebuild_and_compare_in_chromium(scene_db, browser, t
         for i in range(1, 11):
             page.mouse.move(*at(0.6 + 0.02 * i, 0.3 + 0.03 * i))
         page.mouse.up()
-        painted = page.eval_on_selector("#mask", """c => { const d = c.getContext('2d').getImageData(0, 0, c.width,
-            c.height).data; const out = []; for (let i = 3; i < d.length; i += 4) out.push(d[i] ? 1 : 0); return out; }""")
+        painted = page.eval_on_selector("#mask", """c => { const d = c.getContext('2d').getImageData(0, 0,
+            c.width, c.height).data; const out = []; for (let i = 3; i < d.length; i += 4) out.push(d[i] ? 1 : 0);
+            return out; }""")
         painted = np.array(painted, bool).reshape(96, 128)
         ys, xs = np.nonzero(painted)
         # the stroke runs from (0.6, 0.3) to (0.8, 0.6) of the photo, 6 pixels wide

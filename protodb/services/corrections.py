@@ -133,8 +133,8 @@ class CorrectionService:
             img = load_image(data, max_pixels=max_pixels)
         except InvalidInput as err:
             message = str(err)
-            raise InvalidInput(f"{origin}: {message.split(': ', 1)[1] if message.startswith('<bytes>: ') else message}") \
-                from None
+            message = message.split(": ", 1)[1] if message.startswith("<bytes>: ") else message
+            raise InvalidInput(f"{origin}: {message}") from None
         if (mask is None) == (label_map is None):
             raise InvalidInput("give a mask with its class, or a label map with its values, not both or neither")
         if mask is not None:
