@@ -64,6 +64,8 @@ def test_a_correction_is_stored_with_its_provenance(db_copy, files):
         assert np.array_equal(mask, _box_mask() > 0)
         assert np.array_equal(np.asarray(image), np.asarray(PIL.Image.open(files["image"]).convert("RGB")))
         assert [r.id for r in db.corrections.ls("red box")] == [rec.id] and db.corrections.ls("blue stripes") == ()
+        assert {rec.image_sha256, rec.mask_sha256} <= db.integrity.referenced_artifacts()  # verify checks them
+        assert db.verify().ok
         # adding a correction never touches a version
         assert db.sets.resolve("red box")[0].id == current.id and db.sets.resolve("red box")[0].version == 1
     listed = json.loads(cli("corrections", "ls", "--db", db_copy, "--json").stdout)

@@ -20,10 +20,10 @@ from protodb.catalog import queries
 from protodb.catalog.schema import (
     SET_READY,
     ClassRow,
+    CorrectionRow,
     ExtractorRow,
     GenerationRunRow,
     GeneratorSpecRow,
-    CorrectionRow,
     LabelRow,
     MaskRow,
     PrototypeSetRow,
