@@ -67,7 +67,7 @@ def _taught(res: TeachResult) -> None:
 def teach(
     ctx: Ctx,
     name: Annotated[str, typer.Argument(help="The class the marked pixels show.")],
-    image: Annotated[Path, typer.Argument(help="The image that was segmented.")],
+    image: Annotated[Optional[Path], typer.Argument(help="The image that was segmented (none: rebuild from the stored corrections).")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="PNG the image's size: non-zero pixels are the class.")] = None,
     label_map: Annotated[Optional[Path], typer.Option(help="Or a label map for several classes at once (with --value).")] = None,
     value: Annotated[Optional[list[str]], typer.Option(help="With --label-map: VALUE=CLASS, repeatable (3=boat).")] = None,
@@ -84,12 +84,19 @@ def teach(
 
     Example: protodb teach boat photo.jpg --mask boat-mask.png --author ana
     Example: protodb teach boat street.png --label-map fixed.png --value 3=boat --value 5=water --store-only
+    Example: protodb teach boat          # rebuild from the stored corrections only (resumes a killed rebuild)
     """
     values = parse_values(value)
     if label_map is not None and not values:
         raise InvalidInput("--label-map needs --value VALUE=CLASS (repeatable)")
-    if mask is None and label_map is None:
-        raise InvalidInput("give --mask MASK (or --label-map MAP with --value VALUE=CLASS)")
+    if image is None and mask is None and label_map is None:  # a rebuild alone (e.g. after one was killed)
+        with ctx.progress() as progress:
+            built = ctx.db.rebuild_with_corrections(name, extractor=extractor, preset=preset, device=device,
+                                                    dtype=dtype, progress=progress)
+        ctx.emit(built, print_built)
+        return
+    if image is None or (mask is None and label_map is None):
+        raise InvalidInput("give IMAGE with --mask MASK (or --label-map MAP with --value VALUE=CLASS)")
     with ctx.progress() as progress:
         res = ctx.db.teach(name, image, mask=mask, label_map=label_map, values=values or None, author=author,
                            rebuild=rebuild, extractor=extractor, preset=preset, device=device, dtype=dtype,

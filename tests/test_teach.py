@@ -155,6 +155,10 @@ def test_add_class_with_corrections(db_copy, files, tmp_path):
     assert out["exemplar_images"] == 2 and out["sets"][0]["version"] == 2
     sources = [e.get("source", "exemplar") for e in out["sets"][0]["config"]["exemplars"]]
     assert sources == ["exemplar", "correction"]
+    # teach without an image: a rebuild from the newest version's support plus the stored corrections
+    # (v2's photo and -k 4 carried over, the same correction): the same config, so v2 is found, not rebuilt
+    again = json.loads(cli("teach", "red box", "--db", db_copy, "--json").stdout)
+    assert again["sets"][0]["version"] == 2 and again["sets"][0]["reused"]
 
 
 def test_compare_before_and_after(db_copy, files):

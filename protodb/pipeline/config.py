@@ -284,7 +284,8 @@ def rebuild_request(name: str, config: dict[str, Any] | None, params: dict[str, 
     """The request that builds ``name`` again as its set ``set_id`` was built (``config``: the set's stored
     config; ``params``: its params), plus ``changes`` (``with_corrections=True`` for ``teach``): the same
     generated images (found stored, not drawn again), the same exemplars (taken from the set's stored
-    support), extractor, k rule, seed, sizes and mask rules."""
+    support), extractor, seed, sizes and mask rules; K as chosen (``-k``) or, when it was the default, the
+    default for the new support's size."""
     config, params = config or {}, params or {}
     gen = config.get("generation") or None
     masks = config.get("masks") or {}
@@ -302,6 +303,9 @@ def rebuild_request(name: str, config: dict[str, Any] | None, params: dict[str, 
         fields.update(images=int(gen.get("images") or 0), seed=int(gen.get("seed") or 0), generator=generator,
                       steps=spec.get("steps"), guidance=spec.get("guidance"), size=spec.get("width"),
                       prompt=gen.get("prompt") or None, negative_prompt=gen.get("negative_prompt") or "")
+    k, support = config.get("k"), config.get("support")
+    if k is not None and support is not None and int(k) != parts_for(len(support)):
+        fields["k"] = int(k)  # a K the user chose stays; the default rule follows the new support's size
     if masks:
         fields.update(mask_min_fraction=float(masks.get("min_fraction", 0.5)),
                       exemplar_background=bool(masks.get("exemplar_background", True)),
