@@ -16,7 +16,8 @@
 
 ``--json`` prints ``{"class", "extractor", "shots", "corrections", "images", "results": [one row per mode:
 {"mode", "pixels", "photos", "before", "after", "change", "miou_before", "miou_after", "per_class_before",
-"per_class_after", "rebuild_s", "cpu_s"}], "cpu", "threads", "smoke"}`` (IoU in percent).
+"per_class_after", "rebuild_s", "cpu_s"}], "cpu", "threads", "device", "dtype", "wall_s", "cpu_s", "smoke"}``
+(IoU in percent).
 
 The photos are read in place and the label maps copied only into a temporary folder (CamVid is CC BY-NC).
 """
@@ -36,6 +37,7 @@ import numpy as np
 import PIL.Image
 
 import protodb
+from protodb.device import choose_device, choose_dtype, dtype_name
 from protodb.images import load_image
 from protodb.pipeline.config import AddClassRequest
 from protodb.segment.metrics import MIoU
@@ -166,7 +168,8 @@ def main() -> None:
     images = len(sorted((args.camvid / "val").glob("*.png"))[:args.limit])
     out = {"class": args.target, "extractor": args.extractor, "shots": args.shots, "corrections": len(photos),
            "images": images, "results": results, "cpu": cpu_model(), "threads": os.environ.get("OMP_NUM_THREADS"),
-           "dtype": "auto", "wall_s": round(time.perf_counter() - t0, 1),
+           "device": str(choose_device("auto")), "dtype": dtype_name(choose_dtype(choose_device("auto"), "auto")),
+           "wall_s": round(time.perf_counter() - t0, 1),
            "cpu_s": round(time.process_time() - cpu0, 1), "smoke": args.smoke}
     if args.json:
         print(json.dumps(out, indent=2))
