@@ -557,8 +557,12 @@
       body.append("settings", JSON.stringify({ vocabulary: result.vocabulary.name, settings: result.settings }));
       const res = await api("/api/corrections", { method: "POST", body, headers: auth() });
       const c = res.corrections[0];
+      const snapshot = document.createElement("canvas");  // the corrected pixels, shown over both versions
+      snapshot.width = maskCanvas.width;
+      snapshot.height = maskCanvas.height;
+      snapshot.getContext("2d").drawImage(maskCanvas, 0, 0);
       teach.stored = { name, mask: paintedPixels().mask, width: maskCanvas.width, height: maskCanvas.height,
-                       classes: result.vocabulary.classes.slice(), background: result.settings.background };
+                       classes: result.vocabulary.classes.slice(), background: result.settings.background, snapshot };
       teachStatus.textContent = `Stored correction ${c.id.slice(0, 12)}: ${plural(c.pixels, "pixel")} of ${c.class}. Rebuild ${c.class} to learn from it.`;
       teachSection.dataset.corrections = String(Number(teachSection.dataset.corrections || 0) + 1);
       teachSection.dataset.lastCorrection = c.id;
@@ -582,7 +586,11 @@
     const img = await loadImage(`data:image/png;base64,${res.overlay_png}`);
     target.width = res.maps.width;
     target.height = res.maps.height;
-    target.getContext("2d").drawImage(img, 0, 0);
+    const tctx = target.getContext("2d");
+    tctx.drawImage(img, 0, 0);
+    tctx.globalAlpha = 0.35;
+    tctx.drawImage(st.snapshot, 0, 0, target.width, target.height);
+    tctx.globalAlpha = 1;
     const raw = b64bytes(res.maps.labels);
     const labels = res.maps.labels_dtype === "uint8" ? raw : new Uint16Array(raw.buffer);
     const value = Number(Object.keys(res.legend).find((v) => res.legend[v] === st.name));
