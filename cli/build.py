@@ -57,6 +57,7 @@ def add_class(
     parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
     new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
+    with_corrections: Annotated[bool, typer.Option("--with-corrections", help="Add the class's stored corrections (protodb corrections ls) as exemplars with their masks.")] = False,
     run: Annotated[BuildRun, BUILD_RUN] = None,
 ) -> None:
     """Build prototypes for a class: generate support images, mask them, extract, cluster.
@@ -69,6 +70,7 @@ def add_class(
     Example: protodb add-class road --images 0 --exemplars photos/ --masks labels/ --mask-value 3
     Example: protodb add-class boat --images 256 --ray auto --shard-size 32
     Example: protodb add-class boat --speed fast   # one support pass, int8 on CPUs without bf16 units
+    Example: protodb add-class boat --preset tiny --images 4 --with-corrections
     """
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
@@ -76,6 +78,7 @@ def add_class(
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
         support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
+        with_corrections=with_corrections,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes, speed=run.speed)
     if vocab:
         check_tag_name(vocab)  # before any work: a bad name must not leave a built class behind

@@ -39,7 +39,8 @@ def _inspect(data: InspectReport) -> None:
         say(f"generator: {g['model_id']} @ {g['revision']}, {g['scheduler']}, {g['steps']} steps, "
             f"guidance {g['guidance']}, {g['size'][0]}x{g['size'][1]}, {g['dtype']}")
         say(f"prompt: {g['prompt']!r}  negative: {g['negative_prompt']!r}  base seed {g['base_seed']}")
-    say(f"images: {len(p['images'])} ({sum(i['source'] == 'exemplar' for i in p['images'])} exemplars), "
+    say(f"images: {len(p['images'])} ({sum(i['source'] == 'exemplar' for i in p['images'])} exemplars, "
+        f"{sum(i['source'] == 'correction' for i in p['images'])} corrected), "
         f"seeds {p['seeds'][:8]}{' …' if len(p['seeds']) > 8 else ''}")
     e = p["extractor"]
     say(f"extractor: {e['name']} ({e['kind']}, {e['dim']}-d, weights {str(e['weights_hash'])[:16]})")
@@ -48,6 +49,13 @@ def _inspect(data: InspectReport) -> None:
     lab = p["label"]
     say(f"label: {lab['kind']} (" + "; ".join(f"{h['source']}→{h['kind']}" for h in lab["history"]) + ")")
     say(f"prototypes: {p['counts']}  bytes: {p['bytes']}")
+    corr = p.get("corrections") or {}
+    if corr.get("all"):
+        used = set(corr.get("used") or ())
+        say(f"corrections: {len(corr['all'])} stored, {len(used)} built into this version")
+        for c in corr["all"]:
+            say(f"  {c['id'][:12]} {c['pixels']} px on {c['origin']} ({c['width']}x{c['height']}) by "
+                f"{c['author'] or '-'} at {(c['created_at'] or '')[:19]}{' [in this version]' if c['id'] in used else ''}")
     if p.get("config"):
         c = p["config"]
         say(f"config {p['config_hash'][:16]}: k={c.get('k')} seed={c.get('seed')} short side {c.get('short_side')}, "

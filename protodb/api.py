@@ -10,7 +10,7 @@
 ``db.overview``        ls, info, vocabulary list in plain SQL (no SQLAlchemy import)
 ``db.services``        every other service (:class:`protodb.services.container.Services`):
                        ``schema``, ``sets``, ``labels``, ``vocabs``, ``support``, ``changes``,
-                       ``integrity``, ``sharing`` — also reachable as ``db.sets`` etc.
+                       ``integrity``, ``sharing``, ``corrections`` — also reachable as ``db.sets`` etc.
 =====================  =====================================================================
 
 Workflows take a ``runner``: None runs them in this process, a :class:`protodb.runners.RayOptions` on Ray
@@ -30,15 +30,22 @@ from protodb.entities import (
     AddClassResult,
     AddVocabResult,
     BuildPlan,
+    CompareReport,
     DbInfo,
     EvalReport,
     ExtractorInfo,
     InspectReport,
     SegmentPlan,
     SegmentReport,
+    TeachResult,
     VerifyReport,
 )
+from protodb.errors import InvalidInput as InvalidInputError
+from protodb.errors import NotFound as NotFoundError
+from protodb.names import normalize_class_name
+from protodb.pipeline.config import rebuild_request
 from protodb.runners import DEFAULT_SEGMENT_BATCH, RayOptions
+from protodb.segment.options import SegmentOptions
 from protodb.services.overview import OverviewService
 from protodb.stores import Stores
 
@@ -48,9 +55,9 @@ if TYPE_CHECKING:
     from protodb.pipeline.build import ClassBuilder
     from protodb.pipeline.config import AddClassRequest
     from protodb.pipeline.vocab_build import BuildExecutor
-    from protodb.segment.options import SegmentOptions
     from protodb.segment.segmenter import VocabularySegmenter
     from protodb.services.changes import ChangeService
+    from protodb.services.corrections import CorrectionService
     from protodb.services.container import Services
     from protodb.services.integrity import IntegrityService
     from protodb.services.labels import LabelService
@@ -115,6 +122,10 @@ class ProtoDB:
     @property
     def sharing(self) -> "SharingService":
         return self.services.sharing
+
+    @property
+    def corrections(self) -> "CorrectionService":
+        return self.services.corrections
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -227,6 +238,75 @@ class ProtoDB:
             requests, already = plan.requests, plan.already_built
         return vocab_build.plan_builds(reg, requests, already, shard_size=runner.check().shard_size if runner else 0,
                                        ray=runner.address if runner else None, home=self.home)
+
+    # ------------------------------------------------------------------ teaching by example
+    def rebuild_with_corrections(self, class_name: str, *, extractor: str | None = None, preset: str | None = None,
+                                 device: str = "auto", dtype: str = "auto",
+                                 progress: Progress | None = None) -> AddClassResult:
+        """A new version of ``class_name`` from its newest version's support (the same generated images,
+        found stored; the same exemplar photos and masks) plus every stored correction, with the same
+        settings and preset (unless ``preset``). The previous version stays as it was (``boat@N``)."""
+        sets = self.sets.resolve(class_name, extractor)
+        if not sets:
+            raise NotFoundError(f"class {class_name!r} has no ready prototypes; run: protodb add-class {class_name}")
+        pset = sets[0]
+        req = rebuild_request(pset.class_name, pset.config, pset.params, set_id=pset.id, extractor=pset.extractor,
+                              with_corrections=True, device=device, dtype=dtype)
+        used = preset or (pset.config or {}).get("preset") or (pset.params or {}).get("preset")
+        return self.add_class(req, preset=used, progress=progress)
+
+    def teach(self, class_name: str, image, *, mask=None, label_map=None, values=None, author: str | None = None,
+              rebuild: bool = True, extractor: str | None = None, preset: str | None = None, device: str = "auto",
+              dtype: str = "auto", settings: dict | None = None, progress: Progress | None = None) -> TeachResult:
+        """Store a correction of ``class_name`` on ``image`` (a file or bytes) — ``mask`` (its non-zero pixels
+        are the class) or ``label_map`` + ``values`` {value: class} — recorded against the class's newest
+        version, then (``rebuild``) build a new version from that version's support plus every correction
+        (:meth:`rebuild_with_corrections`). Bad input is refused before anything is written."""
+        name = normalize_class_name(class_name)
+        current = self.sets.resolve(name, extractor)
+        if not current:
+            raise NotFoundError(f"class {name!r} has no ready prototypes to correct; run: protodb add-class {name}")
+        if mask is not None:
+            stored = self.corrections.add(image, mask=mask, class_name=name, author=author, set_id=current[0].id,
+                                          settings=settings)
+        else:
+            stored = self.corrections.add(image, label_map=label_map, values=values, author=author,
+                                          set_id=current[0].id, settings=settings)
+        built = None
+        if rebuild:
+            built = self.rebuild_with_corrections(name, extractor=extractor, preset=preset, device=device,
+                                                  dtype=dtype, progress=progress)
+        return TeachResult(name, stored, current[0].ref, built)
+
+    def compare(self, a: str, b: str, *, images: str | os.PathLike | None = None,
+                labels: str | os.PathLike | None = None, values: dict[str, int] | None = None,
+                others: Sequence[str] = (), options: "SegmentOptions | None" = None,
+                progress: Callable[[int, int], None] | None = None) -> CompareReport:
+        """Per-class IoU of versions ``a`` and ``b`` (``boat@1``, ``boat@2``) on the same images, and the
+        change: on ``labels`` (label maps by stem; ``values`` {class: value}, else binary masks of the class),
+        or on the class's corrected images (those in ``images`` when given). Both segment with the same
+        ``others`` classes and ``options`` (see :mod:`protodb.segment.compare`)."""
+        from protodb.segment import compare as cmp  # deferred: torch
+
+        name_a, name_b = cmp.class_of(a), cmp.class_of(b)
+        if name_a != name_b:
+            raise InvalidInputError(f"compare two versions of one class: {a} and {b} name different classes")
+        for ref in (a, b):
+            if not self.sets.resolve(ref):
+                raise NotFoundError(f"no ready prototype set {ref}; see: protodb ls")
+        others = [o for o in others if cmp.class_of(o) != name_a]
+        if labels is not None:
+            if images is None:
+                raise InvalidInputError("--labels needs --images (label maps are matched to images by file stem)")
+            truths, on = cmp.truth_from_labels(Path(images), Path(labels), name_a, values), "labels"
+        else:
+            truths, on = cmp.truth_from_corrections(self.corrections, name_a,
+                                                    Path(images) if images is not None else None), "corrections"
+        base = (options or SegmentOptions()).replace(vocab=None)
+        seg_a = self.segmenter(base.replace(classes=",".join([a, *others])))
+        seg_b = self.segmenter(base.replace(classes=",".join([b, *others])))
+        settings = {"others": list(others), **seg_a.settings.to_dict()}
+        return cmp.compare(a, b, seg_a.segment, seg_b.segment, truths, on=on, settings=settings, progress=progress)
 
     # ------------------------------------------------------------------ segmenting
     def segmenter(self, options: "SegmentOptions") -> "VocabularySegmenter":

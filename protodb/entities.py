@@ -518,6 +518,63 @@ class SupportImageRecord(Entity):
     attention_sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class CorrectionRecord(Entity):
+    """A stored correction: the pixels of one class on one image and where they came from.
+
+    ``image_sha256`` / ``mask_sha256``: PNG artifacts (the mask 0/255, the image's size); ``source_sha256``:
+    sha256 of the image file as given; ``pixels``: how many pixels are marked; ``label_value``: the value
+    in the label map it came from (None for a mask); ``set_id`` / ``settings``: the set and segment settings
+    that produced the corrected result, when known; ``created_at``: ISO 8601 UTC."""
+
+    id: str
+    class_name: str
+    group_id: str
+    image_sha256: str
+    source_sha256: str
+    mask_sha256: str
+    width: int
+    height: int
+    pixels: int
+    label_value: int | None = None
+    origin: str | None = None
+    author: str | None = None
+    set_id: str | None = None
+    settings: dict[str, Any] | None = None
+    created_at: str | None = None
+    _json_names: ClassVar[dict[str, str]] = {"class_name": "class"}
+
+
+@dataclass(frozen=True)
+class TeachResult(Entity):
+    """``protodb teach``: the corrections stored, the version they corrected (``previous``, which stays
+    addressable) and what was built from its support plus every correction of the class (None when
+    only stored)."""
+
+    class_name: str
+    corrections: tuple[CorrectionRecord, ...]
+    previous: str | None
+    built: AddClassResult | None = None
+    _json_names: ClassVar[dict[str, str]] = {"class_name": "class"}
+
+
+@dataclass(frozen=True)
+class CompareReport(Entity):
+    """``protodb compare A B``: per-class IoU of two versions on the same images, and the change.
+
+    ``classes`` {class: {"a": IoU or None, "b": IoU or None, "change": b - a or None, "pixels": ground-truth
+    pixels}}; ``on``: "labels" (a labelled folder) or "corrections" (the corrected pixels of the class's
+    corrections); ``mean``: {"a", "b", "change"} over classes with both values."""
+
+    a: str
+    b: str
+    on: str
+    images: int
+    classes: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------- scale-out (Ray)
 @dataclass(frozen=True)
 class CostEstimate(Entity):

@@ -199,6 +199,12 @@ def decode_attention(data: bytes) -> np.ndarray:
     return np.asarray(PIL.Image.open(io.BytesIO(data)), dtype=np.float32) / 65535.0
 
 
+def decode_mask(data: bytes) -> np.ndarray:
+    """Inverse of :func:`mask_png`: (H, W) bool."""
+    with PIL.Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L")) > 127
+
+
 def decode_rgb(data: bytes) -> PIL.Image.Image:
     image = PIL.Image.open(io.BytesIO(data))
     image.load()

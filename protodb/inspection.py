@@ -28,6 +28,7 @@ from protodb.features.cache import FeatureCache
 from protodb.features.featurize import featurize
 from protodb.features.plan import SupportFeatures
 from protodb.render import CAPTION, CELL, GAP, LABEL_W, crop_with_context, patch_box, sheet_size
+from protodb.services.corrections import CorrectionService
 from protodb.services.labels import LabelService
 from protodb.services.sets import SetService
 from protodb.services.support import SupportService
@@ -73,7 +74,14 @@ class Inspector:
             "params": dict(pset.params), "config": pset.config, "config_hash": pset.config_hash,
             "bytes": {"vectors": pset.bytes, "images": sizes, "masks": self._sizes(sup["mask_shas"])},
             "tags": list(pset.tags), "label": self.labels.history(pset.class_name).to_dict(),
+            "corrections": self.corrections(pset),
         }
+
+    def corrections(self, pset: PrototypeSet) -> dict[str, Any]:
+        """The class's stored corrections (``all``, oldest first) and which of them this set was built
+        from (``used``: their ids)."""
+        used = [c for e in (pset.config or {}).get("exemplars", []) for c in e.get("corrections", [])]
+        return {"used": used, "all": [r.to_dict() for r in CorrectionService(self.stores).ls(pset.class_name)]}
 
     def _sizes(self, digests) -> int:
         total = 0

@@ -257,6 +257,23 @@ def check_speed(tmp, models, camvid):
         positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
         assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
         assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+def check_teach(tmp, models, camvid):
+    r = run_benchmark("bench_teach", tmp, "--camvid", camvid)
+    assert (r["class"], r["extractor"], r["shots"], r["corrections"], r["images"]) == \
+        ("pedestrian", "tiny-vit", 1, 1, 2)
+    assert [row["mode"] for row in r["results"]] == ["full", "missed"]
+    full = r["results"][0]
+    # full: every pedestrian pixel of the corrected train photo (make_camvid's stripes: value 9 is 5 or 6 columns)
+    assert full["photos"] == 1 and full["pixels"] in (5 * 48, 6 * 48) and full["version"] == 2
+    for row in r["results"]:
+        assert list(row["per_class_before"]) == list(CAMVID_NAMES) == list(row["per_class_after"])
+        assert all(percent(v) for v in [*row["per_class_before"].values(), *row["per_class_after"].values()])
+        assert row["before"] == row["per_class_before"]["pedestrian"]
+        assert row["after"] == row["per_class_after"]["pedestrian"]
+        assert row["change"] == pytest.approx(row["after"] - row["before"], abs=0.011)
+        scored = [v for v in row["per_class_before"].values() if v is not None]
+        assert row["miou_before"] == pytest.approx(np.mean(scored), abs=0.02)
+    assert full["pixels"] >= r["results"][1]["pixels"]  # only the missed pixels are a part of them
 
 
 CASES = {
@@ -271,6 +288,7 @@ CASES = {
     "bench_segment_speed": check_segment_speed,
     "bench_serve": check_serve,
     "bench_speed": check_speed,
+    "bench_teach": check_teach,
 }
 
 

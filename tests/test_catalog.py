@@ -21,7 +21,7 @@ def _tables(engine) -> set[str]:
 
 def test_open_creates_full_schema_with_sqlite_pragmas(db):
     assert _tables(db.engine) == set(Base.metadata.tables)
-    assert db.schema_revision == migrate.head_revision() == "0002"
+    assert db.schema_revision == migrate.head_revision() == "0003"
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -61,8 +61,8 @@ def test_check_reports_a_schema_that_differs_from_the_orm(db):
 
 def test_older_revision_is_refused_with_the_upgrade_command(db, home, monkeypatch):
     # Pretend this code knows a newer head than the catalog was created at.
-    monkeypatch.setattr(migrate, "head_revision", lambda: "0003")
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001", "0002", "0003"})
+    monkeypatch.setattr(migrate, "head_revision", lambda: "0004")
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001", "0002", "0003", "0004"})
     with pytest.raises(SchemaMismatch) as err:
         protodb.open(home)
     assert "protodb db upgrade" in str(err.value) and "\n" not in str(err.value)
@@ -104,7 +104,7 @@ def test_concurrent_first_opens_do_not_race(backend, home, request, monkeypatch)
     for p in procs:
         p.join(120)
     results = [queue.get(timeout=5) for _ in procs]
-    assert results == ["0002"] * 4
+    assert results == ["0003"] * 4
     pdb = protodb.open(home)
     assert pdb.schema.check().in_sync
 
@@ -114,7 +114,7 @@ def test_postgres_catalog_via_env(pg_url, home, monkeypatch):
     pdb = protodb.open(home)
     info = pdb.info()
     assert info.catalog_url.startswith("postgresql+psycopg://")
-    assert info.schema_revision == "0002" and info.classes == 0
+    assert info.schema_revision == "0003" and info.classes == 0
     assert _tables(pdb.engine) == set(Base.metadata.tables)
     assert not (home / "catalog.sqlite").exists()
 
@@ -126,7 +126,7 @@ def test_revisions_list_matches_the_migration_scripts():
     assert tuple(chain) == migrate.REVISIONS and script.get_current_head() == migrate.head_revision()
 
 
-def test_a_0001_catalog_upgrades_to_0002_keeping_its_sets(home):
+def test_a_0001_catalog_upgrades_to_head_keeping_its_sets(home):
     pdb = protodb.open(home)
     pdb.sets.commit("boat", fake_extractor(), random_rows(), config_hash="a")
     pdb.schema.downgrade("0001")
@@ -135,7 +135,7 @@ def test_a_0001_catalog_upgrades_to_0002_keeping_its_sets(home):
     with pytest.raises(SchemaMismatch, match="protodb db upgrade"):
         protodb.open(home)
     pdb = protodb.api.ProtoDB(home, check_schema=False)
-    assert pdb.schema.upgrade().revision == "0002"
+    assert pdb.schema.upgrade().revision == migrate.head_revision()
     pdb.close()
     again = protodb.open(home)
     (boat,) = again.sets.resolve("boat")

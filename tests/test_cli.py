@@ -26,7 +26,7 @@ def run(*args, ok=True):
 def test_init_info_json(home):
     run("init", "--db", home)
     info = json.loads(run("info", "--db", home, "--json").stdout)
-    assert info["schema_revision"] == "0002"
+    assert info["schema_revision"] == "0003"
     assert info["classes"] == 0 and info["prototype_sets"] == 0
     assert info["catalog_url"] == f"sqlite:///{home.resolve()}/catalog.sqlite"
 
@@ -48,11 +48,11 @@ def test_ls_json_lists_versions(db, home):
 def test_db_commands_json(home):
     run("init", "--db", home)
     cur = json.loads(run("db", "current", "--db", home, "--json").stdout)
-    assert cur["revision"] == cur["head"] == "0002" and cur["up_to_date"]
+    assert cur["revision"] == cur["head"] == "0003" and cur["up_to_date"]
     chk = json.loads(run("db", "check", "--db", home, "--json").stdout)
     assert chk["in_sync"] is True
     up = json.loads(run("db", "upgrade", "--db", home, "--json").stdout)
-    assert up["revision"] == "0002"
+    assert up["revision"] == "0003"
 
 
 def test_verify_exit_code(db, home):
@@ -122,7 +122,7 @@ def test_root_help_documents_exit_codes():
 def test_postgres_through_catalog_option(pg_url, home):
     run("init", "--db", home, "--catalog", pg_url)
     info = json.loads(run("info", "--db", home, "--catalog", pg_url, "--json").stdout)
-    assert info["catalog_url"].startswith("postgresql") and info["schema_revision"] == "0002"
+    assert info["catalog_url"].startswith("postgresql") and info["schema_revision"] == "0003"
     assert json.loads(run("db", "check", "--catalog", pg_url, "--db", home, "--json").stdout)["in_sync"]
 
 
@@ -135,7 +135,7 @@ def test_console_script_end_to_end(home):
     assert missing.returncode == 1 and "protodb init" in missing.stderr and not home.exists()  # never created
     subprocess.run([exe, "init", "-q"], capture_output=True, text=True, env=env, check=True)
     out = subprocess.run([exe, "info", "--json"], capture_output=True, text=True, env=env, check=True)
-    assert json.loads(out.stdout)["schema_revision"] == "0002"
+    assert json.loads(out.stdout)["schema_revision"] == "0003"
     bad = subprocess.run([exe, "alias", "x", "ghost"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     usage = subprocess.run([exe, "info", "--no-such-flag"], capture_output=True, text=True, env=env)

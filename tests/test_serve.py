@@ -83,7 +83,7 @@ def one_line_error(r, status: int) -> str:
 # ---------------------------------------------------------------------------------------- reading
 def test_health_index_and_pages(api):
     h = api.get("/api/health").json()
-    assert h["ok"] and h["writes"] is False and h["vocabularies"] == ["scene"] and h["schema_revision"] == "0002"
+    assert h["ok"] and h["writes"] is False and h["vocabularies"] == ["scene"] and h["schema_revision"] == "0003"
     assert h["max_upload"] == 20 * 1024 * 1024 and h["queue"]["workers"] == 2
     assert any(e.startswith("POST /api/segment") for e in api.get("/api").json()["endpoints"])
     for path, marker in (("/", 'id="gallery"'), ("/segment", 'id="segment-form"'), ("/sets/x", 'id="parts"'),

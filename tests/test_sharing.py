@@ -171,7 +171,8 @@ def test_export_is_deterministic_complete_and_pickle_free(team_a, tmp_path):
     cli("export", "--vocab", "pets", "--lean", "-o", tmp_path / "lean.tar", "--db", team_a, "-q")
     lean = _members(tmp_path / "lean.tar")
     lm = json.loads(lean["manifest.json"])
-    assert lm["lean"] is True and set(lm["lean_omits"]) == {"support_images", "masks", "attention_maps"}
+    assert lm["lean"] is True and set(lm["lean_omits"]) == {"support_images", "masks", "attention_maps", "corrections"}
+    assert json.loads(lean["catalog/corrections.json"]) == []
     assert not [n for n in lean if n.startswith("artifacts/")]
     assert json.loads(lean["catalog/support_images.json"]) == [] and json.loads(lean["catalog/masks.json"]) == []
     assert json.loads(lean["catalog/generation_runs.json"])  # provenance stays

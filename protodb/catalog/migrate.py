@@ -24,7 +24,7 @@ alembic_script = lazy_import("alembic.script")
 alembic_exc = lazy_import("alembic.util.exc")
 
 #: Every revision this protodb knows, oldest first; the last is head.
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0003")
 
 
 def script_location() -> Path:

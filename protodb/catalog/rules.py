@@ -24,7 +24,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("class_labels", "kind"): (THING, STUFF),
     ("class_labels", "source"): LABEL_SOURCES,
     ("masks", "role"): ("foreground", "background"),
-    ("support_images", "source"): ("generated", "exemplar"),
+    ("support_images", "source"): ("generated", "exemplar", "correction"),
     ("prototype_sets", "status"): (SET_READY,),
 }
 
@@ -47,6 +47,10 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("vocabularies", "version"): (0, INT32_MAX),
     ("vocabulary_members", "position"): (0, INT32_MAX),
     ("prototype_set_images", "position"): (0, INT32_MAX),
+    ("corrections", "width"): (1, MAX_SIDE),
+    ("corrections", "height"): (1, MAX_SIDE),
+    ("corrections", "pixels"): (1, INT32_MAX),
+    ("corrections", "label_value"): (0, 65_535),
 }
 
 

@@ -211,7 +211,7 @@ class SupportImageRow(_Stamped, Base):
     class_id: Mapped[str] = mapped_column(ForeignKey("classes.id"), index=True)
     run_id: Mapped[Optional[str]] = mapped_column(ForeignKey("generation_runs.id"))
     index_in_run: Mapped[Optional[int]] = mapped_column(Integer)
-    source: Mapped[str] = mapped_column(String(16))  # "generated" | "exemplar"
+    source: Mapped[str] = mapped_column(String(16))  # "generated" | "exemplar" | "correction"
     artifact_sha256: Mapped[str] = mapped_column(String(64), index=True)
     attention_sha256: Mapped[Optional[str]] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)
@@ -296,3 +296,32 @@ class SettingRow(Base):
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
 
+
+
+class CorrectionRow(_Stamped, Base):
+    """A user's correction of a segmentation: an image and the pixels of one class on it, with provenance.
+
+    ``image_sha256``: the image as a PNG artifact (content-addressed); ``source_sha256``: sha256 of the
+    image file as given (the photo that was segmented); ``mask_sha256``: PNG artifact, 0/255, the same size
+    as the image, 255 where the class is. ``set_id``/``settings``: the prototype set and segment settings
+    that produced the corrected result, when known (plain values, no foreign key: they may be elsewhere).
+    A label map with several classes is stored as one row per class, sharing ``group_id``. Rows are only
+    ever added: a correction never changes an existing prototype set; ``teach``/``add-class
+    --with-corrections`` build a new version from them.
+    """
+
+    __tablename__ = "corrections"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    class_id: Mapped[str] = mapped_column(ForeignKey("classes.id"), index=True)
+    group_id: Mapped[str] = mapped_column(String(32), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    mask_sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    pixels: Mapped[int] = mapped_column(Integer)
+    label_value: Mapped[Optional[int]] = mapped_column(Integer)
+    origin: Mapped[Optional[str]] = mapped_column(Text)  # the image's file name as given
+    author: Mapped[Optional[str]] = mapped_column(String(200))
+    set_id: Mapped[Optional[str]] = mapped_column(String(32))
+    settings: Mapped[Optional[dict[str, Any]]] = mapped_column(SafeJSON)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from protodb.entities import FOREGROUND_KINDS, AddClassResult, BuiltSet, ExtractorRecord
 from protodb.errors import InvalidInput
-from protodb.images import mask_png
+from protodb.names import quoted
+from protodb.images import decode_mask, decode_rgb, mask_png
 from protodb.device import choose_device, choose_dtype, compute_dtype, dtype_name
 from protodb.models.generators import model_revision, resolve_model_folder
 from protodb.models.registry import ModelRegistry
@@ -31,6 +33,7 @@ from protodb.pipeline import segmenters
 from protodb.pipeline.config import (
     AddClassRequest,
     BuildConfig,
+    ExemplarInput,
     GenerationConfig,
     MaskConfig,
     check_image_count,
@@ -46,6 +49,7 @@ from protodb.features.windows import SUPPORT_WINDOWS
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
 from protodb.pipeline.support_masks import NCUT_PARAMS, GridMasks, for_extractor, masks_for, upsample
+from protodb.services.corrections import CorrectionService
 from protodb.services.labels import LabelService, label_record
 from protodb.services.sets import SetService
 from protodb.services.support import SupportService
@@ -105,7 +109,9 @@ class ClassBuilder:
         if source not in names:
             raise InvalidInput(f"--mask-extractor {source} is not one of this build's extractors ({', '.join(names)})")
         files, mask_files, skipped = find_exemplars(req.exemplars, req.masks)
-        if images == 0 and not files:
+        carried = self._carried(req.support_from) if req.support_from else []
+        corrected = self._corrections(name) if req.with_corrections else []
+        if images == 0 and not files and not carried and not corrected:
             raise InvalidInput("nothing to build from: --images 0 and no --exemplars")
         check_image_count(images, req.yes)
         generation = self._generation(req, name, images)
@@ -114,6 +120,7 @@ class ClassBuilder:
         if bg_value != req.bg_value:
             log.info("label value %s is the class itself: every other label is its background", req.mask_value)
         exemplars = load_exemplars(files, mask_files, req.mask_value, bg_value) if files else []
+        exemplars = carried + exemplars + corrected
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
         records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
         masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
@@ -126,6 +133,37 @@ class ClassBuilder:
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars),
                              support_windows=dict(SUPPORT_WINDOWS) if req.support_windows else None)
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
+
+    def _corrections(self, name: str) -> list[ExemplarInput]:
+        """The class's stored corrections as exemplars, one per corrected image (the union of its masks);
+        the rest of each image is its background, as for an exemplar with a binary mask."""
+        groups = CorrectionService(self.stores).by_image(name)
+        if not groups:
+            raise InvalidInput(f"class {name!r} has no corrections; add one with: protodb teach {quoted(name)} "
+                               "IMAGE --mask MASK")
+        return [ExemplarInput(path=Path(recs[0].origin or f"correction-{recs[0].id}.png"), image=image, mask=mask,
+                              source="correction", corrections=tuple(r.id for r in recs))
+                for recs, image, mask in groups]
+
+    def _carried(self, set_id: str) -> list[ExemplarInput]:
+        """The exemplar photos of set ``set_id`` (not its corrections: those come from the corrections
+        table), from the stored artifacts, with the masks they were given (none: masked again as then)."""
+        pset = self.sets.get(set_id)
+        info = self.support.images_of(pset)
+        given = [e for e in (pset.config or {}).get("exemplars", []) if e.get("source", "exemplar") == "exemplar"]
+        photos = [i for i in info["images"] if i["source"] == "exemplar"]
+        out = []
+        for i, img in enumerate(photos):
+            digest = given[i] if i < len(given) else {}
+            image = decode_rgb(self.stores.artifacts.get(img["sha256"]))
+            mask = background = None
+            if digest.get("mask") and img["masks"].get("foreground"):
+                mask = decode_mask(self.stores.artifacts.get(img["masks"]["foreground"]))
+                if digest.get("background") and img["masks"].get("background"):
+                    background = decode_mask(self.stores.artifacts.get(img["masks"]["background"]))
+            out.append(ExemplarInput(path=Path(img["origin"] or f"{img['sha256'][:16]}.png"), image=image, mask=mask,
+                                     background=background))
+        return out
 
     def _generation(self, req: AddClassRequest, name: str, images: int) -> GenerationConfig | None:
         if images <= 0:

@@ -96,6 +96,8 @@ class AddClassRequest:
     support_windows: bool | None = None  # support images through segment's windows (False: one pass; None: speed's)
     yes: bool = False  # confirm a very large build
     speed: str | None = None  # a speed preset (protodb.speed): support windows and dtype where not given
+    with_corrections: bool = False  # add the class's stored corrections as exemplars (with their masks)
+    support_from: str | None = None  # a set id: its exemplar images (and given masks) are exemplars again
 
     def replace(self, **changes: Any) -> "AddClassRequest":
         return dataclasses.replace(self, **changes)
@@ -151,9 +153,14 @@ class ExemplarInput:
     image: Any  # PIL.Image.Image, RGB
     mask: Any = None  # (H, W) bool or None
     background: Any = None  # (H, W) bool or None: pixels known to be background
+    source: str = "exemplar"  # "exemplar" | "correction" (a stored correction: see protodb corrections ls)
+    corrections: tuple[str, ...] = ()  # the correction ids behind it (provenance, not identity)
 
     def digest(self) -> dict[str, Any]:
-        return {"file": self.path.name, "mask": mask_digest(self.mask), "background": mask_digest(self.background)}
+        out = {"file": self.path.name, "mask": mask_digest(self.mask), "background": mask_digest(self.background)}
+        if self.source != "exemplar":  # absent for exemplars: sets built before keep their hash
+            out.update(source=self.source, corrections=list(self.corrections))
+        return out
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,11 @@ class SetConfig:
     @property
     def config_hash(self) -> str:
         """Canonical hash of :meth:`to_dict` without provenance-only facts (which protodb built it, the
-        exemplars' file names): the same inputs under other names are the same set."""
+        exemplars' file names, the ids of the corrections behind them): the same inputs under other names
+        are the same set."""
         d = self.to_dict()
         d.pop("built_by")
-        d["exemplars"] = [{k: v for k, v in e.items() if k != "file"} for e in d["exemplars"]]
+        d["exemplars"] = [{k: v for k, v in e.items() if k not in ("file", "corrections")} for e in d["exemplars"]]
         return sha256_json(d)
 
 
@@ -279,6 +287,41 @@ def check_request(req: AddClassRequest) -> str:
     if req.masks is None and req.mask_value is not None:
         raise InvalidInput("--mask-value needs --masks")
     return name
+
+
+def rebuild_request(name: str, config: dict[str, Any] | None, params: dict[str, Any] | None, *, set_id: str,
+                    extractor: str, **changes: Any) -> AddClassRequest:
+    """The request that builds ``name`` again as its set ``set_id`` was built (``config``: the set's stored
+    config; ``params``: its params), plus ``changes`` (``with_corrections=True`` for ``teach``): the same
+    generated images (found stored, not drawn again), the same exemplars (taken from the set's stored
+    support), extractor, seed, sizes and mask rules; K as chosen (``-k``) or, when it was the default, the
+    default for the new support's size."""
+    config, params = config or {}, params or {}
+    gen = config.get("generation") or None
+    masks = config.get("masks") or {}
+    windows = config.get("support_windows", params.get("support_windows"))
+    fields: dict[str, Any] = dict(name=name, images=0, seed=int(config.get("seed", params.get("seed", 0)) or 0),
+                                  extractors=(extractor,), support_from=set_id,
+                                  short_side=config.get("short_side") or params.get("short_side"),
+                                  support_windows=windows is not None)
+    if gen:
+        spec = gen.get("generator") or {}
+        generator = spec.get("name")
+        model_id = str(spec.get("model_id") or "")
+        if generator not in (None, "tiny") and Path(model_id).is_dir():
+            generator = model_id
+        fields.update(images=int(gen.get("images") or 0), seed=int(gen.get("seed") or 0), generator=generator,
+                      steps=spec.get("steps"), guidance=spec.get("guidance"), size=spec.get("width"),
+                      prompt=gen.get("prompt") or None, negative_prompt=gen.get("negative_prompt") or "")
+    k, support = config.get("k"), config.get("support")
+    if k is not None and support is not None and int(k) != parts_for(len(support)):
+        fields["k"] = int(k)  # a K the user chose stays; the default rule follows the new support's size
+    if masks:
+        fields.update(mask_min_fraction=float(masks.get("min_fraction", 0.5)),
+                      exemplar_background=bool(masks.get("exemplar_background", True)),
+                      segmenter=masks.get("segmenter") or "auto")
+    fields.update(changes)
+    return AddClassRequest(**fields)
 
 
 def prompt_template(name: str, prompt: str) -> str:

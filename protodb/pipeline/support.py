@@ -118,8 +118,10 @@ class SupportStage:
         for ex in loaded:
             sha = self.stores.artifacts.put(png_bytes(ex.image))
             image_id = self.support.exemplar(class_id, sha256=sha, width=ex.image.width, height=ex.image.height,
-                                             origin=ex.path.name)
-            out.append(SupportImage(id=image_id, sha=sha, image=ex.image, source="exemplar",
+                                             origin=ex.path.name, source=ex.source)
+            if any(s.id == image_id for s in out):  # the same photo twice (an exemplar also corrected): once
+                continue
+            out.append(SupportImage(id=image_id, sha=sha, image=ex.image, source=ex.source,
                                     given_mask=ex.mask, given_background=ex.background))
             self.progress("exemplars", 1, None)
         return out

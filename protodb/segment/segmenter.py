@@ -156,6 +156,9 @@ class VocabularySegmenter:
                                  "region": list(rows.regions[j]) if rows.regions[j] is not None else None})
                     if info["support_image"] and info["region"]:
                         info["box"] = self._region_box(ext, pset, info["support_image"], info["region"])
+                    if info["support_image"]:  # generated, exemplar, or correction (taught by a user)
+                        sup = self.sets.support_images([info["support_image"]]).get(info["support_image"])
+                        info["support_source"] = sup.source if sup is not None else None
                     break
             out[name] = info
         return out

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import protodb
 from protodb.errors import DamagedData, InvalidInput, NotFound, ProtoDBError
-from protodb.serve import routes_api, routes_pages
+from protodb.serve import routes_api, routes_pages, routes_teach
 from protodb.serve.config import ServeConfig
 from protodb.serve.jobs import Overloaded, WorkQueue
 from protodb.serve.guards import AccessLog, BodyLimit, HeadAsGet, HostGuard, SecurityHeaders, UploadTooLarge
@@ -152,6 +152,7 @@ def create_app(db_path=None, *, catalog_url: str | None = None, vocabs=None, all
     install_errors(app)
 
     app.include_router(routes_pages.router)  # first: /api/docs is a page, before the API's catch-all
+    app.include_router(routes_teach.router)  # before the API's catch-all
     app.include_router(routes_api.router)
     app.include_router(routes_api.aliases)
     routes_pages.mount_static(app)

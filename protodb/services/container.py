@@ -22,12 +22,13 @@ from protodb.services.vocabs import VocabService
 from protodb.stores import Stores
 
 if TYPE_CHECKING:
+    from protodb.services.corrections import CorrectionService
     from protodb.services.sharing import SharingService
 
 
 class Services:
     """``overview``, ``schema``, ``sets``, ``labels``, ``vocabs``, ``support``, ``changes``, ``integrity``,
-    ``sharing`` of one database's :class:`Stores`."""
+    ``sharing``, ``corrections`` of one database's :class:`Stores`."""
 
     def __init__(self, stores: Stores, overview: OverviewService | None = None):
         self.stores = stores
@@ -71,6 +72,12 @@ class Services:
         from protodb.services.sharing import SharingService  # deferred: pyarrow (see protodb.lazy.DEFERRED)
 
         return SharingService(self.stores, self.sets, self.vocabs)
+
+    @functools.cached_property
+    def corrections(self) -> "CorrectionService":
+        from protodb.services.corrections import CorrectionService  # deferred: numpy (see protodb.lazy.DEFERRED)
+
+        return CorrectionService(self.stores)
 
     def close(self) -> None:
         self.stores.close()

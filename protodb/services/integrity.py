@@ -20,6 +20,7 @@ from sqlalchemy import select
 from protodb.catalog.schema import (
     SET_READY,
     Base,
+    CorrectionRow,
     Damaged,
     ExtractorRow,
     MaskRow,
@@ -43,6 +44,8 @@ class IntegrityService:
             hashes = set(s.scalars(select(SupportImageRow.artifact_sha256)).all())
             hashes |= {h for h in s.scalars(select(SupportImageRow.attention_sha256)).all() if h}
             hashes |= set(s.scalars(select(MaskRow.artifact_sha256)).all())
+            hashes |= set(s.scalars(select(CorrectionRow.image_sha256)).all())
+            hashes |= set(s.scalars(select(CorrectionRow.mask_sha256)).all())
         return hashes
 
     def _damaged_json(self) -> list[Damage]:

@@ -88,15 +88,17 @@ class SupportService:
             return self.generated(run_id, [index])[index]
 
     # ------------------------------------------------------------------ exemplars
-    def exemplar(self, class_id: str, *, sha256: str, width: int, height: int, origin: str) -> str:
-        """The id of the class's exemplar image ``sha256`` (recorded when new)."""
+    def exemplar(self, class_id: str, *, sha256: str, width: int, height: int, origin: str,
+                 source: str = "exemplar") -> str:
+        """The id of the class's exemplar image ``sha256`` (recorded when new); ``source``: "exemplar" (a
+        photo given to add-class) or "correction" (the image of a stored correction)."""
 
         def row_id(s: Session) -> str:
             row = s.scalar(select(SupportImageRow).where(
-                SupportImageRow.class_id == class_id, SupportImageRow.source == "exemplar",
+                SupportImageRow.class_id == class_id, SupportImageRow.source == source,
                 SupportImageRow.artifact_sha256 == sha256))
             if row is None:
-                row = SupportImageRow(class_id=class_id, source="exemplar", artifact_sha256=sha256,
+                row = SupportImageRow(class_id=class_id, source=source, artifact_sha256=sha256,
                                       width=width, height=height, origin=origin)
                 s.add(row)
                 s.flush()

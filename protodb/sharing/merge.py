@@ -38,6 +38,7 @@ from protodb.catalog import queries
 from protodb.catalog.schema import (
     SET_READY,
     ClassRow,
+    CorrectionRow,
     ExtractorRow,
     GenerationRunRow,
     GeneratorSpecRow,
@@ -201,6 +202,13 @@ class _Planner:
             if same is None:
                 self.p.inserts["masks"].append({**r, "image_id": image_id})
 
+    def corrections(self) -> None:
+        """Corrections of the bundle's classes, each once (by id), on the local class of the same name."""
+        have = self.existing(CorrectionRow.id, [r["id"] for r in self.rows["corrections"]])
+        for r in self.rows["corrections"]:
+            if r["id"] not in have:
+                self.p.inserts["corrections"].append({**r, "class_id": self.class_map[r["class_id"]]})
+
     def sets(self) -> None:
         s, p = self.s, self.p
         used: dict[tuple[str, str], set[int]] = {}
@@ -292,6 +300,7 @@ class _Planner:
         for r in self.p.inserts["support_images"]:
             needed |= {h for h in (r["artifact_sha256"], r.get("attention_sha256")) if h}
         needed |= {r["artifact_sha256"] for r in self.p.inserts["masks"]}
+        needed |= {r[k] for r in self.p.inserts["corrections"] for k in ("image_sha256", "mask_sha256")}
         self.p.artifacts_missing = sorted(h for h in needed if not artifact_exists(h))
 
 
@@ -303,6 +312,7 @@ def plan(s: Session, c: Contents, artifact_exists: Callable[[str], bool]) -> Pla
     pl.extractors_and_runs()
     pl.images()
     pl.masks()
+    pl.corrections()
     pl.sets()
     pl.tags()
     _plan_vocabularies(s, c, pl.p, pl.class_map, pl.set_where, pl.pinned)
@@ -398,6 +408,7 @@ def report(c: Contents, p: Plan, *, dry_run: bool) -> ImportReport:
             "extractors": sorted(r["name"] for r in p.inserts["extractors"]),
             "images": len(p.inserts["support_images"]),
             "masks": len(p.inserts["masks"]),
+            "corrections": len(p.inserts["corrections"]),
             "artifacts": len(p.artifacts_missing),
             "artifact_bytes": int(art_bytes),
             "tags": sorted({r["name"] for r in p.inserts["tags"]}),
@@ -472,6 +483,8 @@ def _undo(stores: Stores, p: Plan, table_versions: dict[str, int], written: list
         named = set(s.scalars(select(SupportImageRow.artifact_sha256).where(SupportImageRow.artifact_sha256.in_(written))))
         named |= set(s.scalars(select(SupportImageRow.attention_sha256).where(SupportImageRow.attention_sha256.in_(written))))
         named |= set(s.scalars(select(MaskRow.artifact_sha256).where(MaskRow.artifact_sha256.in_(written))))
+        named |= set(s.scalars(select(CorrectionRow.image_sha256).where(CorrectionRow.image_sha256.in_(written))))
+        named |= set(s.scalars(select(CorrectionRow.mask_sha256).where(CorrectionRow.mask_sha256.in_(written))))
     for digest in written:
         if digest not in named:
             with contextlib.suppress(Exception):

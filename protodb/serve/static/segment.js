@@ -27,6 +27,9 @@
   let hidden = new Set();  // label values not drawn (the background starts hidden: the photo shows through)
   let shown = { base: null, baseUrl: null, layer: null };
   let current = null;  // the job in progress: {id, url, ...}
+  const maskCanvas = document.getElementById("mask");  // the painted pixels, at the labels' resolution
+  const teach = { blob: null, painted: 0, stored: null, writes: false };
+  const PAINT = "rgb(255, 0, 255)";
 
   function b64bytes(b64) {
     const bin = atob(b64);
@@ -120,6 +123,11 @@
       ctx.drawImage(shown.layer, 0, 0, canvas.width, canvas.height);
       ctx.globalAlpha = 1;
     }
+    if (teach.painted) {  // the corrected pixels being painted, over everything
+      ctx.globalAlpha = 0.7;
+      ctx.drawImage(maskCanvas, 0, 0, canvas.width, canvas.height);
+      ctx.globalAlpha = 1;
+    }
     canvas.dataset.opacity = opacity.value;
     canvas.dataset.hidden = Array.from(hidden).sort((a, b) => a - b).join(",");
   }
@@ -158,6 +166,8 @@
     canvas.height = res.maps.height;
     canvas.dataset.width = String(res.maps.width);
     canvas.dataset.height = String(res.maps.height);
+    teach.blob = blob;
+    resetMask(res.maps.width, res.maps.height);
     buildLayer();
     paint();
     fitCanvas();
@@ -267,7 +277,8 @@
       caption.textContent = w ? `${name}: won by a ${w.kind || "class"} prototype (no support patch to show)` : "";
       return;
     }
-    caption.textContent = `${name}: ${w.kind} prototype of ${w.set_ref}, score ${w.score.toFixed(3)}`;
+    const taught = w.support_source === "correction" ? " (from a correction)" : "";
+    caption.textContent = `${name}: ${w.kind} prototype of ${w.set_ref}${taught}, score ${w.score.toFixed(3)}`;
     try {
       const img = await loadImage(artifactUrl(w.support_sha256));
       if (crop.dataset.class === name) drawCrop(crop, img, w.box);
@@ -280,8 +291,8 @@
     const rect = canvas.getBoundingClientRect();
     return [((ev.clientX - rect.left) * canvas.width) / rect.width, ((ev.clientY - rect.top) * canvas.height) / rect.height];
   }
-  canvas.addEventListener("mousemove", (ev) => probeAt(...toImage(ev)));
-  canvas.addEventListener("click", (ev) => probeAt(...toImage(ev)));
+  canvas.addEventListener("mousemove", (ev) => { if (tool() === "probe") probeAt(...toImage(ev)); });
+  canvas.addEventListener("click", (ev) => { if (tool() === "probe") probeAt(...toImage(ev)); });
   canvas.addEventListener("keydown", (ev) => {
     if (!result) return;
     const step = Math.max(1, Math.round((ev.shiftKey ? 0.1 : 0.02) * result.maps.width));
@@ -421,6 +432,7 @@
       await showImage(res, blob, decodable);
       showLegend(res);
       showConfidence(res);
+      if (teach.writes) { offerClasses(res); teachSection.hidden = false; }
       document.getElementById("timing").textContent =
         `${res.input}: ${res.vocabulary.name} v${res.vocabulary.version} (generation ${res.generation}) · segmented in ${res.seconds.toFixed(2)} s, ${((performance.now() - t0) / 1000).toFixed(2)} s in all`;
       const n = Object.keys(res.present).length;
@@ -437,6 +449,204 @@
     }
   });
 
-  serverStatus();
+
+  // ------------------------------------------------------------------ teach by example (writes on)
+  const teachSection = document.getElementById("teach");
+  const teachStatus = document.getElementById("teach-status");
+  const classInput = document.getElementById("teach-class");
+  const addBtn = document.getElementById("add-correction");
+  const rebuildBtn = document.getElementById("rebuild");
+  const brushSize = document.getElementById("brush-size");
+  const tool = () => (document.querySelector('input[name="tool"]:checked') || { value: "probe" }).value;
+
+  function resetMask(w, h) {
+    maskCanvas.width = w;
+    maskCanvas.height = h;
+    maskCanvas.getContext("2d").clearRect(0, 0, w, h);
+    teach.painted = 0;
+    updatePainted();
+  }
+
+  /** Painted pixels (alpha > 0) as a Uint8Array of 0/1, and their count. */
+  function paintedPixels() {
+    const d = maskCanvas.getContext("2d").getImageData(0, 0, maskCanvas.width, maskCanvas.height).data;
+    const out = new Uint8Array(maskCanvas.width * maskCanvas.height);
+    let n = 0;
+    for (let i = 0; i < out.length; i++) if (d[4 * i + 3]) { out[i] = 1; n++; }
+    return { mask: out, count: n };
+  }
+
+  function updatePainted() {
+    teach.painted = maskCanvas.width ? paintedPixels().count : 0;
+    canvas.dataset.painted = String(teach.painted);
+    addBtn.disabled = !teach.painted;
+  }
+
+  /** Square stamps every pixel along the stroke: crisp pixels (no antialiasing), so what is shown is what is sent. */
+  function stamp(from, to) {
+    const ctx = maskCanvas.getContext("2d");
+    const r = Number(brushSize.value) / 2;
+    ctx.globalCompositeOperation = tool() === "eraser" ? "destination-out" : "source-over";
+    ctx.fillStyle = PAINT;
+    const steps = Math.max(1, Math.ceil(Math.hypot(to[0] - from[0], to[1] - from[1])));
+    for (let s = 0; s <= steps; s++) {
+      const x = from[0] + ((to[0] - from[0]) * s) / steps, y = from[1] + ((to[1] - from[1]) * s) / steps;
+      ctx.fillRect(Math.round(x - r), Math.round(y - r), Math.max(1, Math.round(2 * r)), Math.max(1, Math.round(2 * r)));
+    }
+    ctx.globalCompositeOperation = "source-over";
+  }
+
+  let stroke = null;
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (!result || tool() === "probe" || !teach.writes) return;
+    ev.preventDefault();
+    canvas.setPointerCapture(ev.pointerId);
+    const p = toImage(ev);
+    stroke = p;
+    stamp(p, p);
+    teach.painted = 1;
+    paint();
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!stroke) return;
+    const p = toImage(ev);
+    stamp(stroke, p);
+    stroke = p;
+    paint();
+  });
+  const endStroke = () => { if (stroke) { stroke = null; updatePainted(); paint(); } };
+  canvas.addEventListener("pointerup", endStroke);
+  canvas.addEventListener("pointercancel", endStroke);
+  for (const r of document.querySelectorAll('input[name="tool"]')) {
+    r.addEventListener("change", () => canvas.classList.toggle("painting", tool() !== "probe"));
+  }
+  brushSize.addEventListener("input", () => { document.getElementById("brush-size-value").textContent = `${brushSize.value} px`; });
+  document.getElementById("clear-mask").addEventListener("click", () => { resetMask(maskCanvas.width, maskCanvas.height); paint(); });
+
+  function offerClasses(res) {
+    const names = res.vocabulary.classes || [];
+    document.getElementById("teach-classes").replaceChildren(...names.map((n) => el("option", { value: n })));
+    if (!classInput.value || !names.includes(classInput.value)) classInput.value = names[0] || "";
+  }
+
+  /** The ref of the set that labelled class `name` in this result (its provenance), if any. */
+  function setRefOf(res, name) {
+    for (const refs of Object.values(res.vocabulary.sets || {})) {
+      for (const ref of refs) if (ref.slice(0, ref.lastIndexOf("@")) === name) return ref;
+    }
+    return null;
+  }
+
+  const auth = () => ({ Authorization: `Bearer ${document.getElementById("teach-token").value}` });
+
+  addBtn.addEventListener("click", async () => {
+    const name = classInput.value.trim();
+    if (!name) { teachStatus.textContent = "Choose the class the painted pixels show."; classInput.focus(); return; }
+    addBtn.disabled = true;
+    teachStatus.classList.remove("error");
+    try {
+      const maskBlob = await new Promise((resolve) => maskCanvas.toBlob(resolve, "image/png"));
+      const body = new FormData();
+      body.append("image", teach.blob, result.input);
+      body.append("mask", maskBlob, "mask.png");
+      body.append("class", name);
+      const author = document.getElementById("teach-author").value.trim();
+      if (author) body.append("author", author);
+      const ref = setRefOf(result, name);
+      if (ref) body.append("set", ref);
+      body.append("settings", JSON.stringify({ vocabulary: result.vocabulary.name, settings: result.settings }));
+      const res = await api("/api/corrections", { method: "POST", body, headers: auth() });
+      const c = res.corrections[0];
+      const snapshot = document.createElement("canvas");  // the corrected pixels, shown over both versions
+      snapshot.width = maskCanvas.width;
+      snapshot.height = maskCanvas.height;
+      snapshot.getContext("2d").drawImage(maskCanvas, 0, 0);
+      teach.stored = { name, mask: paintedPixels().mask, width: maskCanvas.width, height: maskCanvas.height,
+                       classes: result.vocabulary.classes.slice(), background: result.settings.background, snapshot };
+      teachStatus.textContent = `Stored correction ${c.id.slice(0, 12)}: ${plural(c.pixels, "pixel")} of ${c.class}. Rebuild ${c.class} to learn from it.`;
+      teachSection.dataset.corrections = String(Number(teachSection.dataset.corrections || 0) + 1);
+      teachSection.dataset.lastCorrection = c.id;
+      rebuildBtn.disabled = false;
+    } catch (err) {
+      teachStatus.textContent = err.message;
+      teachStatus.classList.add("error");
+      teachSection.dataset.failed = String(Number(teachSection.dataset.failed || 0) + 1);
+    } finally {
+      addBtn.disabled = !teach.painted;
+    }
+  });
+
+  /** Segment the photo with `ref` in place of the taught class; IoU of that class against the painted pixels. */
+  async function versionView(ref, target, caption) {
+    const st = teach.stored;
+    const classes = st.classes.map((n) => (n === st.name ? ref : n));
+    if (!classes.includes(ref)) classes.push(ref);
+    const q = new URLSearchParams({ classes: classes.join(","), outputs: "overlay,maps", background: String(st.background) });
+    const res = await api(`/api/segment?${q}`, { method: "POST", body: teach.blob });
+    const img = await loadImage(`data:image/png;base64,${res.overlay_png}`);
+    target.width = res.maps.width;
+    target.height = res.maps.height;
+    const tctx = target.getContext("2d");
+    tctx.drawImage(img, 0, 0);
+    tctx.globalAlpha = 0.35;
+    tctx.drawImage(st.snapshot, 0, 0, target.width, target.height);
+    tctx.globalAlpha = 1;
+    const raw = b64bytes(res.maps.labels);
+    const labels = res.maps.labels_dtype === "uint8" ? raw : new Uint16Array(raw.buffer);
+    const value = Number(Object.keys(res.legend).find((v) => res.legend[v] === st.name));
+    let inter = 0, union = 0, gt = 0;
+    for (let i = 0; i < st.mask.length; i++) {
+      const p = labels[i] === value, g = st.mask[i] === 1;
+      if (p && g) inter++;
+      if (p || g) union++;
+      if (g) gt++;
+    }
+    const iou = union ? inter / union : 0;
+    caption.textContent = `${ref}: IoU ${iou.toFixed(3)} on the corrected pixels · ${(100 * (gt ? inter / gt : 0)).toFixed(1)}% of them labelled ${st.name}`;
+    target.closest("figure").dataset.iou = iou.toFixed(4);
+    target.closest("figure").dataset.ref = ref;
+    return iou;
+  }
+
+  rebuildBtn.addEventListener("click", async () => {
+    const st = teach.stored;
+    if (!st) return;
+    rebuildBtn.disabled = true;
+    teachStatus.classList.remove("error");
+    teachStatus.textContent = `Rebuilding ${st.name}…`;
+    try {
+      const job = await api(`/api/classes/${encodeURIComponent(st.name)}/rebuild`, { method: "POST", headers: auth() });
+      let last = job;
+      while (!["done", "failed", "cancelled"].includes(last.state)) {
+        await sleep(300);
+        last = await api(job.url);
+        const p = last.progress;
+        teachStatus.textContent = `Rebuilding ${st.name}: ${last.state}` +
+          (p ? ` · ${p.note} ${p.total ? `${Math.round(p.done)}/${p.total}` : ""}` : "") + ` · ${secs(last.elapsed)}`;
+        teachSection.dataset.progress = p ? p.note : "";
+      }
+      if (last.state !== "done") throw new Error(last.error || `the rebuild was ${last.state}`);
+      const built = await api(last.result_url);
+      teachStatus.textContent = built.reused
+        ? `${built.ref} already holds these corrections.`
+        : `Built ${built.ref} from ${built.previous}'s support plus the corrections; ${built.previous} stays.`;
+      document.getElementById("before-after").hidden = false;
+      await versionView(built.previous, document.getElementById("before"), document.getElementById("before-caption"));
+      await versionView(built.ref, document.getElementById("after"), document.getElementById("after-caption"));
+      teachSection.dataset.rebuilt = built.ref;
+    } catch (err) {
+      teachStatus.textContent = err.message;
+      teachStatus.classList.add("error");
+    } finally {
+      rebuildBtn.disabled = false;
+    }
+  });
+
+  (async () => {
+    const health = await serverStatus();
+    teach.writes = Boolean(health && health.writes);
+    teachSection.dataset.writes = String(teach.writes);
+  })();
+
   loadVocabularies();
 })();

@@ -18,6 +18,10 @@ from protodb.sharing.bundle.format import Limits, refuse
 from protodb.sharing.bundle.vectors import vectors_from_arrow
 from protodb.storage.vectors import PrototypeRows
 
+#: Tables a bundle may lack (written by a protodb from before they existed): read as empty.
+OPTIONAL_TABLES = ("corrections",)
+
+
 @dataclass
 class Contents:
     """A verified bundle's catalog rows (by table), vectors (by set id) and artifact files."""
@@ -39,6 +43,9 @@ def load_contents(staged: Staged, limits: Limits | None = None) -> Contents:
     rows: dict[str, list[dict[str, Any]]] = {}
     for table in TABLES:
         name = f"catalog/{table}.json"
+        if name not in staged.files and table in OPTIONAL_TABLES:  # bundles written before the table existed
+            rows[table] = []
+            continue
         if name not in staged.files:
             raise refuse(f"the bundle has no {name}")
         rows[table] = _check_rows(table, _load_json(staged.files[name], name))
@@ -88,6 +95,10 @@ def load_contents(staged: Staged, limits: Limits | None = None) -> Contents:
     for m in rows["masks"]:
         if m["artifact_sha256"] not in artifacts:
             raise refuse(f"mask {m['id']} needs artifact {m['artifact_sha256']} that the bundle lacks")
+    for c in rows["corrections"]:
+        for key in ("image_sha256", "mask_sha256"):
+            if c[key] not in artifacts:
+                raise refuse(f"correction {c['id']} needs artifact {c[key]} that the bundle lacks")
 
     dims = {e["id"]: int(e["dim"]) for e in rows["extractors"]}
     listed = {s.get("id") for s in staged.manifest["contents"]["sets"] if isinstance(s, dict)}

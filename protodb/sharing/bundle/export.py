@@ -20,6 +20,7 @@ from protodb.catalog import queries
 from protodb.catalog.schema import (
     SET_READY,
     ClassRow,
+    CorrectionRow,
     ExtractorRow,
     GenerationRunRow,
     GeneratorSpecRow,
@@ -148,7 +149,7 @@ def _catalog_rows(s: Session, set_ids: list[str], vocab_ids: list[str], lean: bo
     class_ids = {r.class_id for r in sets} | {m.class_id for m in members}
     ext_ids = {r.extractor_id for r in sets}
     run_ids = {r.run_id for r in sets}
-    links, images, masks = [], [], []
+    links, images, masks, corrections = [], [], [], []
     if not lean:
         links = _rows_in(s, SetImageRow, SetImageRow.set_id, set_ids)
         images = _rows_in(s, SupportImageRow, SupportImageRow.id, [link.image_id for link in links])
@@ -156,6 +157,7 @@ def _catalog_rows(s: Session, set_ids: list[str], vocab_ids: list[str], lean: bo
         run_ids |= {i.run_id for i in images}
         ext_ids |= {m.extractor_id for m in masks}
         class_ids |= {i.class_id for i in images}
+        corrections = _rows_in(s, CorrectionRow, CorrectionRow.class_id, class_ids)
     runs = _rows_in(s, GenerationRunRow, GenerationRunRow.id, run_ids)
     class_ids |= {r.class_id for r in runs}
     return {
@@ -165,14 +167,15 @@ def _catalog_rows(s: Session, set_ids: list[str], vocab_ids: list[str], lean: bo
         "generator_specs": _rows_in(s, GeneratorSpecRow, GeneratorSpecRow.id, [r.generator_spec_id for r in runs]),
         "generation_runs": runs, "support_images": images, "masks": masks, "prototype_sets": sets,
         "prototype_set_images": links, "tags": _rows_in(s, TagRow, TagRow.set_id, set_ids),
-        "vocabularies": vocab_rows, "vocabulary_members": members,
+        "vocabularies": vocab_rows, "vocabulary_members": members, "corrections": corrections,
     }
 
 
 def _artifact_sizes(stores: Stores, tables: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """sha256 -> size of every artifact the rows name (each must exist in the store)."""
     digests = {img[key] for img in tables["support_images"] for key in ("artifact_sha256", "attention_sha256")
-               if img[key]} | {m["artifact_sha256"] for m in tables["masks"]}
+               if img[key]} | {m["artifact_sha256"] for m in tables["masks"]} | {
+        c[key] for c in tables.get("corrections", []) for key in ("image_sha256", "mask_sha256")}
     sizes = {}
     for digest in sorted(digests):
         if not stores.artifacts.exists(digest):
@@ -220,7 +223,7 @@ def build_bundle(stores: Stores, sets: SetLookup, vocabs: VocabLookup, sel: Sele
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "protodb_version": __version__,
         "schema_revision": migrate.head_revision(), "lean": bool(lean),
-        "lean_omits": ["support_images", "masks", "attention_maps"] if lean else [],
+        "lean_omits": ["support_images", "masks", "attention_maps", "corrections"] if lean else [],
         "selection": sel.to_dict(),
         "contents": {
             "classes": sorted(class_names.values()), "sets": contents_sets,
