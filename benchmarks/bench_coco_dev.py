@@ -1,0 +1,208 @@
+"""Cluttered real photos: few-shot exemplar classes on the COCO dev split, scored with a background class.
+
+1. every class labelled in both halves of ``../shared/data/coco-dev`` (read its README) gets one set, built
+   from the support photos that show it, the label maps as masks (the API equivalent of ``protodb add-class
+   NAME --images 0 --exemplars support/images --masks support/labels --mask-value V``; pixels labelled 0 are
+   the exemplars' background, other labelled objects are neither);
+2. the eval photos are segmented with those classes and the background class on; pixels of classes outside
+   the vocabulary are ignored, as ``protodb eval`` ignores void;
+3. prints mIoU over the classes + background, the background IoU, the thing classes' mIoU, per-class IoU,
+   seconds per photo and every setting used.
+
+    python benchmarks/bench_coco_dev.py --json                 # the real ONNX DINOv2 (focus-vits14)
+    python benchmarks/bench_coco_dev.py --extractor focus-vits14-flip
+    python benchmarks/bench_coco_dev.py --smoke --json --data DIR   # tiny random-weight ViT, 2 eval photos
+
+The database (sets, support features) is kept in the user cache (``protodb.paths.user_cache_dir()
+/bench-coco-dev``, ``--db`` to choose), and every extractor call on the eval photos is cached there by the
+crop's content (float16, as the feature cache stores support features), so a second run of other matching
+settings costs the matching only; ``--no-cache`` recomputes. The seconds per photo of a cached run are the
+matching's: the JSON says how many extractor calls came from the cache.
+
+``--json`` prints ``{"data", "extractor", "classes", "support_photos", "eval_photos", "miou",
+"background_iou", "thing_miou", "per_class", "seconds_per_photo", "cpu_seconds_per_photo", "build_s",
+"extractor_calls", "cached_calls", "settings", "build", "machine", "smoke"}``; IoUs in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+import protodb
+from protodb.images import load_image
+from protodb.paths import user_cache_dir
+from protodb.pipeline.config import AddClassRequest
+from protodb.segment.metrics import MIoU
+from protodb.segment.options import SegmentOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "coco-dev"
+VOCAB = "coco-dev"
+IGNORE = 255
+
+
+def vocabulary(data: Path) -> list[tuple[str, int]]:
+    """(class name, label value) of every class present in both halves, in label order."""
+    meta = json.loads((data / "classes.json").read_text())
+    present = meta["present"]
+    both = set(present["support"]) & set(present["eval"])
+    return [(name, int(v)) for v, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0])) if name in both]
+
+
+def relabel(raw: np.ndarray, values: list[int]) -> np.ndarray:
+    """Label map (0 background, COCO index + 1) -> vocabulary index space: class i -> i, background -> C,
+    any other class -> 255 (ignored)."""
+    lut = np.full(65536 if raw.dtype != np.uint8 else 256, IGNORE, np.int64)
+    lut[0] = len(values)
+    for i, v in enumerate(values):
+        lut[v] = i
+    return lut[raw.astype(np.int64)]
+
+
+class CachedCalls:
+    """An extractor whose calls are memoised on disk by the crops' bytes (float16 features, returned as
+    float32 on both the first and the later calls, so a cached run labels exactly as the first one did)."""
+
+    def __init__(self, extractor, folder: Path | None):
+        self._inner, self._folder = extractor, folder
+        self.calls = self.hits = 0
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self._folder is None:
+            return self._inner(crops)
+        key = hashlib.sha256(crops.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
+        path = self._folder / f"{key}.pt"
+        if path.exists():
+            try:
+                self.hits += 1
+                return torch.load(path).float()
+            except Exception:  # noqa: BLE001 - a torn file is recomputed
+                self.hits -= 1
+        feats = self._inner(crops).detach().cpu().to(torch.float16)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+        return feats.float()
+
+
+def build(db, data: Path, classes: list[tuple[str, int]], extractor: str, preset: str | None,
+          min_fraction: float, k: int | None) -> float:
+    builder = db.builder(preset=preset)  # models load once for all classes
+    t = time.perf_counter()
+    for name, value in classes:
+        builder.add_class(AddClassRequest(name=name, images=0, exemplars=data / "support" / "images",
+                                          masks=data / "support" / "labels", mask_value=value, bg_value=0,
+                                          extractors=(extractor,), k=k, mask_min_fraction=min_fraction))
+    db.vocabs.create(VOCAB, [n for n, _ in classes], description="COCO dev split from exemplars", replace=True,
+                     background=True)
+    return time.perf_counter() - t
+
+
+def machine() -> dict:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA, help="the coco-dev folder (support/, eval/, classes.json)")
+    ap.add_argument("--db", type=Path, default=None, help="database folder (default: in the user cache)")
+    ap.add_argument("--extractor", default="focus-vits14", help="a built-in extractor, or tiny-vit (the tiny "
+                    "preset's random-weight ViT)")
+    ap.add_argument("--levels", default="class,instance,part")
+    ap.add_argument("-k", type=int, default=None, help="part prototypes per class (default: the build's rule)")
+    ap.add_argument("--mask-min-fraction", type=float, default=0.5)
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N eval photos")
+    ap.add_argument("--split", default="eval", help="the half scored (eval; support scores the photos the "
+                    "prototypes came from: an upper bound, not a result)")
+    ap.add_argument("--no-cache", action="store_true", help="do not memoise the extractor calls on eval photos")
+    ap.add_argument("--smoke", action="store_true", help="tiny-vit, 2 eval photos: checks the script runs "
+                    "(figures not meaningful)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.extractor, args.limit = "tiny-vit", 2
+    if not (args.data / "classes.json").is_file():
+        raise SystemExit(f"the COCO dev split is not at {args.data} (support/, eval/, classes.json): nothing to "
+                         "measure; pass --data DIR")
+    preset = "tiny" if args.extractor == "tiny-vit" else None
+    classes = vocabulary(args.data)
+    if not classes:
+        raise SystemExit(f"no class of {args.data / 'classes.json'} is present in both halves")
+    home = args.db or user_cache_dir() / "bench-coco-dev" / ("smoke" if args.smoke else args.extractor)
+    db = protodb.open(home)
+    build_s = build(db, args.data, classes, args.extractor, preset, args.mask_min_fraction, args.k)
+
+    opts = SegmentOptions(vocab=VOCAB, extractors=(args.extractor,), levels=args.levels.split(","), background=True)
+    seg = db.segmenter(opts)
+    cached = {}
+    for e, ext in list(seg.extractors.items()):
+        folder = None if args.no_cache else home / "cache" / "eval-calls" / e
+        seg.extractors[e] = cached[e] = CachedCalls(ext, folder)
+
+    names = [n for n, _ in classes] + ["background"]
+    values = [v for _, v in classes]
+    metric = MIoU(len(names), ignore_index=IGNORE, names=names)
+    photos = sorted((args.data / args.split / "images").glob("*.jpg"))[:args.limit]
+    wall = cpu = 0.0
+    for p in photos:
+        gt = relabel(np.asarray(PIL.Image.open(args.data / args.split / "labels" / f"{p.stem}.png")), values)
+        image = load_image(p)
+        t, c = time.perf_counter(), time.process_time()
+        labels = seg.segment(image, p.name).labels
+        wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
+        metric.update(labels.astype(np.int64), gt)
+    res = metric.result()
+    per = {k: (None if v is None else round(100 * v, 2)) for k, v in res["per_class"].items()}
+    things = [v for k, v in per.items() if k != "background" and v is not None]
+    out = {
+        "data": str(args.data), "split": args.split, "extractor": args.extractor, "classes": len(classes),
+        "support_photos": len(list((args.data / "support" / "images").glob("*.jpg"))), "eval_photos": len(photos),
+        "miou": round(100 * res["miou"], 2), "background_iou": per["background"],
+        "thing_miou": round(sum(things) / len(things), 2) if things else None, "per_class": per,
+        "seconds_per_photo": round(wall / len(photos), 3), "cpu_seconds_per_photo": round(cpu / len(photos), 3),
+        "build_s": round(build_s, 1), "extractor_calls": sum(c.calls for c in cached.values()),
+        "cached_calls": sum(c.hits for c in cached.values()),
+        "settings": seg.settings.to_dict(),
+        "build": {"mask_min_fraction": args.mask_min_fraction, "k": args.k, "bg_value": 0,
+                  "levels": args.levels, "db": str(home)},
+        "machine": machine(), "smoke": args.smoke,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"COCO dev {args.split}: {len(photos)} photos, {len(classes)} classes + background from "
+          f"{out['support_photos']} support photos, {args.extractor}; build {build_s:.0f} s")
+    print(f"  mIoU {out['miou']:5.2f}  background {out['background_iou']}  things {out['thing_miou']}  "
+          f"{out['seconds_per_photo']:.2f} s/photo ({out['cpu_seconds_per_photo']:.2f} CPU-s; "
+          f"{out['cached_calls']}/{out['extractor_calls']} extractor calls cached)")
+    print("  " + "  ".join(f"{k} {v}" for k, v in per.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
