@@ -12,6 +12,13 @@
     python benchmarks/bench_coco_dev.py --json                 # the real ONNX DINOv2 (focus-vits14)
     python benchmarks/bench_coco_dev.py --extractor focus-vits14-flip
     python benchmarks/bench_coco_dev.py --smoke --json --data DIR   # tiny random-weight ViT, 2 eval photos
+    python benchmarks/bench_coco_dev.py --choose --bg-margins 0 0.05 0.1 --votes 1 4   # choose, then eval once
+
+Matching settings (``protodb segment --bg-margin M --vote N``): every combination of ``--bg-margins`` and
+``--votes`` is scored. With ``--choose`` they are scored on the support half split in two (the sets built from
+the even-numbered support photos, in name order, score the odd-numbered ones; only classes with pixels in both
+parts), the best mIoU there is chosen, and the eval half is scored once with it. Without ``--choose`` the eval
+half is scored with each combination (a sweep on the eval half: for looking, not for choosing).
 
 The database (sets, support features) is kept in the user cache (``protodb.paths.user_cache_dir()
 /bench-coco-dev``, ``--db`` to choose), and every extractor call on the eval photos is cached there by the
@@ -21,7 +28,9 @@ matching's: the JSON says how many extractor calls came from the cache.
 
 ``--json`` prints ``{"data", "extractor", "classes", "support_photos", "eval_photos", "miou",
 "background_iou", "thing_miou", "per_class", "seconds_per_photo", "cpu_seconds_per_photo", "build_s",
-"extractor_calls", "cached_calls", "settings", "build", "machine", "smoke"}``; IoUs in percent.
+"extractor_calls", "cached_calls", "settings", "build", "machine", "sweep", "choice", "smoke"}``; IoUs in
+percent; the top-level figures are the first combination's (with ``--choose``: the chosen one's), ``sweep``
+one row per combination on the half scored, ``choice`` (``--choose``) the support-split rows and the choice.
 """
 
 from __future__ import annotations
@@ -102,17 +111,64 @@ class CachedCalls:
         return feats.float()
 
 
-def build(db, data: Path, classes: list[tuple[str, int]], extractor: str, preset: str | None,
+def build(db, images: Path, labels: Path, classes: list[tuple[str, int]], extractor: str, preset: str | None,
           min_fraction: float, k: int | None) -> float:
     builder = db.builder(preset=preset)  # models load once for all classes
     t = time.perf_counter()
     for name, value in classes:
-        builder.add_class(AddClassRequest(name=name, images=0, exemplars=data / "support" / "images",
-                                          masks=data / "support" / "labels", mask_value=value, bg_value=0,
-                                          extractors=(extractor,), k=k, mask_min_fraction=min_fraction))
+        builder.add_class(AddClassRequest(name=name, images=0, exemplars=images, masks=labels, mask_value=value,
+                                          bg_value=0, extractors=(extractor,), k=k, mask_min_fraction=min_fraction))
     db.vocabs.create(VOCAB, [n for n, _ in classes], description="COCO dev split from exemplars", replace=True,
                      background=True)
     return time.perf_counter() - t
+
+
+def score(db, extractor: str, levels: str, classes: list[tuple[str, int]], images: list[Path], labels: Path,
+          cache: Path | None, bg_margin: float, vote: int) -> dict:
+    """Segment ``images`` (label maps in ``labels`` by stem) with the vocabulary and the background class."""
+    opts = SegmentOptions(vocab=VOCAB, extractors=(extractor,), levels=levels.split(","), background=True,
+                          bg_margin=bg_margin, vote=vote)
+    seg = db.segmenter(opts)
+    cached = {}
+    for e, ext in list(seg.extractors.items()):
+        seg.extractors[e] = cached[e] = CachedCalls(ext, None if cache is None else cache / e)
+    names = [n for n, _ in classes] + ["background"]
+    values = [v for _, v in classes]
+    metric = MIoU(len(names), ignore_index=IGNORE, names=names)
+    wall = cpu = 0.0
+    for p in images:
+        gt = relabel(np.asarray(PIL.Image.open(labels / f"{p.stem}.png")), values)
+        image = load_image(p)
+        t, c = time.perf_counter(), time.process_time()
+        pred = seg.segment(image, p.name).labels
+        wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
+        metric.update(pred.astype(np.int64), gt)
+    res = metric.result()
+    per = {k: (None if v is None else round(100 * v, 2)) for k, v in res["per_class"].items()}
+    things = [v for k, v in per.items() if k != "background" and v is not None]
+    return {"bg_margin": bg_margin, "vote": vote, "miou": round(100 * res["miou"], 2),
+            "background_iou": per["background"], "thing_miou": round(sum(things) / len(things), 2) if things else None,
+            "per_class": per, "photos": len(images), "seconds_per_photo": round(wall / len(images), 3),
+            "cpu_seconds_per_photo": round(cpu / len(images), 3),
+            "extractor_calls": sum(c.calls for c in cached.values()),
+            "cached_calls": sum(c.hits for c in cached.values()), "settings": seg.settings.to_dict()}
+
+
+def support_split(data: Path, classes: list[tuple[str, int]], work: Path) -> tuple[Path, list[Path], list]:
+    """Support photos in name order: the even-numbered ones as exemplars (symlinked into ``work``), the
+    odd-numbered ones to score; the classes with pixels in both parts."""
+    photos = sorted((data / "support" / "images").glob("*.jpg"))
+    build_part, score_part = photos[0::2], photos[1::2]
+    (work / "images").mkdir(parents=True, exist_ok=True)
+    for p in build_part:
+        if not (work / "images" / p.name).exists():
+            (work / "images" / p.name).symlink_to(p)
+
+    def values_in(part):
+        return set().union(*(np.unique(np.asarray(PIL.Image.open(data / "support" / "labels" / f"{p.stem}.png")))
+                             .tolist() for p in part))
+    both = values_in(build_part) & values_in(score_part)
+    return work / "images", score_part, [(n, v) for n, v in classes if v in both]
 
 
 def machine() -> dict:
@@ -141,6 +197,10 @@ def main() -> None:
     ap.add_argument("--split", default="eval", help="the half scored (eval; support scores the photos the "
                     "prototypes came from: an upper bound, not a result)")
     ap.add_argument("--no-cache", action="store_true", help="do not memoise the extractor calls on eval photos")
+    ap.add_argument("--bg-margins", nargs="+", type=float, default=[0.0], help="background margins to score")
+    ap.add_argument("--votes", nargs="+", type=int, default=[1], help="kNN votes to score")
+    ap.add_argument("--choose", action="store_true", help="choose the margin and vote on the support half split "
+                    "in two, then score the eval half once with the choice")
     ap.add_argument("--smoke", action="store_true", help="tiny-vit, 2 eval photos: checks the script runs "
                     "(figures not meaningful)")
     ap.add_argument("--json", action="store_true")
@@ -155,44 +215,48 @@ def main() -> None:
     if not classes:
         raise SystemExit(f"no class of {args.data / 'classes.json'} is present in both halves")
     home = args.db or user_cache_dir() / "bench-coco-dev" / ("smoke" if args.smoke else args.extractor)
+    cache = None if args.no_cache else home / "cache" / "eval-calls"
+    combos = [(m, v) for m in args.bg_margins for v in args.votes]
+    choice = None
+    if args.choose:  # a second database over the same feature cache: the support features are computed once
+        part_home = home.parent / f"{home.name}-support-split"
+        (home / "cache").mkdir(parents=True, exist_ok=True)
+        (home / "cache" / "features").mkdir(exist_ok=True)
+        (part_home / "cache").mkdir(parents=True, exist_ok=True)
+        if not (part_home / "cache" / "features").exists():
+            (part_home / "cache" / "features").symlink_to(home / "cache" / "features")
+        images, scored, part_classes = support_split(args.data, classes, part_home / "split")
+        part_db = protodb.open(part_home)
+        build(part_db, images, args.data / "support" / "labels", part_classes, args.extractor, preset,
+              args.mask_min_fraction, args.k)
+        rows = [score(part_db, args.extractor, args.levels, part_classes, scored[:args.limit],
+                      args.data / "support" / "labels", cache, m, v) for m, v in combos]
+        best = max(rows, key=lambda r: r["miou"])
+        combos = [(best["bg_margin"], best["vote"])]
+        choice = {"built_from": len(list(images.iterdir())), "scored": len(scored[:args.limit]),
+                  "classes": len(part_classes), "chosen": {"bg_margin": best["bg_margin"], "vote": best["vote"]},
+                  "rows": [{k: r[k] for k in ("bg_margin", "vote", "miou", "background_iou", "thing_miou")}
+                           for r in rows]}
     db = protodb.open(home)
-    build_s = build(db, args.data, classes, args.extractor, preset, args.mask_min_fraction, args.k)
-
-    opts = SegmentOptions(vocab=VOCAB, extractors=(args.extractor,), levels=args.levels.split(","), background=True)
-    seg = db.segmenter(opts)
-    cached = {}
-    for e, ext in list(seg.extractors.items()):
-        folder = None if args.no_cache else home / "cache" / "eval-calls" / e
-        seg.extractors[e] = cached[e] = CachedCalls(ext, folder)
-
-    names = [n for n, _ in classes] + ["background"]
-    values = [v for _, v in classes]
-    metric = MIoU(len(names), ignore_index=IGNORE, names=names)
+    build_s = build(db, args.data / "support" / "images", args.data / "support" / "labels", classes, args.extractor,
+                    preset, args.mask_min_fraction, args.k)
     photos = sorted((args.data / args.split / "images").glob("*.jpg"))[:args.limit]
-    wall = cpu = 0.0
-    for p in photos:
-        gt = relabel(np.asarray(PIL.Image.open(args.data / args.split / "labels" / f"{p.stem}.png")), values)
-        image = load_image(p)
-        t, c = time.perf_counter(), time.process_time()
-        labels = seg.segment(image, p.name).labels
-        wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
-        metric.update(labels.astype(np.int64), gt)
-    res = metric.result()
-    per = {k: (None if v is None else round(100 * v, 2)) for k, v in res["per_class"].items()}
-    things = [v for k, v in per.items() if k != "background" and v is not None]
+    sweep = [score(db, args.extractor, args.levels, classes, photos, args.data / args.split / "labels", cache, m, v)
+             for m, v in combos]
+    first = sweep[0]
     out = {
         "data": str(args.data), "split": args.split, "extractor": args.extractor, "classes": len(classes),
         "support_photos": len(list((args.data / "support" / "images").glob("*.jpg"))), "eval_photos": len(photos),
-        "miou": round(100 * res["miou"], 2), "background_iou": per["background"],
-        "thing_miou": round(sum(things) / len(things), 2) if things else None, "per_class": per,
-        "seconds_per_photo": round(wall / len(photos), 3), "cpu_seconds_per_photo": round(cpu / len(photos), 3),
-        "build_s": round(build_s, 1), "extractor_calls": sum(c.calls for c in cached.values()),
-        "cached_calls": sum(c.hits for c in cached.values()),
-        "settings": seg.settings.to_dict(),
+        **{k: first[k] for k in ("miou", "background_iou", "thing_miou", "per_class", "seconds_per_photo",
+                                 "cpu_seconds_per_photo", "extractor_calls", "cached_calls", "settings")},
+        "build_s": round(build_s, 1),
         "build": {"mask_min_fraction": args.mask_min_fraction, "k": args.k, "bg_value": 0,
                   "levels": args.levels, "db": str(home)},
-        "machine": machine(), "smoke": args.smoke,
+        "machine": machine(),
+        "sweep": [{k: r[k] for k in ("bg_margin", "vote", "miou", "background_iou", "thing_miou")} for r in sweep],
+        "choice": choice, "smoke": args.smoke,
     }
+    per = out["per_class"]
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -202,6 +266,16 @@ def main() -> None:
           f"{out['seconds_per_photo']:.2f} s/photo ({out['cpu_seconds_per_photo']:.2f} CPU-s; "
           f"{out['cached_calls']}/{out['extractor_calls']} extractor calls cached)")
     print("  " + "  ".join(f"{k} {v}" for k, v in per.items()))
+    if choice:
+        print(f"  chosen on the support split ({choice['built_from']} photos -> {choice['scored']}): "
+              f"bg margin {choice['chosen']['bg_margin']}, vote {choice['chosen']['vote']}")
+        for r in choice["rows"]:
+            print(f"    bg margin {r['bg_margin']:<6} vote {r['vote']:<3} mIoU {r['miou']:5.2f}  "
+                  f"background {r['background_iou']}  things {r['thing_miou']}")
+    elif len(out["sweep"]) > 1:
+        for r in out["sweep"]:
+            print(f"  {args.split}: bg margin {r['bg_margin']:<6} vote {r['vote']:<3} mIoU {r['miou']:5.2f}  "
+                  f"background {r['background_iou']}  things {r['thing_miou']}")
 
 
 if __name__ == "__main__":

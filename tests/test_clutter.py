@@ -3,14 +3,22 @@ prototypes; the matching options for clutter (a background margin, kNN voting) d
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
+import torch
+import torch.nn.functional as F
 from sqlalchemy import select
 
 from protodb.catalog.schema import MaskRow
+from protodb.errors import InvalidInput
+from protodb.features.windows import WindowSpec
+from protodb.segment.label import segment_image
+from protodb.segment.match import ClassPrototypes, build_match_table, score_patches
+from protodb.segment.options import SegmentOptions, SegmentSettings, check_options
 from protodb.pipeline.config import AddClassRequest
 from protodb.pipeline.support_masks import grid_coverage, masks_for, to_grid
 
@@ -70,3 +78,74 @@ def test_thin_and_tiny_exemplars_build_foreground_from_every_photo(db, tmp_path)
         params = [m.params for m in s.scalars(select(MaskRow).where(MaskRow.role == "foreground"))]
     assert len(params) == 4 and all("thin_fallback" in p and p["thin_fallback"]["patches"] >= 1 for p in params)
     assert all(0 < p["thin_fallback"]["coverage"] < 0.5 for p in params)
+
+
+# ------------------------------------------------------------------- clutter methods: margin and voting
+def _unit(*v) -> torch.Tensor:
+    t = torch.tensor(v, dtype=torch.float32)
+    return t / t.norm()
+
+
+def _at(angle: float) -> torch.Tensor:
+    return torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float32)
+
+
+def test_knn_vote_scores_a_column_by_the_mean_of_its_best_prototypes():
+    # class 0: three prototypes close to the patch; the background: one closer still and two far away
+    cls = ClassPrototypes("thing", False, fg=torch.stack([_at(0.3), _at(0.35), _at(0.4)]),
+                          bg=torch.stack([_at(1.5), _at(0.1), _at(1.4)]))
+    table = build_match_table([cls], background=True)
+    patch = _at(0.0).reshape(1, 1, 2)
+    single, rows = score_patches(patch, table)
+    assert single[:, 0, 0].tolist() == pytest.approx([math.cos(0.3), math.cos(0.1)], abs=1e-6)
+    assert int(single[:, 0, 0].argmax()) == 1  # the single best prototype: background wins
+    table.vote = 3
+    voted, vrows = score_patches(patch, table)
+    expect_bg = (math.cos(0.1) + math.cos(1.4) + math.cos(1.5)) / 3
+    expect_fg = (math.cos(0.3) + math.cos(0.35) + math.cos(0.4)) / 3
+    assert voted[:, 0, 0].tolist() == pytest.approx([expect_fg, expect_bg], abs=1e-6)
+    assert int(voted[:, 0, 0].argmax()) == 0  # three agreeing prototypes beat one stray one
+    assert vrows[:, 0, 0].tolist() == rows[:, 0, 0].tolist()  # the winning row is still the best one's
+    table.vote = 8  # more than a column holds: the mean of all of them
+    assert score_patches(patch, table)[0][1, 0, 0] == pytest.approx((math.cos(0.1) + math.cos(1.4) + math.cos(1.5)) / 3)
+
+
+class ColourExtractor:
+    """A stand-in extractor: each 8-pixel patch's feature is its mean RGB colour."""
+
+    patch_size = 8
+    device = torch.device("cpu")
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.avg_pool2d(crops.float(), 8), dim=1).permute(0, 2, 3, 1)
+
+
+def test_background_margin_moves_pixels_from_the_background_to_the_class():
+    image = torch.zeros(3, 64, 96)
+    image[0, :, :48] = 1.0  # left half red, right half green
+    image[1, :, 48:] = 1.0
+    # the class's prototype is a little off red; the background holds exact red (a cluttered union) and green
+    cls = ClassPrototypes("thing", False, fg=_unit(0.9, 0.1, 0.0)[None], bg=torch.stack([_unit(1, 0, 0), _unit(0, 1, 0)]))
+    table = build_match_table([cls], background=True)
+    spec = WindowSpec(short_side=None, sizes=(), whole=True)
+    plain = segment_image(image, [(ColourExtractor(), table)], windows=spec)
+    assert (plain.labels == 1).all()  # background everywhere
+    near = float(_unit(0.9, 0.1, 0.0) @ _unit(1, 0, 0))
+    shifted = segment_image(image, [(ColourExtractor(), table)], windows=spec, bg_margin=1.0 - near + 0.002)
+    assert (shifted.labels[:, :40] == 0).all() and (shifted.labels[:, 56:] == 1).all()  # red -> class, green stays
+    assert float(shifted.best[0, 60]) == pytest.approx(1.0 - (1.0 - near + 0.002), abs=1e-5)  # scores carry it
+
+
+@pytest.mark.parametrize("field,value,msg", [("vote", 0, "--vote takes 1 to 64"), ("vote", 65, "--vote takes"),
+                                             ("bg_margin", float("nan"), "--bg-margin"), ("bg_margin", 3.0, "--bg-margin")])
+def test_bad_margin_or_vote_is_one_clear_error(field, value, msg):
+    with pytest.raises(InvalidInput, match=msg):
+        check_options(SegmentOptions(vocab="v", **{field: value}))
+
+
+def test_margin_and_vote_are_recorded_in_the_settings():
+    assert check_options(SegmentOptions(vocab="v", bg_margin=0.05, vote=4)) == ("class", "instance", "part")
+    settings = SegmentSettings(levels=("part",), background=True, prefilter=False, clip_model=None, pamr=False,
+                               device="cpu", dtype="float32", stuff_threshold=0.85, windows=WindowSpec(),
+                               explain=False, bg_margin=0.05, vote=4).to_dict()
+    assert (settings["bg_margin"], settings["vote"]) == (0.05, 4)
