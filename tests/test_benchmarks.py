@@ -111,11 +111,12 @@ def check_add_class(tmp, models, camvid):
 
 
 def check_background(tmp, models, camvid):
-    r = run_benchmark("bench_background", tmp, "--camvid", camvid)
+    r = run_benchmark("bench_background", tmp, "--camvid", camvid, "--bg-margins", "0", "2", "--votes", "1", "3")
     assert (r["shots"], r["extractor"]) == (1, "tiny-vit")
     assert [row["mode"] for row in r["results"]] == ["labelled", "rest", "none"]
-    for row in r["results"]:
-        assert set(row) == {"mode", "miou", "thing_miou", "per_class", "images", "s_per_image"}
+    assert [(row["bg_margin"], row["vote"]) for row in r["methods"]] == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    for row in r["results"] + r["methods"]:
+        assert set(row) == {"mode", "bg_margin", "vote", "miou", "thing_miou", "per_class", "images", "s_per_image"}
         assert row["images"] == 2 and list(row["per_class"]) == [*THINGS, "background"]
         assert all(percent(v) for v in row["per_class"].values()) and percent(row["miou"])
         things = [row["per_class"][t] for t in THINGS if row["per_class"][t] is not None]
@@ -124,6 +125,7 @@ def check_background(tmp, models, camvid):
     by_mode = {row["mode"]: row for row in r["results"]}
     assert by_mode["labelled"]["per_class"]["background"] > 0  # labelled background prototypes win somewhere
     assert by_mode["none"]["per_class"]["background"] == 0  # no background prototypes: background never wins
+    assert all(row["per_class"]["background"] == 0 for row in r["methods"][2:])  # a margin of 2: it never wins
 
 
 def make_coco(root: Path) -> Path:
@@ -154,8 +156,16 @@ def make_coco(root: Path) -> Path:
 
 def check_coco_dev(tmp, models, camvid):
     data = make_coco(tmp / "coco-dev")
-    r = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db")
+    r = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--choose", "--bg-margins", "0", "2",
+                      "--votes", "1", "3")
     assert (r["extractor"], r["classes"], r["support_photos"], r["eval_photos"]) == ("tiny-vit", 2, 2, 2)
+    choice = r["choice"]
+    assert (choice["built_from"], choice["scored"], choice["classes"]) == (1, 1, 2)
+    assert [(row["bg_margin"], row["vote"]) for row in choice["rows"]] == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    best = max(choice["rows"], key=lambda row: row["miou"])
+    assert choice["chosen"] == {"bg_margin": best["bg_margin"], "vote": best["vote"]}
+    assert (r["settings"]["bg_margin"], r["settings"]["vote"]) == (best["bg_margin"], best["vote"])
+    assert all(row["background_iou"] == 0 for row in choice["rows"][2:])  # a margin of 2: background never wins
     assert list(r["per_class"]) == ["person", "car", "background"]  # airplane: support only, not scored
     assert all(percent(v) for v in r["per_class"].values()) and percent(r["miou"])
     assert r["background_iou"] == r["per_class"]["background"]
@@ -165,7 +175,8 @@ def check_coco_dev(tmp, models, camvid):
     assert r["miou"] == pytest.approx(sum(scored) / len(scored), abs=0.01)
     positive(r["seconds_per_photo"], r["cpu_seconds_per_photo"], r["extractor_calls"])
     assert r["cached_calls"] == 0 and r["settings"]["background"] is True
-    again = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db")
+    again = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--bg-margins",
+                          str(best["bg_margin"]), "--votes", str(best["vote"]))
     assert again["cached_calls"] == again["extractor_calls"] == r["extractor_calls"]  # every call memoised
     assert again["per_class"] == r["per_class"]  # and labelled as the first run did
     absent = subprocess.run([sys.executable, "benchmarks/bench_coco_dev.py", "--smoke", "--data", tmp / "nothing"],
