@@ -149,3 +149,45 @@ def test_margin_and_vote_are_recorded_in_the_settings():
                                device="cpu", dtype="float32", stuff_threshold=0.85, windows=WindowSpec(),
                                explain=False, bg_margin=0.05, vote=4).to_dict()
     assert (settings["bg_margin"], settings["vote"]) == (0.05, 4)
+
+
+# ------------------------------------------------------------------------ MaskCut's tau: a percentile rule
+def _two_clusters(h=6, w=8, shared=3.0, seed=0) -> np.ndarray:
+    """(h, w, 16) unit features: left and right halves two clusters sharing a strong common direction, so
+    every pair of patches has a cosine far above MaskCut's 0.2 (a complete graph at that tau)."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(0, 0.05, (h, w, 16))
+    f[..., 0] += shared
+    f[:, : w // 2, 1] += 1.0
+    f[:, w // 2:, 2] += 1.0
+    return f / np.linalg.norm(f, axis=-1, keepdims=True)
+
+
+def test_percentile_tau_cuts_where_a_fixed_tau_sees_a_complete_graph():
+    from protodb.pipeline.masks import ncut_segments, parse_tau, resolve_tau
+
+    f = _two_clusters()
+    flat = f.reshape(-1, 16)
+    cos = (flat @ flat.T)[np.triu_indices(48, k=1)]
+    assert cos.min() > 0.2  # the premise: every pair is an edge at tau = 0.2
+    assert ncut_segments(f, tau=0.2) == []  # complete graph: nothing to cut
+    assert resolve_tau(flat, "p50") == pytest.approx(float(np.median(cos)), abs=1e-6)
+    first = ncut_segments(f, tau="p50")[0]
+    halves = (np.arange(8) < 4)[None].repeat(6, 0)
+    assert (first == halves).all() or (first == ~halves).all()  # the percentile graph splits the clusters
+    assert parse_tau(None) == 0.2 and parse_tau("0.3") == 0.3 and parse_tau("P80") == "p80"
+    for bad in ("p0", "p100", "px", "1.5", "high"):
+        with pytest.raises(InvalidInput, match="--mask-tau"):
+            parse_tau(bad)
+
+
+def test_mask_tau_is_recorded_in_the_build_config(db, tmp_path):
+    ex, _ = _thin_exemplars(tmp_path)
+    builder = db.builder(preset="tiny")
+    fixed = builder.resolve(AddClassRequest("pole", images=0, exemplars=ex)).config
+    pct = builder.resolve(AddClassRequest("pole", images=0, exemplars=ex, mask_tau="p80")).config
+    assert fixed.masks.segmenter_params["tau"] == 0.2 and pct.masks.segmenter_params["tau"] == "p80"
+    sc = [c.set_config(c.extractors[0], ["a"]).config_hash for c in (fixed, pct)]
+    assert sc[0] != sc[1]  # another rule, another set
+    with pytest.raises(InvalidInput, match="--mask-tau"):
+        builder.resolve(AddClassRequest("pole", images=0, exemplars=ex, mask_tau="p120"))
