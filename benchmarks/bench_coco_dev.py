@@ -154,6 +154,56 @@ def score(db, extractor: str, levels: str, classes: list[tuple[str, int]], image
             "cached_calls": sum(c.hits for c in cached.values()), "settings": seg.settings.to_dict()}
 
 
+def maskcut_rules(db, data: Path, rules: list[str]) -> dict:
+    """MaskCut's affinity threshold on the support photos' own (cached) features: per rule (``0.2``, ``p80``,
+    ...) the share of patch pairs that are edges, the first normalised-cut mask's IoU with the fixed rule's
+    (``rules[0]``; an empty first mask counts 0), and its best IoU with a labelled object (the label map on
+    the patch grid, half-covered patches in), means over the photos."""
+    from safetensors.torch import load_file
+    from sqlalchemy import select
+
+    from protodb.catalog.schema import SupportImageRow
+    from protodb.pipeline.masks import ncut_segments, parse_tau, resolve_tau
+    from protodb.pipeline.support_masks import to_grid
+
+    with db.session() as sess:
+        origins = {r.origin: r.artifact_sha256 for r in sess.scalars(select(SupportImageRow))}
+    rows = {r: {"edges": [], "agreement": [], "object_iou": [], "empty": 0} for r in rules}
+    photos = 0
+    for p in sorted((data / "support" / "images").glob("*.jpg")):
+        files = sorted((db.stores.cache_dir / "features").glob(f"*/{origins.get(p.name, '-')}_*.safetensors"))
+        if not files:
+            continue
+        photos += 1
+        f = load_file(str(files[0]))["feats"].float().numpy()
+        f /= np.linalg.norm(f, axis=-1, keepdims=True)
+        grid = f.shape[:2]
+        flat = f.reshape(-1, f.shape[-1])
+        cos = (flat @ flat.T)[np.triu_indices(flat.shape[0], k=1)]
+        lab = np.asarray(PIL.Image.open(data / "support" / "labels" / f"{p.stem}.png"))
+        objects = [to_grid(lab == v, grid, 0.5) for v in np.unique(lab) if v != 0]
+        firsts = {}
+        for r in rules:
+            segs = ncut_segments(f, tau=parse_tau(r))
+            first = segs[0] if segs else np.zeros(grid, bool)
+            firsts[r] = first
+            row = rows[r]
+            row["edges"].append(float((cos > resolve_tau(flat, parse_tau(r))).mean()))
+            row["empty"] += int(not first.any())
+            ref = firsts[rules[0]]
+            union = (first | ref).sum()
+            row["agreement"].append(float((first & ref).sum() / union) if union else 1.0)
+            ious = [float((first & o).sum() / max(1, (first | o).sum())) for o in objects if o.any()]
+            row["object_iou"].append(max(ious) if ious else 0.0)
+    out = {"photos": photos, "reference": rules[0], "rules": {}}
+    for r, row in rows.items():
+        out["rules"][r] = {"edge_share": round(float(np.mean(row["edges"])), 3) if photos else None,
+                           "first_mask_agreement": round(float(np.mean(row["agreement"])), 3) if photos else None,
+                           "first_mask_object_iou": round(float(np.mean(row["object_iou"])), 3) if photos else None,
+                           "empty_first_masks": row["empty"]}
+    return out
+
+
 def support_split(data: Path, classes: list[tuple[str, int]], work: Path) -> tuple[Path, list[Path], list]:
     """Support photos in name order: the even-numbered ones as exemplars (symlinked into ``work``), the
     odd-numbered ones to score; the classes with pixels in both parts."""
@@ -199,6 +249,8 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="do not memoise the extractor calls on eval photos")
     ap.add_argument("--bg-margins", nargs="+", type=float, default=[0.0], help="background margins to score")
     ap.add_argument("--votes", nargs="+", type=int, default=[1], help="kNN votes to score")
+    ap.add_argument("--maskcut-rules", nargs="*", default=[], help="also compare MaskCut affinity rules on the "
+                    "support photos' cached features (first the reference, e.g. 0.2 p50 p80 p90)")
     ap.add_argument("--choose", action="store_true", help="choose the margin and vote on the support half split "
                     "in two, then score the eval half once with the choice")
     ap.add_argument("--smoke", action="store_true", help="tiny-vit, 2 eval photos: checks the script runs "
@@ -240,6 +292,7 @@ def main() -> None:
     db = protodb.open(home)
     build_s = build(db, args.data / "support" / "images", args.data / "support" / "labels", classes, args.extractor,
                     preset, args.mask_min_fraction, args.k)
+    maskcut = maskcut_rules(db, args.data, args.maskcut_rules) if args.maskcut_rules else None
     photos = sorted((args.data / args.split / "images").glob("*.jpg"))[:args.limit]
     sweep = [score(db, args.extractor, args.levels, classes, photos, args.data / args.split / "labels", cache, m, v)
              for m, v in combos]
@@ -254,7 +307,7 @@ def main() -> None:
                   "levels": args.levels, "db": str(home)},
         "machine": machine(),
         "sweep": [{k: r[k] for k in ("bg_margin", "vote", "miou", "background_iou", "thing_miou")} for r in sweep],
-        "choice": choice, "smoke": args.smoke,
+        "choice": choice, "maskcut": maskcut, "smoke": args.smoke,
     }
     per = out["per_class"]
     if args.json:
@@ -272,7 +325,13 @@ def main() -> None:
         for r in choice["rows"]:
             print(f"    bg margin {r['bg_margin']:<6} vote {r['vote']:<3} mIoU {r['miou']:5.2f}  "
                   f"background {r['background_iou']}  things {r['thing_miou']}")
-    elif len(out["sweep"]) > 1:
+    if maskcut:
+        print(f"  MaskCut affinity rules on {maskcut['photos']} support photos (agreement: first mask IoU with "
+              f"tau {maskcut['reference']}'s):")
+        for r, row in maskcut["rules"].items():
+            print(f"    tau {r:<5} edges {row['edge_share']}  agreement {row['first_mask_agreement']}  "
+                  f"first mask vs labelled object IoU {row['first_mask_object_iou']}  empty {row['empty_first_masks']}")
+    if not choice and len(out["sweep"]) > 1:
         for r in out["sweep"]:
             print(f"  {args.split}: bg margin {r['bg_margin']:<6} vote {r['vote']:<3} mIoU {r['miou']:5.2f}  "
                   f"background {r['background_iou']}  things {r['thing_miou']}")
