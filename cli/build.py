@@ -52,6 +52,7 @@ def add_class(
     exemplar_background: Annotated[bool, typer.Option("--exemplar-background/--no-exemplar-background", help="Take background prototypes from exemplar photos (off for cluttered photos).")] = True,
     mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
     support_windows: Annotated[Optional[bool], typer.Option("--support-windows/--single-pass", help="Featurise support images through segment's sliding windows, each patch the mean over its windows (default; --speed fast: one pass), or in one pass over the whole image (faster builds).", show_default=False)] = None,
+    mask_tau: Annotated[Optional[str], typer.Option(help="Normalised cut's affinity threshold: a cosine (MaskCut's 0.2, the default) or pQ, the Q-th percentile of each photo's patch cosines (p80: the 20% most similar pairs are edges, on any extractor).", show_default=False)] = None,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
     parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
@@ -76,7 +77,7 @@ def add_class(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
         prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()), exemplars=exemplars,
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
-        mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor,
+        mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor, mask_tau=mask_tau,
         support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
         with_corrections=with_corrections,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes, speed=run.speed)

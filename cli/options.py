@@ -53,6 +53,8 @@ ClipOpt = Annotated[Optional[str], typer.Option(help="CLIP model (hub id or fold
 PamrOpt = Annotated[bool, typer.Option("--pamr", help="Refine with PAMR (10 iterations, dilations 1,2,4,8,12,24).")]
 ScalesOpt = Annotated[str, typer.Option(help="Window passes at these multiples of the 448-px short side, averaged (e.g. 1,1.5: finer detail for thin objects, ~3x the time).")]
 SubpatchOpt = Annotated[int, typer.Option(min=1, max=4, help="Sample the patch grid N times per axis (N x N shifted passes per window, N^2 the time): score maps at stride patch/N, for objects narrower than a patch (poles, signs, people far away).")]
+BgMarginOpt = Annotated[float, typer.Option(help="Subtract this from the background's score before the argmax (cluttered photos: the background, every class's background prototypes together, wins by its count).")]
+VoteOpt = Annotated[int, typer.Option(min=1, max=64, help="A class's score is the mean of its N best prototype similarities (kNN voting; 1: the single best).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-missing", help="Segment with the usable classes when some have no (foreground) prototypes; say which were left out.")]
 
 RayOpt = Annotated[Optional[str], typer.Option(
@@ -128,13 +130,13 @@ BUILD_RUN = OptionGroup({
 
 
 def _segmenting(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, scales, subpatch,
-                device, dtype, speed) -> SegmentOptions:
+                device, dtype, speed, bg_margin, vote) -> SegmentOptions:
     if speed:
         speed_preset(speed)
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
                           dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check(),
-                          speed=speed)
+                          speed=speed, bg_margin=bg_margin, vote=vote)
 
 
 SEGMENTING = OptionGroup({
@@ -142,7 +144,7 @@ SEGMENTING = OptionGroup({
     "levels": (LevelsOpt, "class,instance,part"), "background": (BackgroundOpt, None),
     "prefilter": (PrefilterOpt, None), "clip_model": (ClipOpt, None), "pamr": (PamrOpt, False),
     "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "device": (DeviceOpt, "auto"),
-    "dtype": (DtypeOpt, "auto"), "speed": (SpeedOpt, None),
+    "dtype": (DtypeOpt, "auto"), "speed": (SpeedOpt, None), "bg_margin": (BgMarginOpt, 0.0), "vote": (VoteOpt, 1),
 }, _segmenting)
 
 

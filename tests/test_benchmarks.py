@@ -110,11 +110,12 @@ def check_add_class(tmp, models, camvid):
 
 
 def check_background(tmp, models, camvid):
-    r = run_benchmark("bench_background", tmp, "--camvid", camvid)
+    r = run_benchmark("bench_background", tmp, "--camvid", camvid, "--bg-margins", "0", "2", "--votes", "1", "3")
     assert (r["shots"], r["extractor"]) == (1, "tiny-vit")
     assert [row["mode"] for row in r["results"]] == ["labelled", "rest", "none"]
-    for row in r["results"]:
-        assert set(row) == {"mode", "miou", "thing_miou", "per_class", "images", "s_per_image"}
+    assert [(row["bg_margin"], row["vote"]) for row in r["methods"]] == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    for row in r["results"] + r["methods"]:
+        assert set(row) == {"mode", "bg_margin", "vote", "miou", "thing_miou", "per_class", "images", "s_per_image"}
         assert row["images"] == 2 and list(row["per_class"]) == [*THINGS, "background"]
         assert all(percent(v) for v in row["per_class"].values()) and percent(row["miou"])
         things = [row["per_class"][t] for t in THINGS if row["per_class"][t] is not None]
@@ -123,6 +124,64 @@ def check_background(tmp, models, camvid):
     by_mode = {row["mode"]: row for row in r["results"]}
     assert by_mode["labelled"]["per_class"]["background"] > 0  # labelled background prototypes win somewhere
     assert by_mode["none"]["per_class"]["background"] == 0  # no background prototypes: background never wins
+    assert all(row["per_class"]["background"] == 0 for row in r["methods"][2:])  # a margin of 2: it never wins
+
+
+def make_coco(root: Path) -> Path:
+    """A coco-dev-layout folder: support/ (2) and eval/ (2) 64x48 photos with label maps (0 background, 1 and
+    3 two classes in both halves, 5 only in support), each value its own colour plus noise."""
+    colours = {0: (30, 120, 40), 1: (220, 40, 40), 3: (40, 40, 220), 5: (230, 230, 30)}
+    rng = np.random.default_rng(0)
+    for half, extra in (("support", 5), ("eval", None)):
+        (root / half / "images").mkdir(parents=True)
+        (root / half / "labels").mkdir()
+        for i in range(2):
+            lab = np.zeros((48, 64), np.uint8)
+            lab[8:30, 4 + 6 * i:30 + 6 * i] = 1
+            lab[20:44, 36:60] = 3
+            if extra:
+                lab[2:8, 2:12] = extra
+            img = np.zeros((48, 64, 3))
+            for v, c in colours.items():
+                img[lab == v] = c
+            img = np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(img).save(root / half / "images" / f"{i:012d}.jpg")
+            PIL.Image.fromarray(lab).save(root / half / "labels" / f"{i:012d}.png")
+    present = {"support": {"person": 2, "car": 2, "airplane": 2}, "eval": {"person": 2, "car": 2}}
+    labels = {"1": "person", "2": "bicycle", "3": "car", "4": "motorcycle", "5": "airplane"}
+    (root / "classes.json").write_text(json.dumps({"labels": labels, "present": present}))
+    return root
+
+
+def check_coco_dev(tmp, models, camvid):
+    data = make_coco(tmp / "coco-dev")
+    r = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--choose", "--bg-margins", "0", "2",
+                      "--votes", "1", "3")
+    assert (r["extractor"], r["classes"], r["support_photos"], r["eval_photos"]) == ("tiny-vit", 2, 2, 2)
+    choice = r["choice"]
+    assert (choice["built_from"], choice["scored"], choice["classes"]) == (1, 1, 2)
+    assert [(row["bg_margin"], row["vote"]) for row in choice["rows"]] == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    best = max(choice["rows"], key=lambda row: row["miou"])
+    assert choice["chosen"] == {"bg_margin": best["bg_margin"], "vote": best["vote"]}
+    assert (r["settings"]["bg_margin"], r["settings"]["vote"]) == (best["bg_margin"], best["vote"])
+    assert all(row["background_iou"] == 0 for row in choice["rows"][2:])  # a margin of 2: background never wins
+    assert list(r["per_class"]) == ["person", "car", "background"]  # airplane: support only, not scored
+    assert all(percent(v) for v in r["per_class"].values()) and percent(r["miou"])
+    assert r["background_iou"] == r["per_class"]["background"]
+    things = [r["per_class"][c] for c in ("person", "car") if r["per_class"][c] is not None]
+    assert r["thing_miou"] == pytest.approx(sum(things) / len(things), abs=0.01)
+    scored = [v for v in r["per_class"].values() if v is not None]
+    assert r["miou"] == pytest.approx(sum(scored) / len(scored), abs=0.01)
+    positive(r["seconds_per_photo"], r["cpu_seconds_per_photo"], r["extractor_calls"])
+    assert r["cached_calls"] == 0 and r["settings"]["background"] is True
+    again = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--bg-margins",
+                          str(best["bg_margin"]), "--votes", str(best["vote"]))
+    assert again["cached_calls"] == again["extractor_calls"] == r["extractor_calls"]  # every call memoised
+    assert again["per_class"] == r["per_class"]  # and labelled as the first run did
+    absent = subprocess.run([sys.executable, "benchmarks/bench_coco_dev.py", "--smoke", "--data", tmp / "nothing"],
+                            cwd=ROOT, env=child_env(PROTODB_CACHE=tmp / "cache"), capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert absent.returncode != 0 and "not at" in absent.stderr and absent.stdout == ""
 
 
 def check_cli(tmp, models, camvid):
@@ -281,6 +340,7 @@ CASES = {
     "bench_camvid": check_camvid,
     "bench_background": check_background,
     "bench_cli": check_cli,
+    "bench_coco_dev": check_coco_dev,
     "bench_extractor_speed": check_extractor_speed,
     "bench_gpu": check_gpu,
     "bench_ray": check_ray,

@@ -117,6 +117,23 @@ def test_choose_classes_more_than_ten_survivors_keeps_the_ten_most_probable():
     assert set().union(*look.asked) == set(range(10))
 
 
+def test_more_than_ten_survivors_join_their_prompts_in_probability_order():
+    # 12 survivors whose cosines RISE with the vocabulary position (0.79 at 0 ... 0.90 at 11), 2 far away:
+    # the 10 most probable are positions 11, 10, ..., 2, and every subset lists them in that order
+    cos = [0.79 + 0.01 * k for k in range(12)] + [-1.0, -1.0]
+    things = torch.stack([at_cos(c) for c in cos])
+    look = SubsetLookup(E0, winner=(9, 4))
+    assert choose_classes(E0, things, [False] * 14, look) == [4, 9]  # the result is sorted as before
+    order = list(range(11, 1, -1))
+    assert look.asked[:10] == [(k,) for k in order]
+    assert look.asked[10:12] == [(11, 10), (11, 9)] and look.asked[-1] == tuple(order)
+    assert subset_prompt([f"c{k}" for k in look.asked[10]]) == "a c11 and a c10"
+    # ten or fewer survivors keep vocabulary order (the existing rule)
+    look = SubsetLookup(E0, winner=(0,))
+    choose_classes(E0, torch.stack([at_cos(c) for c in [0.5, 0.9, -1.0]]), [False] * 3, look)
+    assert look.asked == [(0,), (1,), (0, 1)]
+
+
 def test_choose_classes_stuff_only_and_bad_inputs():
     never = lambda subsets: pytest.fail("no subset search without thing classes")  # noqa: E731
     assert choose_classes(E0, torch.zeros(0, 3), [True, True], never) == [0, 1]

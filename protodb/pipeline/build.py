@@ -48,7 +48,7 @@ from protodb.features.featurize import featurize
 from protodb.features.windows import SUPPORT_WINDOWS
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
-from protodb.pipeline.support_masks import NCUT_PARAMS, GridMasks, for_extractor, masks_for, upsample
+from protodb.pipeline.support_masks import GridMasks, for_extractor, masks_for, ncut_params, upsample
 from protodb.services.corrections import CorrectionService
 from protodb.services.labels import LabelService, label_record
 from protodb.services.sets import SetService
@@ -124,7 +124,7 @@ class ClassBuilder:
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
         records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
         masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
-                           segmenter_params=plugin.params() if plugin is not None else dict(NCUT_PARAMS),
+                           segmenter_params=plugin.params() if plugin is not None else ncut_params(req.mask_tau),
                            source=source, source_id=records[names.index(source)].id, given_value=req.mask_value, bg_value=bg_value,
                            min_fraction=req.mask_min_fraction, exemplar_background=req.exemplar_background)
         k = req.k if req.k is not None else parts_for(images + len(exemplars))
@@ -269,7 +269,8 @@ class ClassBuilder:
         for sup, f in zip(support, feats):
             m = masks_for(f, tuple(f.shape[:2]), image=sup.image, attention=sup.attention, given=sup.given_mask,
                           given_background=sup.given_background, min_fraction=cfg.masks.min_fraction,
-                          exemplar_background=cfg.masks.exemplar_background, plugin=plan.plugin)
+                          exemplar_background=cfg.masks.exemplar_background, plugin=plan.plugin,
+                          tau=cfg.masks.segmenter_params.get("tau", 0.2))
             self._store_masks(sup, m, record)
             out.append(m)
             self.progress(stage, 1, None)

@@ -92,6 +92,7 @@ class AddClassRequest:
     short_side: int | None = None  # feature resolution of support images (default: 448; tiny: 64)
     mask_min_fraction: float = 0.5  # given masks: a patch is foreground when this share of it is
     segmenter: str = "auto"  # unsupervised proposals: auto (a usable plugin, else ncut), ncut, NAME
+    mask_tau: float | str | None = None  # ncut affinity threshold: a cosine or "pQ" (percentile); None: 0.2
     mask_extractor: str | None = None  # whose features make the (shared) masks; default: the first
     support_windows: bool | None = None  # support images through segment's windows (False: one pass; None: speed's)
     yes: bool = False  # confirm a very large build
@@ -280,6 +281,10 @@ def check_request(req: AddClassRequest) -> str:
         raise InvalidInput(f"--batch-size must be >= 1, got {req.batch_size}")
     if req.short_side is not None and not 16 <= req.short_side <= 4096:
         raise InvalidInput(f"short side must be between 16 and 4096 pixels, got {req.short_side}")
+    if req.mask_tau is not None:
+        from protodb.pipeline.masks import parse_tau  # deferred: torch
+
+        parse_tau(req.mask_tau)
     if req.mask_value is not None and not 0 <= req.mask_value <= 65535:
         raise InvalidInput(f"--mask-value must be a label value 0..65535, got {req.mask_value}")
     if req.masks is not None and req.exemplars is None:

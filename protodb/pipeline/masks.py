@@ -170,8 +170,48 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.count_nonzero(a & b)) / union if union else 0.0
 
 
+def parse_tau(value: float | str | None) -> float | str:
+    """MaskCut's affinity threshold: a cosine in [-1, 1] (MaskCut's fixed 0.2 by default) or ``"pQ"``, the
+    Q-th percentile (0 < Q < 100) of the image's own pairwise patch cosines (:func:`resolve_tau`).
+
+    A fixed 0.2 was chosen for DINO ViT-B/8 keys; on DINOv2 ViT-S/14 tokens 80-100% of patch pairs are
+    above it, so the graph is nearly complete and the cut says little. A percentile keeps the graph's
+    density the same on every extractor and photo."""
+    if value is None:
+        return 0.2
+    if isinstance(value, str) and value.strip().lower().startswith("p"):
+        try:
+            q = float(value.strip()[1:])
+        except ValueError:
+            q = float("nan")
+        if not 0 < q < 100:
+            raise InvalidInput(f"--mask-tau takes a cosine in [-1, 1] or pQ with 0 < Q < 100 (e.g. p80); got {value!r}")
+        return f"p{q:g}"
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        tau = float("nan")
+    if not -1.0 <= tau <= 1.0:
+        raise InvalidInput(f"--mask-tau takes a cosine in [-1, 1] or pQ with 0 < Q < 100 (e.g. p80); got {value!r}")
+    return tau
+
+
+def resolve_tau(flat: np.ndarray, tau: float | str) -> float:
+    """The threshold :func:`ncut_segments` uses on ``flat`` (N, D) unit features: ``tau`` itself, or for
+    ``"pQ"`` the Q-th percentile of the N (N - 1) / 2 cosines between distinct patches (linear
+    interpolation, numpy's default)."""
+    tau = parse_tau(tau)
+    if isinstance(tau, float):
+        return tau
+    n = flat.shape[0]
+    if n < 2:
+        return 0.2
+    sims = (flat @ flat.T)[np.triu_indices(n, k=1)]
+    return float(np.percentile(sims, float(tau[1:])))
+
+
 def ncut_segments(
-    feats: torch.Tensor | np.ndarray, n_segments: int = 3, tau: float = 0.2, eps: float = 1e-5,
+    feats: torch.Tensor | np.ndarray, n_segments: int = 3, tau: float | str = 0.2, eps: float = 1e-5,
     *, max_iou: float = MAX_IOU, min_area: float = MIN_AREA,
 ) -> list[np.ndarray]:
     """Up to ``n_segments`` regions of an image by repeated normalised cut, with MaskCut's rules (CutLER).
@@ -201,6 +241,8 @@ def ncut_segments(
     no edge but self-loops; (large grids) the eigensolver does not converge, which happens on nearly
     edgeless graphs.
 
+    ``tau`` may be ``"pQ"``: the Q-th percentile of this image's patch cosines (:func:`resolve_tau`).
+
     Returns: list of (h, w) bool arrays, disjoint, non-empty, in the order found (possibly fewer
     than ``n_segments``, possibly none).
     """
@@ -209,6 +251,7 @@ def ncut_segments(
     grid = _as_feature_grid(feats)
     h, w, d = grid.shape
     flat = grid.reshape(h * w, d)
+    tau = resolve_tau(flat, tau)
     adj = flat @ flat.T  # (N, N) float32 cosine similarities, turned in place into 0/1 affinity
     np.greater(adj, np.float32(tau), out=adj, casting="unsafe")
 
@@ -299,7 +342,7 @@ def attention_fg_bg(
     attention: np.ndarray,
     *,
     n_segments: int = 3,
-    tau: float = 0.2,
+    tau: float | str = 0.2,
     fg_threshold: float = 0.5,
     bg_threshold: float = 0.2,
     erode: int = 1,
@@ -344,7 +387,7 @@ def attention_fg_bg(
     att_grid = resize_area(att, (h, w))
     params: dict[str, Any] = {
         "n_segments": int(n_segments),
-        "tau": float(tau),
+        "tau": parse_tau(tau),
         "eps": float(eps),
         "fg_threshold": float(fg_threshold),
         "bg_threshold": float(bg_threshold),

@@ -21,22 +21,39 @@ import numpy as np
 import PIL.Image
 from scipy import ndimage
 
-from protodb.pipeline.masks import MAX_IOU, MIN_AREA, RULES, attention_fg_bg, ncut_segments, resize_area
+from protodb.pipeline.masks import MAX_IOU, MIN_AREA, RULES, attention_fg_bg, ncut_segments, parse_tau, resize_area
 
 MIN_OBJECT_AREA = 0.03  # an object segment covers at least 3% of the image
 #: The built-in normalised cut's parameters (recorded with every mask and in the build config).
 NCUT_PARAMS = {"n_segments": 3, "tau": 0.2, "rules": RULES, "max_iou": MAX_IOU, "min_area": MIN_AREA}
 
 
+def ncut_params(tau: float | str | None = None) -> dict:
+    """The normalised cut's parameters with ``--mask-tau`` (None: MaskCut's 0.2), as recorded in the build
+    config (so another rule is another config hash)."""
+    return {**NCUT_PARAMS, "tau": parse_tau(tau)}
+
+
 def to_grid(mask: np.ndarray, grid: tuple[int, int], min_fraction: float, *, keep_some: bool = False) -> np.ndarray:
     """Pixel mask (H, W) bool -> patch-grid mask (h, w) bool: a patch is in when at least
     ``min_fraction`` of its pixels are. ``keep_some``: a non-empty mask never comes out empty — the
     patches it covers most are kept (a thin object narrower than a patch still gives features)."""
+    return grid_coverage(mask, grid, min_fraction, keep_some=keep_some)[0]
+
+
+def grid_coverage(mask: np.ndarray, grid: tuple[int, int], min_fraction: float, *, keep_some: bool = False
+                  ) -> tuple[np.ndarray, float | None]:
+    """:func:`to_grid` and, when ``keep_some`` had to step in (no patch reaches ``min_fraction``), the
+    coverage of the patches kept instead (their share of class pixels, < ``min_fraction``); else None.
+
+    A mask with any pixel always covers part of some patch (the bins tile the image), so with
+    ``keep_some`` a non-empty pixel mask gives at least one patch however thin or small it is."""
     frac = resize_area(np.asarray(mask, dtype=np.float32), grid)
     out = frac >= np.float32(min_fraction) - 1e-6
     if keep_some and not out.any() and frac.max() > 0:
-        out = frac >= frac.max() - 1e-6
-    return out
+        top = float(frac.max())
+        return frac >= np.float32(top) - 1e-6, round(top, 4)
+    return out, None
 
 
 def upsample(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -83,10 +100,12 @@ class GridMasks:
 
 def masks_for(feats, grid: tuple[int, int], *, image: PIL.Image.Image, attention: np.ndarray | None,
               given: np.ndarray | None, given_background: np.ndarray | None, min_fraction: float,
-              exemplar_background: bool, plugin=None) -> GridMasks:
-    """Foreground and background of one support image on ``grid`` (its features ``feats`` (h, w, D))."""
+              exemplar_background: bool, plugin=None, tau: float | str = 0.2) -> GridMasks:
+    """Foreground and background of one support image on ``grid`` (its features ``feats`` (h, w, D)).
+    ``tau``: the normalised cut's affinity threshold (a cosine, or ``"pQ"``: a percentile of the image's
+    patch cosines; :func:`protodb.pipeline.masks.parse_tau`)."""
     if given is not None:
-        fg = to_grid(given, grid, min_fraction, keep_some=True)
+        fg, fallback = grid_coverage(given, grid, min_fraction, keep_some=True)
         if not exemplar_background:
             bg_pix, source = np.zeros_like(given), "none (--no-exemplar-background)"
         elif given_background is not None:
@@ -94,16 +113,18 @@ def masks_for(feats, grid: tuple[int, int], *, image: PIL.Image.Image, attention
         else:
             bg_pix, source = ~given, "rest of the image"
         bg = to_grid(bg_pix, grid, 1.0) & ~fg  # patches with no class pixel
-        return GridMasks(fg, bg, "given", {"min_fraction": min_fraction, "background": source, "grid": list(grid)},
-                         fg_pixels=given, bg_pixels=bg_pix)
+        params = {"min_fraction": min_fraction, "background": source, "grid": list(grid)}
+        if fallback is not None:  # smaller or thinner than any patch: its best-covered patches
+            params["thin_fallback"] = {"coverage": fallback, "patches": int(fg.sum())}
+        return GridMasks(fg, bg, "given", params, fg_pixels=given, bg_pixels=bg_pix)
     if attention is not None:
         proposals = plugin.segment(image, grid) if plugin is not None else None
-        res = attention_fg_bg(feats, attention, segments=proposals)
+        res = attention_fg_bg(feats, attention, segments=proposals, tau=tau)
         method, params = res.method, res.params
         if plugin is not None:
             method, params = f"{plugin.name}+attention", {**params, plugin.name: plugin.params()}
         return GridMasks(res.fg, res.bg, method, params)
-    proposals = plugin.segment(image, grid) if plugin is not None else ncut_segments(feats)
+    proposals = plugin.segment(image, grid) if plugin is not None else ncut_segments(feats, tau=tau)
     fg = object_segment(proposals, grid)
     if exemplar_background and fg.any():
         bg = ~ndimage.binary_dilation(fg, iterations=1)
@@ -112,7 +133,7 @@ def masks_for(feats, grid: tuple[int, int], *, image: PIL.Image.Image, attention
     name = plugin.name if plugin is not None else "ncut"
     params = {"dilate": 1, "min_area": MIN_OBJECT_AREA, "grid": list(grid),
               "background": "rest of the image" if exemplar_background else "none (--no-exemplar-background)"}
-    params.update({plugin.name: plugin.params()} if plugin is not None else NCUT_PARAMS)
+    params.update({plugin.name: plugin.params()} if plugin is not None else {**NCUT_PARAMS, "tau": parse_tau(tau)})
     return GridMasks(fg, bg, f"{name}+border", params)
 
 

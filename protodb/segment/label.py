@@ -61,7 +61,7 @@ class SegmentResult:
 
 def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, MatchTable]], *,
                   windows=None, pamr: bool = False, pamr_iterations: int = 10,
-                  runner_up: bool = True) -> SegmentResult:
+                  runner_up: bool = True, bg_margin: float = 0.0) -> SegmentResult:
     """Segment ``image``: (3, H, W) float32 RGB in [0, 1] with one or more (extractor, table) pairs.
 
     For each extractor, sliding-window score maps (:func:`protodb.segment.windows.window_scores`) at the
@@ -70,6 +70,9 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
     each column present, the patch (over all extractors and windows) whose centre pixel carries that label
     and whose score for the column is highest, with the prototype reaching that score. ``runner_up``: also
     the best other column per pixel (``second``, ``second_labels``; one more max over the score maps).
+    ``bg_margin``: subtracted from the background column's scores (every extractor's, before the ensemble,
+    PAMR and the argmax; ``scores`` and ``best`` carry it): in clutter the background column, the union of
+    every class's background prototypes, outnumbers each class's own and wins by its count.
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise InvalidInput(f"image must be (3, H, W) RGB in [0, 1]; got {tuple(image.shape)}")
@@ -86,7 +89,10 @@ def segment_image(image: torch.Tensor, extractors: Sequence[tuple[Callable, Matc
         per_scale, patches = [], []
         for scale_spec in spec.at_scales():
             grid, kept = window_grid_scores(image, extract, table, scale_spec, keep_patches=True)
-            per_scale.append(grid.float().to(first.vectors.device))
+            grid = grid.float().to(first.vectors.device)
+            if bg_margin and table.background:
+                grid[-1] -= float(bg_margin)
+            per_scale.append(grid)
             patches += kept
         grids.append(per_scale)
         passes.append(patches)

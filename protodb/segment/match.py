@@ -82,6 +82,7 @@ class MatchTable:
     stuff: list[bool] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)
     source: list[tuple[int, str, int]] = field(default_factory=list)
+    vote: int = 1  # a column's score: the mean of its `vote` best cosines (1: the max; :func:`score_patches`)
     _blocks: _Blocks | None = field(default=None, repr=False)
 
     @property
@@ -226,9 +227,15 @@ def score_patches(feats: torch.Tensor, table: MatchTable, chunk: int | None = No
     Prototypes are processed ``chunk`` rows at a time (default: about 32M similarities per matmul), one
     matmul per chunk followed by a max over fixed-length blocks of same-column rows, so memory stays
     bounded with any number of prototypes. Ties go to the lowest row.
+
+    kNN voting (``table.vote = k > 1``): a column's score is the mean of its k best cosines (all of them
+    when it has fewer), ``best`` still the row of the best one: a column wins by several prototypes that
+    agree, not by one stray prototype among many (the background's union of every class's background).
     """
     if feats.ndim != 3 or feats.shape[-1] != table.vectors.shape[1]:
         raise InvalidInput(f"features must be (h, w, {table.vectors.shape[1]}); got {tuple(feats.shape)}")
+    if int(getattr(table, "vote", 1)) > 1:
+        return _score_vote(feats, table, int(table.vote), chunk)
     blocks = table._blocks or _make_blocks(table)
     table._blocks = blocks
     h, w, _ = feats.shape
@@ -264,3 +271,28 @@ def score_patches(feats: torch.Tensor, table: MatchTable, chunk: int | None = No
         best[:, c0:c1] = torch.where(better, cvals, cur)
         arg[:, c0:c1] = torch.where(better, crows, arg[:, c0:c1])
     return (best.T.reshape(cols, h, w).contiguous(), arg.T.reshape(cols, h, w).contiguous())
+
+
+@torch.no_grad()
+def _score_vote(feats: torch.Tensor, table: MatchTable, k: int, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`score_patches` with kNN voting: per column the mean of its ``k`` highest cosines (rows are
+    owner-sorted, so each column is one contiguous slice), and the row of the highest. Patches go
+    ``chunk`` rows at a time (default: about 32M similarities per matmul)."""
+    h, w, _ = feats.shape
+    hw, cols = h * w, table.num_columns
+    dev = table.vectors.device
+    x = feats.reshape(hw, -1).to(device=dev, dtype=table.vectors.dtype)
+    counts = torch.bincount(table.owner.cpu(), minlength=cols).tolist()
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    best = torch.full((hw, cols), EMPTY_SCORE, dtype=torch.float32, device=dev)
+    arg = torch.full((hw, cols), -1, dtype=torch.int64, device=dev)
+    step = max(1, (chunk or _CHUNK_ELEMENTS) // max(1, table.vectors.shape[0]))
+    for r0 in range(0, hw, step):
+        sims = (x[r0:r0 + step] @ table.vectors.T).float()  # (n, N)
+        for c, (s0, n) in enumerate(zip(starts, counts)):
+            if n == 0:
+                continue
+            top, pos = sims[:, s0:s0 + n].topk(min(k, n), dim=1)  # sorted: pos[:, 0] is the best row
+            best[r0:r0 + step, c] = top.mean(dim=1)
+            arg[r0:r0 + step, c] = pos[:, 0] + s0
+    return best.T.reshape(cols, h, w).contiguous(), arg.T.reshape(cols, h, w).contiguous()

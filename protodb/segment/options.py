@@ -38,6 +38,8 @@ class SegmentOptions:
     preset: str | None = None  # a preset's pre-filter model (``paper``: CLIP ViT-B/16) unless clip_model
     runner_up: bool = False  # also the best other column per pixel (confidence; protodb serve turns it on)
     speed: str | None = None  # a speed preset (protodb.speed): its windows, and its dtype where dtype is auto
+    bg_margin: float = 0.0  # subtracted from the background column's score before the argmax (clutter)
+    vote: int = 1  # a column's score: the mean of its `vote` best prototype cosines (1: the single max)
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)
@@ -84,6 +86,10 @@ def check_options(opts: SegmentOptions) -> tuple[str, ...]:
         raise InvalidInput("give either --vocab NAME or --classes 'cat,dog,boat@3'")
     if not math.isfinite(opts.stuff_threshold) or not -1.0 <= opts.stuff_threshold <= 1.0:
         raise InvalidInput(f"the stuff threshold is a cosine in [-1, 1], got {opts.stuff_threshold}")
+    if not math.isfinite(opts.bg_margin) or not -2.0 <= opts.bg_margin <= 2.0:
+        raise InvalidInput(f"--bg-margin is a cosine difference in [-2, 2], got {opts.bg_margin}")
+    if isinstance(opts.vote, bool) or not isinstance(opts.vote, int) or not 1 <= opts.vote <= 64:
+        raise InvalidInput(f"--vote takes 1 to 64 prototypes per class, got {opts.vote}")
     if opts.prefilter and not clip_model_from(opts):
         raise InvalidInput(f"the CLIP pre-filter needs a model: --clip-model PATH_OR_ID or {CLIP_ENV}")
     return levels
@@ -104,6 +110,8 @@ class SegmentSettings:
     windows: WindowSpec
     explain: bool
     speed: str | None = None
+    bg_margin: float = 0.0
+    vote: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         w = self.windows
@@ -112,4 +120,5 @@ class SegmentSettings:
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
                             "scales": list(w.scales), "subpatch": w.subpatch},
-                "explain": self.explain, **({"speed": self.speed} if self.speed else {})}
+                "explain": self.explain, "bg_margin": self.bg_margin, "vote": self.vote,
+                **({"speed": self.speed} if self.speed else {})}

@@ -8,8 +8,10 @@ The rule (:func:`choose_classes`, applied by :meth:`ClipPrefilter.select`):
    gets one prompt ``"a {name}"``; p = softmax over the N_thing raw cosine similarities (no logit scale).
 3. Thing classes with p >= 1/N_thing survive. If none do, the ``max_keep`` (10) most probable are taken
    instead; if more than ``max_keep`` do, the ``max_keep`` most probable of them (ties: vocabulary order).
-4. Every non-empty subset of the survivors (at most 2^max_keep - 1) gets one prompt joining its classes,
-   in vocabulary order, with ``" and "`` (``"a cat and a dog and a bird"``); the subset whose text
+4. Every non-empty subset of the survivors (at most 2^max_keep - 1) gets one prompt joining its classes
+   with ``" and "`` (``"a cat and a dog and a bird"``): in vocabulary order, or, when more than
+   ``max_keep`` survived and the ``max_keep`` most probable were taken, in probability order (most probable
+   first, as the authors' code joins its top-k); the subset whose text
    embedding has the highest cosine with the image embedding wins (ties: the smaller subset, then the
    earlier one in :func:`itertools.combinations` order).
 5. Kept: the winning subset plus every stuff class.
@@ -48,7 +50,8 @@ def choose_classes(image_emb: torch.Tensor, thing_embs: torch.Tensor, stuff: Seq
     image_emb: (E,) image embedding. thing_embs: (N_thing, E) text embeddings of the thing classes'
     prompts, row k for the k-th False entry of ``stuff`` (stuff classes have no row). stuff: (N,) bools,
     one per vocabulary class. subset_embs: called once with the list of candidate subsets (tuples of
-    vocabulary indices, increasing), returns their (S, E) text embeddings in that order. Embeddings need
+    vocabulary indices: increasing, or most probable first when more than ``max_keep`` survived), returns
+    their (S, E) text embeddings in that order. Embeddings need
     not be normalised (cosines are taken). threshold: survival probability, default 1/N_thing (the
     softmax's mean, so with it at least one class survives except through rounding).
     Returns the kept vocabulary indices, sorted.
@@ -68,10 +71,11 @@ def choose_classes(image_emb: torch.Tensor, thing_embs: torch.Tensor, stuff: Seq
     by_prob = sorted(range(len(things)), key=lambda k: -probs[k])  # stable: vocabulary order on ties
     survivors = [k for k in range(len(things)) if probs[k] >= cut]
     if not survivors:
-        survivors = by_prob[:max_keep]
-    elif len(survivors) > max_keep:
-        survivors = [k for k in by_prob if probs[k] >= cut][:max_keep]
-    pool = sorted(things[k] for k in survivors)
+        pool = sorted(things[k] for k in by_prob[:max_keep])
+    elif len(survivors) > max_keep:  # the top-k, joined in probability order
+        pool = [things[k] for k in by_prob if probs[k] >= cut][:max_keep]
+    else:
+        pool = sorted(things[k] for k in survivors)
     subsets = [c for r in range(1, len(pool) + 1) for c in combinations(pool, r)]
     embs = F.normalize(subset_embs(subsets).double(), dim=-1)
     if embs.shape[0] != len(subsets):

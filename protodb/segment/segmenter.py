@@ -68,7 +68,7 @@ class VocabularySegmenter:
                                         prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
                                         stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain,
-                                        speed=opts.speed)
+                                        speed=opts.speed, bg_margin=float(opts.bg_margin), vote=int(opts.vote))
 
         #: whether :meth:`segment_many` batches extractor calls across images (on CUDA; the CPU path
         #: segments one image at a time)
@@ -85,7 +85,7 @@ class VocabularySegmenter:
         t0 = time.perf_counter()
         keep = self.keep(image)
         res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr,
-                            runner_up=self.opts.runner_up)
+                            runner_up=self.opts.runner_up, bg_margin=self.opts.bg_margin)
         return self.finish(res, keep, image, name, time.perf_counter() - t0)
 
     def segment_many(self, images: Sequence[PIL.Image.Image], names: Sequence[str]) -> list[ImageResult]:
@@ -103,7 +103,8 @@ class VocabularySegmenter:
         for k, t in enumerate(tensors):
             pairs = [(batched.Replay(self.extractors[e], feats[e][k]), table)
                      for e, (_ext, table) in zip(self.vocab.extractors, self.pairs(keeps[k]))]
-            res = segment_image(t, pairs, windows=spec, pamr=self.opts.pamr, runner_up=self.opts.runner_up)
+            res = segment_image(t, pairs, windows=spec, pamr=self.opts.pamr, runner_up=self.opts.runner_up,
+                                bg_margin=self.opts.bg_margin)
             out.append(self.finish(res, keeps[k], images[k], names[k], (time.perf_counter() - t0) / len(images)))
         return out
 
@@ -115,7 +116,10 @@ class VocabularySegmenter:
 
     def pairs(self, keep: list[int] | None) -> list[tuple[Any, Any]]:
         """(loaded extractor, match table of the ``keep`` columns) per extractor of the vocabulary."""
-        return [(self.extractors[e], self.vocab.table_for(e, keep)) for e in self.vocab.extractors]
+        tables = [self.vocab.table_for(e, keep) for e in self.vocab.extractors]
+        for t in tables:
+            t.vote = int(self.opts.vote)
+        return list(zip((self.extractors[e] for e in self.vocab.extractors), tables))
 
     def finish(self, res: SegmentResult, keep: list[int] | None, image: PIL.Image.Image, name: str,
                seconds: float) -> ImageResult:
