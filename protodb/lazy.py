@@ -56,6 +56,7 @@ DEFERRED: dict[str, dict[str, str]] = {
                        "protodb.catalog.schema": "sqlalchemy"},
     "protodb_cli.serve": {"protodb.serve.server": "fastapi"},
     "protodb.speed": {"protodb.device": "torch"},
+    "protodb.pipeline.config": {"protodb.pipeline.masks": "torch"},
 }
 
 
