@@ -84,6 +84,7 @@ def teach(
 
     Example: protodb teach boat photo.jpg --mask boat-mask.png --author ana
     Example: protodb teach boat street.png --label-map fixed.png --value 3=boat --value 5=water --store-only
+
     Without IMAGE: only the rebuild, from the stored corrections (it also resumes a rebuild that was killed).
 
     Example: protodb teach boat
