@@ -84,7 +84,10 @@ def teach(
 
     Example: protodb teach boat photo.jpg --mask boat-mask.png --author ana
     Example: protodb teach boat street.png --label-map fixed.png --value 3=boat --value 5=water --store-only
-    Example: protodb teach boat          # rebuild from the stored corrections only (resumes a killed rebuild)
+
+    Without IMAGE: only the rebuild, from the stored corrections (it also resumes a rebuild that was killed).
+
+    Example: protodb teach boat
     """
     values = parse_values(value)
     if label_map is not None and not values:
