@@ -28,7 +28,13 @@ from protodb.entities import BuildPlan, SegmentPlan
 from protodb.errors import InvalidInput
 from protodb.features.windows import WindowSpec
 from protodb.runners import DEFAULT_SHARD_SIZE, RayOptions
-from protodb.segment.options import SegmentOptions, parse_levels, parse_scales
+from protodb.segment.options import (
+    DEFAULT_SHORTLIST,
+    TWO_STAGE_MIN_CLASSES,
+    SegmentOptions,
+    parse_levels,
+    parse_scales,
+)
 from protodb_cli.app import OptionGroup
 from protodb_cli.output import say
 
@@ -119,11 +125,20 @@ BUILD_RUN = OptionGroup({
 }, _build_run)
 
 
+ExhaustiveOpt = Annotated[bool, typer.Option(
+    "--exhaustive", help="Score every class of the vocabulary (no shortlist), whatever its size.")]
+ShortlistOpt = Annotated[Optional[int], typer.Option(
+    "--shortlist", metavar="N", help="Two-stage matching: per image, score only the N classes a summary index "
+    f"shortlists (default: on with {DEFAULT_SHORTLIST} from {TWO_STAGE_MIN_CLASSES} classes; build the index: "
+    "protodb index build VOCAB).", show_default=False)]
+
+
 def _segmenting(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, scales, subpatch,
-                device, dtype) -> SegmentOptions:
+                device, dtype, exhaustive, shortlist) -> SegmentOptions:
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
-                          dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check())
+                          dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check(),
+                          exhaustive=exhaustive, shortlist=shortlist)
 
 
 SEGMENTING = OptionGroup({
@@ -131,7 +146,7 @@ SEGMENTING = OptionGroup({
     "levels": (LevelsOpt, "class,instance,part"), "background": (BackgroundOpt, None),
     "prefilter": (PrefilterOpt, None), "clip_model": (ClipOpt, None), "pamr": (PamrOpt, False),
     "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "device": (DeviceOpt, "auto"),
-    "dtype": (DtypeOpt, "auto"),
+    "dtype": (DtypeOpt, "auto"), "exhaustive": (ExhaustiveOpt, False), "shortlist": (ShortlistOpt, None),
 }, _segmenting)
 
 

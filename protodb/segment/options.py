@@ -13,6 +13,11 @@ from protodb.errors import InvalidInput
 from protodb.features.windows import WindowSpec
 
 LEVELS = ("class", "instance", "part")
+#: Vocabularies of this many classes or more are matched in two stages by default
+#: (:mod:`protodb.segment.shortlist`); below, every class is scored.
+TWO_STAGE_MIN_CLASSES = 2000
+#: Classes shortlisted per image by default.
+DEFAULT_SHORTLIST = 128
 CLIP_ENV = "PROTODB_CLIP_MODEL"
 
 
@@ -36,6 +41,8 @@ class SegmentOptions:
     skip_missing: bool = False  # segment with the usable classes when some have no prototypes
     preset: str | None = None  # a preset's pre-filter model (``paper``: CLIP ViT-B/16) unless clip_model
     runner_up: bool = False  # also the best other column per pixel (confidence; protodb serve turns it on)
+    exhaustive: bool = False  # score every class (no shortlist) whatever the vocabulary's size
+    shortlist: int | None = None  # two-stage matching with this many classes per image (None: by size)
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)
@@ -72,6 +79,10 @@ def check_options(opts: SegmentOptions) -> tuple[str, ...]:
         raise InvalidInput("give either --vocab NAME or --classes 'cat,dog,boat@3'")
     if not math.isfinite(opts.stuff_threshold) or not -1.0 <= opts.stuff_threshold <= 1.0:
         raise InvalidInput(f"the stuff threshold is a cosine in [-1, 1], got {opts.stuff_threshold}")
+    if opts.exhaustive and opts.shortlist is not None:
+        raise InvalidInput("give --exhaustive or --shortlist N, not both")
+    if opts.shortlist is not None and opts.shortlist < 1:
+        raise InvalidInput(f"--shortlist takes a number of classes >= 1; got {opts.shortlist}")
     if opts.prefilter and not clip_model_from(opts):
         raise InvalidInput(f"the CLIP pre-filter needs a model: --clip-model PATH_OR_ID or {CLIP_ENV}")
     return levels
@@ -91,6 +102,9 @@ class SegmentSettings:
     stuff_threshold: float
     windows: WindowSpec
     explain: bool
+    #: how classes were matched: {"mode": "exhaustive"} or {"mode": "two-stage", "shortlist": N, "queries": K,
+    #: "stage1": exact|flat|ivf_pq, "index_state", "index_table", "index_params", "extractor"}
+    matching: dict[str, Any] = field(default_factory=lambda: {"mode": "exhaustive"})
 
     def to_dict(self) -> dict[str, Any]:
         w = self.windows
@@ -99,4 +113,4 @@ class SegmentSettings:
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
                             "scales": list(w.scales), "subpatch": w.subpatch},
-                "explain": self.explain}
+                "explain": self.explain, "matching": dict(self.matching)}
