@@ -201,7 +201,7 @@ def test_index_cli_and_a_killed_build_leaves_the_previous_index(tmp_path):
     seg.segment(_image())
     db.close()
     r = cli("index", "drop", "big", "--db", home)
-    assert "dropped" in r.stdout
+    assert "dropped" in r.stderr
     assert protodb.open(home).indexes.tables.names() == []  # orphans go too
     r = cli("index", "drop", "big", "--db", home, ok=False)
     assert r.exit_code != 0 and "no index" in r.stderr

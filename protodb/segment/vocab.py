@@ -98,6 +98,9 @@ class LoadedVocabulary:
         if (keep is None or len(keep) == len(self.names)) and extractor in self.tables:
             return self.tables[extractor]
         cols = range(len(self.names)) if keep is None else keep
+        missing = [self.sets[extractor][i] for i in cols if (extractor, i) not in self._cache]
+        if len(missing) > 1:  # one scan of the vector table for all of them, not one per class
+            self.reader.prefetch(missing)
         return build_match_table([self.class_prototypes(extractor, i) for i in cols], background=self.background,
                                  stuff_filter_threshold=self.stuff_threshold, device=self.device, dtype=self.dtype)
 
