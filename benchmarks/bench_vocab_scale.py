@@ -66,8 +66,8 @@ def _photos(camvid: Path | None, split: str, n: int, extra: list[str]):
     for name in extra:
         try:
             out.append(PIL.Image.open(skimage_photo(name)).convert("RGB").resize((480, 360)))
-        except Exception:  # noqa: BLE001 - scikit-image absent: CamVid alone
-            pass
+        except Exception as err:  # noqa: BLE001 - scikit-image absent: CamVid alone
+            print(f"no scikit-image photo {name}: {err}", file=sys.stderr)
     if not out:
         raise SystemExit("no photos: give --camvid or install scikit-image")
     return out
@@ -279,7 +279,8 @@ def main() -> None:
         row["load_s"] = row["two-stage"]["load_s"]
         row["rss_gb"] = row["two-stage"]["rss_gb"]
         rows.append(row)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     out = {"extractor": args.extractor, "device": "cpu", "dtype": "float32", "cpu": cpu,
            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "short_side": args.short_side, "shortlist": args.shortlist, "rows_per_class": 2 * (1 + INSTANCES + PARTS),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-
-from protodb.entities import IndexStatus
 from protodb_cli.app import WRITE, Ctx, command
 from protodb_cli.output import say, table
+
+from protodb.entities import IndexStatus
 
 index_app = typer.Typer(help="Summary indexes of large vocabularies (the first stage of two-stage matching).",
                         no_args_is_help=True)

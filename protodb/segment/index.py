@@ -201,10 +201,10 @@ class VocabIndexes:
 
     # ------------------------------------------------------------------ status
     def _status(self, rec: dict[str, Any], current: Sequence[PrototypeSet] | None) -> IndexStatus:
-        base = dict(vocabulary=rec.get("vocabulary", "?"), extractor=rec.get("extractor", "?"), kind=rec.get("kind"),
-                    params=dict(rec.get("params") or {}), classes=int(rec.get("classes") or 0),
-                    rows=int(rec.get("rows") or 0), table=rec.get("table"), built_at=rec.get("built_at"),
-                    build_seconds=rec.get("build_seconds"))
+        base = {"vocabulary": rec.get("vocabulary", "?"), "extractor": rec.get("extractor", "?"),
+                "kind": rec.get("kind"), "params": dict(rec.get("params") or {}),
+                "classes": int(rec.get("classes") or 0), "rows": int(rec.get("rows") or 0), "table": rec.get("table"),
+                "built_at": rec.get("built_at"), "build_seconds": rec.get("build_seconds")}
         if not rec.get("table") or not self.tables.exists(rec["table"]):
             return IndexStatus(state="missing", **base)
         if current is None or coverage_key(current) != rec.get("coverage"):

@@ -43,7 +43,8 @@ from protodb.errors import DamagedData, InvalidInput, NotFound
 from protodb.lazy import lazy_import
 from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
 from protodb.services.overview import OverviewService
-from protodb.storage.vectors import VectorCache, table_name
+from protodb.services.labels import ensure_classes
+from protodb.storage.vectors import PrototypeRows, VectorCache, table_name
 from protodb.stores import Stores
 
 np = lazy_import("numpy")
@@ -203,8 +204,6 @@ class SetService:
         ONE append to the vector table, one transaction giving every set its next version and marking it
         ready. For many sets at once (synthetic vocabularies, imports of thousands of classes): 20,000 sets
         take seconds instead of 20,000 commits and table versions. Each set keeps its own checksum."""
-        from protodb.services.labels import ensure_classes  # labels sits beside sets; import where used
-
         if not items:
             return []
         table = table_name(extractor.id)
@@ -231,8 +230,6 @@ class SetService:
             return [r.id for r in out]
 
         set_ids = self.sessions.transact(pending, what=f"pending sets of {len(items)} classes")
-        from protodb.storage.vectors import PrototypeRows  # the rows' own module
-
         with self.stores.vector_lock(table):
             merged = PrototypeRows(
                 vectors=np.concatenate([rows.vectors for _, rows in items]),
