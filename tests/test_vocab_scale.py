@@ -26,7 +26,7 @@ from tests.conftest import child_env, clean_env, cli
 from tests.serve_helpers import scene
 
 SPEC = WindowSpec(short_side=64, sizes=(64,), stride=32, whole=True)
-DISTRACTORS = 300
+DISTRACTORS = 150
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -130,8 +130,8 @@ def test_size_picks_the_path_and_options_are_checked(bigdb):
     db = protodb.open(bigdb, create=False)
     from protodb.errors import InvalidInput
 
-    assert db.segmenter(_opts()).stage1 is None  # 302 classes: below the two-stage size
-    assert db.segmenter(_opts(shortlist=400)).stage1 is None  # a shortlist of all classes is exhaustive
+    assert db.segmenter(_opts()).stage1 is None  # 152 classes: below the two-stage size
+    assert db.segmenter(_opts(shortlist=152)).stage1 is None  # a shortlist of all classes is exhaustive
     with pytest.raises(InvalidInput, match="not both"):
         db.segmenter(_opts(shortlist=5, exhaustive=True))
     with pytest.raises(InvalidInput, match="shortlist"):
