@@ -223,3 +223,22 @@ def test_segment_cli_records_the_shortlist(bigdb, tmp_path):
     assert r.exit_code != 0 and "not both" in r.stderr
     assert os.environ.get("PROTODB_HOME") is None
     time.sleep(0)
+
+
+def test_ivf_pq_index_searched_through_lancedb(bigdb):
+    """An IVF-PQ index over the summary: stage 1 goes through LanceDB's ANN search and still shortlists
+    the two real classes of the scene; the settings carry the index's parameters."""
+    db = protodb.open(bigdb)
+    try:
+        (st,) = db.indexes.build("big", kind="ivf_pq")
+        assert (st.kind, st.state, st.rows) == ("ivf_pq", "fresh", 152 * 3)
+        assert st.params["num_partitions"] == int(np.sqrt(152 * 3)) and st.params["num_sub_vectors"] == 4
+        seg = db.segmenter(_opts(shortlist=16))
+        m = seg.stage1.describe()
+        assert (m["stage1"], m["index_state"], m["index_params"]["nprobes"]) == ("ivf_pq", "fresh", 32)
+        res = seg.segment(_image())
+        assert {"red box", "blue stripes"} <= set(res.kept) and len(res.kept) == 16
+        assert res.settings["matching"]["index_table"] == st.table
+    finally:
+        db.indexes.drop("big")
+        db.close()
