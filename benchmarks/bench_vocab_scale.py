@@ -279,6 +279,7 @@ def main() -> None:
         row["load_s"] = row["two-stage"]["load_s"]
         row["rss_gb"] = row["two-stage"]["rss_gb"]
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # each size as it finishes (long runs)
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     out = {"extractor": args.extractor, "device": "cpu", "dtype": "float32", "cpu": cpu,
