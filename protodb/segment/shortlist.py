@@ -82,7 +82,7 @@ class ExactSearch:
 
     def __init__(self, vectors: np.ndarray | torch.Tensor, owner: np.ndarray | torch.Tensor, num_classes: int,
                  info: dict[str, Any]):
-        self.vectors = torch.as_tensor(np.ascontiguousarray(vectors), dtype=torch.float32)
+        self.vectors = torch.from_numpy(np.array(vectors, dtype=np.float32))  # a writable copy
         self.owner = torch.as_tensor(np.asarray(owner), dtype=torch.int64)
         self.num_classes = num_classes
         self.info = info
