@@ -307,7 +307,8 @@ class SetService:
             for i in range(0, len(names), 500):
                 classes.update({c.name: c for c in s.scalars(select(ClassRow).where(ClassRow.name.in_(names[i:i + 500])))})
             newest: dict[str, dict[str, PrototypeSetRow]] = {}  # class id -> extractor name -> newest ready set
-            ids = [c.id for n, c in classes.items() if any(not p.pinned and p.name == n for p in parsed.values())]
+            unpinned = {p.name for p in parsed.values() if not p.pinned}
+            ids = [c.id for n, c in classes.items() if n in unpinned]
             for i in range(0, len(ids), 500):
                 q = (select(PrototypeSetRow, ExtractorRow.name)
                      .join(ExtractorRow, ExtractorRow.id == PrototypeSetRow.extractor_id)
