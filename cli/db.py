@@ -50,6 +50,10 @@ def _verify(r: VerifyReport) -> None:
         f"{len(r.damage)} problems" + ("" if r.damage else " (ok)"))
     for d in r.damage:
         say(f"damaged {d.what} {d.name or d.id}: {d.problem}")
+    for i in r.indexes:
+        if i.state == "stale":
+            say(f"index of {i.vocabulary} ({i.extractor}) is stale: its classes' sets changed since it was built; "
+                f"rebuild: protodb index build {i.vocabulary}")
 
 
 @command(top, "verify")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from protodb._version import __version__
-from protodb_cli import build, classes, db, demo, extractor, segment, serve, share, teach, vocab
+from protodb_cli import build, classes, db, demo, extractor, index, segment, serve, share, teach, vocab
 from protodb_cli.app import CatalogOpt, DbOpt, VerboseOpt, register
 from protodb_cli.output import EXIT_CODES_HELP
 
@@ -40,7 +40,8 @@ def _root(
 
 register(app, db.top, build.top, classes.top, segment.top, teach.top, share.top, demo.top, serve.top,
          subgroups={"db": db.db_app, "vocab": vocab.vocab_app, "remote": share.remote_app,
-                    "extractor": extractor.extractor_app, "corrections": teach.corrections_app})
+                    "extractor": extractor.extractor_app, "corrections": teach.corrections_app,
+                    "index": index.index_app})
 
 
 def main() -> None:

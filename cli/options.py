@@ -29,7 +29,13 @@ from protodb.errors import InvalidInput
 from protodb.features.windows import WindowSpec
 from protodb.speed import speed_preset
 from protodb.runners import DEFAULT_SHARD_SIZE, RayOptions
-from protodb.segment.options import SegmentOptions, parse_levels, parse_scales
+from protodb.segment.options import (
+    DEFAULT_SHORTLIST,
+    TWO_STAGE_MIN_CLASSES,
+    SegmentOptions,
+    parse_levels,
+    parse_scales,
+)
 from protodb_cli.app import OptionGroup
 from protodb_cli.output import say
 
@@ -129,14 +135,22 @@ BUILD_RUN = OptionGroup({
 }, _build_run)
 
 
+ExhaustiveOpt = Annotated[bool, typer.Option(
+    "--exhaustive", help="Score every class of the vocabulary (no shortlist), whatever its size.")]
+ShortlistOpt = Annotated[Optional[int], typer.Option(
+    "--shortlist", metavar="N", help="Two-stage matching: per image, score only the N classes a summary index "
+    f"shortlists (default: on with {DEFAULT_SHORTLIST} from {TWO_STAGE_MIN_CLASSES} classes; build the index: "
+    "protodb index build VOCAB).", show_default=False)]
+
+
 def _segmenting(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, scales, subpatch,
-                device, dtype, speed, bg_margin, vote) -> SegmentOptions:
+                device, dtype, speed, bg_margin, vote, exhaustive, shortlist) -> SegmentOptions:
     if speed:
         speed_preset(speed)
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
                           dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check(),
-                          speed=speed, bg_margin=bg_margin, vote=vote)
+                          speed=speed, bg_margin=bg_margin, vote=vote, exhaustive=exhaustive, shortlist=shortlist)
 
 
 SEGMENTING = OptionGroup({
@@ -145,6 +159,7 @@ SEGMENTING = OptionGroup({
     "prefilter": (PrefilterOpt, None), "clip_model": (ClipOpt, None), "pamr": (PamrOpt, False),
     "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "device": (DeviceOpt, "auto"),
     "dtype": (DtypeOpt, "auto"), "speed": (SpeedOpt, None), "bg_margin": (BgMarginOpt, 0.0), "vote": (VoteOpt, 1),
+    "exhaustive": (ExhaustiveOpt, False), "shortlist": (ShortlistOpt, None),
 }, _segmenting)
 
 

@@ -21,6 +21,7 @@ metadata commands, and all of them are listed in :data:`protodb.lazy.DEFERRED`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from protodb.pipeline.build import ClassBuilder
     from protodb.pipeline.config import AddClassRequest
     from protodb.pipeline.vocab_build import BuildExecutor
+    from protodb.segment.index import VocabIndexes
+    from protodb.segment.options import SegmentOptions
     from protodb.segment.segmenter import VocabularySegmenter
     from protodb.services.changes import ChangeService
     from protodb.services.corrections import CorrectionService
@@ -170,7 +173,17 @@ class ProtoDB:
                 from_rows = self.sets.extractor_records(s)
             return check_weights(from_rows, self.home)
 
-        return self.integrity.verify(check_models=models)
+        report = self.integrity.verify(check_models=models)
+        statuses, damage = self.indexes.verify()
+        return dataclasses.replace(report, damage=report.damage + tuple(damage), indexes=tuple(statuses))
+
+    @functools.cached_property
+    def indexes(self) -> "VocabIndexes":
+        """Summary indexes of vocabularies (two-stage matching): build, status, drop
+        (:class:`protodb.segment.index.VocabIndexes`)."""
+        from protodb.segment.index import VocabIndexes  # deferred: numpy, torch
+
+        return VocabIndexes(self.stores, self.sets, self.vocabs)
 
     def registry(self, preset: str | None = None) -> "ModelRegistry":
         from protodb.models.registry import ModelRegistry  # deferred: torch

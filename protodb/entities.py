@@ -278,6 +278,7 @@ class VerifyReport(Entity):
     bad_sets: tuple[dict[str, Any], ...]
     damage: tuple[Damage, ...] = ()
     models_checked: int = 0
+    indexes: tuple[IndexStatus, ...] = ()  # every recorded summary index: fresh, stale or missing
 
     @property
     def ok(self) -> bool:
@@ -285,6 +286,31 @@ class VerifyReport(Entity):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class IndexStatus(Entity):
+    """The summary index of one vocabulary for one extractor (``protodb index build|status|drop``).
+
+    state: ``fresh`` (covers exactly the sets the vocabulary resolves to now), ``stale`` (a class was
+    added, removed or got a new set since it was built: two-stage matching falls back to an exact
+    summary until it is rebuilt), ``missing`` (recorded, but its table is gone) or ``none`` (never built).
+    kind: ``flat`` (summary vectors searched exactly in memory) or ``ivf_pq`` (LanceDB's IVF-PQ index,
+    searched approximately with ``params``' nprobes and refine factor). classes / rows: classes covered
+    and summary vectors (class + instance prototypes) held.
+    """
+
+    vocabulary: str
+    extractor: str
+    state: str
+    kind: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    classes: int = 0
+    rows: int = 0
+    table: str | None = None
+    built_at: str | None = None
+    build_seconds: float | None = None
+    changed: int | None = None  # classes whose set differs from the index's (stale only)
 
 
 # ---------------------------------------------------------------------------------------- building

@@ -42,6 +42,7 @@ DEFERRED: dict[str, dict[str, str]] = {
         "protodb.pipeline.build": "torch",
         "protodb.pipeline.vocab_build": "torch",
         "protodb.segment.segmenter": "torch",
+        "protodb.segment.index": "numpy",
         "protodb.segment.run": "torch",
         "protodb.segment.inputs": "fsspec",
         "protodb.segment.datasets": "numpy",

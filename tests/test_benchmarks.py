@@ -316,6 +316,8 @@ def check_speed(tmp, models, camvid):
         positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
         assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
         assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+
+
 def check_teach(tmp, models, camvid):
     r = run_benchmark("bench_teach", tmp, "--camvid", camvid)
     assert (r["class"], r["extractor"], r["shots"], r["corrections"], r["images"]) == \
@@ -335,6 +337,23 @@ def check_teach(tmp, models, camvid):
     assert full["pixels"] >= r["results"][1]["pixels"]  # only the missed pixels are a part of them
 
 
+def check_vocab_scale(tmp, models, camvid):
+    r = run_benchmark("bench_vocab_scale", tmp, "--camvid", camvid)
+    assert (r["extractor"], r["short_side"], r["shortlist"], r["dtype"]) == ("tiny-vit", 112, 16, "float32")
+    assert [row["classes"] for row in r["results"]] == [40, 80]
+    for row in r["results"]:
+        ex, two = row["exhaustive"], row["two-stage"]
+        assert ex["matching"] == {"mode": "exhaustive"}
+        m = two["matching"]
+        assert (m["mode"], m["shortlist"], m["stage1"], m["index_state"]) == ("two-stage", 16, "flat", "fresh")
+        assert row["index_kind"] == "flat" and row["index_rows"] == row["classes"] * 9  # class + 8 instances
+        assert 0 <= row["agreement"] <= 1 and ex["photos"] == two["photos"] == 2  # 1 val frame + astronaut
+        for run in (ex, two):
+            positive(run["load_s"], run["warm_load_s"], run["rss_gb"], run["segment_s"], run["extractor_s"], run["ratio"])
+            assert run["rss_gb"] <= run["peak_rss_gb"]
+        assert (row["ratio"], row["load_s"], row["rss_gb"]) == (two["ratio"], two["load_s"], two["rss_gb"])
+
+
 CASES = {
     "bench_add_class": check_add_class,
     "bench_camvid": check_camvid,
@@ -346,6 +365,7 @@ CASES = {
     "bench_ray": check_ray,
     "bench_resolution_bound": check_resolution_bound,
     "bench_segment_speed": check_segment_speed,
+    "bench_vocab_scale": check_vocab_scale,
     "bench_serve": check_serve,
     "bench_speed": check_speed,
     "bench_teach": check_teach,

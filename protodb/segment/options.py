@@ -14,6 +14,11 @@ from protodb.features.windows import WindowSpec
 from protodb.speed import speed_preset
 
 LEVELS = ("class", "instance", "part")
+#: Vocabularies of this many classes or more are matched in two stages by default
+#: (:mod:`protodb.segment.shortlist`); below, every class is scored.
+TWO_STAGE_MIN_CLASSES = 2000
+#: Classes shortlisted per image by default.
+DEFAULT_SHORTLIST = 128
 CLIP_ENV = "PROTODB_CLIP_MODEL"
 
 
@@ -40,6 +45,8 @@ class SegmentOptions:
     speed: str | None = None  # a speed preset (protodb.speed): its windows, and its dtype where dtype is auto
     bg_margin: float = 0.0  # subtracted from the background column's score before the argmax (clutter)
     vote: int = 1  # a column's score: the mean of its `vote` best prototype cosines (1: the single max)
+    exhaustive: bool = False  # score every class (no shortlist) whatever the vocabulary's size
+    shortlist: int | None = None  # two-stage matching with this many classes per image (None: by size)
 
     def replace(self, **changes: Any) -> "SegmentOptions":
         return dataclasses.replace(self, **changes)
@@ -90,6 +97,10 @@ def check_options(opts: SegmentOptions) -> tuple[str, ...]:
         raise InvalidInput(f"--bg-margin is a cosine difference in [-2, 2], got {opts.bg_margin}")
     if isinstance(opts.vote, bool) or not isinstance(opts.vote, int) or not 1 <= opts.vote <= 64:
         raise InvalidInput(f"--vote takes 1 to 64 prototypes per class, got {opts.vote}")
+    if opts.exhaustive and opts.shortlist is not None:
+        raise InvalidInput("give --exhaustive or --shortlist N, not both")
+    if opts.shortlist is not None and opts.shortlist < 1:
+        raise InvalidInput(f"--shortlist takes a number of classes >= 1; got {opts.shortlist}")
     if opts.prefilter and not clip_model_from(opts):
         raise InvalidInput(f"the CLIP pre-filter needs a model: --clip-model PATH_OR_ID or {CLIP_ENV}")
     return levels
@@ -112,6 +123,9 @@ class SegmentSettings:
     speed: str | None = None
     bg_margin: float = 0.0
     vote: int = 1
+    #: how classes were matched: {"mode": "exhaustive"} or {"mode": "two-stage", "shortlist": N, "queries": K,
+    #: "stage1": exact|flat|ivf_pq, "index_state", "index_table", "index_params", "extractor"}
+    matching: dict[str, Any] = field(default_factory=lambda: {"mode": "exhaustive"})
 
     def to_dict(self) -> dict[str, Any]:
         w = self.windows
@@ -120,5 +134,5 @@ class SegmentSettings:
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
                             "scales": list(w.scales), "subpatch": w.subpatch},
-                "explain": self.explain, "bg_margin": self.bg_margin, "vote": self.vote,
+                "explain": self.explain, "bg_margin": self.bg_margin, "vote": self.vote, "matching": dict(self.matching),
                 **({"speed": self.speed} if self.speed else {})}

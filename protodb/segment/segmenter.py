@@ -25,11 +25,21 @@ from protodb.models.registry import ModelRegistry
 from protodb.render import region_box
 from protodb.segment import batched
 from protodb.segment.label import SegmentResult, segment_image
-from protodb.segment.options import SegmentOptions, SegmentSettings, check_options, clip_model_from, with_speed
+from protodb.segment.options import (
+    DEFAULT_SHORTLIST,
+    TWO_STAGE_MIN_CLASSES,
+    SegmentOptions,
+    SegmentSettings,
+    check_options,
+    clip_model_from,
+    with_speed,
+)
 from protodb.segment.outputs import support_crop_of
 from protodb.segment.prefilter import ClipPrefilter
 from protodb.segment.result import ImageResult
-from protodb.segment.vocab import LoadedVocabulary, load_vocabulary
+from protodb.segment.index import VocabIndexes, read_summary
+from protodb.segment.shortlist import AnnSearch, ExactSearch, Shortlister
+from protodb.segment.vocab import LoadedVocabulary, ResolvedVocabulary, load_vocabulary, resolve_vocabulary
 from protodb.services.sets import SetService
 from protodb.services.vocabs import VocabService
 from protodb.stores import Stores
@@ -51,10 +61,19 @@ class VocabularySegmenter:
         self.device = choose_device(opts.device)
         opts = self.opts = with_speed(opts, self.device)
         self.dtype = choose_dtype(self.device, opts.dtype)
+        resolved = resolve_vocabulary(sets, vocabs, vocab=opts.vocab, classes=opts.classes,
+                                      extractors=list(opts.extractors), background=opts.background,
+                                      skip_missing=opts.skip_missing)
+        size = opts.shortlist or DEFAULT_SHORTLIST
+        two_stage = not opts.exhaustive and (opts.shortlist is not None or len(resolved.refs) >= TWO_STAGE_MIN_CLASSES)
+        two_stage = two_stage and size < len(resolved.refs)  # a shortlist of every class is the exhaustive path
         self.vocab: LoadedVocabulary = load_vocabulary(
             sets, vocabs, vocab=opts.vocab, classes=opts.classes, extractors=list(opts.extractors), levels=levels,
             background=opts.background, stuff_threshold=opts.stuff_threshold, skip_missing=opts.skip_missing,
-            device=self.device, dtype=compute_dtype(self.dtype))
+            device=self.device, dtype=compute_dtype(self.dtype), lazy=two_stage, resolved=resolved)
+        #: stage 1 of two-stage matching (None: every class is scored, the exhaustive path)
+        self.stage1: Shortlister | None = (Shortlister(self._stage1_search(stores, sets, vocabs, resolved), size)
+                                           if two_stage else None)
         self.extractors = {}
         for e in self.vocab.extractors:
             record = sets.extractor_row(self.vocab.sets[e][0].extractor_id)
@@ -68,11 +87,34 @@ class VocabularySegmenter:
                                         prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
                                         stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain,
-                                        speed=opts.speed, bg_margin=float(opts.bg_margin), vote=int(opts.vote))
+                                        speed=opts.speed, bg_margin=float(opts.bg_margin), vote=int(opts.vote),
+                                        matching=self.stage1.describe() if self.stage1 else {"mode": "exhaustive"})
 
         #: whether :meth:`segment_many` batches extractor calls across images (on CUDA; the CPU path
         #: segments one image at a time)
         self.batches = self.device.type == "cuda"
+
+    @staticmethod
+    def _stage1_search(stores: Stores, sets: SetService, vocabs: VocabService, resolved: ResolvedVocabulary):
+        """Stage 1 over the vocabulary's summary index when it is fresh (IVF-PQ through LanceDB, or a flat
+        one read into memory), else over an exact summary read from the sets (the index stale or absent)."""
+        indexes = VocabIndexes(stores, sets, vocabs)
+        e0 = resolved.extractors[0]
+        C = len(resolved.refs)
+        rec, state = indexes.fresh_record(resolved, e0)
+        info = {"extractor": e0, "index_state": state, "index_table": rec["table"] if rec else None}
+        if rec is not None and rec.get("kind") == "ivf_pq":
+            return AnnSearch(indexes.tables, rec["table"], C, rec["params"],
+                             {**info, "stage1": "ivf_pq", "index_params": rec["params"]},
+                             rec["rows"] / max(1, rec["classes"]))
+        if rec is not None:
+            owner, vectors = indexes.tables.read(rec["table"])
+            return ExactSearch(vectors, owner, C, {**info, "stage1": "flat", "index_params": {}})
+        if state == "stale":
+            log.warning("the index of %s is stale (its sets changed); stage 1 reads an exact summary instead; "
+                        "rebuild it: protodb index build %s", resolved.name, resolved.name)
+        summary = read_summary(stores, sets, resolved.sets[e0])
+        return ExactSearch(summary.vectors, summary.owner, C, {**info, "stage1": "exact", "index_params": {}})
 
     @classmethod
     def open(cls, services: "Services", options: SegmentOptions) -> "VocabularySegmenter":
@@ -84,9 +126,24 @@ class VocabularySegmenter:
         """Label one RGB image (see :class:`ImageResult`)."""
         t0 = time.perf_counter()
         keep = self.keep(image)
-        res = segment_image(to_tensor(image), self.pairs(keep), windows=self.opts.windows, pamr=self.opts.pamr,
+        tensor = to_tensor(image)
+        if self.stage1 is None:
+            pairs = self.pairs(keep)
+        else:
+            e0 = self.vocab.extractors[0]
+            feats = [f for sc in self.opts.windows.at_scales()
+                     for f in batched.batched_features(self.extractors[e0], [tensor], sc)[0]]
+            keep = self.shortlist(feats, keep)
+            pairs = [(batched.Replay(self.extractors[e0], feats), self.vocab.table_for(e0, keep))] + self.pairs(keep)[1:]
+        res = segment_image(tensor, pairs, windows=self.opts.windows, pamr=self.opts.pamr,
                             runner_up=self.opts.runner_up, bg_margin=self.opts.bg_margin)
         return self.finish(res, keep, image, name, time.perf_counter() - t0)
+
+    def shortlist(self, feats: list[torch.Tensor], keep: list[int] | None) -> list[int]:
+        """Stage 1: the vocabulary columns to score for an image whose first extractor gave ``feats``
+        (its window calls' (B, h, w, D) features)."""
+        patches = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).float().cpu()
+        return self.stage1.shortlist(patches, keep)
 
     def segment_many(self, images: Sequence[PIL.Image.Image], names: Sequence[str]) -> list[ImageResult]:
         """:meth:`segment` of every image; on CUDA the images' window crops go through each extractor
@@ -99,6 +156,8 @@ class VocabularySegmenter:
         tensors = [batched.to_device(im, self.device) for im in images]
         keeps = [self.keep(im) for im in images]
         feats = {e: batched.batched_features(self.extractors[e], tensors, spec) for e in self.vocab.extractors}
+        if self.stage1 is not None:
+            keeps = [self.shortlist(feats[self.vocab.extractors[0]][k], keeps[k]) for k in range(len(tensors))]
         out = []
         for k, t in enumerate(tensors):
             pairs = [(batched.Replay(self.extractors[e], feats[e][k]), table)
@@ -152,7 +211,7 @@ class VocabularySegmenter:
             pid = w.get("prototype_id")
             info = {"class": name, "score": round(float(w["score"]), 4), "extractor": ext,
                     "pixel": list(map(int, w["pixel"])), "prototype": pid}
-            for pset, rows in zip(self.vocab.sets[ext], self.vocab.rows[ext]):
+            for pset, rows in self.vocab.loaded_rows(ext):
                 if pid is not None and pid in rows.ids:
                     j = rows.ids.index(pid)
                     info.update({"set": pset.id, "set_ref": pset.ref, "kind": rows.kinds[j],

@@ -43,7 +43,8 @@ from protodb.errors import DamagedData, InvalidInput, NotFound
 from protodb.lazy import lazy_import
 from protodb.names import Ref, check_tag_name, normalize_class_name, quoted
 from protodb.services.overview import OverviewService
-from protodb.storage.vectors import VectorCache, table_name
+from protodb.services.labels import ensure_classes
+from protodb.storage.vectors import PrototypeRows, VectorCache, table_name
 from protodb.stores import Stores
 
 np = lazy_import("numpy")
@@ -196,6 +197,69 @@ class SetService:
         stage("ready")
         return BuiltSet(self.get(final_id), reused)
 
+    def commit_many(self, extractor: ExtractorRecord, items: Sequence[tuple[str, object]], *, config_hash: str,
+                    config: dict | None = None, params: dict | None = None) -> list[PrototypeSet]:
+        """Store one new set for each (class name, PrototypeRows) of ``items`` in the crash-safe order of
+        :meth:`commit`, in bulk: one transaction of pending rows (classes created, labelled by the lexicon),
+        ONE append to the vector table, one transaction giving every set its next version and marking it
+        ready. For many sets at once (synthetic vocabularies, imports of thousands of classes): 20,000 sets
+        take seconds instead of 20,000 commits and table versions. Each set keeps its own checksum."""
+        if not items:
+            return []
+        table = table_name(extractor.id)
+        names = [normalize_class_name(n) for n, _ in items]
+        if len(set(names)) != len(names):
+            raise InvalidInput("commit_many takes each class once")
+        for name, rows in items:
+            if len(rows) == 0 or rows.vectors.shape[1] != int(extractor.dim):
+                raise InvalidInput(f"prototypes of {name!r}: expected (N>=1, {extractor.dim}) vectors")
+
+        def pending(s: Session) -> list[str]:
+            ids = ensure_classes(s, names)
+            self.ensure_extractor(s, extractor)
+            out = []
+            for name, (_, rows) in zip(names, items):
+                row = PrototypeSetRow(
+                    class_id=ids[name], extractor_id=extractor.id, status=SET_PENDING, config_hash=config_hash,
+                    vector_table=table, config=config, vectors_sha256=rows.checksum(),
+                    params={**(params or {}), "owner": queries.owner_token()},
+                    counts={k: rows.kinds.count(k) for k in PROTOTYPE_KINDS}, nbytes=int(rows.vectors.nbytes))
+                s.add(row)
+                out.append(row)
+            s.flush()
+            return [r.id for r in out]
+
+        set_ids = self.sessions.transact(pending, what=f"pending sets of {len(items)} classes")
+        with self.stores.vector_lock(table):
+            merged = PrototypeRows(
+                vectors=np.concatenate([rows.vectors for _, rows in items]),
+                kinds=[k for _, rows in items for k in rows.kinds],
+                image_ids=[x for _, rows in items for x in rows.image_ids],
+                regions=[x for _, rows in items for x in rows.regions],
+                weights=[x for _, rows in items for x in rows.weights])
+            owners = [sid for sid, (_, rows) in zip(set_ids, items) for _ in range(len(rows))]
+            table_version = self.stores.vectors.add_many(table, owners, merged)
+
+        def ready(s: Session) -> None:
+            rows = self._rows_by_id(s, set_ids)
+            for sid in set_ids:
+                row = rows[sid]
+                lock_versions(s, row.class_id, row.extractor_id)
+                queries.mark_ready(s, row, table_version=table_version)
+
+        self.sessions.transact(ready, attempts=20, what=f"versions of {len(items)} classes")
+        with self.sessions.reader() as s:
+            found = self._entities(s, {sid: [row] for sid, row in self._rows_by_id(s, set_ids).items()})
+        return [found[sid][0] for sid in set_ids]
+
+    @staticmethod
+    def _rows_by_id(s: Session, set_ids: Sequence[str]) -> dict[str, PrototypeSetRow]:
+        out = {}
+        for i in range(0, len(set_ids), 500):
+            out.update({r.id: r for r in s.scalars(select(PrototypeSetRow)
+                                                    .where(PrototypeSetRow.id.in_(set_ids[i:i + 500])))})
+        return out
+
     def _discard_stale(self, s: Session, class_id: str, extractor_id: str) -> None:
         for row in queries.stale_pending(s, class_id, extractor_id):
             log.info("discarding pending set %s of a writer that is gone", row.id)
@@ -230,6 +294,73 @@ class SetService:
                                    f"run: protodb add-class {quoted(cls.name)} --extractor {extractor}")
             return [to_entity(s, r) for r in queries.resolve(s, ref, extractor)]
 
+    def resolve_many(self, refs: Sequence[str]) -> tuple[dict[str, list[PrototypeSet]], dict[str, str]]:
+        """:meth:`resolve` of many refs at once (every extractor): ``({ref: sets, one per extractor name},
+        {ref: the NotFound message resolve would give})``. Unpinned refs take a few bulk queries per 500
+        names (20,000 classes resolve in seconds); pinned refs (``boat@3``, ``boat@tag``) one by one."""
+        found: dict[str, list[PrototypeSet]] = {}
+        problems: dict[str, str] = {}
+        parsed = {ref: Ref.parse(ref) for ref in dict.fromkeys(refs)}
+        with self.sessions.reader() as s:
+            names = sorted({p.name for p in parsed.values()})
+            classes: dict[str, ClassRow] = {}
+            for i in range(0, len(names), 500):
+                classes.update({c.name: c for c in s.scalars(select(ClassRow).where(ClassRow.name.in_(names[i:i + 500])))})
+            newest: dict[str, dict[str, PrototypeSetRow]] = {}  # class id -> extractor name -> newest ready set
+            unpinned = {p.name for p in parsed.values() if not p.pinned}
+            ids = [c.id for n, c in classes.items() if n in unpinned]
+            for i in range(0, len(ids), 500):
+                q = (select(PrototypeSetRow, ExtractorRow.name)
+                     .join(ExtractorRow, ExtractorRow.id == PrototypeSetRow.extractor_id)
+                     .where(PrototypeSetRow.class_id.in_(ids[i:i + 500]), PrototypeSetRow.status == "ready")
+                     .order_by(PrototypeSetRow.ready_at.desc(), PrototypeSetRow.version.desc()))
+                for row, ext_name in s.execute(q).all():
+                    newest.setdefault(row.class_id, {}).setdefault(ext_name, row)
+            rows: dict[str, list[PrototypeSetRow]] = {}
+            for ref, p in parsed.items():
+                cls = classes.get(p.name)
+                if cls is None:
+                    problems[ref] = f"no class {p.name!r} in this database; run: protodb add-class {quoted(p.name)}"
+                elif p.pinned:
+                    try:
+                        rows[ref] = queries.resolve(s, p)
+                    except NotFound as err:
+                        problems[ref] = str(err)
+                elif cls.id in newest:
+                    rows[ref] = [newest[cls.id][k] for k in sorted(newest[cls.id])]
+                else:
+                    problems[ref] = f"class {p.name!r} has no prototypes; run: protodb add-class {quoted(p.name)}"
+            found = self._entities(s, rows)
+        return found, problems
+
+    def _entities(self, s: Session, rows: dict[str, list[PrototypeSetRow]]) -> dict[str, list[PrototypeSet]]:
+        """:func:`to_entity` of many set rows, their images and tags read in bulk queries."""
+        set_ids = sorted({r.id for rs in rows.values() for r in rs})
+        images: dict[str, list[str]] = {}
+        tags: dict[str, list[str]] = {}
+        for i in range(0, len(set_ids), 500):
+            chunk = set_ids[i:i + 500]
+            for sid, image_id in s.execute(select(SetImageRow.set_id, SetImageRow.image_id)
+                                           .where(SetImageRow.set_id.in_(chunk)).order_by(SetImageRow.position)):
+                images.setdefault(sid, []).append(image_id)
+            for sid, tag in s.execute(select(TagRow.set_id, TagRow.name).where(TagRow.set_id.in_(chunk))):
+                tags.setdefault(sid, []).append(tag)
+        out = {}
+        for ref, rs in rows.items():
+            out[ref] = []
+            for row in rs:
+                _intact(row)
+                out[ref].append(PrototypeSet(
+                    id=row.id, class_name=row.cls.name, kind=row.cls.kind, extractor=row.extractor.name,
+                    extractor_id=row.extractor_id, version=row.version, status=row.status,
+                    counts=dict(row.counts or {}), images=tuple(images.get(row.id, ())),
+                    tags=tuple(sorted(tags.get(row.id, ()))), config_hash=row.config_hash, run_id=row.run_id,
+                    params=dict(row.params or {}), vector_table=row.vector_table,
+                    vector_table_version=row.vector_table_version, bytes=int(row.nbytes or 0),
+                    protodb_version=row.protodb_version, created_at=row.ready_at.isoformat() if row.ready_at else None,
+                    config=dict(row.config) if row.config else None, vectors_sha256=row.vectors_sha256))
+        return out
+
     def prototypes(self, pset: PrototypeSet, kinds: Sequence[str] | None = None, *, check: bool = True):
         """The vectors of a ready set (optionally only some kinds) as PrototypeRows.
 
@@ -250,6 +381,33 @@ class SetService:
             wanted = set(kinds)
             rows = rows.select(np.array([k in wanted for k in rows.kinds], bool))
         return rows
+
+    def prefetch(self, psets: Sequence[PrototypeSet], chunk: int = 2000) -> int:
+        """Put the vectors of the checksummed ``psets`` that the vector cache lacks into it, reading them
+        from their tables ``chunk`` sets per scan instead of one scan per set (a vocabulary's first load);
+        rows that fail their checksum are left for :meth:`prototypes` to report. Returns the sets cached."""
+        todo = [p for p in psets if p.vectors_sha256 and not (self.cache.folder / f"{p.id}.arrow").is_file()]
+        done = 0
+        for table in sorted({p.vector_table for p in todo}):
+            group = [p for p in todo if p.vector_table == table]
+            for i in range(0, len(group), chunk):
+                part = group[i:i + chunk]
+                try:
+                    rows = self.stores.vectors.read(table, [p.id for p in part])
+                except Exception:  # noqa: BLE001 - prototypes() reads them one by one and names the damage
+                    continue
+                where: dict[str, list[int]] = {}
+                for j, sid in enumerate(rows.set_ids):
+                    where.setdefault(sid, []).append(j)
+                for p in part:
+                    idx = np.array(where.get(p.id, []), np.int64)
+                    mask = np.zeros(len(rows), bool)
+                    mask[idx] = True
+                    mine = rows.select(mask)
+                    if len(mine) == p.size and mine.checksum() == p.vectors_sha256:
+                        self.cache.put(p.id, mine)
+                        done += 1
+        return done
 
     def _read_table(self, pset: PrototypeSet, check: bool):
         try:

@@ -218,6 +218,19 @@ class VectorStore:
         log.debug("added %d rows of set %s to %s", n, set_id, name)
         return int(table.version)
 
+    def add_many(self, name: str, set_ids: Sequence[str], rows: PrototypeRows) -> int:
+        """Append rows of several sets at once (``set_ids``: (N,) the set of each row) in ONE table version;
+        returns that version."""
+        dim = rows.vectors.shape[1]
+        table = self._table(name, dim)
+        existing = table.schema.field("vector").type.list_size
+        if existing != dim:
+            raise ValueError(f"table {name} holds {existing}-d vectors, got {dim}-d")
+        arrow = to_arrow(rows, "-", ids=[uuid.uuid4().hex for _ in range(len(rows))])
+        arrow = arrow.set_column(arrow.schema.get_field_index("set_id"), pa.field("set_id", pa.string(), nullable=False), pa.array(list(set_ids), pa.string()))
+        table.add(arrow)
+        return int(table.version)
+
     def read(
         self, name: str, set_ids: Sequence[str], kinds: Sequence[str] | None = None
     ) -> PrototypeRows:
@@ -251,6 +264,75 @@ class VectorStore:
     def version(self, name: str) -> int | None:
         table = self._table(name)
         return None if table is None else int(table.version)
+
+
+def summary_schema(dim: int):
+    """Rows of a vocabulary's summary index table: ``cls`` the class's position in the list the index
+    covers, ``set_id`` its set, ``kind`` (class|instance) and the L2-normalised ``vector``."""
+    return pa.schema([pa.field("cls", pa.int32(), nullable=False), pa.field("set_id", pa.string(), nullable=False),
+                      pa.field("kind", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+class SummaryTables:
+    """Summary index tables (``idx_*``) beside the prototype tables in the same LanceDB database: written
+    whole under a fresh name, optionally given a LanceDB vector index, searched, read back and dropped."""
+
+    PREFIX = "idx_"
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+
+    def names(self) -> list[str]:
+        return [n for n in self.store.table_names() if n.startswith(self.PREFIX)]
+
+    def write(self, name: str, cls: "np.ndarray", set_ids: Sequence[str], kinds: Sequence[str],
+              vectors: "np.ndarray") -> None:
+        """A new table ``name``: ``cls`` (R,) int, ``set_ids`` / ``kinds`` (R,), ``vectors`` (R, D) float32."""
+        dim = int(vectors.shape[1])
+        data = pa.table({"cls": pa.array(np.asarray(cls, np.int32)), "set_id": pa.array(list(set_ids), pa.string()),
+                         "kind": pa.array(list(kinds), pa.string()),
+                         "vector": pa.FixedSizeListArray.from_arrays(
+                             pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)), dim)},
+                        schema=summary_schema(dim))
+        self.store._db.create_table(name, data=data)
+
+    def add_vector_index(self, name: str, kind: str, params: dict) -> None:
+        """A LanceDB vector index (``kind`` ivf_pq) on ``name``'s vectors, dot-product distance."""
+        from lancedb.index import IvfPq  # deferred with lancedb
+
+        if kind != "ivf_pq":
+            raise ValueError(f"unknown vector index kind {kind!r}")
+        table = self.store._db.open_table(name)
+        table.create_index("vector", config=IvfPq(distance_type="dot", num_partitions=params["num_partitions"],
+                                                  num_sub_vectors=params["num_sub_vectors"]))
+
+    def read(self, name: str):
+        """(cls (R,) int64, vectors (R, D) float32) of table ``name``."""
+        arrow = self.store._db.open_table(name).to_arrow()
+        dim = arrow.schema.field("vector").type.list_size
+        vectors = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        return arrow.column("cls").to_numpy().astype(np.int64), np.asarray(vectors, np.float32)
+
+    def search(self, name: str, queries: "np.ndarray", limit: int, *, nprobes: int, refine_factor: int):
+        """For each of ``queries`` (K, D): the ``limit`` nearest rows by dot product, as (query index (M,),
+        cls (M,), similarity (M,)) arrays sorted by query, then similarity descending."""
+        table = self.store._tables.get(name) or self.store._db.open_table(name)
+        self.store._tables[name] = table
+        q = np.ascontiguousarray(queries, np.float32)
+        res = (table.search(q if len(q) > 1 else q[0]).distance_type("dot").select(["cls", "_distance"]).limit(int(limit))
+               .nprobes(int(nprobes)).refine_factor(int(refine_factor)).to_arrow())
+        qi = res.column("query_index").to_numpy() if "query_index" in res.column_names else np.zeros(res.num_rows, int)
+        sim = 1.0 - res.column("_distance").to_numpy()  # LanceDB's "dot" distance is 1 - dot
+        return qi.astype(np.int64), res.column("cls").to_numpy().astype(np.int64), sim
+
+    def exists(self, name: str) -> bool:
+        return name in self.store.table_names()
+
+    def drop(self, name: str) -> None:
+        self.store._tables.pop(name, None)
+        with contextlib.suppress(Exception):  # noqa: BLE001 - a table already gone is what we wanted
+            self.store._db.drop_table(name)
 
 
 def _sql_list(values: Sequence[str]) -> str:
