@@ -93,22 +93,35 @@ class CachedCalls:
         return getattr(self._inner, name)
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        key = hashlib.sha256(crops.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
+        return self._memo(key, lambda: self._inner(crops))
+
+    def window_features(self, image: torch.Tensor, windows) -> list[torch.Tensor]:
+        """All windows of one photo at once (what segment calls: shared tiles), memoised the same way."""
+        digest = hashlib.sha256(image.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(repr([(w.top, w.left, w.height, w.width) for w in windows]).encode())
+        return list(self._memo("w" + digest.hexdigest()[:32], lambda: self._inner.window_features(image, windows)))
+
+    def _memo(self, key: str, compute):
+        """``compute()`` (a tensor or a list of tensors) through the on-disk memo, float16 on disk."""
         self.calls += 1
         if self._folder is None:
-            return self._inner(crops)
-        key = hashlib.sha256(crops.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
+            return compute()
         path = self._folder / f"{key}.pt"
         if path.exists():
             try:
                 self.hits += 1
-                return torch.load(path).float()
+                found = torch.load(path)
+                return found.float() if isinstance(found, torch.Tensor) else [t.float() for t in found]
             except Exception:  # noqa: BLE001 - a torn file is recomputed
                 self.hits -= 1
-        feats = self._inner(crops).detach().cpu().to(torch.float16)
+        out = compute()
+        half = (out.detach().cpu().to(torch.float16) if isinstance(out, torch.Tensor)
+                else [t.detach().cpu().to(torch.float16) for t in out])
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(feats, tmp)
+        torch.save(half, tmp)
         os.replace(tmp, path)
-        return feats.float()
+        return half.float() if isinstance(half, torch.Tensor) else [t.float() for t in half]
 
 
 def build(db, images: Path, labels: Path, classes: list[tuple[str, int]], extractor: str, preset: str | None,
