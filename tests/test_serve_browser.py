@@ -4,6 +4,7 @@ against a real ``protodb serve`` process: gallery, a set's parts, segmenting an 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -37,23 +38,31 @@ def served(scene_db, tmp_path_factory):
     proc.stop()
 
 
-@pytest.fixture
-def page(served, tmp_path):
+@contextlib.contextmanager
+def chromium_page(profile: Path, ignore: tuple[str, ...] = ()):
+    """A page of headless Chromium (a persistent profile in ``profile``) whose console errors (but those
+    naming one of ``ignore``, e.g. an expected "404") and page errors are collected in ``page.problems``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_or_skip(), args=CHROMIUM_ARGS, headless=True,
-            viewport=VIEWPORT)
+            str(profile), executable_path=chromium_or_skip(), args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT)
         try:
             pg = context.new_page()
             problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            pg.on("console", lambda m: problems.append(m.text)
+                  if m.type == "error" and not any(i in m.text for i in ignore) else None)
             pg.on("pageerror", lambda e: problems.append(str(e)))
             pg.problems = problems
             yield pg
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(served, tmp_path):
+    with chromium_page(tmp_path / "profile") as pg:
+        yield pg
 
 
 def poll(check, what: str, timeout: float = 20.0):

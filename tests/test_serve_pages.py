@@ -31,7 +31,7 @@ httpx = pytest.importorskip("httpx")
 import protodb  # noqa: E402
 from protodb.pipeline.config import AddClassRequest  # noqa: E402
 from tests.serve_helpers import chromium_or_skip, scene, scene_db  # noqa: E402,F401
-from tests.test_serve_browser import CHROMIUM_ARGS, VIEWPORT, poll  # noqa: E402
+from tests.test_serve_browser import VIEWPORT, chromium_page, poll  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SHOTS = os.environ.get("PROTODB_SCREENSHOTS")  # read at import: the fixtures clear PROTODB_* variables
@@ -99,21 +99,8 @@ def gated(scene_db, tmp_path_factory):
 
 @pytest.fixture
 def page(gated, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_or_skip(), args=CHROMIUM_ARGS, headless=True,
-            viewport=VIEWPORT)
-        try:
-            pg = context.new_page()
-            problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" and "404" not in m.text else None)
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "profile", ignore=("404",)) as pg:
+        yield pg
 
 
 def shoot(page, tmp_path: Path, name: str) -> Path:

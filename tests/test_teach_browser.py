@@ -17,26 +17,13 @@ pytest.importorskip("fastapi", reason="protodb serve needs the serve extra: pip 
 
 import protodb  # noqa: E402
 from tests.serve_helpers import TOKEN, ServerProcess, chromium_or_skip, scene, scene_db  # noqa: E402,F401
-from tests.test_serve_browser import CHROMIUM_ARGS, VIEWPORT, poll  # noqa: E402
+from tests.test_serve_browser import chromium_page, poll  # noqa: E402
 
 
 @pytest.fixture
 def browser(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_or_skip(), args=CHROMIUM_ARGS, headless=True,
-            viewport=VIEWPORT)
-        try:
-            pg = context.new_page()
-            problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" and "401" not in m.text else None)
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "profile", ignore=("401",)) as pg:
+        yield pg
 
 
 def _segment(page, base: str, upload) -> None:
