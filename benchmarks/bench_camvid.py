@@ -33,6 +33,7 @@ The photos are read in place (CC BY-NC 4.0: never copied into the project).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ import protodb
 import protodb.segment.windows as win_mod
 from protodb.pipeline.config import AddClassRequest
 from protodb.segment import match as match_mod
-from protodb.features.windows import WindowSpec
+from protodb.features.windows import WindowSpec, window_plan
 from protodb.segment.options import SegmentOptions, parse_scales
 from protodb.speed import speed_preset
 from protodb.vocabularies import load_builtin
@@ -82,7 +83,7 @@ def link_split(camvid: Path, split: str, names: list[str], dest: Path, as_split:
 
 
 def build(db, camvid: Path, extractor: str, k: int, min_fraction: float = 0.5, short_side: int | None = None,
-          support: str = "train", support_windows: bool = True, dtype: str = "auto") -> float:
+          support: str = "train", support_windows: bool | dict = True, dtype: str = "auto") -> float:
     names = load_builtin("camvid")["classes"]
     builder = db.builder(preset="tiny" if extractor == "tiny-vit" else None, dtype=dtype)  # models load once for all classes
     t = time.perf_counter()
@@ -108,8 +109,7 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
     timing["match"] = 0.0
     opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
                           background=False, pamr=pamr, dtype=args.dtype, speed=args.speed,
-                          windows=WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales),
-                                             subpatch=args.subpatch))
+                          windows=window_spec(args))
     t, c = time.perf_counter(), time.process_time()
     res = db.evaluate("camvid", camvid, opts, split=split, limit=args.limit)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
@@ -122,6 +122,25 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
 
 
 timing = {"match": 0.0}
+
+
+def window_spec(args) -> WindowSpec:
+    """segment's windows for this run: the defaults unless --window-sizes / --window-stride / --no-whole."""
+    spec = WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales), subpatch=args.subpatch)
+    if args.window_sizes is not None:
+        spec = dataclasses.replace(spec, sizes=tuple(args.window_sizes))
+    if args.window_stride is not None:
+        spec = dataclasses.replace(spec, stride=args.window_stride)
+    return dataclasses.replace(spec, whole=not args.no_whole).check()
+
+
+def support_windows(args) -> bool | dict:
+    """How support photos are featurised: one pass (--single-pass), segment's default windows, or the
+    windows this run scores with when they are not the defaults (so support and query share contexts)."""
+    if args.single_pass:
+        return False
+    custom = args.window_sizes is not None or args.window_stride is not None or args.no_whole
+    return window_plan(window_spec(args)) if custom else True
 
 
 def memoise_window_features(root: Path) -> None:
@@ -177,7 +196,7 @@ def run_lodo(db, args, work: Path) -> dict:
         link_split(args.camvid, "train", scored, root, "scored")
         t, c = time.perf_counter(), time.process_time()
         build(db, root, args.extractor, args.k, args.mask_min_fraction, args.short_side, "support",
-              not args.single_pass, args.build_dtype or args.dtype)
+              support_windows(args), args.build_dtype or args.dtype)
         build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
         new = [n for n in support if n not in featurised]
         featurised.update(support)
@@ -220,6 +239,10 @@ def main() -> None:
     ap.add_argument("--subpatch", type=int, default=1, help="sample the patch grid n times per axis (n x n passes)")
     ap.add_argument("--single-pass", action="store_true",
                     help="support features from one pass over each photo, not segment's windows")
+    ap.add_argument("--window-sizes", type=int, nargs="*", default=None,
+                    help="segment's (and the support photos') window sides (default 448 336; none: whole image only)")
+    ap.add_argument("--window-stride", type=int, default=None, help="window step in resized pixels (default 224)")
+    ap.add_argument("--no-whole", action="store_true", help="do not score the whole image as one more window")
     ap.add_argument("--split", default="val", help="the split scored")
     ap.add_argument("--support", default="train",
                     help="the split the exemplars come from (--support val --split train: the reverse check)")
@@ -240,6 +263,9 @@ def main() -> None:
         memoise_window_features(args.memo)
     if args.k == 0:
         args.k = None  # add-class's own rule
+    custom_windows = args.window_sizes is not None or args.window_stride is not None or args.no_whole
+    if args.speed and custom_windows:
+        raise SystemExit("--speed sets the windows itself: give --speed or --window-sizes/--window-stride/--no-whole")
     if args.speed and not speed_preset(args.speed).support_windows:
         args.single_pass = True
     if args.smoke:
@@ -253,6 +279,7 @@ def main() -> None:
     _timed_matching()
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
+                "windows": None if args.speed else window_plan(window_spec(args)),  # a preset's: see "speed"
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
                 "memo": bool(args.memo), "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
@@ -275,7 +302,7 @@ def main() -> None:
         return
 
     build_s = build(db, args.camvid, args.extractor, args.k, args.mask_min_fraction, args.short_side, args.support,
-                    not args.single_pass, args.build_dtype or args.dtype)
+                    support_windows(args), args.build_dtype or args.dtype)
     results = [score(db, args, args.camvid, args.split, lv, False) for lv in args.levels]
     results += [score(db, args, args.camvid, args.split, "class,instance,part", True)] if args.pamr else []
     out = {**settings, "build_s": round(build_s, 1), "support": args.support, "split": args.split,

@@ -46,3 +46,23 @@ def test_fold_folders_are_links_to_the_photos(bench, tmp_path):
     assert sorted(p.name for p in (tmp_path / "fold" / "scored").iterdir()) == ["b_1.png"]
     assert (tmp_path / "fold" / "scored" / "b_1.png").is_symlink()
     assert (tmp_path / "fold" / "scoredannot" / "b_1.png").read_bytes() == b"trainannot/b_1.png"
+
+
+def test_custom_windows_score_and_featurise_support_through_the_same_plan(bench):
+    import argparse
+
+    def args(**kw):
+        base = dict(short_side=448, scales="1", subpatch=1, window_sizes=None, window_stride=None, no_whole=False,
+                    single_pass=False)
+        return argparse.Namespace(**{**base, **kw})
+
+    default = bench.window_spec(args())
+    assert (default.sizes, default.stride, default.whole) == ((448, 336), 224, True)
+    assert bench.support_windows(args()) is True  # the recorded default plan
+    tiles = args(window_sizes=[224], window_stride=112)
+    assert (bench.window_spec(tiles).sizes, bench.window_spec(tiles).stride) == ((224,), 112)
+    assert bench.support_windows(tiles) == {"sizes": [224], "stride": 112, "whole": True}
+    assert bench.support_windows(args(window_sizes=[], single_pass=True)) is False
+    assert bench.support_windows(args(window_sizes=[])) == {"sizes": [], "stride": 224, "whole": True}
+    with pytest.raises(Exception, match="nothing would be scored"):
+        bench.window_spec(args(window_sizes=[], no_whole=True))

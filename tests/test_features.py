@@ -15,7 +15,8 @@ from protodb.models.tiny import build_tiny_extractor
 from protodb.pipeline.config import AddClassRequest
 from protodb.features.cache import FeatureCache
 from protodb.features.featurize import featurize
-from protodb.features.windows import SUPPORT_WINDOWS, WindowSpec, support_window_spec
+from protodb.errors import InvalidInput
+from protodb.features.windows import SUPPORT_WINDOWS, WindowSpec, support_plan, support_window_spec
 from tests.conftest import cli
 
 
@@ -76,6 +77,22 @@ def test_support_window_plan_is_segments_and_recorded(tmp_path):
     off = builder.resolve(AddClassRequest("boat", images=2, support_windows=False)).config
     assert on.to_dict()["support_windows"] == SUPPORT_WINDOWS
     assert "support_windows" not in off.to_dict()  # one pass: the config sets built before it had
+
+
+def test_support_windows_take_a_plan_which_is_recorded_and_checked(tmp_path):
+    plan = {"sizes": [224], "stride": 112, "whole": True}
+    assert support_plan(plan) == plan and support_plan(True) == SUPPORT_WINDOWS
+    assert support_plan(False) is None and support_plan(None) is None
+    builder = protodb.open(tmp_path / "db").builder(preset="tiny")
+    custom = builder.resolve(AddClassRequest("boat", images=2, support_windows=plan)).config
+    default = builder.resolve(AddClassRequest("boat", images=2)).config
+    assert custom.to_dict()["support_windows"] == plan
+    assert custom.support_features.window_spec().sizes == (224,)
+    assert custom.to_dict() != default.to_dict()  # another plan is another build (and config hash)
+    for bad in ({"sizes": [], "stride": 112, "whole": False}, {"sizes": [0], "stride": 112, "whole": True},
+                {"sizes": [224]}, "windows"):
+        with pytest.raises(InvalidInput):
+            support_plan(bad)
 
 
 def test_single_pass_builds_another_set_and_records_it(tmp_path):

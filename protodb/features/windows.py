@@ -138,6 +138,21 @@ def window_plan(spec: WindowSpec) -> dict[str, Any]:
 SUPPORT_WINDOWS = window_plan(WindowSpec())
 
 
+def support_plan(value: "bool | dict | None") -> dict[str, Any] | None:
+    """The support window plan a build records for ``AddClassRequest.support_windows``: True ->
+    :data:`SUPPORT_WINDOWS`, False/None -> None (one pass), a plan ``{"sizes", "stride", "whole"}`` -> that
+    plan, checked (one clear error for a plan with no windows or non-positive sizes)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(SUPPORT_WINDOWS)
+    if not isinstance(value, dict) or not {"sizes", "stride", "whole"} <= set(value):
+        raise InvalidInput(f"support windows take true/false or a plan {{'sizes', 'stride', 'whole'}}; got {value!r}")
+    spec = WindowSpec(short_side=None, sizes=tuple(int(v) for v in value["sizes"]), stride=int(value["stride"]),
+                      whole=bool(value["whole"])).check()
+    return window_plan(spec)
+
+
 def support_window_spec(plan: dict | None) -> WindowSpec | None:
     """The :class:`WindowSpec` of a recorded support window plan (``{"sizes", "stride", "whole"}``), on
     images already at their feature size; None (one pass over the whole image) for None."""

@@ -45,7 +45,7 @@ from protodb.pipeline.config import (
 from protodb.pipeline.exemplars import find_exemplars, load_exemplars
 from protodb.features.cache import FeatureCache
 from protodb.features.featurize import featurize
-from protodb.features.windows import SUPPORT_WINDOWS
+from protodb.features.windows import support_plan
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
 from protodb.pipeline.support_masks import GridMasks, for_extractor, masks_for, ncut_params, upsample
@@ -131,7 +131,7 @@ class ClassBuilder:
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars),
-                             support_windows=dict(SUPPORT_WINDOWS) if req.support_windows else None)
+                             support_windows=support_plan(req.support_windows))
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
     def _corrections(self, name: str) -> list[ExemplarInput]:

@@ -94,7 +94,9 @@ class AddClassRequest:
     segmenter: str = "auto"  # unsupervised proposals: auto (a usable plugin, else ncut), ncut, NAME
     mask_tau: float | str | None = None  # ncut affinity threshold: a cosine or "pQ" (percentile); None: 0.2
     mask_extractor: str | None = None  # whose features make the (shared) masks; default: the first
-    support_windows: bool | None = None  # support images through segment's windows (False: one pass; None: speed's)
+    # support images through segment's windows (False: one pass; None: the speed preset's); a window plan
+    # {"sizes", "stride", "whole"} (features.windows.window_plan) featurises them through those windows instead
+    support_windows: bool | dict | None = None
     yes: bool = False  # confirm a very large build
     speed: str | None = None  # a speed preset (protodb.speed): support windows and dtype where not given
     with_corrections: bool = False  # add the class's stored corrections as exemplars (with their masks)
