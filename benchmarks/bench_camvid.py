@@ -118,6 +118,7 @@ def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
             "per_class": {k: (None if v is None else round(100 * v, 1)) for k, v in res.per_class.items()},
             "images": n, "seconds_per_image": round(wall / n, 3), "cpu_seconds_per_image": round(cpu / n, 3),
             "match_s_per_image": round(timing["match"] / n, 3),
+            "windows": {k: res.settings["windows"][k] for k in ("sizes", "stride", "whole")},  # as scored
             "features_s_per_image": round((wall - timing["match"]) / n, 3)}
 
 
@@ -125,7 +126,8 @@ timing = {"match": 0.0}
 
 
 def window_spec(args) -> WindowSpec:
-    """segment's windows for this run: the defaults unless --window-sizes / --window-stride / --no-whole."""
+    """segment's windows for this run: the extractor's (sizes/stride None) unless --window-sizes /
+    --window-stride / --no-whole."""
     spec = WindowSpec(short_side=args.short_side, scales=parse_scales(args.scales), subpatch=args.subpatch)
     if args.window_sizes is not None:
         spec = dataclasses.replace(spec, sizes=tuple(args.window_sizes))
@@ -279,7 +281,8 @@ def main() -> None:
     _timed_matching()
     settings = {"protocol": args.protocol, "extractor": args.extractor, "scales": args.scales,
                 "subpatch": args.subpatch, "short_side": args.short_side, "k": args.k,
-                "windows": None if args.speed else window_plan(window_spec(args)),  # a preset's: see "speed"
+                # explicit windows; else the extractor's (a tiled one: its tiles), each result row says which
+                "windows": window_plan(window_spec(args)) if custom_windows else "extractor",
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
                 "memo": bool(args.memo), "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}

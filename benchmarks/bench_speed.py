@@ -8,11 +8,14 @@ scikit-image's astronaut resized), resized as segment does (short side 448 -> 44
 
 * ``forward``: one backbone call per window size (224, 336, 448 squares and the whole 448x602 image); a
   tiled extractor runs its 224 tiles inside. ``forward_448_s``: the untiled ViT-S/14 at 448x448, wall.
-* ``segment``: the segment windows of one photo (448 and 336 at stride 224 + the whole image) through
-  :meth:`Extractor.window_features` (tiled extractors run each shared tile once) and scored against an
-  11-class table of 1,100 random prototypes (:func:`protodb.segment.windows.window_scores`).
-* ``support``: :func:`protodb.features.featurize.featurize` of the photo through the support windows (or
-  one pass for ``--speed fast``), no cache.
+* ``segment``: the segment windows of one photo (the extractor's: a tiled one's own tiles, else 448 and 336
+  at stride 224; + the whole image) through :meth:`Extractor.window_features` (tiled extractors run each
+  shared tile once) and scored against an 11-class table of 1,100 random prototypes
+  (:func:`protodb.segment.windows.window_scores`).
+* ``support``: :func:`protodb.features.featurize.featurize` of the photo through the support windows add-class
+  records for the extractor (or one pass for ``--speed fast``), no cache.
+* ``best_448_336``: the ``best`` preset through 448/336 windows at stride 224 (its windows before tiled
+  extractors were scored through their own tiles), segment and support, in the same run.
 * ``before``: the previous recommended setting, focus-vits14-flip fp32 with every window run on its own
   (what segment did before windows shared tiles and the mirror pass was batched).
 
@@ -43,7 +46,8 @@ from bench_extractor_speed import load_photo  # noqa: E402
 from protodb.device import choose_dtype, cpu_has_fast_bf16, dtype_name  # noqa: E402
 from protodb.features.crops import resize_for  # noqa: E402
 from protodb.features.featurize import featurize  # noqa: E402
-from protodb.features.windows import SUPPORT_WINDOWS, WindowSpec, plan_windows, support_window_spec  # noqa: E402
+from protodb.features.windows import (  # noqa: E402
+    DEFAULT_SIZES, DEFAULT_STRIDE, SUPPORT_WINDOWS, WindowSpec, plan_windows, support_plan, support_window_spec)
 from protodb.models.extractors.loading import load_extractor  # noqa: E402
 from protodb.models.extractors.spec import builtin_specs, resolve_paths  # noqa: E402
 from protodb.paths import user_cache_dir  # noqa: E402
@@ -116,13 +120,13 @@ def variant_row(ex_spec, dtype: str, photo: torch.Tensor, spec: WindowSpec, repe
         forward[key] = measure(lambda c=crop: extractor(c), repeats)
     table = table_of(extractor.dim)
     segment = measure(lambda: window_scores(photo, extractor, table, spec), repeats)
-    support_spec = support_window_spec(SUPPORT_WINDOWS)
+    support_spec = support_window_spec(support_plan(True, extractor.tile))
     photo_pil = _pil(photo)
     support = measure(lambda: featurize(extractor, [("x", photo_pil)], short_side=spec.short_side,
                                         windows=support_spec), repeats)
     return {"extractor": ex_spec.name, "dtype": extractor.dtype_label, "tiled": extractor.tile is not None,
             "forward": forward, "segment": segment, "support": support,
-            "windows": len(plan_windows(H, W, spec, p))}
+            "windows": len(plan_windows(H, W, spec.resolved(extractor.tile), p))}
 
 
 def _pil(photo: torch.Tensor):
@@ -141,7 +145,7 @@ def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, ta
         table = table_of(extractor.dim)
         wspec = preset.windows(spec)
         seg = measure(lambda: window_scores(photo, extractor, table, wspec), repeats)
-        support_spec = support_window_spec(SUPPORT_WINDOWS) if preset.support_windows else None
+        support_spec = support_window_spec(support_plan(True, extractor.tile)) if preset.support_windows else None
         photo_pil = _pil(photo)
         sup = measure(lambda: featurize(extractor, [("x", photo_pil)], short_side=spec.short_side,
                                         windows=support_spec), repeats)
@@ -192,6 +196,9 @@ def main() -> None:
               + "  ".join(f"{k} {v['s']}" for k, v in r["forward"].items()))
     b = out["before"]
     print(f"  before: {b['extractor']} fp32, windows one by one: segment {b['segment']['s']} s ({b['segment']['cpu_s']} CPU-s)")
+    o = out["best_448_336"]
+    print(f"  best through 448/336 windows: segment {o['segment']['s']} s ({o['segment']['cpu_s']} CPU-s), support "
+          f"{o['support']['s']} s ({o['support']['cpu_s']} CPU-s)")
     for r in out["presets"]:
         print(f"  preset {r['name']:<9} {r['extractor']} {r['dtype']:<9} segment {r['seconds_per_photo']} s "
               f"({r['cpu_seconds_per_photo']} CPU-s, {r['speedup_cpu']}x less than before), support "
@@ -230,8 +237,17 @@ def run(args, photo, source, spec, sizes, specs: dict, recommended: str, quality
     presets = preset_rows(spec_of(specs.get(recommended, recommended)), photo, spec, args.repeats, table_of, quality)
     for r in presets:
         r["speedup_cpu"] = round(before["segment"]["cpu_s"] / max(r["cpu_seconds_per_photo"], 1e-9), 2)
+    # the best preset through 448/336 windows (as before tiled extractors were scored through their tiles)
+    best_ex = load_extractor(spec_of(specs.get(recommended, recommended)), "cpu",
+                             dtype_name(choose_dtype(torch.device("cpu"), PRESETS["best"].dtype("cpu"))))
+    old = dataclasses.replace(spec, sizes=spec.sizes or DEFAULT_SIZES, stride=spec.stride or DEFAULT_STRIDE)
+    best_448_336 = {"extractor": best_ex.spec.name, "dtype": best_ex.dtype_label,
+                    "segment": measure(lambda: window_scores(photo, best_ex, table_of(best_ex.dim), old), args.repeats),
+                    "support": measure(lambda: featurize(best_ex, [("x", _pil(photo))], short_side=spec.short_side,
+                                                         windows=support_window_spec(SUPPORT_WINDOWS)), args.repeats)}
     return {"photo": source, "machine": machine(), "forward_448_s": forward_448["s"], "forward_448_cpu_s": forward_448["cpu_s"],
-            "variants": variants, "before": before, "presets": presets, "smoke": args.smoke}
+            "variants": variants, "before": before, "presets": presets, "best_448_336": best_448_336,
+            "smoke": args.smoke}
 
 
 if __name__ == "__main__":

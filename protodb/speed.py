@@ -8,10 +8,13 @@ extractor are only matched against that extractor's features), so one database s
 ==========  ==========================================  ==================  =================================
 preset      segment windows                             support features    dtype (``--dtype auto`` only)
 ==========  ==========================================  ==================  =================================
-best        448 and 336 at stride 224 + the whole image  through windows     auto (bf16 with bf16 units, else fp32)
+best        the extractor's windows + the whole image    through windows     auto (bf16 with bf16 units, else fp32)
 balanced    the same                                     through windows     auto; int8 on CPUs without bf16 units
 fast        the whole image only                         one pass            auto; int8 on CPUs without bf16 units
 ==========  ==========================================  ==================  =================================
+
+The extractor's windows (:meth:`protodb.features.windows.WindowSpec.resolved`): a tiled extractor's own tiles
+(224 at stride 112 for ``focus-vits14-tiles-flip``), else squares of 448 and 336 at stride 224.
 
 An explicit ``--dtype`` other than ``auto`` always wins over the preset's. Each preset's quality (CamVid val and
 the leave-one-drive-out mean) and cost per photo are in the README table, measured by
@@ -29,13 +32,14 @@ from protodb.features.windows import WindowSpec
 
 @dataclass(frozen=True)
 class SpeedPreset:
-    """``sizes``/``whole``: segment's window sizes and whole-image pass; ``support_windows``: support images
+    """``sizes``/``whole``: segment's window sizes (None: the extractor's windows) and whole-image pass;
+    ``support_windows``: support images
     through those windows (False: one pass); ``int8_without_bf16``: ``--dtype auto`` means int8 on a CPU
     without bf16 units."""
 
     name: str
     description: str
-    sizes: tuple[int, ...]
+    sizes: tuple[int, ...] | None
     whole: bool
     support_windows: bool
     int8_without_bf16: bool
@@ -57,15 +61,16 @@ class SpeedPreset:
         return "int8" if cpu and not cpu_has_fast_bf16() else "auto"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "sizes": list(self.sizes), "whole": self.whole,
+        return {"name": self.name, "description": self.description,
+                "sizes": None if self.sizes is None else list(self.sizes), "whole": self.whole,
                 "support_windows": self.support_windows, "int8_without_bf16": self.int8_without_bf16}
 
 
 PRESETS: dict[str, SpeedPreset] = {p.name: p for p in (
     SpeedPreset("best", "every window, support through windows, full precision where bf16 units are absent",
-                (448, 336), True, True, False),
+                None, True, True, False),
     SpeedPreset("balanced", "every window, support through windows, int8 linear layers on CPUs without bf16",
-                (448, 336), True, True, True),
+                None, True, True, True),
     SpeedPreset("fast", "the whole image only, one support pass, int8 linear layers on CPUs without bf16",
                 (), True, False, True),
 )}

@@ -57,7 +57,9 @@ def test_custom_windows_score_and_featurise_support_through_the_same_plan(bench)
         return argparse.Namespace(**{**base, **kw})
 
     default = bench.window_spec(args())
-    assert (default.sizes, default.stride, default.whole) == ((448, 336), 224, True)
+    assert (default.sizes, default.stride, default.whole) == (None, None, True)  # the extractor's windows
+    assert (default.resolved((224, 112)).sizes, default.resolved((224, 112)).stride) == ((224,), 112)
+    assert (default.resolved(None).sizes, default.resolved(None).stride) == ((448, 336), 224)
     assert bench.support_windows(args()) is True  # the recorded default plan
     tiles = args(window_sizes=[224], window_stride=112)
     assert (bench.window_spec(tiles).sizes, bench.window_spec(tiles).stride) == ((224,), 112)

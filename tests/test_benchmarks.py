@@ -316,6 +316,9 @@ def check_speed(tmp, models, camvid):
         positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
         assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
         assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+    old = r["best_448_336"]
+    assert old["extractor"] == "tiny-tiles"
+    positive(old["segment"]["s"], old["segment"]["cpu_s"], old["support"]["s"])
 
 
 def check_teach(tmp, models, camvid):

@@ -13,6 +13,7 @@ import protodb
 from protodb.models.extractors.loading import load_extractor
 from protodb.models.tiny import build_tiny_extractor
 from protodb.pipeline.config import AddClassRequest
+from protodb.segment.options import SegmentOptions
 from protodb.features.cache import FeatureCache
 from protodb.features.featurize import featurize
 from protodb.errors import InvalidInput
@@ -66,7 +67,7 @@ def test_windowed_features_are_the_mean_over_the_windows_holding_each_cell(tiny,
 
 
 def test_support_window_plan_is_segments_and_recorded(tmp_path):
-    default = WindowSpec()
+    default = WindowSpec().resolved()  # an untiled extractor's windows
     assert SUPPORT_WINDOWS == {"sizes": list(default.sizes), "stride": default.stride, "whole": default.whole}
     spec = support_window_spec(SUPPORT_WINDOWS)
     assert (spec.sizes, spec.stride, spec.whole, spec.short_side) == (default.sizes, default.stride, True, None)
@@ -106,3 +107,46 @@ def test_single_pass_builds_another_set_and_records_it(tmp_path):
     assert '"support_windows": null' in text
     shown1 = json.dumps(json.loads(cli("inspect", "boat@1", "--db", home, "--json").stdout))
     assert json.dumps(SUPPORT_WINDOWS)[1:-1].replace(" ", "") in shown1.replace(" ", "")
+
+
+def test_default_windows_are_a_tiled_extractors_tiles_and_are_recorded_resolved(tmp_path):
+    from protodb.features.windows import DEFAULT_SIZES, DEFAULT_STRIDE, plan_windows
+    from protodb.models.extractors import ExtractorSpec
+    from protodb.segment.match import ClassPrototypes, build_match_table
+    from protodb.segment.windows import window_grid_scores
+
+    spec = build_tiny_extractor(tmp_path / "t")
+    plain = load_extractor(spec)
+    tiled = load_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "tile": {"size": 32, "stride": 16}}))
+    gen = torch.Generator().manual_seed(0)
+    table = build_match_table([ClassPrototypes(f"c{i}", False, fg=torch.randn(3, 32, generator=gen),
+                                               bg=torch.zeros(0, 32)) for i in range(3)], background=False)
+    image = torch.rand(3, 48, 64, generator=gen)
+    default = WindowSpec(short_side=48)
+    assert (default.sizes, default.stride) == (None, None)
+    _, kept = window_grid_scores(image, tiled, table, default, keep_patches=True)
+    tiles = plan_windows(48, 64, default.resolved((32, 16)), 8)
+    assert [k.window for k in kept] == tiles  # each tile one window, then the whole image
+    assert {(w.height, w.width) for w in tiles} == {(32, 32), (48, 64)} and len(tiles) == 2 * 3 + 1
+    _, kept_plain = window_grid_scores(image, plain, table, default, keep_patches=True)
+    assert [k.window for k in kept_plain] == plan_windows(48, 64, WindowSpec(short_side=48, sizes=DEFAULT_SIZES,
+                                                                             stride=DEFAULT_STRIDE), 8)
+    explicit = WindowSpec(short_side=48, sizes=(40,), stride=8)  # explicit windows win over the tiles
+    _, kept_explicit = window_grid_scores(image, tiled, table, explicit, keep_patches=True)
+    assert {(k.window.height, k.window.width) for k in kept_explicit} == {(40, 40), (48, 64)}
+
+    # add-class records the tiled extractor's windows as its support plan; segment records them resolved
+    home = tmp_path / "db"
+    db = protodb.open(home)
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    for i in range(2):
+        PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+    db.add_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "tile": {"size": 32, "stride": 16}}))
+    req = AddClassRequest("boat", images=0, exemplars=ex, extractors=("tiny-tiles",), short_side=48, k=2)
+    built = db.builder(preset="tiny").add_class(req)
+    assert built.sets[0].set.config["support_windows"] == {"sizes": [32], "stride": 16, "whole": True}
+    seg = db.segmenter(SegmentOptions(classes="boat", extractors=("tiny-tiles",), background=False,
+                                      windows=WindowSpec(short_side=48)))
+    recorded = seg.settings.to_dict()["windows"]
+    assert (recorded["sizes"], recorded["stride"], recorded["whole"]) == ([32], 16, True)

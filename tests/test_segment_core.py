@@ -168,7 +168,7 @@ def test_chunked_scoring_equals_unchunked_on_100k_prototypes():
 
 @pytest.mark.parametrize("size", [(480, 640), (375, 500), (100, 1000), (448, 448), (30, 20)])
 def test_plan_windows_cover_the_image(size):
-    spec, patch = WindowSpec(), 14
+    spec, patch = WindowSpec().resolved(), 14  # an untiled extractor's windows
     H2, W2 = resized_size(*size, spec, patch)
     assert H2 % patch == 0 and W2 % patch == 0
     # the short side becomes 448, unless the image is longer than 4:1: then its area is capped

@@ -38,7 +38,8 @@ def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
     assert (fast.windows.scales, fast.windows.subpatch) == ((1.0, 1.5), 2)  # the rest of the windows kept
     assert fast.dtype == ("auto" if bf16_units else "int8")
     best = with_speed(base.replace(speed="best"), cpu)
-    assert best.windows.sizes == (448, 336) and best.windows.whole and best.dtype == "auto"
+    assert best.windows.sizes is None and best.windows.whole and best.dtype == "auto"  # the extractor's windows
+    assert best.windows.resolved((224, 112)).sizes == (224,) and best.windows.resolved().sizes == (448, 336)
 
     req = AddClassRequest("boat", device="cpu")
     assert req.with_speed().support_windows is True and req.with_speed().dtype == "auto"

@@ -3,8 +3,8 @@ size, windows) through the feature cache (:mod:`protodb.features.cache`), so an 
 classes — or by a re-run — is featurised once.
 
 Support windows: by default a support image is featurised through the same sliding windows that
-``segment`` scores a photo with (:data:`SUPPORT_WINDOWS`: squares of 448 and 336 at stride 224 plus the
-whole image, planned on the image at its feature size), each patch cell's feature the normalised mean
+``segment`` scores a photo with (a tiled extractor's own tiles, else :data:`SUPPORT_WINDOWS`: squares of
+448 and 336 at stride 224; plus the whole image, planned on the image at its feature size), each patch cell's feature the normalised mean
 over the windows holding it, so that support patches are seen in the contexts query patches are seen in.
 Measured on CamVid (exemplars + label maps, focus-vits14-torch, class+instance+part): val 53.22 mIoU
 against 51.02 with one pass over the whole image.

@@ -131,7 +131,7 @@ class ClassBuilder:
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars),
-                             support_windows=support_plan(req.support_windows))
+                             support_windows=support_plan(req.support_windows, getattr(loaded[0], "tile", None)))
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
     def _corrections(self, name: str) -> list[ExemplarInput]:

@@ -35,6 +35,7 @@ class Replay:
     def __init__(self, extractor, feats: list[torch.Tensor]):
         self.patch_size = extractor.patch_size
         self.device = getattr(extractor, "device", None)
+        self.tile = getattr(extractor, "tile", None)  # so the windows resolve as the extractor's did
         self._feats = deque(feats)
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,7 @@ def batched_features(extractor, tensors: Sequence[torch.Tensor], spec, max_crops
     """For each image, the features of each of its window calls, in call order; crops of one shape are
     extracted together across images."""
     calls: list[list[torch.Tensor]] = []  # per image: crops per call
+    spec = spec.resolved(getattr(extractor, "tile", None))  # as window_grid_scores resolves it
     for t in tensors:
         _sizes, _resized, _plan, it = window_calls(t, extractor.patch_size, spec, getattr(extractor, "device", None))
         calls.append([crops for _idx, crops in it])

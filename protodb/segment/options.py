@@ -118,7 +118,7 @@ class SegmentSettings:
     device: str
     dtype: str
     stuff_threshold: float
-    windows: WindowSpec
+    windows: WindowSpec  # resolved for the (first) extractor: the windows it was scored through
     explain: bool
     speed: str | None = None
     bg_margin: float = 0.0
@@ -126,13 +126,16 @@ class SegmentSettings:
     #: how classes were matched: {"mode": "exhaustive"} or {"mode": "two-stage", "shortlist": N, "queries": K,
     #: "stage1": exact|flat|ivf_pq, "index_state", "index_table", "index_params", "extractor"}
     matching: dict[str, Any] = field(default_factory=lambda: {"mode": "exhaustive"})
+    #: when an ensemble's extractors are scored through different windows: {extractor: {sizes, stride, whole}}
+    windows_by_extractor: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        w = self.windows
+        w = self.windows.resolved()
         return {"levels": list(self.levels), "background": self.background, "prefilter": self.prefilter,
                 "clip_model": self.clip_model, "pamr": self.pamr, "device": self.device, "dtype": self.dtype,
                 "stuff_threshold": self.stuff_threshold,
                 "windows": {"short_side": w.short_side, "sizes": list(w.sizes), "stride": w.stride, "whole": w.whole,
                             "scales": list(w.scales), "subpatch": w.subpatch},
                 "explain": self.explain, "bg_margin": self.bg_margin, "vote": self.vote, "matching": dict(self.matching),
-                **({"speed": self.speed} if self.speed else {})}
+                **({"speed": self.speed} if self.speed else {}),
+                **({"windows_by_extractor": dict(self.windows_by_extractor)} if self.windows_by_extractor else {})}

@@ -19,6 +19,7 @@ import torch
 
 from protodb.device import choose_device, choose_dtype, compute_dtype, dtype_name
 from protodb.features.plan import SupportFeatures
+from protodb.features.windows import window_plan
 from protodb.images import decode_rgb, to_tensor
 from protodb.models.extractors import spec_from_dict
 from protodb.models.registry import ModelRegistry
@@ -83,10 +84,17 @@ class VocabularySegmenter:
         clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
         use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
         self.prefilter = ClipPrefilter(clip, self.device, torch.float32) if use_prefilter else None
+        # the windows each extractor is scored through (a tiled extractor's are its tiles): recorded resolved
+        tiles = {e: getattr(x, "tile", None) for e, x in self.extractors.items()}
+        resolved_windows = {e: opts.windows.resolved(t) for e, t in tiles.items()}
+        first = resolved_windows[self.vocab.extractors[0]]
+        per_extractor = ({e: window_plan(w) for e, w in resolved_windows.items()}
+                         if any(w != first for w in resolved_windows.values()) else {})
         self.settings = SegmentSettings(levels=levels, background=self.vocab.background,
                                         prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
-                                        stuff_threshold=opts.stuff_threshold, windows=opts.windows, explain=opts.explain,
+                                        stuff_threshold=opts.stuff_threshold, windows=first, explain=opts.explain,
+                                        windows_by_extractor=per_extractor,
                                         speed=opts.speed, bg_margin=float(opts.bg_margin), vote=int(opts.vote),
                                         matching=self.stage1.describe() if self.stage1 else {"mode": "exhaustive"})
 

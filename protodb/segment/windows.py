@@ -71,7 +71,7 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
     ``spec.subpatch = n`` each window's n x n shifted passes are interleaved into one (n h, n w) grid.
     Returns ``(scores (C', n H'/p, n W'/p) float32 on the table's device, patches or None)``.
     """
-    spec = spec or WindowSpec()
+    spec = (spec or WindowSpec()).resolved(getattr(extract, "tile", None))  # the extractor's windows
     p = int(getattr(extract, "patch_size"))
     n = max(1, int(spec.subpatch))
     device = getattr(extract, "device", None)

@@ -229,7 +229,8 @@ class Extractor:
         on ``device``; each equal (up to float rounding) to ``self(crop[None])[0]``.
 
         Tiled extractors run each distinct tile once: on a 480x360 photo scored at short side 448 the
-        segment windows (448 and 336 at stride 224, plus the whole image) need 21 tiles, not 57.
+        windows 448 and 336 at stride 224, plus the whole image, need 21 tiles, not 57 (a tiled extractor's default
+        windows are its own tiles plus the whole image: 15 tiles, :meth:`WindowSpec.resolved`).
         Others batch the windows of one size (``batch`` per call)."""
         self._check(image[None])
         if self.tile is None:
