@@ -82,7 +82,11 @@ class VocabularySegmenter:
                                                          expect_weights=record.weights_hash)
         clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
         use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
-        self.prefilter = ClipPrefilter(clip, self.device, torch.float32) if use_prefilter else None
+        self.prefilter = ClipPrefilter(clip, self.device, torch.float32, stores=stores) if use_prefilter else None
+        if self.prefilter is not None:  # the class prompts' text embeddings: from the database, or computed once
+            computed = self.prefilter.warm(self.vocab.names, self.vocab.stuff)
+            log.info("CLIP pre-filter: %d class prompt embeddings computed, %d from the database", computed,
+                     sum(not s for s in self.vocab.stuff) - computed)
         self.settings = SegmentSettings(levels=levels, background=self.vocab.background,
                                         prefilter=self.prefilter is not None, clip_model=clip if use_prefilter else None,
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
