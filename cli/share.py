@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from protodb.entities import ExportReport, ImportReport, PullReport, PushReport, Remote
+from protodb.names import quoted
 from protodb_cli.app import WRITE, Ctx, command
 from protodb_cli.output import human_bytes, say, table
 
@@ -44,6 +45,14 @@ def print_import(res: ImportReport) -> None:
         say(f"  tag {t} not imported: that tag pins another set here")
     for w in res.warnings:
         say(f"  warning: {w}")
+    for ix in res.indexes:
+        what = f"index of {ix['vocabulary']} ({ix['extractor']}, {ix['kind']})"
+        if ix["state"] == "failed":
+            say(f"  warning: the {what} was not rebuilt here ({ix.get('error')}); the import stands: "
+                f"rebuild it with: protodb index build {quoted(ix['vocabulary'])}")
+        else:
+            say(f"  {what}: " + {"rebuilt": "rebuilt here", "fresh": "already fresh here",
+                                 "would rebuild": "would be rebuilt here"}.get(ix["state"], ix["state"]))
 
 
 @command(top, "export")

@@ -92,7 +92,7 @@ class ProtoDB:
     def services(self) -> "Services":
         from protodb.services.container import Services  # deferred: SQLAlchemy
 
-        return Services(self.stores, self.overview)
+        return Services(self.stores, self.overview, indexes=lambda: self.indexes)
 
     @property
     def schema(self) -> "SchemaService":

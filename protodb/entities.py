@@ -475,7 +475,12 @@ class ExportReport(Entity):
 
 @dataclass(frozen=True)
 class ImportReport(Entity):
-    """What an import added and skipped (``added`` / ``skipped`` as documented in the README)."""
+    """What an import added and skipped (``added`` / ``skipped`` as documented in the README).
+
+    indexes: the summary indexes the bundle carried for its vocabularies, one dict each: ``vocabulary``
+    (its name here), ``extractor``, ``kind``, ``params`` and ``state``: ``would rebuild`` (dry run),
+    ``rebuilt`` (built here after the import), ``fresh`` (an index of that kind was fresh here already)
+    or ``failed`` (with ``error``: the import stands; rebuild it with ``protodb index build``)."""
 
     bundle: str
     manifest_sha256: str
@@ -487,6 +492,7 @@ class ImportReport(Entity):
     added: dict[str, Any]
     skipped: dict[str, Any]
     warnings: tuple[str, ...]
+    indexes: tuple[dict[str, Any], ...] = ()
     path: str | None = None
     ref: dict[str, Any] | None = None
     _omit_none: ClassVar[tuple[str, ...]] = ("path", "ref")

@@ -49,6 +49,8 @@ ANN_MIN_ROWS = 500_000
 #: Sets read one by one (checksummed, through the vector cache) up to this many; more: one table scan.
 _PER_SET_READS = 256
 KINDS = ("auto", "flat", "ivf_pq")
+#: The IVF-PQ parameters an index records (:func:`ann_params`), each a positive integer.
+ANN_PARAMS = ("num_partitions", "num_sub_vectors", "nprobes", "refine_factor")
 
 
 def setting_key(vocab: str, extractor_id: str) -> str:
@@ -103,6 +105,20 @@ def read_summary(stores: Stores, sets: SetService, psets: Sequence[PrototypeSet]
                    arrow.column("kind").to_pylist())
 
 
+def check_params(kind: str, params: dict[str, Any] | None) -> dict[str, int]:
+    """``params`` for an index of ``kind`` (flat: none; ivf_pq: every one of :data:`ANN_PARAMS`, positive
+    integers), or InvalidInput."""
+    params = dict(params or {})
+    if kind == "flat":
+        if params:
+            raise InvalidInput(f"a flat index takes no parameters; got {sorted(params)}")
+        return {}
+    if kind != "ivf_pq" or set(params) != set(ANN_PARAMS) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20 for v in params.values()):
+        raise InvalidInput(f"an ivf_pq index takes {', '.join(ANN_PARAMS)} (positive integers); got {params}")
+    return {k: int(params[k]) for k in ANN_PARAMS}
+
+
 def ann_params(rows: int, dim: int) -> dict[str, int]:
     """IVF-PQ parameters for ``rows`` summary vectors: about sqrt(rows) partitions, 8 dimensions per PQ
     sub-vector, and the search settings (partitions probed, exact re-ranking factor)."""
@@ -147,10 +163,18 @@ class VocabIndexes:
 
     # ------------------------------------------------------------------ build
     def build(self, vocab: str, *, extractors: Sequence[str] = (), kind: str = "auto",
+              params: dict[str, Any] | None = None,
               progress: Callable[[str], None] | None = None) -> list[IndexStatus]:
-        """(Re)build the summary index of ``vocab`` for each extractor (default: those all its classes share)."""
+        """(Re)build the summary index of ``vocab`` for each extractor (default: those all its classes share).
+
+        ``params``: the IVF-PQ parameters to use instead of :func:`ann_params` (``kind`` ivf_pq only; an
+        imported bundle's index is rebuilt with the parameters it was built with)."""
         if kind not in KINDS:
             raise InvalidInput(f"--kind takes {', '.join(KINDS)}; got {kind!r}")
+        if params is not None:
+            if kind != "ivf_pq":
+                raise InvalidInput(f"index parameters are for --kind ivf_pq, not {kind!r}")
+            params = check_params(kind, params)
         r = self._resolve(vocab, extractors)
         out = []
         for e in r.extractors:
@@ -164,15 +188,22 @@ class VocabIndexes:
             if chosen == "ivf_pq" and rows < 256:
                 raise InvalidInput(f"an IVF-PQ index needs at least 256 summary vectors; {vocab} has {rows}: "
                                    "use --kind flat")
-            params = ann_params(rows, dim) if chosen == "ivf_pq" else {}
+            if chosen == "ivf_pq" and params is not None and dim % params["num_sub_vectors"]:
+                raise InvalidInput(f"num_sub_vectors {params['num_sub_vectors']} does not divide the "
+                                   f"{dim}-d vectors of {e}")
+            chosen_params = (params or ann_params(rows, dim)) if chosen == "ivf_pq" else {}
             name = f"{SummaryTables.PREFIX}{uuid.uuid4().hex[:20]}"
             self.tables.write(name, summary.owner, summary.set_ids, summary.kinds, summary.vectors)
             if chosen == "ivf_pq":
                 if progress:
                     progress(f"training IVF-PQ over {rows} vectors ({e})")
-                self.tables.add_vector_index(name, chosen, params)
+                try:
+                    self.tables.add_vector_index(name, chosen, chosen_params)
+                except Exception:
+                    self.tables.drop(name)  # nothing recorded names it yet
+                    raise
             record = {"vocabulary": r.name, "vocab_version": r.version, "extractor": e,
-                      "extractor_id": psets[0].extractor_id, "table": name, "kind": chosen, "params": params,
+                      "extractor_id": psets[0].extractor_id, "table": name, "kind": chosen, "params": chosen_params,
                       "summary_kinds": list(SUMMARY_KINDS), "classes": len(psets), "rows": int(rows),
                       "coverage": coverage_key(psets), "set_ids": None,
                       "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -257,6 +288,32 @@ class VocabIndexes:
                 damage.append(Damage("index", st.table or "-", f"its table is missing; rebuild: protodb index build "
                                      f"{st.vocabulary}", name=f"{st.vocabulary} ({st.extractor})"))
         return statuses, damage
+
+    # ------------------------------------------------------------------ bundles
+    def portable(self, vocab: str) -> list[dict[str, Any]]:
+        """What a bundle carrying ``vocab`` records of its indexes: per extractor whose index is fresh, its
+        name, kind and parameters (and the classes and rows it covered), sorted by extractor; stale or
+        missing indexes are left out (the receiving database has nothing to rebuild for them)."""
+        if not self.records(vocab):
+            return []
+        return sorted(({"extractor": st.extractor, "kind": st.kind, "params": dict(st.params),
+                        "classes": st.classes, "rows": st.rows}
+                       for st in self.status(vocab) if st.state == "fresh"), key=lambda d: d["extractor"])
+
+    def rebuild_carried(self, vocab: str, extractor: str, kind: str,
+                        params: dict[str, Any]) -> tuple[IndexStatus, bool]:
+        """After an import: the index of ``vocab`` for ``extractor`` as a bundle recorded it (``kind`` flat
+        or ivf_pq, with its ``params``): (its status, whether it was built). An index here that is fresh
+        already, of that kind and with those parameters is kept; else it is built. Raises what
+        :meth:`build` raises."""
+        if kind not in ("flat", "ivf_pq"):
+            raise InvalidInput(f"unknown index kind {kind!r}")
+        params = check_params(kind, params)
+        for st in self.status(vocab):
+            if st.extractor == extractor and st.state == "fresh" and st.kind == kind and st.params == params:
+                return st, False
+        (st,) = self.build(vocab, extractors=[extractor], kind=kind, params=params if kind == "ivf_pq" else None)
+        return st, True
 
     # ------------------------------------------------------------------ opening for stage 1
     def fresh_record(self, resolved: ResolvedVocabulary, extractor: str) -> tuple[dict | None, str]:

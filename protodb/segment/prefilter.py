@@ -15,10 +15,17 @@ The rule (:func:`choose_classes`, applied by :meth:`ClipPrefilter.select`):
    embedding has the highest cosine with the image embedding wins (ties: the smaller subset, then the
    earlier one in :func:`itertools.combinations` order).
 5. Kept: the winning subset plus every stuff class.
+
+The class prompts' text embeddings (step 2) are computed once per vocabulary, not per image: with a
+database (``stores``), :class:`TextEmbeddingCache` keeps them in a LanceDB table per text model (keyed by
+the model's weights hash, its tokenizer and dtype, and the prompt text), filled in batches the first time
+a segmenter needs them and read back by every later one, in any process. The subset prompts (step 4)
+depend on the image and are embedded per image, as before.
 """
 
 from __future__ import annotations
 
+import logging
 from itertools import combinations
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from protodb.errors import InvalidInput
+from protodb.hashing import sha256_json
+from protodb.models.extractors.base import pretrained_hash
+from protodb.storage.vectors import TextEmbeddingTables
+from protodb.stores import Stores
+
+log = logging.getLogger(__name__)
 
 
 def class_prompt(name: str) -> str:
@@ -103,15 +116,45 @@ def _size_hw(size) -> tuple[int, int] | None:
     return None
 
 
+class TextEmbeddingCache:
+    """Text embeddings of one text model's prompts in a database: table ``txt_<model key>`` of its
+    vector store (:class:`protodb.storage.vectors.TextEmbeddingTables`). Appends hold the stores' vector
+    lock on that table and skip prompts another process stored meanwhile."""
+
+    def __init__(self, stores: Stores, model_key: str):
+        self.stores, self.model_key = stores, model_key
+        self.tables = TextEmbeddingTables(stores.vectors)
+        self.table = self.tables.name(model_key)
+
+    def get(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """prompt -> (E,) float32 embedding of those of ``prompts`` that are stored."""
+        texts, vectors = self.tables.read(self.table, set(prompts))
+        return dict(zip(texts, vectors))
+
+    def put(self, prompts: Sequence[str], vectors: np.ndarray) -> int:
+        """Store the (N, E) ``vectors`` of ``prompts`` not stored yet; returns how many were added."""
+        with self.stores.vector_lock(self.table):
+            there = set(self.tables.read(self.table, set(prompts))[0])
+            new = [i for i, p in enumerate(prompts) if p not in there]
+            if new:
+                self.tables.add(self.table, [prompts[i] for i in new], np.asarray(vectors)[new])
+        return len(new)
+
+
 class ClipPrefilter:
     """A transformers CLIP model (hub id or local folder with the model, tokenizer and image processor).
 
     The image processor is used for its settings only (input size, mean, std, resampling filter): images
     are squashed to the input size, not resized and centre-cropped (:meth:`pixel_values`).
+
+    stores: the database whose :class:`TextEmbeddingCache` keeps the class prompts' text embeddings
+    across segmenters and processes (None: kept in this object only). ``computed`` counts the class
+    prompts this object embedded itself (neither remembered nor found in the database).
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, revision: str | None = None, batch: int = 256):
+                 dtype: torch.dtype = torch.float32, revision: str | None = None, batch: int = 256,
+                 stores: Stores | None = None):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         src = str(Path(model_path).expanduser()) if Path(str(model_path)).expanduser().exists() else str(model_path)
@@ -135,6 +178,21 @@ class ClipPrefilter:
         self.rescale = float(getattr(p, "rescale_factor", None) or 1 / 255)
         resample = getattr(p, "resample", None)
         self.resample = PIL.Image.Resampling(int(resample)) if resample is not None else PIL.Image.Resampling.BICUBIC
+        self.source, self.revision = src, revision
+        self.computed = 0
+        self._class_embs: dict[str, torch.Tensor] = {}  # class prompt -> (E,) embedding
+        self._stacked: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._cache: TextEmbeddingCache | None = None
+        if stores is not None:
+            self._cache = TextEmbeddingCache(stores, self.model_key())
+
+    def model_key(self) -> str:
+        """sha256 naming this text model: its weight files' hash (or its parameters' when the files are not
+        found), its tokenizer (class, vocabulary size, maximum length) and the dtype embeddings come in."""
+        tok = self.tokenizer
+        return sha256_json({"weights": pretrained_hash(self.source, self.revision, [""], [self.model]),
+                            "tokenizer": [type(tok).__name__, len(tok), int(tok.model_max_length)],
+                            "dtype": str(self.dtype).removeprefix("torch.")})
 
     def pixel_values(self, image) -> torch.Tensor:
         """PIL image -> (1, 3, h, w) float32 CLIP input: the WHOLE image resized to the processor's input
@@ -163,11 +221,47 @@ class ClipPrefilter:
         return torch.cat(outs)
 
     @torch.no_grad()
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """(len, E) float32 L2-normalised text embeddings of the class prompts ``"a {name}"``: remembered
+        here, else read from the database, else computed (:meth:`text_embeddings`, in batches, in the
+        order given) and stored there."""
+        key = tuple(names)
+        if self._stacked is not None and self._stacked[0] == key:
+            return self._stacked[1]
+        prompts = [class_prompt(n) for n in names]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._class_embs]
+        if missing and self._cache is not None:
+            for p, v in self._cache.get(missing).items():
+                self._class_embs[p] = torch.from_numpy(np.array(v, np.float32)).to(self.device)
+            missing = [p for p in missing if p not in self._class_embs]
+        if missing:
+            embs = self.text_embeddings(missing)
+            self.computed += len(missing)
+            self._class_embs.update(zip(missing, embs))
+            if self._cache is not None:
+                try:
+                    self._cache.put(missing, embs.cpu().numpy())
+                except Exception as err:  # noqa: BLE001 - a read-only database only costs recomputing later
+                    log.warning("could not store %d CLIP text embeddings in the database (%s); they are kept "
+                                "for this process only", len(missing), str(err).splitlines()[0][:160] if str(err)
+                                else type(err).__name__)
+        out = torch.stack([self._class_embs[p] for p in prompts]) if prompts else torch.zeros(0)
+        self._stacked = (key, out)
+        return out
+
+    def warm(self, names: Sequence[str], stuff: Sequence[bool]) -> int:
+        """Have the thing classes' prompt embeddings at hand before the first image (a segmenter's start);
+        returns how many had to be computed."""
+        before = self.computed
+        self.class_embeddings([n for n, s in zip(names, stuff) if not s])
+        return self.computed - before
+
+    @torch.no_grad()
     def probabilities(self, image, names: Sequence[str]) -> torch.Tensor:
         """(N,) float32 softmax over ``names`` of the raw cosines between the image and ``"a {name}"``
         (no logit scale). :meth:`select` applies it to the thing classes only."""
         img = self.image_embedding(image)
-        return torch.softmax(self.text_embeddings([class_prompt(n) for n in names]) @ img, dim=0).cpu()
+        return torch.softmax(self.class_embeddings(names) @ img, dim=0).cpu()
 
     @torch.no_grad()
     def select(self, image, names: Sequence[str], stuff: Sequence[bool], max_keep: int = 10) -> list[int]:
@@ -182,7 +276,7 @@ class ClipPrefilter:
         if not things:
             return [i for i, s in enumerate(stuff) if s]
         img = self.image_embedding(image)
-        thing_embs = self.text_embeddings([class_prompt(n) for n in things])
+        thing_embs = self.class_embeddings(things)
         subset_embs = lambda subsets: self.text_embeddings(  # noqa: E731
             [subset_prompt([names[i] for i in s]) for s in subsets])
         return choose_classes(img, thing_embs, list(stuff), subset_embs, max_keep=max_keep)

@@ -83,7 +83,11 @@ class VocabularySegmenter:
                                                          expect_weights=record.weights_hash)
         clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
         use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
-        self.prefilter = ClipPrefilter(clip, self.device, torch.float32) if use_prefilter else None
+        self.prefilter = ClipPrefilter(clip, self.device, torch.float32, stores=stores) if use_prefilter else None
+        if self.prefilter is not None:  # the class prompts' text embeddings: from the database, or computed once
+            computed = self.prefilter.warm(self.vocab.names, self.vocab.stuff)
+            log.info("CLIP pre-filter: %d class prompt embeddings computed, %d from the database", computed,
+                     sum(not s for s in self.vocab.stuff) - computed)
         # the windows each extractor is scored through (a tiled extractor's are its tiles): recorded resolved
         tiles = {e: getattr(x, "tile", None) for e, x in self.extractors.items()}
         resolved_windows = {e: opts.windows.resolved(t) for e, t in tiles.items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from protodb.services.changes import ChangeService
 from protodb.services.integrity import IntegrityService
@@ -22,17 +22,23 @@ from protodb.services.vocabs import VocabService
 from protodb.stores import Stores
 
 if TYPE_CHECKING:
+    from protodb.sharing.ports import IndexLookup
     from protodb.services.corrections import CorrectionService
     from protodb.services.sharing import SharingService
 
 
 class Services:
     """``overview``, ``schema``, ``sets``, ``labels``, ``vocabs``, ``support``, ``changes``, ``integrity``,
-    ``sharing``, ``corrections`` of one database's :class:`Stores`."""
+    ``sharing``, ``corrections`` of one database's :class:`Stores`.
 
-    def __init__(self, stores: Stores, overview: OverviewService | None = None):
+    indexes: makes the vocabularies' summary indexes when sharing needs them (bundles carry them, imports
+    rebuild them); the facade passes its own, from the segment layer above this one."""
+
+    def __init__(self, stores: Stores, overview: OverviewService | None = None,
+                 indexes: Callable[[], IndexLookup] | None = None):
         self.stores = stores
         self.overview = overview or OverviewService(stores)
+        self._indexes = indexes
 
     @classmethod
     def open(cls, path: str | os.PathLike | None, *, catalog_url: str | None = None, create: bool = False,
@@ -71,7 +77,7 @@ class Services:
     def sharing(self) -> "SharingService":
         from protodb.services.sharing import SharingService  # deferred: pyarrow (see protodb.lazy.DEFERRED)
 
-        return SharingService(self.stores, self.sets, self.vocabs)
+        return SharingService(self.stores, self.sets, self.vocabs, indexes=self._indexes)
 
     @functools.cached_property
     def corrections(self) -> "CorrectionService":

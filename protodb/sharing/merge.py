@@ -421,7 +421,24 @@ def report(c: Contents, p: Plan, *, dry_run: bool) -> ImportReport:
             "vocabularies": [v for v in p.vocabularies if v["action"] != "added"],
         },
         warnings=tuple(p.warnings),
+        indexes=_carried_indexes(c, p, dry_run),
     )
+
+
+def _carried_indexes(c: Contents, p: Plan, dry_run: bool) -> tuple[dict[str, Any], ...]:
+    """The indexes the bundle carried, under the names their vocabularies have here: an added vocabulary
+    (perhaps renamed ``NAME:import-<hash>``), a built-in one, or one identical here. A vocabulary skipped
+    because its renamed copy exists already is left alone."""
+    here = {}
+    for v in p.vocabularies:
+        if v["action"] == "added":
+            here[v["from"]] = v["name"]
+        elif v["action"] == "builtin" or v.get("reason") == "identical here":
+            here[v["name"]] = v["name"]
+    state = "would rebuild" if dry_run else "pending"
+    return tuple({"vocabulary": here[name], "extractor": ix["extractor"], "kind": ix["kind"],
+                  "params": dict(ix["params"]), "state": state}
+                 for name, carried in sorted(c.indexes.items()) if name in here for ix in carried)
 
 
 def apply(stores: Stores, c: Contents, *, dry_run: bool = False,

@@ -8,9 +8,9 @@ the two packages never import each other.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from protodb.entities import ClassVersions, PrototypeSet, Vocabulary, VocabularySummary
+from protodb.entities import ClassVersions, IndexStatus, PrototypeSet, Vocabulary, VocabularySummary
 
 
 class SetLookup(Protocol):
@@ -31,3 +31,13 @@ class VocabLookup(Protocol):
     def show(self, name: str) -> Vocabulary: ...
 
     def list(self) -> list[VocabularySummary]: ...
+
+
+class IndexLookup(Protocol):
+    """Summary indexes of vocabularies (:class:`protodb.segment.index.VocabIndexes` is one): what a bundle
+    records of a vocabulary's fresh indexes, and their rebuild after an import."""
+
+    def portable(self, vocab: str) -> list[dict[str, Any]]: ...
+
+    def rebuild_carried(self, vocab: str, extractor: str, kind: str,
+                        params: dict[str, Any]) -> tuple[IndexStatus, bool]: ...

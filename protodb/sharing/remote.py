@@ -37,7 +37,7 @@ from protodb.entities import PullReport, PushReport, Remote, RemoteRef
 from protodb.errors import InvalidInput, NotFound
 from protodb.hashing import sha256_file
 from protodb.names import Ref, quoted
-from protodb.sharing.ports import SetLookup, VocabLookup
+from protodb.sharing.ports import IndexLookup, SetLookup, VocabLookup
 from protodb.sharing import merge
 from protodb.sharing.bundle import (
     MANIFEST,
@@ -245,13 +245,15 @@ def _push_jobs(sets: SetLookup, vocabs: VocabLookup, sel: Selection) -> tuple[li
 
 
 def push(stores: Stores, sets: SetLookup, vocabs: VocabLookup, name: str, sel: Selection, *,
-         lean: bool = False, progress: Progress | None = None) -> PushReport:
-    """Upload what the remote lacks of the selected bundles, then write their refs."""
+         lean: bool = False, progress: Progress | None = None, indexes: IndexLookup | None = None) -> PushReport:
+    """Upload what the remote lacks of the selected bundles, then write their refs (``indexes``: see
+    :func:`protodb.sharing.bundle.build_bundle`)."""
     tick = progress or (lambda _s, _n, _t: None)
     url = remote_url(stores.settings, name)
     store = RemoteStore(url)
     jobs, warnings = _push_jobs(sets, vocabs, sel)
-    built = [(kind, ref_name, build_bundle(stores, sets, vocabs, s, lean=lean)) for kind, ref_name, s in jobs]
+    built = [(kind, ref_name, build_bundle(stores, sets, vocabs, s, lean=lean, indexes=indexes))
+             for kind, ref_name, s in jobs]
     existing = store.existing()
     todo: dict[str, tuple[int, Callable[[], bytes]]] = {}
     for _kind, _ref, parts in built:

@@ -18,6 +18,10 @@ Rows are only ever appended (and rows of discarded unfinished sets deleted); rea
 the catalog, which only lists ``ready`` sets, so rows of an unfinished set are never served.
 Each set's rows have a checksum (:meth:`PrototypeRows.checksum`) recorded in the catalog at commit,
 so damage in the table's files is found by ``verify`` and when the set is loaded.
+
+Beside them, derived tables that can always be computed again: vocabulary summary indexes
+(``idx_*``, :class:`SummaryTables`) and text embeddings of prompts per CLIP model (``txt_*``,
+:class:`TextEmbeddingTables`).
 """
 
 from __future__ import annotations
@@ -333,6 +337,62 @@ class SummaryTables:
         self.store._tables.pop(name, None)
         with contextlib.suppress(Exception):  # noqa: BLE001 - a table already gone is what we wanted
             self.store._db.drop_table(name)
+
+
+def text_schema(dim: int):
+    """Rows of a text-embedding table: the ``prompt`` and its L2-normalised ``vector``."""
+    return pa.schema([pa.field("prompt", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+class TextEmbeddingTables:
+    """Text embeddings of prompts (the CLIP pre-filter's class prompts), one table per text model
+    (``txt_<model key>``) beside the prototype tables in the same LanceDB database: appended in batches,
+    read back whole. Callers serialise appends with the stores' vector lock on the table's name."""
+
+    PREFIX = "txt_"
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+
+    def name(self, model_key: str) -> str:
+        """The table of the model whose key (hex) is ``model_key``."""
+        return f"{self.PREFIX}{model_key[:32]}"
+
+    def names(self) -> list[str]:
+        return [n for n in self.store.table_names() if n.startswith(self.PREFIX)]
+
+    def read(self, name: str, prompts: "set[str] | None" = None) -> tuple[list[str], "np.ndarray"]:
+        """(prompts, (N, E) float32 vectors) stored in ``name`` (only those in ``prompts`` when given; a
+        prompt stored twice by racing writers comes once); ([], (0, 0)) when there is no such table."""
+        if name not in self.store.table_names():
+            return [], np.zeros((0, 0), np.float32)
+        arrow = self.store._db.open_table(name).to_arrow()
+        dim = arrow.schema.field("vector").type.list_size
+        texts = arrow.column("prompt").to_pylist()
+        vectors = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        keep, seen = [], set()
+        for i, t in enumerate(texts):
+            if t not in seen and (prompts is None or t in prompts):
+                seen.add(t)
+                keep.append(i)
+        return [texts[i] for i in keep], np.asarray(vectors[keep], np.float32).reshape(-1, dim)
+
+    def add(self, name: str, prompts: Sequence[str], vectors: "np.ndarray") -> None:
+        """Append ``prompts`` with their (N, E) ``vectors`` (the table is made on the first append)."""
+        dim = int(vectors.shape[1])
+        data = pa.table({"prompt": pa.array(list(prompts), pa.string()),
+                         "vector": pa.FixedSizeListArray.from_arrays(
+                             pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)), dim)},
+                        schema=text_schema(dim))
+        if name in self.store.table_names():
+            table = self.store._db.open_table(name)
+            have = table.schema.field("vector").type.list_size
+            if have != dim:
+                raise ValueError(f"table {name} holds {have}-d text embeddings, got {dim}-d")
+            table.add(data)
+        else:
+            self.store._db.create_table(name, data=data)
 
 
 def _sql_list(values: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class Contents:
     rows: dict[str, list[dict[str, Any]]]
     vectors: dict[str, PrototypeRows]
     artifacts: dict[str, Path | None]  # sha256 → staged file (None: already in the local store)
+    #: vocabulary name (as in the manifest) → the fresh summary indexes it had where it was exported
+    #: (extractor, kind, params: :func:`carried_indexes`); empty for bundles written before they travelled
+    indexes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def short(self) -> str:
@@ -127,7 +130,42 @@ def load_contents(staged: Staged, limits: Limits | None = None) -> Contents:
             raise refuse(f"vectors/{s['id']}.arrow kinds do not match the set's counts")
         _check_sources(s, rows_, rows, images_of, lean)
         vectors[s["id"]] = rows_
-    return Contents(staged.manifest, staged.manifest_sha256, rows, vectors, artifacts)
+    return Contents(staged.manifest, staged.manifest_sha256, rows, vectors, artifacts,
+                    carried_indexes(staged.manifest))
+
+
+#: At most this many indexes per vocabulary in a manifest (one per extractor), parameters per index.
+MAX_INDEXES, MAX_INDEX_PARAMS = 64, 16
+
+
+def carried_indexes(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The ``indexes`` a manifest records per vocabulary (absent in bundles from before they travelled: none),
+    checked for shape only: extractor and kind are short strings, params a small dict of integers. Whether
+    the kind and parameters make an index is for the rebuild to find out (it fails alone, not the import)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in manifest["contents"]["vocabularies"]:
+        if not isinstance(entry, dict) or "indexes" not in entry:
+            continue
+        name, carried = entry.get("name"), entry["indexes"]
+        if not isinstance(name, str) or not isinstance(carried, list) or len(carried) > MAX_INDEXES:
+            raise refuse("the manifest's vocabulary indexes are malformed")
+        checked = []
+        for ix in carried:
+            params = ix.get("params") if isinstance(ix, dict) else None
+            if (not isinstance(ix, dict) or not _short(ix.get("extractor"), 200) or not _short(ix.get("kind"), 32)
+                    or not isinstance(params, dict) or len(params) > MAX_INDEX_PARAMS
+                    or not all(_short(k, 64) and isinstance(v, int) and not isinstance(v, bool) and abs(v) < 1 << 31
+                               for k, v in params.items())):
+                raise refuse(f"the manifest's index of vocabulary {name[:60]!r} is malformed")
+            checked.append({"extractor": ix["extractor"], "kind": ix["kind"], "params": dict(params)})
+        if len({ix["extractor"] for ix in checked}) != len(checked):
+            raise refuse(f"the manifest names two indexes of vocabulary {name[:60]!r} for one extractor")
+        out[name] = checked
+    return out
+
+
+def _short(value: Any, n: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= n and value.isprintable()
 
 
 def _check_sources(pset: dict, vec: PrototypeRows, rows: dict, images_of: dict[str, set[str]], lean: bool) -> None:

@@ -37,7 +37,7 @@ from protodb.entities import ExportReport
 from protodb.errors import InvalidInput, NotFound, ProtoDBError
 from protodb.fileio import move_into_place, temp_dir
 from protodb.names import Ref
-from protodb.sharing.ports import SetLookup, VocabLookup
+from protodb.sharing.ports import IndexLookup, SetLookup, VocabLookup
 from protodb.sharing.bundle.format import FORMAT, FORMAT_VERSION, MANIFEST, Selection, json_bytes, tarinfo
 from protodb.sharing.bundle.tables import TABLES, _pk, row_to_dict
 from protodb.sharing.bundle.vectors import vectors_to_arrow
@@ -204,9 +204,18 @@ def _vector_blobs(set_service: SetLookup, sets: list[dict[str, Any]], class_name
 
 
 def build_bundle(stores: Stores, sets: SetLookup, vocabs: VocabLookup, sel: Selection, *,
-                 lean: bool = False) -> BundleParts:
-    """Collect the chosen ready sets and everything they depend on into bundle members."""
+                 lean: bool = False, indexes: IndexLookup | None = None) -> BundleParts:
+    """Collect the chosen ready sets and everything they depend on into bundle members.
+
+    ``indexes``: with it, each vocabulary's entry in the manifest records the summary indexes that are
+    fresh here (``"indexes"``: extractor, kind, params; the key is left out when there are none, so a
+    bundle without indexes is byte for byte what it was before they travelled)."""
     set_ids, vocab_entries, vocab_ids = select_sets(stores, sets, vocabs, sel)
+    if indexes is not None:
+        for entry in vocab_entries:
+            carried = indexes.portable(entry["name"])
+            if carried:
+                entry["indexes"] = carried
     with stores.sessions.reader() as s:
         objs = _catalog_rows(s, set_ids, vocab_ids, lean)
         tables = {t: sorted((row_to_dict(o, TABLES[t]) for o in rows), key=lambda r, m=TABLES[t]: _pk(m, r))
