@@ -150,3 +150,37 @@ def test_default_windows_are_a_tiled_extractors_tiles_and_are_recorded_resolved(
                                       windows=WindowSpec(short_side=48)))
     recorded = seg.settings.to_dict()["windows"]
     assert (recorded["sizes"], recorded["stride"], recorded["whole"]) == ([32], 16, True)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_subpatch_passes_of_a_tiled_extractor_share_tiles_and_equal_the_window_by_window_path(tmp_path, flip):
+    from protodb.models.extractors import ExtractorSpec
+    from protodb.segment.match import ClassPrototypes, build_match_table
+    from protodb.segment.windows import window_grid_scores
+
+    spec = build_tiny_extractor(tmp_path / "t")
+    tiled = load_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "flip": flip,
+                                                                "tile": {"size": 32, "stride": 16}}))
+
+    class WindowByWindow:  # the same extractor without window_features: one call per window's n x n crops
+        patch_size, device, tile = tiled.patch_size, tiled.device, tiled.tile
+
+        def __call__(self, crops):
+            return tiled(crops)
+
+    gen = torch.Generator().manual_seed(1)
+    table = build_match_table([ClassPrototypes(f"c{i}", False, fg=torch.randn(4, 32, generator=gen),
+                                               bg=torch.zeros(0, 32)) for i in range(3)], background=False)
+    image = torch.rand(3, 48, 64, generator=gen)
+    windows = WindowSpec(short_side=48, subpatch=2)
+    runs = []
+    original = tiled._run_tiles
+    tiled._run_tiles = lambda t: (runs.append(len(t)), original(t))[1]
+    shared, _ = window_grid_scores(image, tiled, table, windows)
+    n_shared = sum(runs)
+    runs.clear()
+    alone, _ = window_grid_scores(image, WindowByWindow(), table, windows)
+    assert shared.shape == alone.shape == (3, 12, 16)  # the (2 h, 2 w) interleaved grid
+    assert torch.allclose(shared, alone, atol=1e-5)
+    assert n_shared < sum(runs)  # each shift's tiles ran once for all its windows
+    assert n_shared == 4 * 6 * (2 if flip else 1)  # 4 shifts x 6 tiles of the 48x64 image (x2: the mirror)

@@ -62,7 +62,8 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
     """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
 
     Every window's crop goes through the extractor (windows of one size batched; an extractor with
-    ``window_features`` gets all windows of the image at once, so a tiled one runs each shared tile once);
+    ``window_features`` gets all windows of the image at once, so a tiled one runs each shared tile once,
+    also per shifted copy of the image with ``subpatch``: 4 x 15 tiles, not 2 x 2 x 30, at n = 2);
     all windows' patches
     are then scored in ONE pass over the prototypes (:func:`score_patches` on the stacked patches, so the
     prototype matrix is streamed once per image, not once per window), and each window's (C', h, w)
@@ -75,10 +76,17 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
     p = int(getattr(extract, "patch_size"))
     n = max(1, int(spec.subpatch))
     device = getattr(extract, "device", None)
-    if n == 1 and hasattr(extract, "window_features"):
+    shared = hasattr(extract, "window_features") and (n == 1 or getattr(extract, "tile", None) is not None)
+    if shared:
         (H, W), (H2, W2), img = resize_for(image, p, spec, device)
         plan = plan_windows(H, W, spec, p)
-        feats_of = list(extract.window_features(img[0], plan))
+        if n == 1:
+            feats_of = list(extract.window_features(img[0], plan))
+        else:  # sub-patch passes of a tiled extractor: each shifted copy of the image through all its windows
+            padded = subpatch.pad(img, p)[0]  # at once, so the windows of one shift share their tiles
+            per_shift = [extract.window_features(padded[:, p + dy:p + dy + H2, p + dx:p + dx + W2], plan)
+                         for dy, dx in subpatch.shifts(p, n)]
+            feats_of = [subpatch.interleave(torch.stack([s[i] for s in per_shift]), n) for i in range(len(plan))]
         calls = iter(())
     else:
         (H, W), (H2, W2), plan, calls = window_calls(image, p, spec, device)
