@@ -63,7 +63,7 @@ class WindowSpec:
     extractor (config ``"tile"``, or a fixed-size ONNX graph) is scored through its own tiles, each window
     one tile, plus the whole image, where every patch is the mean over its tiles; any other extractor
     through :data:`DEFAULT_SIZES` at :data:`DEFAULT_STRIDE` plus the whole image. The tile windows score the
-    best leave-one-drive-out mean on CamVid (39.84 against 39.50 for 448/336 windows with the same tiled
+    best leave-one-drive-out mean on CamVid (39.84 against 39.43 for 448/336 windows with the same tiled
     features, ``benchmarks/bench_camvid.py --protocol lodo``) and need fewer distinct tiles (15 against 21
     for a 480x360 photo at short side 448), so they are the default where the extractor has tiles."""
 
