@@ -62,18 +62,23 @@ def main() -> None:
     spec = WindowSpec(short_side=224) if args.smoke else WindowSpec()
 
     def bare() -> float:
-        """The extractor on exactly the crops segment_image feeds it, nothing else."""
-        p = ext.patch_size
+        """The extractor on exactly the windows segment_image feeds it, nothing else (the extractor's windows;
+        a tiled one's through window_features, each shared tile once, as segment runs it)."""
+        p, wspec = ext.patch_size, spec.resolved(getattr(ext, "tile", None))
         H, W = image.shape[1:]
-        H2, W2 = resized_size(H, W, spec, p)
+        H2, W2 = resized_size(H, W, wspec, p)
         t = time.perf_counter()
         img = torch.nn.functional.interpolate(image[None], size=(H2, W2), mode="bilinear",
                                               align_corners=False, antialias=True).clamp_(0, 1)
         groups: dict[tuple[int, int], list] = {}
-        for w in plan_windows(H, W, spec, p):
-            groups.setdefault((w.height, w.width), []).append(w)
+        plan = plan_windows(H, W, wspec, p)
+        if hasattr(ext, "window_features"):
+            ext.window_features(img[0], plan)
+        else:
+            for w in plan:
+                groups.setdefault((w.height, w.width), []).append(w)
         for (h, w), wins in groups.items():
-            for b in range(0, len(wins), spec.batch):
+            for b in range(0, len(wins), wspec.batch):
                 crops = torch.cat([img[:, :, x.top:x.top + h, x.left:x.left + w] for x in wins[b:b + spec.batch]])
                 ext(crops)
         return time.perf_counter() - t

@@ -185,17 +185,22 @@ def child(args) -> None:
     ext = seg.extractors[args.extractor]
 
     def bare(image) -> float:
-        """The extractor on exactly the crops segment feeds it."""
-        p, spec = ext.patch_size, args.spec
+        """The extractor on exactly the windows segment feeds it (the extractor's windows; a tiled one's
+        through window_features, each shared tile once, as segment runs it)."""
+        p, spec = ext.patch_size, args.spec.resolved(getattr(ext, "tile", None))
         H, W = image.shape[1:]
         H2, W2 = resized_size(H, W, spec, p)
         t = time.perf_counter()
         img = torch.nn.functional.interpolate(image[None], size=(H2, W2), mode="bilinear", align_corners=False,
                                               antialias=True).clamp_(0, 1)
         groups: dict = {}
-        for w in plan_windows(H, W, spec, p):
+        plan = plan_windows(H, W, spec, p)
+        for w in plan:
             groups.setdefault((w.height, w.width), []).append(w)
         with torch.no_grad():
+            if hasattr(ext, "window_features") and spec.subpatch == 1:
+                ext.window_features(img[0], plan)
+                groups = {}
             for (h, w), wins in groups.items():
                 for b in range(0, len(wins), spec.batch):
                     ext(torch.cat([img[:, :, x.top:x.top + h, x.left:x.left + w] for x in wins[b:b + spec.batch]]))
