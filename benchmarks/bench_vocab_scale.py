@@ -37,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from protodb.segment.options import DEFAULT_SHORTLIST
+from protodb.segment.shortlist import QUERIES
+
 REAL_CLASSES = 32
 INSTANCES, PARTS = 8, 16
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,9 +225,9 @@ def child(args) -> None:
                       "matching": res.settings["matching"]}))
 
 
-def _child_args(args, home: Path, path: str, labels: Path) -> list[str]:
+def _child_args(args, home: Path, path: str, labels: Path, shortlist: int) -> list[str]:
     out = [sys.executable, __file__, "--child", path, "--home", str(home), "--labels-out", str(labels),
-           "--extractor", args.extractor, "--photos", str(args.photos), "--shortlist", str(args.shortlist),
+           "--extractor", args.extractor, "--photos", str(args.photos), "--shortlist", str(shortlist),
            "--short-side", str(args.short_side)]
     if args.camvid is not None:
         out += ["--camvid", str(args.camvid)]
@@ -239,7 +242,9 @@ def main() -> None:
                     help="CamVid-layout folder: train/ frames give the real classes, val/ frames are segmented")
     ap.add_argument("--photos", type=int, default=2, help="CamVid val frames to segment (plus one scikit-image photo)")
     ap.add_argument("--support", type=int, default=4, help="CamVid train frames the real classes come from")
-    ap.add_argument("--shortlist", type=int, default=128)
+    ap.add_argument("--shortlist", type=int, nargs="+", default=[DEFAULT_SHORTLIST],
+                    help="shortlist sizes to run two stages with (the exhaustive run is shared; the first size's "
+                    "figures are the row's ratio, agreement, load_s and rss_gb, every size's under by_shortlist)")
     ap.add_argument("--index-kind", default="auto", choices=["auto", "flat", "ivf_pq"])
     ap.add_argument("--short-side", type=int, default=448)
     ap.add_argument("--home", type=Path, help="where the databases go (default: a temporary folder, removed)")
@@ -250,13 +255,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.classes, args.extractor, args.short_side, args.photos, args.support, args.shortlist = \
-            [40, 80], "tiny-vit", 112, 1, 2, 16
+            [40, 80], "tiny-vit", 112, 1, 2, [16]
 
     from protodb.features.windows import WindowSpec
 
     s = args.short_side  # the paper's windows at 448 (448 and 336, stride 224, and the whole image)
     args.spec = WindowSpec() if s == 448 else WindowSpec(short_side=s, sizes=(s,), stride=s // 2)
     if args.child:
+        args.shortlist = args.shortlist[0]
         child(args)
         return
     import torch
@@ -269,27 +275,39 @@ def main() -> None:
         home = base / f"db-{n}"
         built = build(home, n, args)
         row = {"classes": n, **built}
-        for path in ("exhaustive", "two-stage"):
-            labels = base / f"labels-{n}-{path}.npz"
-            out = subprocess.run(_child_args(args, home, path, labels), env=env, capture_output=True, text=True,
-                                 check=False)
+        runs = [("exhaustive", args.shortlist[0])] + [("two-stage", size) for size in args.shortlist]
+        for path, size in runs:
+            labels = base / f"labels-{n}-{path}-{size}.npz"
+            out = subprocess.run(_child_args(args, home, path, labels, size), env=env, capture_output=True,
+                                 text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(f"{path} run at {n} classes failed:\n{out.stderr[-3000:]}")
-            row[path] = json.loads(out.stdout.strip().splitlines()[-1])
-        a, b = np.load(base / f"labels-{n}-exhaustive.npz"), np.load(base / f"labels-{n}-two-stage.npz")
-        same = sum(int((a[k] == b[k]).sum()) for k in a.files)
-        total = sum(a[k].size for k in a.files)
-        row["agreement"] = round(same / total, 5)
-        row["ratio"] = row["two-stage"]["ratio"]
-        row["load_s"] = row["two-stage"]["load_s"]
-        row["rss_gb"] = row["two-stage"]["rss_gb"]
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            if path == "exhaustive":
+                row["exhaustive"] = got
+                a = np.load(labels)
+                continue
+            b = np.load(labels)
+            same = sum(int((a[k] == b[k]).sum()) for k in a.files)
+            total = sum(a[k].size for k in a.files)
+            got["agreement"] = round(same / total, 5)
+            row.setdefault("by_shortlist", {})[str(size)] = {k: got[k] for k in ("agreement", "ratio", "segment_s",
+                                                                                 "load_s", "rss_gb")}
+            if size == args.shortlist[0]:
+                row["two-stage"] = got
+        first = row["two-stage"]
+        row["agreement"] = first["agreement"]
+        row["ratio"] = first["ratio"]
+        row["load_s"] = first["load_s"]
+        row["rss_gb"] = first["rss_gb"]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)  # each size as it finishes (long runs)
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     out = {"extractor": args.extractor, "device": "cpu", "dtype": "float32", "cpu": cpu,
            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-           "short_side": args.short_side, "shortlist": args.shortlist, "rows_per_class": 2 * (1 + INSTANCES + PARTS),
+           "short_side": args.short_side, "shortlist": args.shortlist[0], "shortlists": args.shortlist,
+           "queries": QUERIES, "rows_per_class": 2 * (1 + INSTANCES + PARTS),
            "real_classes": REAL_CLASSES, "results": rows, "smoke": args.smoke,
            "peak_rss_gb_parent": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
     tmp.cleanup()
@@ -301,7 +319,11 @@ def main() -> None:
         print(f"{r['classes']:>6} classes: exhaustive {e['segment_s']:.2f} s/photo (x{e['ratio']:.2f}, load "
               f"{e['load_s']:.1f} s, {e['rss_gb']:.2f} GB) | two-stage {t['segment_s']:.2f} s/photo "
               f"(x{t['ratio']:.2f}, load {t['load_s']:.1f} s, {t['rss_gb']:.2f} GB) | agreement "
-              f"{100 * r['agreement']:.2f} % | index {r['index_kind']} {r['index_build_cpu_s']:.1f} s CPU")
+              f"{100 * r['agreement']:.2f} % (shortlist {args.shortlist[0]}) | index {r['index_kind']} "
+              f"{r['index_build_cpu_s']:.1f} s CPU")
+        for size, b in r["by_shortlist"].items():
+            print(f"        shortlist {size}: agreement {100 * b['agreement']:.2f} %, x{b['ratio']:.2f}, "
+                  f"{b['segment_s']:.2f} s/photo")
     print(f"[{out['cpu']}, {out['torch_threads']} threads, float32, {args.extractor}, short side {args.short_side}]")
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from protodb.segment.shortlist import QUERIES
+
 from tests.conftest import child_env, cli
 from tests.test_repository import _git, checkout  # noqa: F401 - the fixture that skips outside a git checkout
 
@@ -355,6 +357,8 @@ def check_vocab_scale(tmp, models, camvid):
             positive(run["load_s"], run["warm_load_s"], run["rss_gb"], run["segment_s"], run["extractor_s"], run["ratio"])
             assert run["rss_gb"] <= run["peak_rss_gb"]
         assert (row["ratio"], row["load_s"], row["rss_gb"]) == (two["ratio"], two["load_s"], two["rss_gb"])
+        assert list(row["by_shortlist"]) == ["16"] and row["by_shortlist"]["16"]["agreement"] == row["agreement"]
+        assert m["queries"] == r["queries"] == QUERIES
 
 
 CASES = {
