@@ -154,3 +154,30 @@ def test_a_database_that_cannot_store_them_still_segments(tmp_path, tiny_clip, m
     assert seg.segment(_image()).labels.shape == np.asarray(_image()).shape[:2]
     assert TextEmbeddingTables(db.stores.vectors).names() == []
     db.close()
+
+
+def test_verify_finds_damaged_text_embeddings_and_they_are_embedded_again(tmp_path, tiny_clip, counted):
+    """A text cache row that is not unit length (a flipped exponent bit, a hand edit; LanceDB itself refuses
+    NaN on write) is named by
+    ``verify``, never used by the pre-filter (the prompt is embedded again, exactly as the first time), and
+    replaced the next time the cache is written, after which ``verify`` is clean."""
+    clean_env()
+    db = protodb.open(tmp_path / "db")
+    pre = ClipPrefilter(tiny_clip, stores=db.stores)
+    first = pre.class_embeddings(["cat", "dog"])
+    assert not [d for d in db.verify().damage if d.what == "table"]
+    tables = TextEmbeddingTables(db.stores.vectors)
+    name = tables.name(pre.model_key())
+    tables.add(name, ["a cow"], np.zeros((1, first.shape[1]), np.float32))  # a prompt with only a damaged row
+    tables.add(name, ["a cat"], first[:1].numpy() * 3)  # a second, damaged row of a stored prompt
+    found = [d for d in db.verify().damage if d.what == "table"]
+    assert [d.id for d in found] == [name] and "2 of 4 text embeddings are not finite or not unit length" in found[0].problem
+    assert sorted(tables.read(name)[0]) == ["a cat", "a dog"]  # damaged rows are never read
+    assert tables.check(name) == ["2 of 4 text embeddings are not finite or not unit length"]
+    counted.clear()
+    again = ClipPrefilter(tiny_clip, stores=db.stores)
+    embs = again.class_embeddings(["cat", "cow"])
+    assert counted == [["a cow"]] and torch.equal(embs[0], first[0]) and torch.isfinite(embs[1]).all()
+    assert tables.check(name) == [] and not [d for d in db.verify().damage if d.what == "table"]
+    assert TextEmbeddingCache(db.stores, pre.model_key()).get(["a cat", "a cow", "a dog"]).keys() == {"a cow", "a dog"}
+    db.close()

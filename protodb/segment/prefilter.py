@@ -134,6 +134,7 @@ class TextEmbeddingCache:
     def put(self, prompts: Sequence[str], vectors: np.ndarray) -> int:
         """Store the (N, E) ``vectors`` of ``prompts`` not stored yet; returns how many were added."""
         with self.stores.vector_lock(self.table):
+            self.tables.drop_damaged(self.table)  # a damaged row (verify names it) goes; its prompt is re-added
             there = set(self.tables.read(self.table, set(prompts))[0])
             new = [i for i, p in enumerate(prompts) if p not in there]
             if new:

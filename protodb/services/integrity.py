@@ -30,6 +30,7 @@ from protodb.catalog.schema import (
 )
 from protodb.entities import PROTOTYPE_KINDS, Damage, VerifyReport
 from protodb.storage.artifacts import is_sha256
+from protodb.storage.vectors import TextEmbeddingTables
 from protodb.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ class IntegrityService:
                 continue
             if checksum and rows.checksum() != checksum:
                 hurt("its vectors do not match the checksum recorded at commit (damaged vector data)")
+        texts = TextEmbeddingTables(self.stores.vectors)
+        for name in texts.names():  # the CLIP pre-filter's text cache: damaged rows are re-embedded, never used
+            for problem in texts.check(name):
+                damage.append(Damage("table", name, f"{problem} (the CLIP pre-filter's text embedding cache: "
+                                     "segment leaves damaged rows out, embeds those prompts again and replaces the rows)"))
         for digest in report.missing:
             damage.append(Damage("artifact", digest, "missing"))
         for digest in report.corrupt:

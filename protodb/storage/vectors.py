@@ -364,19 +364,61 @@ class TextEmbeddingTables:
 
     def read(self, name: str, prompts: "set[str] | None" = None) -> tuple[list[str], "np.ndarray"]:
         """(prompts, (N, E) float32 vectors) stored in ``name`` (only those in ``prompts`` when given; a
-        prompt stored twice by racing writers comes once); ([], (0, 0)) when there is no such table."""
+        prompt stored twice by racing writers comes once; a damaged row — not finite, not unit length — is
+        left out, so the caller embeds that prompt again); ([], (0, 0)) when there is no such table."""
         if name not in self.store.table_names():
             return [], np.zeros((0, 0), np.float32)
+        texts, vectors = self._rows(name)
+        dim = vectors.shape[1]
+        usable = self.usable(vectors)
+        keep, seen = [], set()
+        for i, t in enumerate(texts):
+            if usable[i] and t not in seen and (prompts is None or t in prompts):
+                seen.add(t)
+                keep.append(i)
+        return [texts[i] for i in keep], np.asarray(vectors[keep], np.float32).reshape(-1, dim)
+
+    def _rows(self, name: str) -> tuple[list[str], "np.ndarray"]:
         arrow = self.store._db.open_table(name).to_arrow()
         dim = arrow.schema.field("vector").type.list_size
         texts = arrow.column("prompt").to_pylist()
         vectors = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        keep, seen = [], set()
-        for i, t in enumerate(texts):
-            if t not in seen and (prompts is None or t in prompts):
-                seen.add(t)
-                keep.append(i)
-        return [texts[i] for i in keep], np.asarray(vectors[keep], np.float32).reshape(-1, dim)
+        return texts, vectors
+
+    @staticmethod
+    def usable(vectors: "np.ndarray") -> "np.ndarray":
+        """(N,) bool: rows that are finite and L2-normalised (within 1e-3), as every stored embedding is."""
+        v = np.asarray(vectors, np.float64)
+        finite = np.isfinite(v).all(axis=1)
+        norms = np.linalg.norm(np.where(np.isfinite(v), v, 0.0), axis=1)
+        return finite & (np.abs(norms - 1.0) <= 1e-3)
+
+    def check(self, name: str) -> list[str]:
+        """What is wrong with table ``name`` (empty: nothing): unreadable, rows that are not finite or not unit
+        length, empty prompts."""
+        try:
+            texts, vectors = self._rows(name)
+        except Exception as err:  # noqa: BLE001 - LanceDB reports missing/torn fragments in many types
+            return [f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"]
+        problems = []
+        bad = int((~self.usable(vectors)).sum()) if len(texts) else 0
+        if bad:
+            problems.append(f"{bad} of {len(texts)} text embeddings are not finite or not unit length")
+        if any(not t for t in texts):
+            problems.append("holds an empty prompt")
+        return problems
+
+    def drop_damaged(self, name: str) -> int:
+        """Delete every row of a prompt that has a damaged row (not finite, not unit length) from ``name``;
+        returns how many prompts lost their rows (they are embedded again when next needed)."""
+        if name not in self.store.table_names():
+            return 0
+        texts, vectors = self._rows(name)
+        bad = sorted({t for t, ok in zip(texts, self.usable(vectors)) if not ok})
+        if bad:
+            quoted = ", ".join("'" + t.replace("'", "''") + "'" for t in bad)
+            self.store._db.open_table(name).delete(f"prompt IN ({quoted})")
+        return len(bad)
 
     def add(self, name: str, prompts: Sequence[str], vectors: "np.ndarray") -> None:
         """Append ``prompts`` with their (N, E) ``vectors`` (the table is made on the first append)."""
