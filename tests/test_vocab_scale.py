@@ -242,3 +242,44 @@ def test_ivf_pq_index_searched_through_lancedb(bigdb):
     finally:
         db.indexes.drop("big")
         db.close()
+
+
+def test_a_rebuild_reads_only_the_changed_classes_and_equals_a_full_one(tmp_path, monkeypatch):
+    """After a new set version, an added and a removed class, ``index build`` copies the unchanged classes'
+    rows from the previous index and reads only the changed ones; the table holds the rows a full build
+    reads, and two-stage labels equal the full index's."""
+    import protodb.segment.index as index_mod
+
+    clean_env()
+    db = build_db(tmp_path / "db", distractors=40)
+    (first,) = db.indexes.build("big")
+    assert first.reused_classes == 0 and first.rows == 42 * 3
+    rng = np.random.default_rng(9)
+    (record,) = [db.sets.extractor_row(s.extractor_id) for s in db.sets.resolve("distractor 3")]
+    db.sets.commit("distractor 3", record, _rows(_unit(rng.normal(size=(8, 32))), _unit(rng.normal(size=(3, 32)))),
+                   config_hash="changed")
+    db.sets.commit("newcomer", record, _rows(_unit(rng.normal(size=(8, 32))), _unit(rng.normal(size=(3, 32)))),
+                   config_hash="new")
+    db.vocabs.remove("big", ["distractor 7"])
+    db.vocabs.add("big", ["newcomer"])
+    read = []
+    real = index_mod.read_summary
+    monkeypatch.setattr(index_mod, "read_summary", lambda st, se, ps: (read.append([p.class_name for p in ps]),
+                                                                         real(st, se, ps))[1])
+    (again,) = db.indexes.build("big")
+    assert read == [["distractor 3", "newcomer"]] and again.state == "fresh"
+    assert again.reused_classes == 40 and again.classes == 42 and again.rows == 42 * 3
+    (rec,) = db.indexes.records("big")
+    inc = db.indexes.tables.read_rows(rec["table"])
+    labels_inc = db.segmenter(_opts(shortlist=8)).segment(_image()).labels
+    read.clear()
+    (full,) = db.indexes.build("big", incremental=False)
+    assert len(read) == 1 and len(read[0]) == 42 and full.reused_classes == 0
+    (rec,) = db.indexes.records("big")
+    ref = db.indexes.tables.read_rows(rec["table"])
+
+    def rows(t):
+        return sorted(zip(t[0], t[1], map(tuple, t[2].round(6).tolist())))
+    assert rows(inc) == rows(ref)
+    assert np.array_equal(db.segmenter(_opts(shortlist=8)).segment(_image()).labels, labels_inc)
+    db.close()
