@@ -7,7 +7,8 @@ Single options are ``Annotated`` aliases (``DeviceOpt``); groups of options that
 ``BUILD_RUN``      add-class, add-vocab: --yes --preset --device --dtype --batch-size, the Ray runner
                    (--ray --workers --gpus-per-task --shard-size) and --dry-run -> :class:`BuildRun`
 ``SEGMENTING``     segment, eval: the vocabulary and how it labels (--vocab --classes --extractor --levels
-                   --background --prefilter --clip-model --pamr --scales --subpatch --device --dtype)
+                   --background --prefilter --clip-model --pamr --scales --subpatch --window-sizes
+                   --window-stride --no-whole --device --dtype)
                    -> :class:`protodb.segment.options.SegmentOptions`
 ``SEGMENT_RUN``    segment: the Ray runner (--ray --concurrency --batch-size --gpus-per-worker --overwrite)
                    and --dry-run -> :class:`SegmentRun`
@@ -137,19 +138,48 @@ BUILD_RUN = OptionGroup({
 
 ExhaustiveOpt = Annotated[bool, typer.Option(
     "--exhaustive", help="Score every class of the vocabulary (no shortlist), whatever its size.")]
+WindowSizesOpt = Annotated[Optional[str], typer.Option(
+    "--window-sizes", metavar="S,S", help="Square windows scored at these sides, in pixels of the resized photo "
+    "(default: the extractor's windows: a tiled extractor's own tiles, else 448,336); 'none': only the whole image.",
+    show_default=False)]
+WindowStrideOpt = Annotated[Optional[int], typer.Option(
+    "--window-stride", metavar="PX", help="Step between windows in pixels (default: the extractor's: its tile "
+    "stride, else 224).", show_default=False)]
+NoWholeOpt = Annotated[bool, typer.Option("--no-whole", help="Do not score the whole image as one more window.")]
 ShortlistOpt = Annotated[Optional[int], typer.Option(
     "--shortlist", metavar="N", help="Two-stage matching: per image, score only the N classes a summary index "
     f"shortlists (default: on with {DEFAULT_SHORTLIST} from {TWO_STAGE_MIN_CLASSES} classes; build the index: "
     "protodb index build VOCAB).", show_default=False)]
 
 
+def parse_window_sizes(text: str | None) -> tuple[int, ...] | None:
+    """``--window-sizes``: None (the extractor's), ``none`` (no windows: the whole image only) or ``S,S``."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInput(f"--window-sizes takes pixel sides like 448,336 (or none); got {text!r}") from None
+    if not sizes:
+        raise InvalidInput(f"--window-sizes takes pixel sides like 448,336 (or none); got {text!r}")
+    return sizes
+
+
 def _segmenting(vocab, classes, extractor, levels, background, prefilter, clip_model, pamr, scales, subpatch,
-                device, dtype, speed, bg_margin, vote, exhaustive, shortlist) -> SegmentOptions:
+                window_sizes, window_stride, no_whole, device, dtype, speed, bg_margin, vote, exhaustive,
+                shortlist) -> SegmentOptions:
     if speed:
         speed_preset(speed)
+        if window_sizes is not None or window_stride is not None or no_whole:
+            raise InvalidInput("--speed sets the windows itself: give --speed or --window-sizes/--window-stride/"
+                               "--no-whole, not both")
+    windows = WindowSpec(scales=parse_scales(scales), subpatch=subpatch, sizes=parse_window_sizes(window_sizes),
+                         stride=window_stride, whole=not no_whole).check()
     return SegmentOptions(vocab=vocab, classes=classes, extractors=tuple(extractor or ()), levels=parse_levels(levels),
                           background=background, prefilter=prefilter, clip_model=clip_model, pamr=pamr, device=device,
-                          dtype=dtype, windows=WindowSpec(scales=parse_scales(scales), subpatch=subpatch).check(),
+                          dtype=dtype, windows=windows,
                           speed=speed, bg_margin=bg_margin, vote=vote, exhaustive=exhaustive, shortlist=shortlist)
 
 
@@ -157,7 +187,8 @@ SEGMENTING = OptionGroup({
     "vocab": (VocabOpt, None), "classes": (ClassesOpt, None), "extractor": (ExtractorOpt, None),
     "levels": (LevelsOpt, "class,instance,part"), "background": (BackgroundOpt, None),
     "prefilter": (PrefilterOpt, None), "clip_model": (ClipOpt, None), "pamr": (PamrOpt, False),
-    "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "device": (DeviceOpt, "auto"),
+    "scales": (ScalesOpt, "1"), "subpatch": (SubpatchOpt, 1), "window_sizes": (WindowSizesOpt, None),
+    "window_stride": (WindowStrideOpt, None), "no_whole": (NoWholeOpt, False), "device": (DeviceOpt, "auto"),
     "dtype": (DtypeOpt, "auto"), "speed": (SpeedOpt, None), "bg_margin": (BgMarginOpt, 0.0), "vote": (VoteOpt, 1),
     "exhaustive": (ExhaustiveOpt, False), "shortlist": (ShortlistOpt, None),
 }, _segmenting)

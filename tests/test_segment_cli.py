@@ -103,6 +103,27 @@ def test_subpatch_is_recorded_and_labels_the_same_scene(tinydb, scenes, tmp_path
     assert bad.exit_code == 2 and "--subpatch" in bad.stderr
 
 
+def test_window_flags_choose_the_windows_and_are_recorded(tinydb, scenes, tmp_path):
+    """--window-sizes/--window-stride/--no-whole: the windows scored are recorded as given (the default: the
+    extractor's, resolved); 'none' scores the whole image only; bad values and --speed with them are one line."""
+    def windows(*flags):
+        doc = json.loads(cli("segment", scenes / "val" / "s10.png", "--vocab", "scene", "--no-background", *flags,
+                             "--out", tmp_path / str(len(flags)), "--db", tinydb, "--json").stdout)
+        w = doc["settings"]["windows"]
+        return w["sizes"], w["stride"], w["whole"]
+
+    default = windows()
+    assert default[2] is True and default[0]
+    assert windows("--window-sizes", "48,32", "--window-stride", "16", "--no-whole") == ([48, 32], 16, False)
+    assert windows("--window-sizes", "none")[0::2] == ([], True)
+    for bad, message in ((("--window-sizes", "4x8"), "--window-sizes takes pixel sides"),
+                         (("--window-sizes", "none", "--no-whole"), "nothing would be scored"),
+                         (("--window-stride", "0"), "must be positive"),
+                         (("--window-sizes", "48", "--speed", "fast"), "--speed sets the windows itself")):
+        res = cli("segment", scenes / "val" / "s10.png", "--vocab", "scene", *bad, "--db", tinydb, ok=False)
+        assert res.exit_code != 0 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def test_prefiltered_classes_map_back_to_vocabulary_labels(tinydb, scenes):
     """When the pre-filter keeps a subset, label values still name vocabulary classes."""
     from protodb.images import load_image
