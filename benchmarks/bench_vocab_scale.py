@@ -90,12 +90,12 @@ def _features(ext, photos, spec):
     import torch
 
     from protodb.images import to_tensor
-    from protodb.segment import batched
+    from protodb.segment.windows import window_features
 
     feats, owner = [], []
     with torch.no_grad():
         for k, im in enumerate(photos):
-            f = torch.cat([x.reshape(-1, x.shape[-1]) for x in batched.batched_features(ext, [to_tensor(im)], spec)[0]])
+            f = torch.cat([x.reshape(-1, x.shape[-1]) for x in window_features(to_tensor(im), ext, spec).feats])
             feats.append(torch.nn.functional.normalize(f.float(), dim=1).numpy())
             owner += [k] * len(f)
     return np.concatenate(feats), np.array(owner)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import PIL.Image
 import pytest
 import torch
@@ -184,3 +186,100 @@ def test_subpatch_passes_of_a_tiled_extractor_share_tiles_and_equal_the_window_b
     assert torch.allclose(shared, alone, atol=1e-5)
     assert n_shared < sum(runs)  # each shift's tiles ran once for all its windows
     assert n_shared == 4 * 6 * (2 if flip else 1)  # 4 shifts x 6 tiles of the 48x64 image (x2: the mirror)
+
+
+def test_a_lighter_view_runs_touching_tiles_without_the_mirror_and_segment_records_it(tmp_path):
+    """``Extractor.lighter``: the same model on tiles that do not overlap and/or without the mirror pass gives
+    exactly what an extractor configured that way gives; the original is untouched; the feature cache key
+    differs; a preset that asks for it is applied at segment time and recorded in the settings."""
+    from protodb.features.cache import extractor_key
+    from protodb.features.windows import plan_windows
+    from protodb.models.extractors import ExtractorSpec
+    from protodb.speed import PRESETS
+
+    spec = build_tiny_extractor(tmp_path / "t")
+    flip_cfg = {**spec.config, "tile": {"size": 32, "stride": 16}, "flip": True}
+    full = load_extractor(ExtractorSpec("tiny-tiles-flip", "tiny", flip_cfg))
+    touch = load_extractor(ExtractorSpec("tiny-touch", "tiny", {**spec.config, "tile": {"size": 32, "stride": 32}}))
+    view = full.lighter(tile_stride=32, mirror=False)
+    assert (view.tile, view.flip, full.tile, full.flip) == ((32, 32), False, (32, 16), True)
+    assert view.passes() == {"tile": [32, 32], "mirror": False} and full.passes() == {"tile": [32, 16], "mirror": True}
+    assert full.lighter() is full and full.lighter(tile_stride=16) is full  # nothing to change: itself
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 48, 64, generator=gen)
+    assert torch.allclose(view(image[None]), touch(image[None]), atol=1e-5)
+    plan = plan_windows(48, 64, WindowSpec(short_side=48).resolved(view.tile), 8)
+    for a, b in zip(view.window_features(image, plan), touch.window_features(image, plan)):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(view(image[None]), full(image[None]), atol=1e-3)  # it is another pass
+    mirror_only = full.lighter(mirror=False)
+    assert mirror_only.tile == (32, 16) and not mirror_only.flip
+    assert len({extractor_key(full), extractor_key(view), extractor_key(mirror_only)}) == 3
+    for bad in (12, 40, 0):
+        with pytest.raises(InvalidInput, match="tile stride"):
+            full.lighter(tile_stride=bad)
+
+    home = tmp_path / "db"
+    db = protodb.open(home)
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    for i in range(2):
+        PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+    db.add_extractor(ExtractorSpec("tiny-tiles-flip", "tiny", flip_cfg))
+    db.builder(preset="tiny").add_class(AddClassRequest("boat", images=0, exemplars=ex,
+                                                        extractors=("tiny-tiles-flip",), short_side=48, k=2))
+    photo = PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy())
+    for name, preset in PRESETS.items():
+        seg = db.segmenter(SegmentOptions(classes="boat", extractors=("tiny-tiles-flip",), background=False,
+                                          windows=WindowSpec(short_side=48), speed=name))
+        want = {"tile": [32, 32 if preset.tiles_touch else 16], "mirror": preset.mirror}
+        got = seg.settings.to_dict()
+        assert got["passes"] == {"tiny-tiles-flip": want}, name
+        assert got["windows"]["stride"] == want["tile"][1] or not got["windows"]["sizes"], (name, got["windows"])
+        assert seg.segment(photo).labels.shape == (48, 64)
+
+
+def test_two_stage_matching_runs_a_tiled_extractors_shared_tiles_once(tmp_path):
+    """Stage 1 and stage 2 read one computation of the first extractor's windows, through its shared tiles:
+    as many tiles as the exhaustive path runs (not every window's crop on its own), and where the shortlist
+    holds every class the labels are the exhaustive ones."""
+    from protodb.models.extractors import ExtractorSpec
+    from protodb.models.extractors.base import Extractor
+
+    spec = build_tiny_extractor(tmp_path / "t")
+    db = protodb.open(tmp_path / "db")
+    db.add_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "tile": {"size": 32, "stride": 16}}))
+    gen = torch.Generator().manual_seed(4)
+    for name in ("boat", "car", "tree"):
+        ex = tmp_path / name
+        ex.mkdir()
+        for i in range(2):
+            PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+        db.builder(preset="tiny").add_class(AddClassRequest(name, images=0, exemplars=ex, extractors=("tiny-tiles",),
+                                                            short_side=48, k=2))
+    photo = PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy())
+    tiles = []
+    original = Extractor._run_tiles
+
+    def counting(self, batch):
+        tiles.append(int(batch.shape[0]))
+        return original(self, batch)
+
+    runs = {}
+    for mode, kw in (("exhaustive", {"exhaustive": True}), ("two-stage", {"shortlist": 2})):
+        seg = db.segmenter(SegmentOptions(classes="boat,car,tree", extractors=("tiny-tiles",), background=False,
+                                          windows=WindowSpec(short_side=48), **kw))
+        assert seg.settings.to_dict()["matching"]["mode"] == mode
+        tiles.clear()
+        Extractor._run_tiles = counting
+        try:
+            res = seg.segment(photo)
+        finally:
+            Extractor._run_tiles = original
+        runs[mode] = (res, sum(tiles))
+    (full, full_tiles), (two, two_tiles) = runs["exhaustive"], runs["two-stage"]
+    assert full_tiles == two_tiles == 2 * 3  # the 6 distinct 32-px tiles of the 48x64 photo, once each
+    kept = [["boat", "car", "tree"].index(n) for n in two.kept]
+    assert len(kept) == 2
+    inside = np.isin(full.labels, kept)  # where the exhaustive winner was shortlisted, the same label
+    assert inside.any() and np.array_equal(full.labels[inside], two.labels[inside])

@@ -18,7 +18,7 @@ LEVELS = ("class", "instance", "part")
 #: (:mod:`protodb.segment.shortlist`); below, every class is scored.
 TWO_STAGE_MIN_CLASSES = 2000
 #: Classes shortlisted per image by default.
-DEFAULT_SHORTLIST = 128
+DEFAULT_SHORTLIST = 192
 CLIP_ENV = "PROTODB_CLIP_MODEL"
 
 
@@ -128,6 +128,8 @@ class SegmentSettings:
     matching: dict[str, Any] = field(default_factory=lambda: {"mode": "exhaustive"})
     #: when an ensemble's extractors are scored through different windows: {extractor: {sizes, stride, whole}}
     windows_by_extractor: dict[str, Any] = field(default_factory=dict)
+    #: per extractor, what one feature call ran: {extractor: {"tile": [size, stride] | None, "mirror": bool}}
+    passes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         w = self.windows.resolved()
@@ -138,4 +140,5 @@ class SegmentSettings:
                             "scales": list(w.scales), "subpatch": w.subpatch},
                 "explain": self.explain, "bg_margin": self.bg_margin, "vote": self.vote, "matching": dict(self.matching),
                 **({"speed": self.speed} if self.speed else {}),
-                **({"windows_by_extractor": dict(self.windows_by_extractor)} if self.windows_by_extractor else {})}
+                **({"windows_by_extractor": dict(self.windows_by_extractor)} if self.windows_by_extractor else {}),
+                **({"passes": dict(self.passes)} if self.passes else {})}

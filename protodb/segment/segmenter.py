@@ -26,6 +26,7 @@ from protodb.models.registry import ModelRegistry
 from protodb.render import region_box
 from protodb.segment import batched
 from protodb.segment.label import SegmentResult, segment_image
+from protodb.segment.windows import Precomputed, window_features
 from protodb.segment.options import (
     DEFAULT_SHORTLIST,
     TWO_STAGE_MIN_CLASSES,
@@ -41,6 +42,7 @@ from protodb.segment.result import ImageResult
 from protodb.segment.index import VocabIndexes, read_summary
 from protodb.segment.shortlist import AnnSearch, ExactSearch, Shortlister
 from protodb.segment.vocab import LoadedVocabulary, ResolvedVocabulary, load_vocabulary, resolve_vocabulary
+from protodb.speed import speed_preset
 from protodb.services.sets import SetService
 from protodb.services.vocabs import VocabService
 from protodb.stores import Stores
@@ -81,6 +83,8 @@ class VocabularySegmenter:
             spec = spec_from_dict({"name": record.name, "kind": record.kind, "config": record.config})
             self.extractors[e] = registry.load_extractor(spec, self.device, self.dtype,
                                                          expect_weights=record.weights_hash)
+            if opts.speed:  # the preset's segment-time passes (tiles, mirror); prototypes are unchanged
+                self.extractors[e] = speed_preset(opts.speed).segment_extractor(self.extractors[e])
         clip = clip_model_from(opts) or (registry.default_clip_model if opts.preset else None)
         use_prefilter = opts.prefilter if opts.prefilter is not None else bool(clip)
         self.prefilter = ClipPrefilter(clip, self.device, torch.float32, stores=stores) if use_prefilter else None
@@ -99,6 +103,8 @@ class VocabularySegmenter:
                                         pamr=opts.pamr, device=str(self.device), dtype=dtype_name(self.dtype),
                                         stuff_threshold=opts.stuff_threshold, windows=first, explain=opts.explain,
                                         windows_by_extractor=per_extractor,
+                                        passes={e: x.passes() for e, x in self.extractors.items()
+                                                if hasattr(x, "passes")},
                                         speed=opts.speed, bg_margin=float(opts.bg_margin), vote=int(opts.vote),
                                         matching=self.stage1.describe() if self.stage1 else {"mode": "exhaustive"})
 
@@ -143,10 +149,14 @@ class VocabularySegmenter:
             pairs = self.pairs(keep)
         else:
             e0 = self.vocab.extractors[0]
-            feats = [f for sc in self.opts.windows.at_scales()
-                     for f in batched.batched_features(self.extractors[e0], [tensor], sc)[0]]
-            keep = self.shortlist(feats, keep)
-            pairs = [(batched.Replay(self.extractors[e0], feats), self.vocab.table_for(e0, keep))] + self.pairs(keep)[1:]
+            ext0 = self.extractors[e0]
+            by_spec = {}  # the first extractor's features, once: stage 1 reads them, stage 2 scores them
+            for sc in self.opts.windows.at_scales():
+                resolved = sc.resolved(getattr(ext0, "tile", None))
+                by_spec[resolved] = window_features(tensor, ext0, resolved)  # a tiled one shares its tiles
+            keep = self.shortlist([f for wf in by_spec.values() for f in wf.feats], keep)
+            pairs = self.pairs(keep)
+            pairs[0] = (Precomputed(ext0, by_spec), pairs[0][1])
         res = segment_image(tensor, pairs, windows=self.opts.windows, pamr=self.opts.pamr,
                             runner_up=self.opts.runner_up, bg_margin=self.opts.bg_margin)
         return self.finish(res, keep, image, name, time.perf_counter() - t0)

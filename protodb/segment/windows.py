@@ -56,23 +56,36 @@ class PatchScores:
         return int(y2 // p), int(x2 // p)
 
 
+@dataclass
+class WindowFeatures:
+    """The features of one image's windows for one extractor and one scale (what
+    :func:`window_features` computes and :func:`window_grid_scores` scores). ``size`` (H, W) original,
+    ``resized`` (H', W'), ``plan`` the windows in resized pixels, ``feats`` per window (n h, n w, D) at
+    ``subpatch`` n."""
+
+    size: tuple[int, int]
+    resized: tuple[int, int]
+    plan: list[Window]
+    feats: list[torch.Tensor]
+    subpatch: int
+
+
 @torch.no_grad()
-def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
-                       spec: WindowSpec | None = None, *, keep_patches: bool = False):
-    """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
+def window_features(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor],
+                    spec: WindowSpec | None = None) -> WindowFeatures:
+    """The extractor's features of every window of ``image`` (3, H, W) float RGB in [0, 1] under ``spec``
+    (resolved for the extractor: a tiled one's default windows are its tiles).
 
     Every window's crop goes through the extractor (windows of one size batched; an extractor with
     ``window_features`` gets all windows of the image at once, so a tiled one runs each shared tile once,
-    also per shifted copy of the image with ``subpatch``: 4 x 15 tiles, not 2 x 2 x 30, at n = 2);
-    all windows' patches
-    are then scored in ONE pass over the prototypes (:func:`score_patches` on the stacked patches, so the
-    prototype matrix is streamed once per image, not once per window), and each window's (C', h, w)
-    scores are added at its cell offset. Windows always lie on the patch grid (sizes, stride and the
-    resized image are multiples of the patch), so no pixel-level accumulation is needed. With
+    also per shifted copy of the image with ``subpatch``: 4 x 15 tiles, not 2 x 2 x 30, at n = 2). With
     ``spec.subpatch = n`` each window's n x n shifted passes are interleaved into one (n h, n w) grid.
-    Returns ``(scores (C', n H'/p, n W'/p) float32 on the table's device, patches or None)``.
-    """
+    An extractor stand-in with ``precomputed(spec)`` (:class:`Precomputed`) hands back features computed
+    before."""
     spec = (spec or WindowSpec()).resolved(getattr(extract, "tile", None))  # the extractor's windows
+    known = getattr(extract, "precomputed", None)
+    if known is not None:
+        return known(spec)
     p = int(getattr(extract, "patch_size"))
     n = max(1, int(spec.subpatch))
     device = getattr(extract, "device", None)
@@ -100,6 +113,42 @@ def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], to
                                f"{tuple(crops.shape)}; expected (B, h/{p}, w/{p}, D)")
         for j, i in enumerate(idx):  # (n*n, h, w, D) passes -> (h*n, w*n, D)
             feats_of[i] = subpatch.interleave(feats[j * n * n:(j + 1) * n * n], n)
+    return WindowFeatures((H, W), (H2, W2), plan, feats_of, n)
+
+
+class Precomputed:
+    """Stands for an extractor in :func:`window_grid_scores` when its features of this image were computed
+    before (two-stage matching computes them once for stage 1 and scores them in stage 2): ``by_spec`` maps
+    each resolved :class:`WindowSpec` (one per scale) to its :class:`WindowFeatures`."""
+
+    def __init__(self, extractor, by_spec: dict[WindowSpec, WindowFeatures]):
+        self.patch_size = extractor.patch_size
+        self.device = getattr(extractor, "device", None)
+        self.tile = getattr(extractor, "tile", None)  # so the windows resolve as the extractor's did
+        self._by_spec = by_spec
+
+    def precomputed(self, spec: WindowSpec) -> WindowFeatures:
+        if spec not in self._by_spec:
+            raise RuntimeError(f"no features were computed for windows {spec}")
+        return self._by_spec[spec]
+
+
+@torch.no_grad()
+def window_grid_scores(image: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor], table: MatchTable,
+                       spec: WindowSpec | None = None, *, keep_patches: bool = False):
+    """Sliding-window scores of ``image`` on the resized image's PATCH GRID, for one extractor.
+
+    The windows' features (:func:`window_features`) are scored in ONE pass over the prototypes
+    (:func:`score_patches` on the stacked patches, so the prototype matrix is streamed once per image, not
+    once per window), and each window's (C', h, w) scores are added at its cell offset. Windows always lie
+    on the patch grid (sizes, stride and the resized image are multiples of the patch), so no pixel-level
+    accumulation is needed. With ``spec.subpatch = n`` the grid is at stride patch/n.
+    Returns ``(scores (C', n H'/p, n W'/p) float32 on the table's device, patches or None)``.
+    """
+    spec = (spec or WindowSpec()).resolved(getattr(extract, "tile", None))  # the extractor's windows
+    p = int(getattr(extract, "patch_size"))
+    wf = window_features(image, extract, spec)
+    (H, W), (H2, W2), plan, feats_of, n = wf.size, wf.resized, wf.plan, wf.feats, wf.subpatch
     D = feats_of[0].shape[-1]
     flat = torch.cat([f.reshape(-1, D) for f in feats_of])
     sc_all, best_all = score_patches(flat[:, None, :], table)  # (C', N, 1)
