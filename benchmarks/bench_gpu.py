@@ -175,7 +175,8 @@ def main() -> None:
             pseg.segment_many(photos[i:i + args.batch], [str(j) for j in range(i, i + args.batch)])
         sync()
         presets[name] = {"images_per_s": round(len(photos) / (time.perf_counter() - t), 2),
-                         "windows": pseg.settings.to_dict()["windows"], "dtype": pseg.settings.dtype}
+                         "windows": pseg.settings.to_dict()["windows"], "dtype": pseg.settings.dtype,
+                         "passes": pseg.settings.to_dict().get("passes")}
 
     result = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "dtype": dtype, "class": {"images": args.images, "size": args.size, "steps": args.steps,

@@ -144,7 +144,8 @@ def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, ta
         extractor = load_extractor(ex_spec, "cpu", dtype)
         table = table_of(extractor.dim)
         wspec = preset.windows(spec)
-        seg = measure(lambda: window_scores(photo, extractor, table, wspec), repeats)
+        seg_ex = preset.segment_extractor(extractor)  # the preset's segment-time passes (tiles, mirror)
+        seg = measure(lambda: window_scores(photo, seg_ex, table, wspec), repeats)
         support_spec = support_window_spec(support_plan(True, extractor.tile)) if preset.support_windows else None
         photo_pil = _pil(photo)
         sup = measure(lambda: featurize(extractor, [("x", photo_pil)], short_side=spec.short_side,
@@ -153,7 +154,7 @@ def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, ta
         rows.append({"name": preset.name, "extractor": ex_spec.name, "dtype": dtype, "seconds_per_photo": seg["s"],
                      "cpu_seconds_per_photo": seg["cpu_s"], "support_seconds_per_photo": sup["s"],
                      "support_cpu_seconds_per_photo": sup["cpu_s"], "val_miou": q.get("val_miou"),
-                     "lodo_miou": q.get("lodo_miou")})
+                     "lodo_miou": q.get("lodo_miou"), "passes": seg_ex.passes()})
     return rows
 
 

@@ -35,7 +35,10 @@ class SpeedPreset:
     """``sizes``/``whole``: segment's window sizes (None: the extractor's windows) and whole-image pass;
     ``support_windows``: support images
     through those windows (False: one pass); ``int8_without_bf16``: ``--dtype auto`` means int8 on a CPU
-    without bf16 units."""
+    without bf16 units; ``tiles_touch``: a tiled extractor's tiles at segment time do not overlap (stride =
+    tile size, not the configured stride); ``mirror``: False skips a mirroring extractor's mirror pass at
+    segment time. The last two change segment's passes only (:meth:`protodb.models.extractors.base.
+    Extractor.lighter`), never the support features: prototypes stay the extractor's own."""
 
     name: str
     description: str
@@ -43,6 +46,8 @@ class SpeedPreset:
     whole: bool
     support_windows: bool
     int8_without_bf16: bool
+    tiles_touch: bool = False
+    mirror: bool = True
 
     def windows(self, base: WindowSpec | None = None) -> WindowSpec:
         """``base`` (scales, subpatch, short side kept) with this preset's window sizes and whole pass."""
@@ -60,10 +65,21 @@ class SpeedPreset:
         cpu = choose_device(str(device)).type == "cpu"
         return "int8" if cpu and not cpu_has_fast_bf16() else "auto"
 
+    def segment_extractor(self, extractor):
+        """The view of a loaded extractor segment runs with this preset (itself when nothing changes)."""
+        if not self.tiles_touch and self.mirror:
+            return extractor
+        tile = getattr(extractor, "tile", None)
+        lighter = getattr(extractor, "lighter", None)
+        if lighter is None:
+            return extractor
+        return lighter(tile_stride=tile[0] if (self.tiles_touch and tile is not None) else None, mirror=self.mirror)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description,
                 "sizes": None if self.sizes is None else list(self.sizes), "whole": self.whole,
-                "support_windows": self.support_windows, "int8_without_bf16": self.int8_without_bf16}
+                "support_windows": self.support_windows, "int8_without_bf16": self.int8_without_bf16,
+                "tiles_touch": self.tiles_touch, "mirror": self.mirror}
 
 
 PRESETS: dict[str, SpeedPreset] = {p.name: p for p in (

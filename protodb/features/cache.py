@@ -41,7 +41,10 @@ class FeatureCache:
 
 def extractor_key(extractor) -> str:
     """Config hash + weights hash, and the compute dtype unless float32 (bf16 or int8 features are not the
-    float32 ones, so they never share cache entries)."""
+    float32 ones, so they never share cache entries); a :meth:`~protodb.models.extractors.base.Extractor.
+    lighter` view's passes too."""
     key = f"{extractor.spec.config_hash()[:16]}{(extractor.weights_hash or '')[:8]}"
+    if getattr(extractor, "_lighter", None):  # a lighter view (other tile stride, no mirror): other features
+        key += "-" + extractor._lighter
     dtype = str(getattr(extractor, "dtype_label", None) or getattr(extractor, "dtype", "float32")).removeprefix("torch.")
     return key if dtype == "float32" else f"{key}-{dtype}"

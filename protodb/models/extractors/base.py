@@ -23,6 +23,8 @@ windows of one image and computes each distinct tile once (overlapping windows s
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import logging
 import pathlib
@@ -201,8 +203,34 @@ class Extractor:
 
     @property
     def flip(self) -> bool:
-        """Whether features are averaged with those of the mirror image (config ``"flip"``)."""
-        return bool(self.spec.config.get("flip", False))
+        """Whether features are averaged with those of the mirror image (config ``"flip"``; a
+        :meth:`lighter` view may turn it off)."""
+        return bool(self.spec.config.get("flip", False)) and not getattr(self, "_no_mirror", False)
+
+    def lighter(self, *, tile_stride: int | None = None, mirror: bool = True) -> "Extractor":
+        """A cheaper view of this extractor (the same loaded model, not a copy of it) for segmenting:
+        its tiles at ``tile_stride`` instead of the configured stride (tiled extractors only; a multiple of
+        the patch size, at most the tile size: the tile size means tiles that do not overlap) and, with
+        ``mirror=False``, without the mirror pass. The features are of the same kind — the same backbone
+        on tiles of the same size — so they match prototypes built with the extractor's own settings;
+        what it costs in quality is measured per speed preset (README). ``self`` when nothing changes."""
+        view = copy.copy(self)
+        changed = False
+        if tile_stride is not None and self.tile is not None and int(tile_stride) != self.tile[1]:
+            size, p = self.tile[0], self.patch_size
+            if tile_stride <= 0 or tile_stride % p or tile_stride > size:
+                raise InvalidInput(f"tile stride {tile_stride}: a positive multiple of {p}, at most the tile "
+                                   f"size {size}")
+            view.tile, changed = (size, int(tile_stride)), True
+        if not mirror and self.flip:
+            view._no_mirror, changed = True, True
+        if changed:  # part of the feature cache key (protodb.features.cache.extractor_key)
+            view._lighter = f"t{view.tile[1] if view.tile else 0}m{int(view.flip)}"
+        return view if changed else self
+
+    def passes(self) -> dict[str, Any]:
+        """What one feature call runs: ``{"tile": [size, stride] or None, "mirror": bool}``."""
+        return {"tile": list(self.tile) if self.tile is not None else None, "mirror": self.flip}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
