@@ -31,22 +31,18 @@ def index_build(
     kind: Annotated[str, typer.Option(
         help="auto (ivf_pq from 500,000 summary vectors, else flat), flat (searched exactly in memory) or "
              "ivf_pq (LanceDB's IVF-PQ index, searched approximately).")] = "auto",
-    full: Annotated[bool, typer.Option(
-        "--full", help="Read every class's prototypes (default: copy the previous index's rows of the classes "
-                       "whose set did not change and read only the others).")] = False,
 ) -> None:
     """Build (or rebuild) the summary index of a vocabulary: every class's class and instance prototypes
     in a LanceDB table of the database, recorded with the sets it covers. A new set of one of its
     classes makes it stale (see: protodb index status). The previous index stays in use until the new
-    one is complete, so a killed build changes nothing. A rebuild reads only the classes whose set
-    changed; the others' rows come from the previous index (--full reads them all).
+    one is complete, so a killed build changes nothing.
 
     Example: protodb index build lvis
 
     Example: protodb index build big --kind ivf_pq --json
     """
     with ctx.progress(unit="steps") as progress:
-        statuses = ctx.db.indexes.build(vocab, extractors=extractor or (), kind=kind, incremental=not full,
+        statuses = ctx.db.indexes.build(vocab, extractors=extractor or (), kind=kind,
                                         progress=lambda stage: progress(stage, 0, None))
     ctx.emit(statuses, _rows)
 

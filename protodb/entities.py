@@ -311,7 +311,6 @@ class IndexStatus(Entity):
     built_at: str | None = None
     build_seconds: float | None = None
     changed: int | None = None  # classes whose set differs from the index's (stale only)
-    reused_classes: int | None = None  # classes whose rows the build copied from the previous index
 
 
 # ---------------------------------------------------------------------------------------- building

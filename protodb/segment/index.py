@@ -163,14 +163,9 @@ class VocabIndexes:
 
     # ------------------------------------------------------------------ build
     def build(self, vocab: str, *, extractors: Sequence[str] = (), kind: str = "auto",
-              params: dict[str, Any] | None = None, incremental: bool = True,
+              params: dict[str, Any] | None = None,
               progress: Callable[[str], None] | None = None) -> list[IndexStatus]:
         """(Re)build the summary index of ``vocab`` for each extractor (default: those all its classes share).
-
-        ``incremental``: when a previous index of the vocabulary exists (a stale one after a new set version,
-        an added or removed class), its rows of the sets still in the vocabulary are copied from it (a set's
-        prototypes never change, so they are the rows a full read gives) and only the other sets' summaries
-        are read; the new table is written whole and swapped in as always. ``False`` reads every set.
 
         ``params``: the IVF-PQ parameters to use instead of :func:`ann_params` (``kind`` ivf_pq only; an
         imported bundle's index is rebuilt with the parameters it was built with)."""
@@ -185,12 +180,9 @@ class VocabIndexes:
         for e in r.extractors:
             psets = r.sets[e]
             t0 = time.perf_counter()
-            summary, reused = self._summary(r.name, psets, progress if incremental else None, e) \
-                if incremental else (None, 0)
-            if summary is None:
-                if progress:
-                    progress(f"reading the summary of {len(psets)} classes ({e})")
-                summary = read_summary(self.stores, self.sets, psets)
+            if progress:
+                progress(f"reading the summary of {len(psets)} classes ({e})")
+            summary = read_summary(self.stores, self.sets, psets)
             rows, dim = summary.vectors.shape
             chosen = kind if kind != "auto" else ("ivf_pq" if rows >= ANN_MIN_ROWS else "flat")
             if chosen == "ivf_pq" and rows < 256:
@@ -215,7 +207,6 @@ class VocabIndexes:
                       "summary_kinds": list(SUMMARY_KINDS), "classes": len(psets), "rows": int(rows),
                       "coverage": coverage_key(psets), "set_ids": None,
                       "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "reused_classes": reused,
                       "build_seconds": round(time.perf_counter() - t0, 3)}
             record["set_ids"] = [s.id for s in psets]  # to say how many classes changed when stale
             key = setting_key(r.name, psets[0].extractor_id)
@@ -231,39 +222,6 @@ class VocabIndexes:
         self.drop_orphans()
         return out
 
-    def _summary(self, vocab: str, psets: Sequence[PrototypeSet], progress, e: str) -> tuple[Summary | None, int]:
-        """The summary of ``psets`` from the previous index of ``vocab`` for their extractor plus the sets it
-        lacks, and how many classes were reused; (None, 0) when there is no usable previous index."""
-        rec = self.record_for(vocab, psets[0].extractor_id)
-        if not rec or not rec.get("table") or list(rec.get("summary_kinds") or []) != list(SUMMARY_KINDS) \
-                or not self.tables.exists(rec["table"]):
-            return None, 0
-        try:
-            old_ids, old_kinds, old_vectors = self.tables.read_rows(rec["table"])
-        except Exception as err:  # noqa: BLE001 - a damaged previous index: read every set instead
-            log.warning("previous index %s of %s cannot be read (%s): reading every set", rec["table"], vocab, err)
-            return None, 0
-        position = {s.id: i for i, s in enumerate(psets)}
-        had = set(old_ids)
-        missing = [s for s in psets if s.id not in had]
-        if progress:
-            progress(f"reusing {len(psets) - len(missing)} classes of the previous index, reading {len(missing)} ({e})")
-        keep = np.array([i in position for i in old_ids], bool)
-        owner = [position[i] for i, k in zip(old_ids, keep) if k]
-        set_ids = [i for i, k in zip(old_ids, keep) if k]
-        kinds = [t for t, k in zip(old_kinds, keep) if k]
-        vectors = [old_vectors[keep]]
-        if missing:
-            new = read_summary(self.stores, self.sets, missing)
-            owner += [position[missing[j].id] for j in new.owner.tolist()]
-            set_ids += new.set_ids
-            kinds += new.kinds
-            vectors.append(new.vectors)
-        order = np.argsort(np.asarray(owner, np.int64), kind="stable")  # class order, as a full read gives
-        vec = np.concatenate(vectors).astype(np.float32)
-        return Summary(np.asarray(owner, np.int64)[order], vec[order], [set_ids[i] for i in order],
-                       [kinds[i] for i in order]), len(psets) - len(missing)
-
     def drop_orphans(self) -> int:
         """Drop ``idx_*`` tables no record names (left by killed builds)."""
         named = {r.get("table") for r in self.records()}
@@ -277,8 +235,7 @@ class VocabIndexes:
         base = {"vocabulary": rec.get("vocabulary", "?"), "extractor": rec.get("extractor", "?"),
                 "kind": rec.get("kind"), "params": dict(rec.get("params") or {}),
                 "classes": int(rec.get("classes") or 0), "rows": int(rec.get("rows") or 0), "table": rec.get("table"),
-                "built_at": rec.get("built_at"), "build_seconds": rec.get("build_seconds"),
-                "reused_classes": rec.get("reused_classes")}
+                "built_at": rec.get("built_at"), "build_seconds": rec.get("build_seconds")}
         if not rec.get("table") or not self.tables.exists(rec["table"]):
             return IndexStatus(state="missing", **base)
         if current is None or coverage_key(current) != rec.get("coverage"):

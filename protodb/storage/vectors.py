@@ -311,13 +311,6 @@ class SummaryTables:
         table.create_index("vector", config=IvfPq(distance_type="dot", num_partitions=params["num_partitions"],
                                                   num_sub_vectors=params["num_sub_vectors"]))
 
-    def read_rows(self, name: str) -> tuple[list[str], list[str], "np.ndarray"]:
-        """(set_ids (R,), kinds (R,), vectors (R, D) float32) of table ``name``."""
-        arrow = self.store._db.open_table(name).to_arrow()
-        dim = arrow.schema.field("vector").type.list_size
-        vectors = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        return arrow.column("set_id").to_pylist(), arrow.column("kind").to_pylist(), np.asarray(vectors, np.float32)
-
     def read(self, name: str):
         """(cls (R,) int64, vectors (R, D) float32) of table ``name``."""
         arrow = self.store._db.open_table(name).to_arrow()
