@@ -104,17 +104,17 @@ def machine() -> dict:
     return {"cpu": model, "torch_threads": torch.get_num_threads()}
 
 
-def score(db, args, camvid: Path, split: str, levels: str, pamr: bool) -> dict:
+def score(db, args, camvid: Path, split: str, levels: str, pamr: bool, vote: int = 1) -> dict:
     """Evaluate the ``camvid`` vocabulary on ``camvid/split``: one result row."""
     timing["match"] = 0.0
     opts = SegmentOptions(vocab="camvid", extractors=(args.extractor,), levels=levels.split(","),
                           background=False, pamr=pamr, dtype=args.dtype, speed=args.speed,
-                          windows=window_spec(args))
+                          windows=window_spec(args), vote=vote)
     t, c = time.perf_counter(), time.process_time()
     res = db.evaluate("camvid", camvid, opts, split=split, limit=args.limit)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     n = res.images
-    return {"levels": levels, "pamr": pamr, "miou": round(100 * res.miou, 2),
+    return {"levels": levels, "pamr": pamr, "vote": vote, "miou": round(100 * res.miou, 2),
             "per_class": {k: (None if v is None else round(100 * v, 1)) for k, v in res.per_class.items()},
             "images": n, "seconds_per_image": round(wall / n, 3), "cpu_seconds_per_image": round(cpu / n, 3),
             "match_s_per_image": round(timing["match"] / n, 3),
@@ -204,6 +204,7 @@ def run_lodo(db, args, work: Path) -> dict:
         featurised.update(support)
         rows = [score(db, args, root, "scored", lv, False) for lv in args.levels]
         rows += [score(db, args, root, "scored", "class,instance,part", True)] if args.pamr else []
+        rows += [score(db, args, root, "scored", args.levels[-1], False, v) for v in args.votes if v != 1]
         folds.append({"drive": drive, "support_images": len(support), "scored_images": len(scored),
                       "newly_featurised": len(new), "build_s": round(build_s, 1), "build_cpu_s": round(build_cpu, 1),
                       "eval_s": round(sum(r["seconds_per_image"] * r["images"] for r in rows), 1),
@@ -211,7 +212,7 @@ def run_lodo(db, args, work: Path) -> dict:
     summary = []
     for i, row in enumerate(folds[0]["results"]):
         per_fold = [f["results"][i]["miou"] for f in folds]
-        summary.append({"levels": row["levels"], "pamr": row["pamr"], "folds": dict(zip([f["drive"] for f in folds],
+        summary.append({"levels": row["levels"], "pamr": row["pamr"], "vote": row["vote"], "folds": dict(zip([f["drive"] for f in folds],
                         per_fold)), "lodo_mean": round(sum(per_fold) / len(per_fold), 2)})
     photos = max(1, len(featurised))
     return {"folds": folds, "lodo": summary,
@@ -237,6 +238,8 @@ def main() -> None:
                     help="share of a patch the class must cover for the patch to count as foreground")
     ap.add_argument("--levels", nargs="*", default=["class", "class,instance,part"])
     ap.add_argument("--pamr", action="store_true", help="also score class,instance,part with PAMR")
+    ap.add_argument("--votes", type=int, nargs="*", default=[1], help="also score the last --levels with these "
+                    "kNN votes (segment --vote N: a class's score is the mean of its N best prototype cosines)")
     ap.add_argument("--scales", default="1", help="window passes at these multiples of 448 (e.g. 1,1.5)")
     ap.add_argument("--subpatch", type=int, default=1, help="sample the patch grid n times per axis (n x n passes)")
     ap.add_argument("--single-pass", action="store_true",
@@ -297,10 +300,11 @@ def main() -> None:
             print(f"  fold {f['drive']}: {f['support_images']} support -> {f['scored_images']} scored; build "
                   f"{f['build_s']} s, eval {f['eval_s']} s")
             for r in f["results"]:
-                print(f"    levels {r['levels']:<22} pamr={str(r['pamr']):<5} mIoU {r['miou']:5.2f}  "
+                print(f"    levels {r['levels']:<22} pamr={str(r['pamr']):<5} vote {r['vote']} mIoU {r['miou']:5.2f}  "
                       + "  ".join(f"{k} {v}" for k, v in r["per_class"].items()))
         for row in out["lodo"]:
-            print(f"  LODO mean {row['lodo_mean']:5.2f}  levels {row['levels']} pamr={row['pamr']}  folds {row['folds']}")
+            print(f"  LODO mean {row['lodo_mean']:5.2f}  levels {row['levels']} pamr={row['pamr']} vote {row['vote']}  "
+                  f"folds {row['folds']}")
         print(f"  support {out['support_s_per_photo']} s/photo, segment {out['segment_s_per_photo']} s/photo")
         return
 
@@ -308,6 +312,7 @@ def main() -> None:
                     support_windows(args), args.build_dtype or args.dtype)
     results = [score(db, args, args.camvid, args.split, lv, False) for lv in args.levels]
     results += [score(db, args, args.camvid, args.split, "class,instance,part", True)] if args.pamr else []
+    results += [score(db, args, args.camvid, args.split, args.levels[-1], False, v) for v in args.votes if v != 1]
     out = {**settings, "build_s": round(build_s, 1), "support": args.support, "split": args.split,
            "support_images": len(list((args.camvid / args.support).iterdir())), "results": results}
     if args.json:
@@ -316,7 +321,8 @@ def main() -> None:
     print(f"CamVid {args.split} ({results[0]['images']} images), exemplars from {args.support}, extractor {args.extractor}, "
           f"K={args.k}; build {build_s:.0f} s")
     for r in results:
-        print(f"  levels {r['levels']:<22} pamr={str(r['pamr']):<5} scales {args.scales:<6} mIoU {r['miou']:5.2f}   "
+        print(f"  levels {r['levels']:<22} pamr={str(r['pamr']):<5} vote {r['vote']} scales {args.scales:<6} "
+              f"mIoU {r['miou']:5.2f}   "
               f"{r['seconds_per_image']:.2f} s/image (features+rest {r['features_s_per_image']:.2f}, "
               f"matching {r['match_s_per_image']:.3f})")
         print("    " + "  ".join(f"{k} {v}" for k, v in r["per_class"].items()))

@@ -286,7 +286,7 @@ def check_serve(tmp, models, camvid):
 
 
 def check_camvid(tmp, models, camvid):
-    r = run_benchmark("bench_camvid", tmp, "--camvid", camvid, "--protocol", "lodo")
+    r = run_benchmark("bench_camvid", tmp, "--camvid", camvid, "--protocol", "lodo", "--votes", "1", "2")
     assert {"protocol", "extractor", "machine", "folds", "lodo", "support_s_per_photo", "segment_s_per_photo"} <= set(r)
     assert (r["protocol"], r["extractor"]) == ("lodo", "tiny-vit")
     assert [f["drive"] for f in r["folds"]] == ["f0", "f1", "f2"]  # the synthetic photos f0..f2: one drive each
@@ -296,9 +296,11 @@ def check_camvid(tmp, models, camvid):
         assert row["images"] == 1 and list(row["per_class"]) == list(CAMVID_NAMES) and percent(row["miou"])
         positive(f["build_s"], row["seconds_per_image"])
     assert [f["newly_featurised"] for f in r["folds"]] == [2, 1, 0]  # the folds share support features
-    (lodo,) = r["lodo"]
-    assert lodo["folds"] == {f["drive"]: f["results"][0]["miou"] for f in r["folds"]}
-    assert lodo["lodo_mean"] == pytest.approx(sum(lodo["folds"].values()) / 3, abs=0.01)
+    lodo, voted = r["lodo"]
+    assert (lodo["vote"], voted["vote"], voted["levels"]) == (1, 2, lodo["levels"])
+    for i, row in enumerate(r["lodo"]):
+        assert row["folds"] == {f["drive"]: f["results"][i]["miou"] for f in r["folds"]}
+        assert row["lodo_mean"] == pytest.approx(sum(row["folds"].values()) / 3, abs=0.01)
 
 
 def check_speed(tmp, models, camvid):
