@@ -25,7 +25,7 @@ def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
     assert list(PRESETS) == ["best", "balanced", "fast"] and speed_preset(None).name == "best"
     cpu = torch.device("cpu")
     assert speed_preset("best").dtype(cpu) == "auto"
-    assert speed_preset("balanced").dtype(cpu) == ("auto" if bf16_units else "int8")
+    assert speed_preset("balanced").dtype(cpu) == "auto"  # balanced drops the mirror pass, not precision
     assert speed_preset("fast").dtype("cpu") == ("auto" if bf16_units else "int8")
     assert speed_preset("fast").dtype(cpu, "float32") == "float32"  # an explicit dtype wins
     with pytest.raises(InvalidInput, match="unknown speed preset 'turbo'; use one of best, balanced, fast"):
@@ -43,9 +43,11 @@ def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
 
     req = AddClassRequest("boat", device="cpu")
     assert req.with_speed().support_windows is True and req.with_speed().dtype == "auto"
-    quick = req.replace(speed="fast").with_speed()
-    assert quick.support_windows is False and quick.dtype == ("auto" if bf16_units else "int8")
-    assert req.replace(speed="fast", support_windows=True).with_speed().support_windows is True
+    quick = req.replace(speed="fast").with_speed()  # support through windows: the prototypes best matches
+    assert quick.support_windows is True and quick.dtype == ("auto" if bf16_units else "int8")
+    assert req.replace(speed="fast", support_windows=False).with_speed().support_windows is False
+    # segment-time passes: best the extractor's own, balanced without the mirror, fast also tiles side by side
+    assert [(p.tiles_touch, p.mirror) for p in PRESETS.values()] == [(False, True), (False, False), (True, False)]
 
 
 def test_int8_dtype_names_and_devices():
