@@ -24,7 +24,6 @@ windows of one image and computes each distinct tile once (overlapping windows s
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import logging
 import pathlib
