@@ -111,6 +111,19 @@ def test_single_pass_builds_another_set_and_records_it(tmp_path):
     assert json.dumps(SUPPORT_WINDOWS)[1:-1].replace(" ", "") in shown1.replace(" ", "")
 
 
+def _noise(gen: torch.Generator) -> PIL.Image.Image:
+    """A 64x48 RGB photo of uniform noise drawn from ``gen``."""
+    return PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy())
+
+
+def _exemplar_folder(folder, gen: torch.Generator, n: int = 2):
+    """``folder`` holding ``n`` noise photos (0.png, 1.png, ...) for add-class --exemplars."""
+    folder.mkdir()
+    for i in range(n):
+        _noise(gen).save(folder / f"{i}.png")
+    return folder
+
+
 def test_default_windows_are_a_tiled_extractors_tiles_and_are_recorded_resolved(tmp_path):
     from protodb.features.windows import DEFAULT_SIZES, DEFAULT_STRIDE, plan_windows
     from protodb.models.extractors import ExtractorSpec
@@ -140,10 +153,7 @@ def test_default_windows_are_a_tiled_extractors_tiles_and_are_recorded_resolved(
     # add-class records the tiled extractor's windows as its support plan; segment records them resolved
     home = tmp_path / "db"
     db = protodb.open(home)
-    ex = tmp_path / "ex"
-    ex.mkdir()
-    for i in range(2):
-        PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+    ex = _exemplar_folder(tmp_path / "ex", gen)
     db.add_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "tile": {"size": 32, "stride": 16}}))
     req = AddClassRequest("boat", images=0, exemplars=ex, extractors=("tiny-tiles",), short_side=48, k=2)
     built = db.builder(preset="tiny").add_class(req)
@@ -221,14 +231,11 @@ def test_a_lighter_view_runs_touching_tiles_without_the_mirror_and_segment_recor
 
     home = tmp_path / "db"
     db = protodb.open(home)
-    ex = tmp_path / "ex"
-    ex.mkdir()
-    for i in range(2):
-        PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+    ex = _exemplar_folder(tmp_path / "ex", gen)
     db.add_extractor(ExtractorSpec("tiny-tiles-flip", "tiny", flip_cfg))
     db.builder(preset="tiny").add_class(AddClassRequest("boat", images=0, exemplars=ex,
                                                         extractors=("tiny-tiles-flip",), short_side=48, k=2))
-    photo = PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy())
+    photo = _noise(gen)
     for name, preset in PRESETS.items():
         seg = db.segmenter(SegmentOptions(classes="boat", extractors=("tiny-tiles-flip",), background=False,
                                           windows=WindowSpec(short_side=48), speed=name))
@@ -251,13 +258,10 @@ def test_two_stage_matching_runs_a_tiled_extractors_shared_tiles_once(tmp_path):
     db.add_extractor(ExtractorSpec("tiny-tiles", "tiny", {**spec.config, "tile": {"size": 32, "stride": 16}}))
     gen = torch.Generator().manual_seed(4)
     for name in ("boat", "car", "tree"):
-        ex = tmp_path / name
-        ex.mkdir()
-        for i in range(2):
-            PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy()).save(ex / f"{i}.png")
+        ex = _exemplar_folder(tmp_path / name, gen)
         db.builder(preset="tiny").add_class(AddClassRequest(name, images=0, exemplars=ex, extractors=("tiny-tiles",),
                                                             short_side=48, k=2))
-    photo = PIL.Image.fromarray((torch.rand(48, 64, 3, generator=gen) * 255).byte().numpy())
+    photo = _noise(gen)
     tiles = []
     original = Extractor._run_tiles
 
