@@ -12,7 +12,7 @@ from protodb.entities import AddClassResult, AddVocabResult
 from protodb.names import check_tag_name
 from protodb.pipeline.config import AddClassRequest, parse_bg_value
 from protodb_cli.app import WRITE, Ctx, command
-from protodb_cli.options import BUILD_RUN, BuildRun, print_build_plan
+from protodb_cli.options import BUILD_RUN, BuildRun, LexiconOpt, print_build_plan
 from protodb_cli.output import EXIT_PARTIAL, err_console, say
 
 top = typer.Typer()
@@ -55,6 +55,7 @@ def add_class(
     mask_tau: Annotated[Optional[str], typer.Option(help="Normalised cut's affinity threshold: a cosine (MaskCut's 0.2, the default) or pQ, the Q-th percentile of each photo's patch cosines (p80: the 20% most similar pairs are edges, on any extractor).", show_default=False)] = None,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
+    lexicon: LexiconOpt = None,
     parts: Annotated[Optional[int], typer.Option("-k", "--parts", help="Part prototypes (k-means K); default: the paper's 32 per 64 support images, at least 32 (64 generated images: 32; 123 photos: 62).", show_default=False)] = None,
     vocab: Annotated[Optional[str], typer.Option(help="Also add the class to this vocabulary.")] = None,
     new_version: Annotated[bool, typer.Option(help="Build a new version even if the same config exists.")] = False,
@@ -72,13 +73,15 @@ def add_class(
     Example: protodb add-class boat --images 256 --ray auto --shard-size 32
     Example: protodb add-class boat --speed fast   # one support pass, int8 on CPUs without bf16 units
     Example: protodb add-class boat --preset tiny --images 4 --with-corrections
+    Example: protodb add-class fence --lexicon ovdiff   # thing/stuff from the OVDiff authors' table
     """
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
         prompt=prompt, negative_prompt=negative_prompt, extractors=tuple(extractor or ()), exemplars=exemplars,
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor, mask_tau=mask_tau,
-        support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), k=parts, new_version=new_version,
+        support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), lexicon=lexicon,
+        k=parts, new_version=new_version,
         with_corrections=with_corrections,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes, speed=run.speed)
     if vocab:

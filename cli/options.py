@@ -136,6 +136,9 @@ BUILD_RUN = OptionGroup({
 }, _build_run)
 
 
+LexiconOpt = Annotated[Optional[str], typer.Option(
+    "--lexicon", help="Thing/stuff lexicon for classes no LLM labels: builtin (protodb's stuff list) or ovdiff (the "
+    "OVDiff authors' table); or PROTODB_LEXICON.", show_default=False)]
 ExhaustiveOpt = Annotated[bool, typer.Option(
     "--exhaustive", help="Score every class of the vocabulary (no shortlist), whatever its size.")]
 WindowSizesOpt = Annotated[Optional[str], typer.Option(

@@ -12,6 +12,7 @@ from protodb.namelists import NameList, read_name_list
 from protodb.names import check_tag_name
 from protodb.thing_stuff import DEFAULT_BATCH_SIZE, LLMClient
 from protodb_cli.app import WRITE, Ctx, command
+from protodb_cli.options import LexiconOpt
 from protodb_cli.output import EXIT_PARTIAL, say, table
 
 vocab_app = typer.Typer(help="Vocabularies: named lists of classes to segment with.", no_args_is_help=True)
@@ -111,6 +112,7 @@ def vocab_label(
                                             help="Class names per LLM request.")] = DEFAULT_BATCH_SIZE,
     lexicon_only: Annotated[bool, typer.Option(
         "--lexicon-only", help="Use only the stuff lexicon and the datasets' own thing/stuff splits; ask no LLM.")] = False,
+    lexicon: LexiconOpt = None,
 ) -> None:
     """Label every class of a vocabulary that has no thing/stuff decision yet: the built-in stuff
     lexicon and the datasets' own splits first, then the LLM ($PROTODB_LLM_BASE_URL,
@@ -119,11 +121,12 @@ def vocab_label(
     before are never changed (change one with: protodb label NAME --stuff).
 
     Example: protodb vocab label lvis --batch-size 100
+    Example: protodb vocab label ade --lexicon ovdiff --lexicon-only   # the OVDiff authors' table
     """
     client = None if lexicon_only else LLMClient.from_env()
     with ctx.progress(unit="classes") as progress:
         run = ctx.db.vocabs.label(name, client=client, batch_size=batch_size, lexicon_only=lexicon_only,
-                                  on_progress=progress)
+                                  on_progress=progress, lexicon=lexicon)
     ctx.emit(run, _show_labelled)
     if run.failed:
         raise typer.Exit(EXIT_PARTIAL)

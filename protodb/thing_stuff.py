@@ -8,8 +8,9 @@ records how it decided, so the catalog can keep the provenance (source, model, p
 2. otherwise an LLM behind any OpenAI-compatible chat-completions endpoint is asked, when one is
    configured (``PROTODB_LLM_BASE_URL`` + ``PROTODB_LLM_MODEL``, optional ``PROTODB_LLM_API_KEY``),
    (``source="llm"``);
-3. otherwise, or when the LLM fails, a built-in lexicon of the stuff classes of COCO-Stuff, PASCAL
-   Context, ADE20K, Cityscapes and CamVid decides (``source="lexicon"``).
+3. otherwise, or when the LLM fails, a lexicon decides (``source="lexicon"``): the built-in one, of the stuff
+   classes of COCO-Stuff, PASCAL Context, ADE20K, Cityscapes and CamVid, or (``--lexicon ovdiff``,
+   ``$PROTODB_LEXICON``) the OVDiff authors' own thing/stuff table (``protodb/data/lexicon_ovdiff.txt``).
 
 When the LLM fails (HTTP error, timeout, malformed reply, an answer that is neither word), the label
 falls back to the lexicon and says so: ``source="lexicon"``, ``model`` and ``prompt`` are those of
@@ -406,13 +407,54 @@ def _name_forms(name: str) -> list[str]:
     return forms
 
 
-def classify_with_lexicon(name: str) -> Label:
-    """``Label(kind="stuff", source="lexicon")`` when the name (normalised, singular or plural) is in
-    the built-in stuff lexicon, else ``kind="thing"``."""
+#: the lexicons a name can be looked up in: protodb's own stuff list, and the OVDiff authors' thing/stuff table
+LEXICONS = ("builtin", "ovdiff")
+ENV_LEXICON = "PROTODB_LEXICON"
+LEXICON_NOTE = "lexicon:"  # raw_answer prefix of a label decided by a lexicon other than the built-in one
+
+
+def choose_lexicon(lexicon: str | None = None) -> str:
+    """``lexicon``, else ``$PROTODB_LEXICON``, else ``builtin``; one clear error for an unknown name."""
+    key = (lexicon or os.environ.get(ENV_LEXICON) or "builtin").strip().lower()
+    if key not in LEXICONS:
+        raise InvalidInput(f"unknown lexicon {lexicon or os.environ.get(ENV_LEXICON)!r}; use one of {', '.join(LEXICONS)}")
+    return key
+
+
+@lru_cache(maxsize=None)
+def lexicon_table(lexicon: str) -> dict[str, str]:
+    """Lexicon key -> the kind it lists. ``builtin``: every name of :func:`stuff_lexicon` -> ``stuff`` (a
+    name it lacks is a thing by default, not by decision); ``ovdiff``: ``protodb/data/lexicon_ovdiff.txt``, the
+    authors' 173 decisions (27 stuff, 146 things; 172 names under the class-name rule, which makes
+    ``__background__`` ``background``; a name it lacks is a thing there too)."""
+    if choose_lexicon(lexicon) == "builtin":
+        return dict.fromkeys(stuff_lexicon(), "stuff")
+    text = resources.files("protodb").joinpath("data", "lexicon_ovdiff.txt").read_text(encoding="utf-8")
+    table = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, kind = line.rsplit("\t", 1)
+            table[lexicon_key(name)] = kind.strip()
+    return table
+
+
+def lexicon_kind(name: str, lexicon: str | None = None) -> str | None:
+    """The kind ``lexicon`` (see :func:`choose_lexicon`) lists for ``name`` (normalised; singular or plural
+    of the last word for the built-in list), or None when it lists none. The built-in list only lists stuff."""
+    table = lexicon_table(choose_lexicon(lexicon))
+    forms = _name_forms(name) if choose_lexicon(lexicon) == "builtin" else [lexicon_key(name)]
+    return next((table[form] for form in forms if form in table), None)
+
+
+def classify_with_lexicon(name: str, lexicon: str | None = None) -> Label:
+    """``Label(source="lexicon")`` with the kind ``lexicon`` lists for the name, else ``thing``. The built-in
+    lexicon (default; ``$PROTODB_LEXICON``) lists stuff names, plural/singular tolerant; ``ovdiff`` is the
+    authors' table, names exactly as they wrote them, and its labels say so in ``raw_answer``
+    (``"lexicon: ovdiff"``)."""
     name = _check_name(name)
-    lexicon = stuff_lexicon()
-    kind = "stuff" if any(form in lexicon for form in _name_forms(name)) else "thing"
-    return Label(kind=kind, source="lexicon")
+    key = choose_lexicon(lexicon)
+    kind = lexicon_kind(name, key) or "thing"
+    return Label(kind=kind, source="lexicon", raw_answer=None if key == "builtin" else f"{LEXICON_NOTE} {key}")
 
 
 # --- the one entry point -------------------------------------------------------------------------
@@ -423,12 +465,14 @@ def classify(
     *,
     override: str | None = None,
     client: LLMClient | None | Literal["env"] = "env",
+    lexicon: str | None = None,
 ) -> Label:
     """Thing or stuff for ``name``.
 
     override: "thing"/"stuff" -> ``Label(source="manual")``. client: an LLMClient, None (lexicon
     only), or "env" (``LLMClient.from_env()``; lexicon only when unconfigured). When the LLM fails
-    the lexicon decides and ``raw_answer`` records the failure (see the module docstring).
+    the lexicon decides and ``raw_answer`` records the failure (see the module docstring). lexicon: which
+    lexicon decides without an LLM (:func:`choose_lexicon`: ``builtin`` or ``ovdiff``).
     """
     name = _check_name(name)
     if override is not None:
@@ -441,11 +485,11 @@ def classify(
             raise InvalidInput(f"client must be an LLMClient, None or 'env', not {client!r}")
         client = LLMClient.from_env()
     if client is None:
-        return classify_with_lexicon(name)
+        return classify_with_lexicon(name, lexicon)
     try:
         return classify_with_llm(client, name)
     except LLMError as err:
-        fallback = classify_with_lexicon(name)
+        fallback = classify_with_lexicon(name, lexicon)
         return Label(
             kind=fallback.kind,
             source="lexicon",
@@ -472,6 +516,9 @@ __all__ = [
     "classify",
     "classify_with_llm",
     "classify_with_lexicon",
+    "choose_lexicon",
+    "LEXICONS",
+    "lexicon_kind",
     "lexicon_key",
     "stuff_lexicon",
 ]

@@ -134,6 +134,7 @@ def _snapshot(home: Path):
     (["boat", "--images", "0"], "nothing to build from"),
     (["boat", "--images", "-1"], "--images must be >= 0"),
     (["boat", "--exemplars", "/no/such/folder"], "does not exist"),
+    (["tray", "--images", "2", "--lexicon", "coco"], "unknown lexicon 'coco'"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(built, args, msg):
     home, _ = built
@@ -143,6 +144,18 @@ def test_bad_input_is_one_line_and_changes_nothing(built, args, msg):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and msg in lines[0], res.stderr
     assert _snapshot(home) == before
+
+
+def test_lexicon_option_labels_a_new_class_from_the_authors_table(built, monkeypatch):
+    """``--lexicon ovdiff``: with no LLM, a class the authors call stuff (tray; a thing in protodb's list) is
+    built as stuff and its label says which lexicon decided."""
+    monkeypatch.delenv("PROTODB_LLM_BASE_URL", raising=False)
+    home, _ = built
+    res = add_tiny(home, "tray", "--images", "2", "--lexicon", "ovdiff")
+    assert res["kind"] == "stuff" and res["label_source"] == "lexicon"
+    hist = protodb.open(home).labels.history("tray").history
+    assert [(h.kind, h.source, h.raw_answer) for h in hist] == [("stuff", "lexicon", "lexicon: ovdiff")]
+    assert add_tiny(home, "plate", "--images", "2")["kind"] == "thing"  # the built-in list decides otherwise
 
 
 def test_masks_matching_no_exemplar(built, tmp_path):

@@ -234,6 +234,26 @@ def test_vocab_label_lexicon_datasets_then_llm_batches(llm, tmp_path):
     assert db.labels.current("object 1") == "stuff"
 
 
+def test_vocab_label_with_the_ovdiff_lexicon_decides_what_the_authors_listed(tmp_path, monkeypatch):
+    """``vocab label --lexicon ovdiff --lexicon-only``: the authors' stuff are stuff, the things they listed are
+    decided things (never asked again), the rest keep the default; a bad lexicon name changes nothing."""
+    monkeypatch.delenv("PROTODB_LLM_BASE_URL", raising=False)
+    monkeypatch.delenv("PROTODB_LEXICON", raising=False)
+    home = tmp_path / "db"
+    (tmp_path / "v.txt").write_text("glass\nearth\nfence\nmaterial 1\n", encoding="utf-8")
+    cli("vocab", "create", "v", "--from-file", tmp_path / "v.txt", "--db", home)
+    rows = _label_rows(home)
+    bad = cli("vocab", "label", "v", "--lexicon", "coco", "--lexicon-only", "--db", home, ok=False)
+    assert bad.exit_code != 0 and "unknown lexicon 'coco'" in bad.output and _label_rows(home) == rows
+    out = json.loads(cli("vocab", "label", "v", "--lexicon", "ovdiff", "--lexicon-only", "--db", home, "--json").stdout)
+    assert (out["lexicon"], out["dataset"], out["left"]) == (2, 1, 1)  # glass, fence / earth / material 1
+    db = ProtoDB(home)
+    assert db.vocabs.show("v").kinds == ("stuff", "thing", "stuff", "thing")
+    assert "ovdiff lexicon lists it as thing" in db.labels.history("earth").history[-1].raw_answer
+    again = json.loads(cli("vocab", "label", "v", "--lexicon", "ovdiff", "--lexicon-only", "--db", home, "--json").stdout)
+    assert again["already"] == 1  # earth is decided; the stuff stay stuff by the lexicon
+
+
 def test_vocab_label_without_an_llm_is_one_line_and_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("PROTODB_LLM_BASE_URL", raising=False)
     monkeypatch.delenv("PROTODB_LLM_MODEL", raising=False)

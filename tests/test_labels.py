@@ -269,6 +269,30 @@ def test_lexicon_file_has_coco_stuff_and_no_duplicates():
         assert not_stuff not in stuff_lexicon()
 
 
+def test_ovdiff_lexicon_is_the_authors_table_and_differs_where_they_decided_otherwise(monkeypatch):
+    """``lexicon="ovdiff"``: the authors' 173 decisions (27 stuff); names they left out are things; labels say
+    which lexicon decided; ``$PROTODB_LEXICON`` selects it; an unknown name is one clear error."""
+    from protodb.thing_stuff import LEXICONS, choose_lexicon, lexicon_kind, lexicon_table
+
+    monkeypatch.delenv("PROTODB_LEXICON", raising=False)
+    table = lexicon_table("ovdiff")
+    assert LEXICONS == ("builtin", "ovdiff") and len(table) == 172  # 173 entries: __background__ is background
+    assert sorted(k for k, v in table.items() if v == "stuff")[:4] == ["background", "bedclothes", "blanket", "ceiling"]
+    assert sum(v == "stuff" for v in table.values()) == 26
+    ovdiff = Label(kind="stuff", source="lexicon", raw_answer="lexicon: ovdiff")
+    for name in ("fence", "road", "sky", "glass", "tray", "trade name"):  # glass and tray are stuff there only
+        assert classify_with_lexicon(name, "ovdiff") == ovdiff
+    for name in ("earth", "sea", "pavement", "boat", "Zucchini"):  # stuff in ours (not boat), things in theirs
+        assert classify_with_lexicon(name, "ovdiff").kind == "thing"
+    assert [classify_with_lexicon(n).kind for n in ("earth", "sea", "pavement", "glass")] == ["stuff"] * 3 + ["thing"]
+    assert (lexicon_kind("earth", "ovdiff"), lexicon_kind("zucchini", "ovdiff"), lexicon_kind("boat")) == ("thing", None, None)
+    monkeypatch.setenv("PROTODB_LEXICON", "OVDiff")
+    assert choose_lexicon() == "ovdiff" and classify("glass", client=None) == ovdiff
+    assert classify("glass", client=None, lexicon="builtin") == Label(kind="thing", source="lexicon")
+    with pytest.raises(InvalidInput, match="unknown lexicon 'coco'; use one of builtin, ovdiff"):
+        classify_with_lexicon("sky", "coco")
+
+
 def test_override_is_manual_and_skips_llm(llm_server):
     llm_server.answer = "thing"
     label = classify("sky", override="Thing", client=_client(llm_server))

@@ -185,7 +185,7 @@ class ClassBuilder:
         gen = self._generation(req, name, self.registry.default_images if req.images is None else req.images)
         if gen is None:
             return 0
-        label = self._label(name, req.kind)
+        label = self._label(name, req.kind, req.lexicon)
         class_id, _ = self._class_row(name, label)
         return self.stage.generate_indices(
             class_id, name, gen, lambda: self.registry.load_pipeline(gen.spec, self.device, compute_dtype(self.dtype)),
@@ -194,7 +194,7 @@ class ClassBuilder:
     def add_class(self, req: AddClassRequest) -> AddClassResult:
         plan = self.resolve(req)
         cfg = plan.config
-        label = self._label(cfg.class_name, req.kind)
+        label = self._label(cfg.class_name, req.kind, req.lexicon)
         class_id, kind = self._class_row(cfg.class_name, label)
         support: list[SupportImage] = []
         run_id, generated, reused_images = None, 0, 0
@@ -214,11 +214,11 @@ class ClassBuilder:
                               skipped=plan.skipped)
 
     # ------------------------------------------------------------------ labels
-    def _label(self, name: str, override: str | None) -> Label:
+    def _label(self, name: str, override: str | None, lexicon: str | None = None) -> Label:
         existing = self.labels.current(name)
         if existing is not None and override is None:
             return Label(kind=existing, source="existing")
-        return classify(name, override=override)
+        return classify(name, override=override, lexicon=lexicon)
 
     def _class_row(self, name: str, label: Label) -> tuple[str, str]:
         record = label_record(label)

@@ -26,6 +26,7 @@ from protodb.hashing import sha256_json
 from protodb.lazy import lazy_import
 from protodb.names import normalize_class_name
 from protodb.speed import speed_preset
+from protodb.thing_stuff import choose_lexicon
 
 np = lazy_import("numpy")
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class AddClassRequest:
     bg_value: int | None = 0  # label maps: pixels of this value are background; None: any other label
     exemplar_background: bool = True  # False: exemplar photos give no background prototypes
     kind: str | None = None  # "thing" | "stuff" override
+    lexicon: str | None = None  # which lexicon labels a new class without an LLM (protodb.thing_stuff.choose_lexicon)
     k: int | None = None  # part prototypes; None: parts_for(number of support images)
     new_version: bool = False
     device: str = "auto"
@@ -106,8 +108,9 @@ class AddClassRequest:
         return dataclasses.replace(self, **changes)
 
     def with_speed(self) -> "AddClassRequest":
-        """This request with its speed preset (default ``best``) resolved: ``support_windows`` when None,
-        ``dtype`` when ``auto`` (int8 on CPUs without bf16 units for ``balanced`` and ``fast``)."""
+        """This request with its speed preset (default :data:`protodb.speed.DEFAULT_SPEED`) resolved:
+        ``support_windows`` when None, ``dtype`` when ``auto`` and a preset is named (int8 on CPUs without bf16
+        units for ``fast``)."""
         preset = speed_preset(self.speed)
         windows = preset.support_windows if self.support_windows is None else self.support_windows
         dtype = preset.dtype(self.device, self.dtype) if self.speed else self.dtype
@@ -271,6 +274,7 @@ def check_request(req: AddClassRequest) -> str:
         raise InvalidInput(f"-k must be >= 1, got {req.k}")
     if req.kind not in (None, "thing", "stuff"):
         raise InvalidInput(f"kind must be thing or stuff, got {req.kind!r}")
+    choose_lexicon(req.lexicon)  # one line for an unknown lexicon, before any work
     if not 0 <= req.seed <= MAX_SEED:
         raise InvalidInput(f"--seed must be between 0 and {MAX_SEED}, got {req.seed}")
     if req.guidance is not None and (not math.isfinite(req.guidance) or req.guidance < 0):

@@ -5,7 +5,8 @@ How a new class is labelled (manual override, an LLM, the built-in lexicon) is d
 
 Many classes at once (:meth:`LabelService.label_classes`, ``protodb vocab label``) go lexicon first:
 a class whose label was decided before (by the LLM, by hand, or from a dataset's split) is left as it
-is; one the built-in stuff lexicon names is stuff; one a built-in dataset defines
+is; one the lexicon names is stuff (the built-in stuff list, or with ``lexicon="ovdiff"`` the OVDiff
+authors' table, which also decides the things it lists); one a built-in dataset defines
 (:func:`protodb.vocabularies.dataset_kinds`: LVIS, Objects365 and OpenImages classes are things,
 ADE's stuff classes stuff) gets that label (``source="lexicon"``, ``raw_answer="dataset: ..."``);
 the rest, which only carry the lexicon's default "thing", are asked of the LLM in batches
@@ -36,7 +37,9 @@ from protodb.thing_stuff import (
     LLMClient,
     LLMError,
     classify_many_with_llm,
+    choose_lexicon,
     classify_with_lexicon,
+    lexicon_kind,
 )
 from protodb.vocabularies import dataset_kinds
 
@@ -44,9 +47,10 @@ DATASET_NOTE = "dataset:"  # raw_answer prefix of a label taken from a dataset's
 _CHUNK = 500  # names per IN (...) query
 
 
-def ensure_classes(s: Session, names: Sequence[str]) -> dict[str, str]:
+def ensure_classes(s: Session, names: Sequence[str], lexicon: str | None = None) -> dict[str, str]:
     """name -> class id for already-normalised ``names``, creating the missing classes in bulk, each
-    labelled by the lexicon (as :meth:`protodb.services.sets.SetService.ensure_class` does)."""
+    labelled by the lexicon (as :meth:`protodb.services.sets.SetService.ensure_class` does; ``lexicon``:
+    :func:`protodb.thing_stuff.choose_lexicon`)."""
     names = list(dict.fromkeys(names))
     ids: dict[str, str] = {}
     for i in range(0, len(names), _CHUNK):
@@ -55,7 +59,7 @@ def ensure_classes(s: Session, names: Sequence[str]) -> dict[str, str]:
     new_classes, new_labels = [], []
     for name in names:
         if name not in ids:
-            label = label_record(classify_with_lexicon(name))
+            label = label_record(classify_with_lexicon(name, lexicon))
             ids[name] = new_id()
             new_classes.append({"id": ids[name], "name": name, "kind": label["kind"]})
             new_labels.append({"id": new_id(), "class_id": ids[name], **label})
@@ -134,7 +138,8 @@ class LabelService:
 
     def label_classes(self, names: Sequence[str], *, vocabulary: str = "", client: LLMClient | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, lexicon_only: bool = False,
-                      on_progress: Callable[[str, int, int | None], None] | None = None) -> LabelRun:
+                      on_progress: Callable[[str, int, int | None], None] | None = None,
+                      lexicon: str | None = None) -> LabelRun:
         """Label every class of ``names`` that has no decided label yet (see the module docstring);
         classes the catalog lacks are created (labelled by the lexicon) first.
 
@@ -144,20 +149,23 @@ class LabelService:
         """
         if not 1 <= int(batch_size) <= 500:
             raise InvalidInput(f"--batch-size must be 1..500, not {batch_size}")
+        lexicon = choose_lexicon(lexicon)
         names = list(dict.fromkeys(normalize_class_name(n) for n in names))
         state = self._state(names)
         from_dataset = dataset_kinds()
-        already = lexicon = 0
+        already = by_lexicon = 0
         now: dict[str, Label] = {}
         ask: list[str] = []
         for name in names:
             cid, kind, decided = state.get(name, (None, None, False))
             if decided:
                 already += 1
-            elif classify_with_lexicon(name).kind == "stuff":
-                lexicon += 1
+            elif (listed := lexicon_kind(name, lexicon)) == "stuff":
+                by_lexicon += 1
                 if kind not in (None, "stuff"):  # created otherwise (an import): the lexicon says stuff
-                    now[name] = Label("stuff", "lexicon")
+                    now[name] = classify_with_lexicon(name, lexicon)
+            elif listed == "thing":  # the authors' table decides its things too
+                now[name] = Label("thing", "lexicon", raw_answer=f"{DATASET_NOTE} the {lexicon} lexicon lists it as thing")
             elif name in from_dataset:
                 kind_ds, vocabs = from_dataset[name]
                 now[name] = Label(kind_ds, "lexicon", raw_answer=f"{DATASET_NOTE} the {', '.join(vocabs)} "
@@ -168,19 +176,19 @@ class LabelService:
             raise InvalidInput(
                 f"{len(ask)} class(es) have only the lexicon's default label and no LLM is configured: set "
                 f"{ENV_BASE_URL} and {ENV_MODEL} (an OpenAI-compatible endpoint), or pass --lexicon-only")
-        dataset = sum(1 for lab in now.values() if lab.raw_answer)
+        dataset = sum(1 for lab in now.values() if (lab.raw_answer or "").startswith(DATASET_NOTE))
         changed = sum(1 for n, lab in now.items() if state.get(n, (None, "thing"))[1] != lab.kind)
         ids: dict[str, str] = {}
 
         def write(labels: dict[str, Label]) -> None:
             with self.stores.sessions.session() as s:
                 if not ids:
-                    ids.update(ensure_classes(s, names))
+                    ids.update(ensure_classes(s, names, lexicon))
                 self._store(s, ids, labels)
 
         write(now)
         for name in names:  # classes created just now carry the lexicon's first label
-            state.setdefault(name, (ids[name], classify_with_lexicon(name).kind, False))
+            state.setdefault(name, (ids[name], classify_with_lexicon(name, lexicon).kind, False))
         progress = on_progress or (lambda stage, n, total: None)
         report_llm, failed, requests = {}, {}, 0
         if ask and not lexicon_only:
@@ -199,7 +207,7 @@ class LabelService:
             report_llm, failed, requests = report.labels, report.failed, report.requests
             changed += sum(1 for n, lab in report_llm.items() if state[n][1] != lab.kind)
         return LabelRun(
-            vocabulary=vocabulary, classes=len(names), already=already, lexicon=lexicon, dataset=dataset,
+            vocabulary=vocabulary, classes=len(names), already=already, lexicon=by_lexicon, dataset=dataset,
             llm=len(report_llm), left=len(ask) - len(report_llm) - len(failed) if ask else 0, changed=changed,
             failed=tuple(LabelFailure(n, why) for n, why in failed.items()), requests=requests,
             batch_size=int(batch_size), model=client.model if client is not None and ask and not lexicon_only else None)

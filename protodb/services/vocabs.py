@@ -135,7 +135,7 @@ class VocabService:
                        f"or create one: protodb vocab create {name} CLASS...")
 
     def label(self, name: str, *, client: LLMClient | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-              lexicon_only: bool = False, on_progress=None) -> LabelRun:
+              lexicon_only: bool = False, on_progress=None, lexicon: str | None = None) -> LabelRun:
         """Thing/stuff labels for every class of vocabulary ``name`` that has none decided yet:
         :meth:`protodb.services.labels.LabelService.label_classes` (lexicon first, then the LLM in
         batches). Classes of a built-in vocabulary that the catalog lacks are created (the vocabulary
@@ -144,7 +144,7 @@ class VocabService:
         names = [Ref.parse(ref).name for ref in vocab.classes]
         return LabelService(self.stores).label_classes(names, vocabulary=vocab.name, client=client,
                                                        batch_size=batch_size, lexicon_only=lexicon_only,
-                                                       on_progress=on_progress)
+                                                       on_progress=on_progress, lexicon=lexicon)
 
     def list(self) -> list[VocabularySummary]:
         """:meth:`protodb.services.overview.OverviewService.vocabularies`."""
