@@ -16,6 +16,10 @@ fast        the whole image only                           tiles side by side, n
                                                            mirror pass
 ==========  ============================================  ==========================  ==================  ============================
 
+The default (no ``--speed``: :data:`DEFAULT_SPEED`) is ``balanced``, the recommended setting: the best
+leave-one-drive-out mean within the speed budget (#19: 5x cheaper per photo than the previous recommendation).
+Without a named preset, segment takes the default's passes and dtype but keeps windows given explicitly.
+
 Chosen by the leave-one-drive-out mean (README): on ``focus-vits14-tiles-flip -k 128`` skipping the mirror pass
 at segment time (prototypes keep it) scores 39.82 against 39.84 at half the passes; tiles side by side instead
 of at stride 112 cost 3.2 (36.59 with the mirror, 36.21 without).
@@ -97,7 +101,7 @@ PRESETS: dict[str, SpeedPreset] = {p.name: p for p in (
     SpeedPreset("fast", "the whole image only, a tiled extractor's tiles side by side, no mirror pass, int8 linear "
                 "layers on CPUs without bf16", (), True, True, True, tiles_touch=True, mirror=False),
 )}
-DEFAULT_SPEED = "best"
+DEFAULT_SPEED = "balanced"  # the recommended setting: the best LODO mean within #19's speed budget
 
 
 def speed_preset(name: str | None) -> SpeedPreset:

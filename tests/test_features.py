@@ -236,11 +236,12 @@ def test_a_lighter_view_runs_touching_tiles_without_the_mirror_and_segment_recor
     db.builder(preset="tiny").add_class(AddClassRequest("boat", images=0, exemplars=ex,
                                                         extractors=("tiny-tiles-flip",), short_side=48, k=2))
     photo = _noise(gen)
-    for name, preset in PRESETS.items():
+    for name, preset in [*PRESETS.items(), (None, PRESETS["balanced"])]:  # None: the default preset
         seg = db.segmenter(SegmentOptions(classes="boat", extractors=("tiny-tiles-flip",), background=False,
                                           windows=WindowSpec(short_side=48), speed=name))
         want = {"tile": [32, 32 if preset.tiles_touch else 16], "mirror": preset.mirror}
         got = seg.settings.to_dict()
+        assert got["speed"] == preset.name
         assert got["passes"] == {"tiny-tiles-flip": want}, name
         assert got["windows"]["stride"] == want["tile"][1] or not got["windows"]["sizes"], (name, got["windows"])
         assert seg.segment(photo).labels.shape == (48, 64)

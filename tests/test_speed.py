@@ -22,7 +22,7 @@ from protodb.speed import PRESETS, speed_preset
 @pytest.mark.parametrize("bf16_units", [True, False])
 def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
     monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: bf16_units)
-    assert list(PRESETS) == ["best", "balanced", "fast"] and speed_preset(None).name == "best"
+    assert list(PRESETS) == ["best", "balanced", "fast"] and speed_preset(None).name == "balanced"  # the default
     cpu = torch.device("cpu")
     assert speed_preset("best").dtype(cpu) == "auto"
     assert speed_preset("balanced").dtype(cpu) == "auto"  # balanced drops the mirror pass, not precision
@@ -32,7 +32,10 @@ def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
         speed_preset("turbo")
 
     base = SegmentOptions(vocab="v", windows=WindowSpec(scales=(1.0, 1.5), subpatch=2))
-    assert with_speed(base, cpu) is base  # no preset: unchanged
+    default = with_speed(base, cpu)  # no preset: the default's passes and dtype, the windows as given
+    assert (default.speed, default.windows, default.dtype) == ("balanced", base.windows, "auto")
+    custom = base.replace(windows=WindowSpec(sizes=(64,), stride=32, whole=False))
+    assert with_speed(custom, cpu).windows == custom.windows  # explicit windows are never the preset's
     fast = with_speed(base.replace(speed="FAST"), cpu)
     assert (fast.speed, fast.windows.sizes, fast.windows.whole) == ("fast", (), True)
     assert (fast.windows.scales, fast.windows.subpatch) == ((1.0, 1.5), 2)  # the rest of the windows kept

@@ -77,11 +77,15 @@ def clip_model_from(opts: SegmentOptions) -> str | None:
 
 
 def with_speed(opts: SegmentOptions, device) -> SegmentOptions:
-    """``opts`` with its speed preset applied (windows; dtype where it is ``auto``); unchanged without one."""
-    if not opts.speed:
-        return opts
+    """``opts`` with its speed preset applied: the preset's windows, its segment-time passes (recorded as
+    ``speed``; :meth:`protodb.speed.SpeedPreset.segment_extractor`) and its dtype where ``dtype`` is ``auto``.
+
+    Without a preset the default one (:data:`protodb.speed.DEFAULT_SPEED`, the recommended setting) gives the
+    passes and the dtype, and ``opts.windows`` stay as given (explicit windows are the caller's; the default
+    :class:`WindowSpec` is the default preset's windows)."""
     preset = speed_preset(opts.speed)
-    return opts.replace(speed=preset.name, windows=preset.windows(opts.windows), dtype=preset.dtype(device, opts.dtype))
+    windows = preset.windows(opts.windows) if opts.speed else opts.windows
+    return opts.replace(speed=preset.name, windows=windows, dtype=preset.dtype(device, opts.dtype))
 
 
 def check_options(opts: SegmentOptions) -> tuple[str, ...]:
