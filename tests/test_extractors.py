@@ -195,6 +195,32 @@ def test_tiny_needs_an_existing_safetensors_checkpoint(tmp_path):
         load_extractor(ExtractorSpec("bad", "tiny", {**spec.config, "facet": "attention"}))
 
 
+def test_squash_config_feeds_every_crop_at_the_input_size_and_resizes_the_grid_back(tmp_path):
+    """``"squash": true`` (the authors' input rule for SD, 512, and CLIP, 448): any crop is resized to
+    input_size x input_size, whatever its aspect, and the feature grid back to the crop's own (H/p, W/p);
+    a crop already that size is untouched; the builtin SD and CLIP specs ask for it, DINO's do not."""
+    plain_spec = build_tiny_extractor(tmp_path / "t")
+    cfg = {**plain_spec.config, "input_size": 32}
+    plain = load_extractor(ExtractorSpec("tiny-32", "tiny", cfg))
+    squashed = load_extractor(ExtractorSpec("tiny-squash", "tiny", {**cfg, "squash": True}))
+    assert squashed.squash and not plain.squash
+    images = _photos(48, 64)  # (2, 3, 48, 64): grid 6 x 8
+    square = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    by_hand = F.interpolate(plain(square).permute(0, 3, 1, 2), size=(6, 8), mode="bilinear", align_corners=False)
+    out = squashed(images)
+    assert out.shape == plain(images).shape == (2, 6, 8, 32)
+    assert torch.allclose(out, F.normalize(by_hand.permute(0, 2, 3, 1), dim=-1), atol=1e-5)
+    assert not torch.allclose(out, plain(images), atol=1e-2)  # another input: other features
+    assert torch.equal(squashed(square), plain(square))  # the input size itself: no resize
+    specs = builtin_specs()
+    assert specs["sd15"].config["squash"] and specs["clip-vitb16"].config["squash"]
+    assert not any(specs[n].config.get("squash") for n in ("dino-vitb8", "dinov2-vits14", "focus-vits14-tiles-flip"))
+    with pytest.raises(InvalidInput, match="'squash' must be true or false"):
+        ExtractorSpec("bad", "tiny", {**cfg, "squash": "yes"})
+    with pytest.raises(InvalidInput, match="'squash' needs an input_size and no tiles"):
+        ExtractorSpec("bad", "tiny", {**cfg, "squash": True, "tile": {"size": 32, "stride": 16}})
+
+
 def test_flip_config_averages_the_mirror_images_features(tmp_path):
     plain_spec = build_tiny_extractor(tmp_path / "t")
     flip_spec = ExtractorSpec("tiny-flip", "tiny", {**plain_spec.config, "flip": True})

@@ -243,11 +243,33 @@ class Extractor:
         """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised: the backbone (tiled when configured)."""
         if self.tile is not None:
             return self._tiled_windows(images[:, None] if images.ndim == 4 else images, None)
+        if self.squash and tuple(images.shape[2:]) != (self.input_size, self.input_size):
+            return self._squashed(images)
         with self._lock, torch.no_grad():
             feats = self._features(images)
         if feats.shape[:3] != (images.shape[0], images.shape[2] // self.patch_size, images.shape[3] // self.patch_size):
             raise RuntimeError(f"{self.spec.name}: feature grid {tuple(feats.shape)} does not match the input")
         return F.normalize(feats.float(), dim=-1)
+
+    @property
+    def squash(self) -> bool:
+        """Whether every input is resized to ``input_size`` x ``input_size`` whatever its aspect (config
+        ``"squash": true``), as the OVDiff authors feed Stable Diffusion (512) and CLIP (448): the features
+        are then resized back to the input's own patch grid (bilinear, renormalised)."""
+        return bool(self.spec.config.get("squash", False)) and bool(self.input_size)
+
+    def _squashed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, D): the backbone on the images squashed to ``input_size`` square,
+        its normalised (S/p, S/p) grid resized to (H/p, W/p) and normalised again (a prototype's cosine with
+        it is then the resized cosine map up to that norm, as the authors resize similarity maps)."""
+        side, p = int(self.input_size), self.patch_size
+        square = F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False,
+                               antialias=True).clamp_(0, 1)
+        with self._lock, torch.no_grad():
+            feats = F.normalize(self._features(square).float(), dim=-1)  # (B, S/p, S/p, D)
+        grid = (images.shape[2] // p, images.shape[3] // p)
+        back = F.interpolate(feats.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False)
+        return F.normalize(back.permute(0, 2, 3, 1), dim=-1)
 
     # ------------------------------------------------------------------------------------------- tiles
     def window_features(self, image: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:

@@ -79,6 +79,10 @@ class ExtractorSpec:
                 raise InvalidInput(f"extractor {self.name!r}: config {key!r} must be 3 numbers (R, G, B)")
         if not isinstance(config.get("flip", False), bool):
             raise InvalidInput(f"extractor {self.name!r}: config 'flip' must be true or false")
+        if not isinstance(config.get("squash", False), bool):
+            raise InvalidInput(f"extractor {self.name!r}: config 'squash' must be true or false")
+        if config.get("squash") and (config.get("tile") or not config.get("input_size")):
+            raise InvalidInput(f"extractor {self.name!r}: 'squash' needs an input_size and no tiles")
         tile = config.get("tile")
         if tile is not None and not (isinstance(tile, dict) and set(tile) <= {"size", "stride"}
                                      and all(isinstance(v, int) and not isinstance(v, bool) for v in tile.values())
