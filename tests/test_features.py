@@ -163,6 +163,18 @@ def test_default_windows_are_a_tiled_extractors_tiles_and_are_recorded_resolved(
     recorded = seg.settings.to_dict()["windows"]
     assert (recorded["sizes"], recorded["stride"], recorded["whole"]) == ([32], 16, True)
 
+    # a class built through other windows (as databases built before tile windows were) is scored through
+    # the windows its prototypes were built with, unless windows are given
+    old = db.builder(preset="tiny").add_class(req.replace(name="car", support_windows={"sizes": [40], "stride": 8,
+                                                                                         "whole": True}))
+    assert old.sets[0].set.config["support_windows"] == {"sizes": [40], "stride": 8, "whole": True}
+    for classes, given, want in (("car", None, ([40], 8)), ("car", (32, 16), ([32], 16)), ("boat,car", None, ([32], 16))):
+        w = WindowSpec(short_side=48) if given is None else WindowSpec(short_side=48, sizes=(given[0],), stride=given[1])
+        seg = db.segmenter(SegmentOptions(classes=classes, extractors=("tiny-tiles",), background=False, windows=w))
+        recorded = seg.settings.to_dict()["windows"]
+        assert (recorded["sizes"], recorded["stride"]) == want, (classes, given)  # two plans: the default
+        assert seg.segment(_noise(gen)).labels.shape == (48, 64)
+
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_subpatch_passes_of_a_tiled_extractor_share_tiles_and_equal_the_window_by_window_path(tmp_path, flip):

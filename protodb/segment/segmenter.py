@@ -9,6 +9,8 @@ batching their extractor calls on CUDA. Driving it over many inputs is
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Sequence
@@ -77,6 +79,7 @@ class VocabularySegmenter:
         #: stage 1 of two-stage matching (None: every class is scored, the exhaustive path)
         self.stage1: Shortlister | None = (Shortlister(self._stage1_search(stores, sets, vocabs, resolved), size)
                                            if two_stage else None)
+        opts = self.opts = self._windows_as_built(opts)
         self.extractors = {}
         for e in self.vocab.extractors:
             record = sets.extractor_row(self.vocab.sets[e][0].extractor_id)
@@ -133,6 +136,23 @@ class VocabularySegmenter:
                         "rebuild it: protodb index build %s", resolved.name, resolved.name)
         summary = read_summary(stores, sets, resolved.sets[e0])
         return ExactSearch(summary.vectors, summary.owner, C, {**info, "stage1": "exact", "index_params": {}})
+
+    def _windows_as_built(self, opts: SegmentOptions) -> SegmentOptions:
+        """Windows left to the default (sizes and stride None) become the window plan every set of the
+        vocabulary recorded for its support images, when they all recorded the same one: the prototypes'
+        contexts are then the photo's. Only sets built before a tiled extractor's default windows became its
+        tiles recorded another plan (448/336 at stride 224) than the default; explicit windows always win."""
+        w = opts.windows
+        if w.sizes is not None or w.stride is not None:
+            return opts
+        plans = {json.dumps((s.config or {}).get("support_windows"), sort_keys=True)
+                 for e in self.vocab.extractors for s in self.vocab.sets[e]}
+        plan = json.loads(plans.pop()) if len(plans) == 1 else None
+        if not plan:
+            return opts
+        log.info("windows as the prototypes were built: sizes %s at stride %s", plan["sizes"], plan["stride"])
+        return opts.replace(windows=dataclasses.replace(w, sizes=tuple(int(v) for v in plan["sizes"]),
+                                                        stride=int(plan["stride"])))
 
     @classmethod
     def open(cls, services: "Services", options: SegmentOptions) -> "VocabularySegmenter":
