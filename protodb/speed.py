@@ -7,22 +7,25 @@ lighter`), whether support images are featurised through the windows at build ti
 the CPU. It never changes the prototypes' extractor (a lighter view is the same model on tiles of the same
 size), so one database serves every preset.
 
-==========  ============================================  ==========================  ==================  ============================
-preset      segment windows                               segment passes              support features    dtype (``--dtype auto``)
-==========  ============================================  ==========================  ==================  ============================
-best        the extractor's windows + the whole image      the extractor's own         through windows     bf16 with bf16 units, else fp32
-balanced    the same                                       no mirror pass              through windows     the same
-fast        the whole image only                           tiles side by side, no      through windows     int8 on CPUs without bf16 units
-                                                           mirror pass
-==========  ============================================  ==========================  ==================  ============================
+==========  ==========================================  ===========================  ===============  ===========================
+preset      segment windows                             segment passes               support features dtype (``--dtype auto``)
+==========  ==========================================  ===========================  ===============  ===========================
+best        the extractor's windows + the whole image,  no mirror pass               through windows  bf16 with bf16 units, else
+            each sampled 2x2 times (sub-patch shifts)                                                  fp32
+balanced    the extractor's windows + the whole image   no mirror pass               through windows  the same
+fast        the whole image only                        tiles side by side, no       through windows  int8 on CPUs without bf16
+                                                        mirror pass                                    units
+==========  ==========================================  ===========================  ===============  ===========================
 
 The default (no ``--speed``: :data:`DEFAULT_SPEED`) is ``balanced``, the recommended setting: the best
-leave-one-drive-out mean within the speed budget (#19: 5x cheaper per photo than the previous recommendation).
-Without a named preset, segment takes the default's passes and dtype but keeps windows given explicitly.
+leave-one-drive-out mean within the speed budget (#19: at least 5x cheaper per photo than the previous
+recommendation). Without a named preset, segment takes the default's passes and dtype but keeps windows given
+explicitly.
 
-Chosen by the leave-one-drive-out mean (README): on ``focus-vits14-tiles-flip -k 128`` skipping the mirror pass
-at segment time (prototypes keep it) scores 39.82 against 39.84 at half the passes; tiles side by side instead
-of at stride 112 cost 3.2 (36.59 with the mirror, 36.21 without).
+Chosen by the leave-one-drive-out mean (README; ``focus-vits14-tiles-flip -k 128``): skipping the mirror pass
+at segment time (prototypes keep it) scores 39.82 against 39.84 with it, at half the passes; sub-patch sampling
+adds 1.09 (40.91) at 4x the passes, so it is ``best``, not the default; tiles side by side instead of at stride
+112 cost 3.2 (36.59 with the mirror, 36.21 without), so only ``fast`` lays them so.
 
 The extractor's windows (:meth:`protodb.features.windows.WindowSpec.resolved`): a tiled extractor's own tiles
 (224 at stride 112 for ``focus-vits14-tiles-flip``), else squares of 448 and 336 at stride 224.
@@ -59,10 +62,13 @@ class SpeedPreset:
     int8_without_bf16: bool
     tiles_touch: bool = False
     mirror: bool = True
+    subpatch: int | None = None  # segment samples the patch grid n x n times (None: as the caller asks)
 
     def windows(self, base: WindowSpec | None = None) -> WindowSpec:
-        """``base`` (scales, subpatch, short side kept) with this preset's window sizes and whole pass."""
-        return dataclasses.replace(base or WindowSpec(), sizes=self.sizes, whole=self.whole)
+        """``base`` (scales and short side kept) with this preset's window sizes, whole pass and, where it sets
+        one, sub-patch sampling."""
+        spec = dataclasses.replace(base or WindowSpec(), sizes=self.sizes, whole=self.whole)
+        return spec if self.subpatch is None else dataclasses.replace(spec, subpatch=self.subpatch)
 
     def dtype(self, device, requested: str = "auto") -> str:
         """The dtype to run with on ``device`` (a torch device or its name, ``auto`` included): ``requested``
@@ -90,14 +96,16 @@ class SpeedPreset:
         return {"name": self.name, "description": self.description,
                 "sizes": None if self.sizes is None else list(self.sizes), "whole": self.whole,
                 "support_windows": self.support_windows, "int8_without_bf16": self.int8_without_bf16,
-                "tiles_touch": self.tiles_touch, "mirror": self.mirror}
+                "tiles_touch": self.tiles_touch, "mirror": self.mirror, "subpatch": self.subpatch}
 
 
 PRESETS: dict[str, SpeedPreset] = {p.name: p for p in (
-    SpeedPreset("best", "every window with the extractor's own passes, support through windows, full precision "
-                "where bf16 units are absent", None, True, True, False),
+    SpeedPreset("best", "every window sampled 2x2 times (sub-patch shifts of half a patch: score maps at half the "
+                "patch stride), no mirror pass at segment time: the best LODO mean, 4x balanced's passes", None, True,
+                True, False, mirror=False, subpatch=2),
     SpeedPreset("balanced", "every window without the mirror pass at segment time (the prototypes keep it): the "
-                "same LODO mean as best at half the passes", None, True, True, False, mirror=False),
+                "recommended setting and the default, the same LODO mean as with the mirror pass at half the passes",
+                None, True, True, False, mirror=False),
     SpeedPreset("fast", "the whole image only, a tiled extractor's tiles side by side, no mirror pass, int8 linear "
                 "layers on CPUs without bf16", (), True, True, True, tiles_touch=True, mirror=False),
 )}

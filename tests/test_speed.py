@@ -43,14 +43,18 @@ def test_presets_resolve_windows_support_and_dtype(monkeypatch, bf16_units):
     best = with_speed(base.replace(speed="best"), cpu)
     assert best.windows.sizes is None and best.windows.whole and best.dtype == "auto"  # the extractor's windows
     assert best.windows.resolved((224, 112)).sizes == (224,) and best.windows.resolved().sizes == (448, 336)
+    assert (best.windows.subpatch, best.windows.scales) == (2, (1.0, 1.5))  # best sets sub-patch sampling
+    balanced = with_speed(base.replace(speed="balanced", windows=WindowSpec(subpatch=3)), cpu)
+    assert balanced.windows.subpatch == 3  # the others keep the caller's
 
     req = AddClassRequest("boat", device="cpu")
     assert req.with_speed().support_windows is True and req.with_speed().dtype == "auto"
     quick = req.replace(speed="fast").with_speed()  # support through windows: the prototypes best matches
     assert quick.support_windows is True and quick.dtype == ("auto" if bf16_units else "int8")
     assert req.replace(speed="fast", support_windows=False).with_speed().support_windows is False
-    # segment-time passes: best the extractor's own, balanced without the mirror, fast also tiles side by side
-    assert [(p.tiles_touch, p.mirror) for p in PRESETS.values()] == [(False, True), (False, False), (True, False)]
+    # segment-time passes: none with the mirror; fast also lays the tiles side by side; best samples sub-patches
+    assert [(p.tiles_touch, p.mirror, p.subpatch) for p in PRESETS.values()] == [
+        (False, False, 2), (False, False, None), (True, False, None)]
 
 
 def test_int8_dtype_names_and_devices():
