@@ -258,8 +258,9 @@ def main() -> None:
                     "units), float32, bfloat16, int8 (dynamic quantisation of linear layers on CPU)")
     ap.add_argument("--build-dtype", default=None, help="dtype of the support features (default: --dtype); e.g. "
                     "--build-dtype float32 --dtype int8 scores int8 photo features against float32 prototypes")
-    ap.add_argument("--speed", default=None, help="a speed preset (best, balanced, fast): its segment windows, its "
-                    "support windows unless --single-pass, its dtype where --dtype is auto")
+    ap.add_argument("--speed", default=None, help="a speed preset (best, balanced, fast): its segment windows and "
+                    "passes, its support windows unless --single-pass, its dtype where --dtype is auto (default: "
+                    "segment's default, balanced: its passes with the windows given)")
     ap.add_argument("--memo", type=Path, default=None, help="keep photo window features in this folder and reuse "
                     "them (settings sweeps; timings then measure the memo)")
     ap.add_argument("--json", action="store_true")
@@ -287,7 +288,7 @@ def main() -> None:
                 # explicit windows; else the extractor's (a tiled one: its tiles), each result row says which
                 "windows": window_plan(window_spec(args)) if custom_windows else "extractor",
                 "mask_min_fraction": args.mask_min_fraction, "support_windows": not args.single_pass,
-                "memo": bool(args.memo), "speed": args.speed, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
+                "memo": bool(args.memo), "speed": speed_preset(args.speed).name, "dtype": args.dtype, "build_dtype": args.build_dtype or args.dtype,
                 "machine": machine(), "db": str(home), "smoke": args.smoke}
     if args.protocol == "lodo":
         with tempfile.TemporaryDirectory(prefix="protodb-lodo-") as work:
