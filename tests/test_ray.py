@@ -396,3 +396,35 @@ def test_worker_shape_and_shards():
     assert shards_of(4, 2, 2) == [[0, 1], [2, 3]]
     assert shards_of(10, 3, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # whole generator batches
     assert shards_of(64, 64, 4) == [] and shards_of(0, 16, 4) == []  # one shard: the class task draws them
+
+
+def test_worker_threads_follow_the_cpus_ray_assigned():
+    """A Ray worker runs torch with as many threads as CPUs Ray gave it (two 1-CPU workers on 2 cores do not
+    each start 2 threads); outside a worker nothing changes."""
+    from protodb.distributed.cluster import size_worker_threads, threads_for
+
+    assert (threads_for(1.0, 8), threads_for(3.0, 8), threads_for(0.5, 8), threads_for(None, 8)) == (1, 3, 1, 8)
+    before = torch.get_num_threads()
+    assert size_worker_threads() == before == torch.get_num_threads()
+
+
+@pytest.mark.slow
+def test_a_real_ray_worker_sizes_its_threads(tmp_path):
+    import ray
+
+    from protodb.distributed.cluster import size_worker_threads
+
+    script = textwrap.dedent("""
+        import json, ray
+        from protodb.distributed.cluster import size_worker_threads
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        one = ray.remote(num_cpus=1)(size_worker_threads)
+        two = ray.remote(num_cpus=2)(size_worker_threads)
+        print(json.dumps([ray.get(one.remote()), ray.get(two.remote())]))
+        ray.shutdown()
+    """)
+    assert ray and size_worker_threads  # imported here: the subprocess runs the same code
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=180,
+                         env={**os.environ, "OMP_NUM_THREADS": "2", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 2]

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from protodb.distributed.cluster import check_shared, connect, runtime_env, worker_shape
+from protodb.distributed.cluster import check_shared, connect, runtime_env, size_worker_threads, worker_shape
 from protodb.distributed.progress import Poller, counter_named, start_counter
 from protodb.entities import AddClassResult, ClassFailure
 from protodb.errors import InvalidInput, ProtoDBError
@@ -67,6 +67,7 @@ class BuildWorker:
     """A Ray actor: one database connection and one class builder whose models stay loaded."""
 
     def __init__(self, home: str, catalog_url: str, preset: str | None, device: str, dtype: str, counter: str):
+        self.threads = size_worker_threads()  # torch threads = the CPUs Ray gave this actor
         self._key: str | None = None  # progress key while a shard runs
         self.counter = counter_named(counter)
         self.error: str | None = None  # a worker that cannot open the database says why, task by task
@@ -80,6 +81,9 @@ class BuildWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def torch_threads(self) -> int:
+        return self.threads
 
     def _progress(self, stage: str, n: int, total: int | None) -> None:
         # shards report each image they draw; class tasks report their counts in their result

@@ -106,6 +106,28 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
+def threads_for(cpus: float | None, current: int) -> int:
+    """torch's intra-op threads for a worker Ray gave ``cpus`` CPUs: that many (at least 1), so that N workers
+    on N cores do not each start a thread per core; ``current`` when Ray gave none (outside a worker)."""
+    return max(1, int(cpus)) if cpus else current
+
+
+def size_worker_threads() -> int:
+    """Set torch's threads in a Ray worker to the CPUs Ray assigned it (:func:`threads_for`); returns them."""
+    import torch  # deferred: the catalog-only paths never load torch
+
+    cpus = None
+    if ray.is_initialized():
+        try:
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except AssertionError:  # the driver, not a worker: nothing was assigned
+            cpus = None
+    n = threads_for(cpus, torch.get_num_threads())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
+
+
 def runtime_env() -> dict[str, Any]:
     env = forwarded_env()
     return {"env_vars": env} if env else {}

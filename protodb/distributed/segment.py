@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import fsspec
 
-from protodb.distributed.cluster import check_shared, connect, runtime_env, worker_shape
+from protodb.distributed.cluster import check_shared, connect, runtime_env, size_worker_threads, worker_shape
 from protodb.entities import InputFailure, SegmentOutput, SegmentReport
 from protodb.errors import InvalidInput, ProtoDBError
 from protodb.fileio import is_remote_uri
@@ -66,6 +66,7 @@ class SegmentWorker:
     """Ray Data callable class: a warm segmenter; ``__call__`` labels one batch and writes its outputs."""
 
     def __init__(self, home: str, catalog_url: str, options: SegmentOptions, out: str):
+        self.threads = size_worker_threads()  # torch threads = the CPUs Ray gave this actor
         self.pool = ThreadPoolExecutor(IO_THREADS)
         self.error: str | None = None  # an actor that cannot load the vocabulary says why, input by input
         try:
