@@ -22,6 +22,7 @@ scikit-image's astronaut resized), resized as segment does (short side 448 -> 44
 Each figure is the minimum over ``--repeats`` runs after one warm-up.
 
     python benchmarks/bench_speed.py [--repeats 3] [--json]
+    python benchmarks/bench_speed.py --variants focus-vits14-tiles-flip --dtypes bfloat16 --compile   # torch.compile
     python benchmarks/bench_speed.py --smoke --json   # tiny-vit, 160x120 photo: checks it runs
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import platform
 import sys
@@ -48,7 +50,7 @@ from protodb.features.crops import resize_for  # noqa: E402
 from protodb.features.featurize import featurize  # noqa: E402
 from protodb.features.windows import (  # noqa: E402
     DEFAULT_SIZES, DEFAULT_STRIDE, SUPPORT_WINDOWS, WindowSpec, plan_windows, support_plan, support_window_spec)
-from protodb.models.extractors.loading import load_extractor  # noqa: E402
+from protodb.models.extractors.loading import COMPILE_ENV, load_extractor  # noqa: E402
 from protodb.models.extractors.spec import builtin_specs, resolve_paths  # noqa: E402
 from protodb.paths import user_cache_dir  # noqa: E402
 from protodb.segment.match import build_match_table  # noqa: E402
@@ -136,12 +138,19 @@ def _pil(photo: torch.Tensor):
     return PIL.Image.fromarray((photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
-def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, table_of, quality: dict) -> list:
+def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, table_of, quality: dict,
+                compiled: bool = False) -> list:
+    """One row per speed preset; ``compiled``: the extractor through torch.compile (``PROTODB_COMPILE=1``; its
+    compilation happens in the untimed warm-up call)."""
     rows = []
     for preset in PRESETS.values():
         dtype = preset.dtype("cpu")
         dtype = dtype_name(choose_dtype(torch.device("cpu"), dtype))
-        extractor = load_extractor(ex_spec, "cpu", dtype)
+        os.environ[COMPILE_ENV] = "1" if compiled else "0"
+        try:
+            extractor = load_extractor(ex_spec, "cpu", dtype)
+        finally:
+            os.environ.pop(COMPILE_ENV)
         table = table_of(extractor.dim)
         wspec = preset.windows(spec)
         seg_ex = preset.segment_extractor(extractor)  # the preset's segment-time passes (tiles, mirror)
@@ -154,7 +163,8 @@ def preset_rows(ex_spec, photo: torch.Tensor, spec: WindowSpec, repeats: int, ta
         rows.append({"name": preset.name, "extractor": ex_spec.name, "dtype": dtype, "seconds_per_photo": seg["s"],
                      "cpu_seconds_per_photo": seg["cpu_s"], "support_seconds_per_photo": sup["s"],
                      "support_cpu_seconds_per_photo": sup["cpu_s"], "val_miou": q.get("val_miou"),
-                     "lodo_miou": q.get("lodo_miou"), "passes": seg_ex.passes()})
+                     "lodo_miou": q.get("lodo_miou"), "passes": seg_ex.passes(), "subpatch": wspec.subpatch,
+                     "compiled": extractor.compiled})
     return rows
 
 
@@ -166,6 +176,8 @@ def main() -> None:
                     help="dtypes per variant (default: float32, int8, and bfloat16 where the CPU has bf16 units)")
     ap.add_argument("--quality", type=pathlib.Path, default=None,
                     help="JSON {preset: {val_miou, lodo_miou}} measured by bench_camvid.py, copied into presets")
+    ap.add_argument("--compile", action="store_true", help="the presets' extractor through torch.compile "
+                    "(PROTODB_COMPILE=1; compiled in the warm-up call); 'before' and the variants stay eager")
     ap.add_argument("--smoke", action="store_true", help="tiny-vit on a 160x120 photo, 1 repeat: checks it runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -235,7 +247,8 @@ def run(args, photo, source, spec, sizes, specs: dict, recommended: str, quality
     (H, W), _, img = resize_for(photo, before_ex.patch_size, spec)
     plan = plan_windows(H, W, spec, before_ex.patch_size)
     before = {"extractor": before_spec.name, "segment": measure(lambda: one_by_one(before_ex, img[0], plan), args.repeats)}
-    presets = preset_rows(spec_of(specs.get(recommended, recommended)), photo, spec, args.repeats, table_of, quality)
+    presets = preset_rows(spec_of(specs.get(recommended, recommended)), photo, spec, args.repeats, table_of, quality,
+                          compiled=args.compile)
     for r in presets:
         r["speedup_cpu"] = round(before["segment"]["cpu_s"] / max(r["cpu_seconds_per_photo"], 1e-9), 2)
     # the best preset through 448/336 windows (as before tiled extractors were scored through their tiles)

@@ -393,3 +393,26 @@ def test_hub_ids_load_from_the_local_cache_without_network(tmp_path, monkeypatch
     hub_clip = load_extractor(clip_spec)
     assert hub_clip.weights_hash == _sha256(clip_dir / "model.safetensors")
     assert hub_clip(images).shape == (1, 4, 6, 32)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_features_and_keeps_hooked_facets_eager(tmp_path, monkeypatch):
+    """``PROTODB_COMPILE=1``: a token-facet torch extractor loads through torch.compile (inductor's cache in
+    the user cache) and gives the eager features; a hooked facet (qkv keys) stays eager; unset, nothing is."""
+    from protodb.models.extractors.loading import clear_extractor_cache
+
+    monkeypatch.setenv("PROTODB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    spec = build_tiny_extractor(tmp_path / "t")
+    token = ExtractorSpec("tiny-token", "tiny", {**spec.config, "facet": "token"})
+    images = _photos(32, 48)
+    eager = load_extractor(token)
+    assert not eager.compiled
+    want = eager(images)
+    clear_extractor_cache()
+    monkeypatch.setenv("PROTODB_COMPILE", "1")
+    fast, keys = load_extractor(token), load_extractor(spec)
+    assert fast.compiled and not keys.compiled and fast is not eager
+    assert torch.allclose(fast(images), want, atol=1e-4)
+    assert (tmp_path / "cache" / "inductor").is_dir()
+    clear_extractor_cache()

@@ -179,6 +179,7 @@ class Extractor:
         self.dtype_label = str(dtype).removeprefix("torch.")
         self.tile = self._tile_of(cfg, input_size if fixed_size else None)
         self.batch = max(1, int(cfg.get("batch", 8)))
+        self.compiled = False  # whether the backbone runs through torch.compile (:meth:`compile`)
 
     def _tile_of(self, cfg: dict, fixed: int | None) -> tuple[int, int] | None:
         """(size, stride) of the tiles the backbone sees, or None for one pass over any input."""
@@ -250,6 +251,32 @@ class Extractor:
         if feats.shape[:3] != (images.shape[0], images.shape[2] // self.patch_size, images.shape[3] // self.patch_size):
             raise RuntimeError(f"{self.spec.name}: feature grid {tuple(feats.shape)} does not match the input")
         return F.normalize(feats.float(), dim=-1)
+
+    def compile(self) -> bool:
+        """Run the backbone through ``torch.compile`` (inductor; its cache in the user cache, never the working
+        directory) where the extractor supports it: torch backbones read at their final tokens, not int8.
+        Returns whether it did. The first call of each input shape compiles (about a minute for ViT-S/14 on 2
+        cores); later ones are faster (``benchmarks/bench_speed.py --compile``). Off unless asked:
+        ``PROTODB_COMPILE=1``, for long-running processes such as ``protodb serve``."""
+        if self.dtype_label == "int8" or not self._compilable():
+            return False
+        import os
+
+        from protodb.paths import user_cache_dir  # deferred: only a compiled extractor needs it
+
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):  # torch sets its default itself
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(user_cache_dir() / "inductor")
+        self._compile_backbone()
+        self.compiled = True
+        return True
+
+    def _compilable(self) -> bool:
+        return False
+
+    def _compile_backbone(self) -> None:
+        raise NotImplementedError
 
     @property
     def squash(self) -> bool:

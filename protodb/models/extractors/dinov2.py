@@ -67,6 +67,12 @@ class _Dinov2Extractor(Extractor):
                          input_size=spec.config.get("input_size"), weights_hash=weights_hash, device=device,
                          dtype=dtype)
 
+    def _compilable(self) -> bool:
+        return self._proj is None  # the final tokens; a hooked projection stays eager
+
+    def _compile_backbone(self) -> None:
+        self._model = torch.compile(self._model, dynamic=False)
+
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         x = self._normalise(images.to(self.device)).to(self.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 
 import torch
@@ -36,6 +37,14 @@ def _loader(kind: str):
     return getattr(importlib.import_module(module), func)
 
 
+COMPILE_ENV = "PROTODB_COMPILE"
+
+
+def compile_asked() -> bool:
+    """Whether extractors load through ``torch.compile`` (``PROTODB_COMPILE=1``; :meth:`Extractor.compile`)."""
+    return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
                    dtype: torch.dtype | str = torch.float32) -> Extractor:
     """Load (once per process and (config_hash, device, dtype)) the extractor ``spec`` describes.
@@ -54,11 +63,14 @@ def load_extractor(spec: ExtractorSpec, device: str | torch.device = "cpu",
         log.info("extractor %s (%s) has no int8 mode: it runs in float32", spec.name, spec.kind)
         dtype = torch.float32
     device = torch.device(device)
-    key = (spec.config_hash(), str(device), str(dtype))
+    compiled = compile_asked()
+    key = (spec.config_hash(), str(device), str(dtype), compiled)
     with _CACHE_LOCK:
         if key not in _CACHE:
             log.info("loading extractor %s (%s) on %s/%s", spec.name, spec.kind, device, dtype)
             _CACHE[key] = _loader(spec.kind)(spec, device, dtype)
+            if compiled and _CACHE[key].compile():
+                log.info("extractor %s runs through torch.compile (%s=1)", spec.name, COMPILE_ENV)
         else:
             log.debug("extractor %s already loaded", spec.name)
         return _CACHE[key]

@@ -42,6 +42,12 @@ class _TimmExtractor(Extractor):
         super().__init__(spec, dim=dim, patch_size=patch, input_size=spec.config.get("input_size"),
                          weights_hash=weights_hash, device=device, dtype=dtype)
 
+    def _compilable(self) -> bool:
+        return self._facet == "token"  # a hooked qkv facet stays eager
+
+    def _compile_backbone(self) -> None:
+        self._model.forward_features = torch.compile(self._model.forward_features, dynamic=False)
+
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         x = self._normalise(images.to(self.device)).to(self.dtype)
