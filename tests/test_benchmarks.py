@@ -231,6 +231,7 @@ def check_gpu(tmp, models, camvid):
     for name, p in s["presets"].items():
         positive(p["images_per_s"])
         assert p["windows"]["sizes"] == ([] if name == "fast" else [448, 336])
+        assert p["windows"]["subpatch"] == (2 if name == "best" else 1)
 
 
 def check_ray(tmp, models, camvid):
@@ -320,6 +321,7 @@ def check_speed(tmp, models, camvid):
         positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
         assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
         assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+        assert (p["subpatch"], p["compiled"], p["passes"]["mirror"]) == (2 if p["name"] == "best" else 1, False, False)
     old = r["best_448_336"]
     assert old["extractor"] == "tiny-tiles"
     positive(old["segment"]["s"], old["segment"]["cpu_s"], old["support"]["s"])
