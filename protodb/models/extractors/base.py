@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 import pathlib
 import threading
 import warnings
@@ -39,6 +40,7 @@ from protodb.errors import InvalidInput
 from protodb.features.windows import Window, crop_starts
 from protodb.hashing import sha256_files
 from protodb.models.extractors.spec import IMAGENET_MEAN, IMAGENET_STD, ExtractorSpec
+from protodb.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 QKV_FACETS = ("query", "key", "value")
@@ -260,10 +262,6 @@ class Extractor:
         ``PROTODB_COMPILE=1``, for long-running processes such as ``protodb serve``."""
         if self.dtype_label == "int8" or not self._compilable():
             return False
-        import os
-
-        from protodb.paths import user_cache_dir  # deferred: only a compiled extractor needs it
-
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
         if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):  # torch sets its default itself
