@@ -289,6 +289,8 @@ def test_tiled_extractor_averages_its_tiles_and_shares_them_between_windows(tmp_
     assert specs["focus-vits14-tiles"].config == {**specs["focus-vits14-torch"].config, "input_size": 224,
                                                   "tile": {"size": 224, "stride": 112}}
     assert specs["focus-vits14-tiles-flip"].config == {**specs["focus-vits14-tiles"].config, "flip": True}
+    assert specs["focus-vits14-tiles-flip-l4"].config == {**specs["focus-vits14-tiles-flip"].config,
+                                                          "layers": [-4, -3, -2, -1]}
 
 
 # ------------------------------------------------------------------------------------------- CLIP

@@ -352,6 +352,34 @@ def test_key_facet_is_the_last_layers_key_projection(tmp_path, model, photos224)
         reg.load_extractor(dataclasses.replace(spec, config={**spec.config, "layer": 40}), "cpu", torch.float32)
 
 
+def test_token_layers_concatenate_normed_blocks_and_the_last_is_the_plain_token(tmp_path, model, photos224):
+    """config ``layers`` (token facet): each named block's patch tokens through the final layernorm, unit
+    length, side by side (D = 384 x blocks), the whole unit length; the last block's share is the plain
+    token facet's feature; a block that does not exist, or a malformed list, is one clear error."""
+    import dataclasses
+
+    import protodb
+
+    reg = protodb.open(tmp_path / "db").registry()
+    plain_spec = reg.extractor_spec("focus-vits14-torch")
+    spec = dataclasses.replace(plain_spec, name="l2", config={**plain_spec.config, "layers": [5, -1]})
+    ext = reg.load_extractor(spec, "cpu", torch.float32)
+    plain = reg.load_extractor(plain_spec, "cpu", torch.float32)
+    feats = ext(photos224[:2])
+    assert feats.shape == (2, 16, 16, 768) and ext.dim == 768
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(2, 16, 16), atol=1e-4)
+    with torch.no_grad():
+        hidden = model(pixel_values=_normalise(photos224[:2]), output_hidden_states=True).hidden_states
+        block5 = F.normalize(model.layernorm(hidden[6])[:, 1:], dim=-1).reshape(2, 16, 16, 384)
+    root2 = 2 ** 0.5
+    assert torch.allclose(feats[..., :384] * root2, block5, atol=1e-4)
+    assert torch.allclose(feats[..., 384:] * root2, plain(photos224[:2]), atol=1e-4)
+    assert reg.extractor_record(spec, ext).id != reg.extractor_record(plain_spec, plain).id
+    for bad, message in (([12], "layers \\[12\\] do not exist"), ([], "non-empty list"), (["-1"], "non-empty list")):
+        with pytest.raises(protodb.InvalidInput, match=message):
+            reg.load_extractor(dataclasses.replace(spec, config={**spec.config, "layers": bad}), "cpu", torch.float32)
+
+
 def test_focus_tiles_equal_the_onnx_path_and_windows_share_tiles(tmp_path):
     """focus-vits14-tiles (the converted model on 224 tiles at stride 112) gives the ONNX extractor's
     features on a real photo's segment windows, and both give, through window_features (each shared tile

