@@ -9,8 +9,8 @@
 3. prints mIoU over the classes + background, the background IoU, the thing classes' mIoU, per-class IoU,
    seconds per photo and every setting used.
 
-    python benchmarks/bench_coco_dev.py --json                 # the real ONNX DINOv2 (focus-vits14)
-    python benchmarks/bench_coco_dev.py --extractor focus-vits14-flip
+    python benchmarks/bench_coco_dev.py --json                 # the recommended extractor (focus-vits14-tiles-flip-l4)
+    python benchmarks/bench_coco_dev.py --extractor focus-vits14   # the ONNX DINOv2 itself, 224 crops
     python benchmarks/bench_coco_dev.py --smoke --json --data DIR   # tiny random-weight ViT, 2 eval photos
     python benchmarks/bench_coco_dev.py --choose --bg-margins 0 0.05 0.1 --votes 1 4   # choose, then eval once
 
@@ -251,7 +251,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA, help="the coco-dev folder (support/, eval/, classes.json)")
     ap.add_argument("--db", type=Path, default=None, help="database folder (default: in the user cache)")
-    ap.add_argument("--extractor", default="focus-vits14", help="a built-in extractor, or tiny-vit (the tiny "
+    ap.add_argument("--extractor", default="focus-vits14-tiles-flip-l4", help="a built-in extractor, or tiny-vit (the tiny "
                     "preset's random-weight ViT)")
     ap.add_argument("--levels", default="class,instance,part")
     ap.add_argument("-k", type=int, default=None, help="part prototypes per class (default: the build's rule)")

@@ -57,8 +57,9 @@ from protodb.segment.match import build_match_table  # noqa: E402
 from protodb.segment.windows import window_scores  # noqa: E402
 from protodb.speed import PRESETS  # noqa: E402
 
-RECOMMENDED = "focus-vits14-tiles-flip"
-VARIANTS = ("focus-vits14", "focus-vits14-tiles", "focus-vits14-tiles-flip", "focus-vits14-torch", "focus-vits14-flip")
+RECOMMENDED = "focus-vits14-tiles-flip-l4"  # the README's recommended extractor (best LODO mean)
+VARIANTS = ("focus-vits14", "focus-vits14-tiles", "focus-vits14-tiles-flip", "focus-vits14-tiles-flip-l4", "focus-vits14-torch",
+            "focus-vits14-flip")
 
 
 def measure(fn, repeats: int) -> dict:
@@ -176,6 +177,7 @@ def main() -> None:
                     help="dtypes per variant (default: float32, int8, and bfloat16 where the CPU has bf16 units)")
     ap.add_argument("--quality", type=pathlib.Path, default=None,
                     help="JSON {preset: {val_miou, lodo_miou}} measured by bench_camvid.py, copied into presets")
+    ap.add_argument("--recommended", default=RECOMMENDED, help=f"the extractor the presets run (default {RECOMMENDED})")
     ap.add_argument("--compile", action="store_true", help="the presets' extractor through torch.compile "
                     "(PROTODB_COMPILE=1; compiled in the warm-up call); 'before' and the variants stay eager")
     ap.add_argument("--smoke", action="store_true", help="tiny-vit on a 160x120 photo, 1 repeat: checks it runs")
@@ -183,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     quality = json.loads(args.quality.read_text()) if args.quality else {}
     spec = WindowSpec()
-    recommended = RECOMMENDED
+    recommended = args.recommended
     sizes = (224, 336, 448, None)
     if args.smoke:
         from protodb.models.tiny import build_tiny_extractor

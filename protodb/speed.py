@@ -22,13 +22,15 @@ leave-one-drive-out mean within the speed budget (#19: at least 5x cheaper per p
 recommendation). Without a named preset, segment takes the default's passes and dtype but keeps windows given
 explicitly.
 
-Chosen by the leave-one-drive-out mean (README; ``focus-vits14-tiles-flip -k 128``): skipping the mirror pass
+Chosen by the leave-one-drive-out mean (README; ``focus-vits14-tiles-flip -k 128``, whose tokens are the last
+block's; the recommended extractor is now ``focus-vits14-tiles-flip-l4``, the last four blocks': 41.23 with
+``balanced``): skipping the mirror pass
 at segment time (prototypes keep it) scores 39.82 against 39.84 with it, at half the passes; sub-patch sampling
 adds 1.09 (40.91) at 4x the passes, so it is ``best``, not the default; tiles side by side instead of at stride
 112 cost 3.2 (36.59 with the mirror, 36.21 without), so only ``fast`` lays them so.
 
 The extractor's windows (:meth:`protodb.features.windows.WindowSpec.resolved`): a tiled extractor's own tiles
-(224 at stride 112 for ``focus-vits14-tiles-flip``), else squares of 448 and 336 at stride 224.
+(224 at stride 112 for ``focus-vits14-tiles-flip`` and ``-l4``), else squares of 448 and 336 at stride 224.
 
 An explicit ``--dtype`` other than ``auto`` always wins over the preset's. Each preset's quality (CamVid val and
 the leave-one-drive-out mean) and cost per photo are in the README table, measured by
