@@ -9,7 +9,7 @@ conversions go; relative to the database home by default, ``models/converted``);
 paper's DINO keys); ``layers`` (token facet only): blocks whose tokens, each through the final layernorm and
 L2-normalised, are concatenated (D = 384 x len(layers)); ``attn`` ``sdpa`` (default) or ``eager``.
 
-    images (B, 3, H, W) float RGB in [0, 1] -> (B, H/14, W/14, 384) float32, L2-normalised
+    images (B, 3, H, W) float RGB in [0, 1] -> (B, H/14, W/14, 384 or 384 x len(layers)) float32, L2-normalised
 """
 
 from __future__ import annotations
