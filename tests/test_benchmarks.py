@@ -320,7 +320,8 @@ def check_speed(tmp, models, camvid):
         assert p["extractor"] == "tiny-tiles" and p["val_miou"] is None and p["lodo_miou"] is None
         positive(p["seconds_per_photo"], p["cpu_seconds_per_photo"], p["support_seconds_per_photo"])
         assert p["dtype"] in ({"bfloat16"} if r["machine"]["bf16_units"] or p["name"] == "best" else {"int8"}) | {"float32"}
-        assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01)
+        # speedup_cpu is rounded to 2 decimals from figures rounded to 5: within 0.01 of the ratio of the printed figures
+        assert p["speedup_cpu"] == pytest.approx(r["before"]["segment"]["cpu_s"] / p["cpu_seconds_per_photo"], rel=0.01, abs=0.01)
         assert (p["subpatch"], p["compiled"], p["passes"]["mirror"]) == (2 if p["name"] == "best" else 1, False, False)
     old = r["best_448_336"]
     assert old["extractor"] == "tiny-tiles"
