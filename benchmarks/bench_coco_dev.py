@@ -13,6 +13,7 @@
     python benchmarks/bench_coco_dev.py --extractor focus-vits14   # the ONNX DINOv2 itself, 224 crops
     python benchmarks/bench_coco_dev.py --smoke --json --data DIR   # tiny random-weight ViT, 2 eval photos
     python benchmarks/bench_coco_dev.py --choose --bg-margins 0 0.05 0.1 --votes 1 4   # choose, then eval once
+    python benchmarks/bench_coco_dev.py --scales 1,1.5   # every window also at 1.5x the short side (small objects)
 
 Matching settings (``protodb segment --bg-margin M --vote N``): every combination of ``--bg-margins`` and
 ``--votes`` is scored. With ``--choose`` they are scored on the support half split in two (the sets built from
@@ -51,9 +52,10 @@ import torch
 import protodb
 from protodb.images import load_image
 from protodb.paths import user_cache_dir
+from protodb.features.windows import WindowSpec
 from protodb.pipeline.config import AddClassRequest
 from protodb.segment.metrics import MIoU
-from protodb.segment.options import SegmentOptions
+from protodb.segment.options import SegmentOptions, parse_scales
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "coco-dev"
@@ -137,10 +139,11 @@ def build(db, images: Path, labels: Path, classes: list[tuple[str, int]], extrac
 
 
 def score(db, extractor: str, levels: str, classes: list[tuple[str, int]], images: list[Path], labels: Path,
-          cache: Path | None, bg_margin: float, vote: int) -> dict:
-    """Segment ``images`` (label maps in ``labels`` by stem) with the vocabulary and the background class."""
+          cache: Path | None, bg_margin: float, vote: int, windows: WindowSpec | None = None) -> dict:
+    """Segment ``images`` (label maps in ``labels`` by stem) with the vocabulary and the background class,
+    through ``windows`` (default: the extractor's own)."""
     opts = SegmentOptions(vocab=VOCAB, extractors=(extractor,), levels=levels.split(","), background=True,
-                          bg_margin=bg_margin, vote=vote)
+                          bg_margin=bg_margin, vote=vote, windows=windows or WindowSpec())
     seg = db.segmenter(opts)
     cached = {}
     for e, ext in list(seg.extractors.items()):
@@ -262,6 +265,10 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="do not memoise the extractor calls on eval photos")
     ap.add_argument("--bg-margins", nargs="+", type=float, default=[0.0], help="background margins to score")
     ap.add_argument("--votes", nargs="+", type=int, default=[1], help="kNN votes to score")
+    ap.add_argument("--scales", default="1", help="segment every window at these multiples of the short side "
+                    "and average the score maps (e.g. 1,1.5: small objects get more patches); support features "
+                    "stay at the short side")
+    ap.add_argument("--short-side", type=int, default=None, help="segment's short side (default: protodb's, 448)")
     ap.add_argument("--maskcut-rules", nargs="*", default=[], help="also compare MaskCut affinity rules on the "
                     "support photos' cached features (first the reference, e.g. 0.2 p50 p80 p90)")
     ap.add_argument("--choose", action="store_true", help="choose the margin and vote on the support half split "
@@ -276,6 +283,13 @@ def main() -> None:
         raise SystemExit(f"the COCO dev split is not at {args.data} (support/, eval/, classes.json): nothing to "
                          "measure; pass --data DIR")
     preset = "tiny" if args.extractor == "tiny-vit" else None
+    try:
+        windows = WindowSpec(scales=parse_scales(args.scales))
+        if args.short_side is not None:
+            windows = WindowSpec(short_side=args.short_side, scales=windows.scales)
+        windows.check()
+    except protodb.InvalidInput as e:
+        raise SystemExit(f"error: {e}") from None
     classes = vocabulary(args.data)
     if not classes:
         raise SystemExit(f"no class of {args.data / 'classes.json'} is present in both halves")
@@ -295,7 +309,7 @@ def main() -> None:
         build(part_db, images, args.data / "support" / "labels", part_classes, args.extractor, preset,
               args.mask_min_fraction, args.k)
         rows = [score(part_db, args.extractor, args.levels, part_classes, scored[:args.limit],
-                      args.data / "support" / "labels", cache, m, v) for m, v in combos]
+                      args.data / "support" / "labels", cache, m, v, windows) for m, v in combos]
         best = max(rows, key=lambda r: r["miou"])
         combos = [(best["bg_margin"], best["vote"])]
         choice = {"built_from": len(list(images.iterdir())), "scored": len(scored[:args.limit]),
@@ -307,8 +321,8 @@ def main() -> None:
                     preset, args.mask_min_fraction, args.k)
     maskcut = maskcut_rules(db, args.data, args.maskcut_rules) if args.maskcut_rules else None
     photos = sorted((args.data / args.split / "images").glob("*.jpg"))[:args.limit]
-    sweep = [score(db, args.extractor, args.levels, classes, photos, args.data / args.split / "labels", cache, m, v)
-             for m, v in combos]
+    sweep = [score(db, args.extractor, args.levels, classes, photos, args.data / args.split / "labels", cache, m, v,
+                   windows) for m, v in combos]
     first = sweep[0]
     out = {
         "data": str(args.data), "split": args.split, "extractor": args.extractor, "classes": len(classes),

@@ -180,6 +180,14 @@ def check_coco_dev(tmp, models, camvid):
                           str(best["bg_margin"]), "--votes", str(best["vote"]))
     assert again["cached_calls"] == again["extractor_calls"] == r["extractor_calls"]  # every call memoised
     assert again["per_class"] == r["per_class"]  # and labelled as the first run did
+    assert r["settings"]["windows"]["scales"] == [1.0]
+    scaled = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--scales", "1,1.5")
+    assert scaled["settings"]["windows"]["scales"] == [1.0, 1.5]  # every window also at 1.5x: more calls
+    assert scaled["extractor_calls"] > r["extractor_calls"] and scaled["cached_calls"] >= r["extractor_calls"]
+    bad = subprocess.run([sys.executable, "benchmarks/bench_coco_dev.py", "--smoke", "--data", data, "--scales", "9"],
+                         cwd=ROOT, env=child_env(PROTODB_CACHE=tmp / "cache"), capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert bad.returncode != 0 and "scales" in bad.stderr and "Traceback" not in bad.stderr
     absent = subprocess.run([sys.executable, "benchmarks/bench_coco_dev.py", "--smoke", "--data", tmp / "nothing"],
                             cwd=ROOT, env=child_env(PROTODB_CACHE=tmp / "cache"), capture_output=True, text=True,
                             timeout=300, check=False)
