@@ -284,10 +284,8 @@ def main() -> None:
                          "measure; pass --data DIR")
     preset = "tiny" if args.extractor == "tiny-vit" else None
     try:
-        windows = WindowSpec(scales=parse_scales(args.scales))
-        if args.short_side is not None:
-            windows = WindowSpec(short_side=args.short_side, scales=windows.scales)
-        windows.check()
+        side = {} if args.short_side is None else {"short_side": args.short_side}
+        windows = WindowSpec(scales=parse_scales(args.scales), **side).check()
     except protodb.InvalidInput as e:
         raise SystemExit(f"error: {e}") from None
     classes = vocabulary(args.data)
