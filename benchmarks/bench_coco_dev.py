@@ -14,6 +14,7 @@
     python benchmarks/bench_coco_dev.py --smoke --json --data DIR   # tiny random-weight ViT, 2 eval photos
     python benchmarks/bench_coco_dev.py --choose --bg-margins 0 0.05 0.1 --votes 1 4   # choose, then eval once
     python benchmarks/bench_coco_dev.py --scales 1,1.5   # every window also at 1.5x the short side (small objects)
+    python benchmarks/bench_coco_dev.py --augment zoom   # support views: two 2/3 crops of every support photo
 
 Matching settings (``protodb segment --bg-margin M --vote N``): every combination of ``--bg-margins`` and
 ``--votes`` is scored. With ``--choose`` they are scored on the support half split in two (the sets built from
@@ -54,6 +55,7 @@ from protodb.images import load_image
 from protodb.paths import user_cache_dir
 from protodb.features.windows import WindowSpec
 from protodb.pipeline.config import AddClassRequest
+from protodb.pipeline.views import VIEWS
 from protodb.segment.metrics import MIoU
 from protodb.segment.options import SegmentOptions, parse_scales
 
@@ -127,12 +129,13 @@ class CachedCalls:
 
 
 def build(db, images: Path, labels: Path, classes: list[tuple[str, int]], extractor: str, preset: str | None,
-          min_fraction: float, k: int | None) -> float:
+          min_fraction: float, k: int | None, augment: tuple[str, ...] = ()) -> float:
     builder = db.builder(preset=preset)  # models load once for all classes
     t = time.perf_counter()
     for name, value in classes:
         builder.add_class(AddClassRequest(name=name, images=0, exemplars=images, masks=labels, mask_value=value,
-                                          bg_value=0, extractors=(extractor,), k=k, mask_min_fraction=min_fraction))
+                                          bg_value=0, extractors=(extractor,), k=k, mask_min_fraction=min_fraction,
+                                          augment=augment))
     db.vocabs.create(VOCAB, [n for n, _ in classes], description="COCO dev split from exemplars", replace=True,
                      background=True)
     return time.perf_counter() - t
@@ -259,6 +262,8 @@ def main() -> None:
     ap.add_argument("--levels", default="class,instance,part")
     ap.add_argument("-k", type=int, default=None, help="part prototypes per class (default: the build's rule)")
     ap.add_argument("--mask-min-fraction", type=float, default=0.5)
+    ap.add_argument("--augment", nargs="*", default=[], choices=sorted(VIEWS),
+                    help="more views of each support photo (add-class --augment): zoom, light")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N eval photos")
     ap.add_argument("--split", default="eval", help="the half scored (eval; support scores the photos the "
                     "prototypes came from: an upper bound, not a result)")
@@ -305,7 +310,7 @@ def main() -> None:
         images, scored, part_classes = support_split(args.data, classes, part_home / "split")
         part_db = protodb.open(part_home)
         build(part_db, images, args.data / "support" / "labels", part_classes, args.extractor, preset,
-              args.mask_min_fraction, args.k)
+              args.mask_min_fraction, args.k, tuple(args.augment))
         rows = [score(part_db, args.extractor, args.levels, part_classes, scored[:args.limit],
                       args.data / "support" / "labels", cache, m, v, windows) for m, v in combos]
         best = max(rows, key=lambda r: r["miou"])
@@ -316,7 +321,7 @@ def main() -> None:
                            for r in rows]}
     db = protodb.open(home)
     build_s = build(db, args.data / "support" / "images", args.data / "support" / "labels", classes, args.extractor,
-                    preset, args.mask_min_fraction, args.k)
+                    preset, args.mask_min_fraction, args.k, tuple(args.augment))
     maskcut = maskcut_rules(db, args.data, args.maskcut_rules) if args.maskcut_rules else None
     photos = sorted((args.data / args.split / "images").glob("*.jpg"))[:args.limit]
     sweep = [score(db, args.extractor, args.levels, classes, photos, args.data / args.split / "labels", cache, m, v,
@@ -328,7 +333,7 @@ def main() -> None:
         **{k: first[k] for k in ("miou", "background_iou", "thing_miou", "per_class", "seconds_per_photo",
                                  "cpu_seconds_per_photo", "extractor_calls", "cached_calls", "settings")},
         "build_s": round(build_s, 1),
-        "build": {"mask_min_fraction": args.mask_min_fraction, "k": args.k, "bg_value": 0,
+        "build": {"mask_min_fraction": args.mask_min_fraction, "k": args.k, "bg_value": 0, "augment": args.augment,
                   "levels": args.levels, "db": str(home)},
         "machine": machine(),
         "sweep": [{k: r[k] for k in ("bg_margin", "vote", "miou", "background_iou", "thing_miou")} for r in sweep],

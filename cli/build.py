@@ -52,6 +52,7 @@ def add_class(
     exemplar_background: Annotated[bool, typer.Option("--exemplar-background/--no-exemplar-background", help="Take background prototypes from exemplar photos (off for cluttered photos).")] = True,
     mask_min_fraction: Annotated[float, typer.Option(help="Given masks: share of a patch the class must cover for the patch to be foreground.")] = 0.5,
     support_windows: Annotated[Optional[bool], typer.Option("--support-windows/--single-pass", help="Featurise support images through segment's sliding windows, each patch the mean over its windows (default; --speed fast: one pass), or in one pass over the whole image (faster builds).", show_default=False)] = None,
+    augment: Annotated[Optional[list[str]], typer.Option(help="More views of each exemplar photo as support images, repeatable: zoom (two crops of 2/3 of each side, objects 1.5x larger), light (the photo at dusk and at noon). For classes from a few photos.", show_default=False)] = None,
     mask_tau: Annotated[Optional[str], typer.Option(help="Normalised cut's affinity threshold: a cosine (MaskCut's 0.2, the default) or pQ, the Q-th percentile of each photo's patch cosines (p80: the 20% most similar pairs are edges, on any extractor).", show_default=False)] = None,
     segmenter: Annotated[str, typer.Option(help="Unsupervised region proposals: auto (an installed plugin such as CutLER when its checkpoint is there, else ncut), ncut, or a plugin name.")] = "auto",
     stuff: Annotated[Optional[bool], typer.Option("--stuff/--thing", help="Override the thing/stuff label.", show_default=False)] = None,
@@ -74,6 +75,7 @@ def add_class(
     Example: protodb add-class boat --speed fast   # one support pass, int8 on CPUs without bf16 units
     Example: protodb add-class boat --preset tiny --images 4 --with-corrections
     Example: protodb add-class fence --lexicon ovdiff   # thing/stuff from the OVDiff authors' table
+    Example: protodb add-class cup --images 0 --exemplars photos/ --masks labels/ --mask-value 47 --augment zoom
     """
     req = AddClassRequest(
         name=name, images=images, generator=generator, steps=steps, guidance=guidance, size=size, seed=seed,
@@ -81,7 +83,7 @@ def add_class(
         masks=masks, mask_value=mask_value, bg_value=parse_bg_value(bg_value), exemplar_background=exemplar_background,
         mask_min_fraction=mask_min_fraction, segmenter=segmenter, mask_extractor=mask_extractor, mask_tau=mask_tau,
         support_windows=support_windows, kind=None if stuff is None else ("stuff" if stuff else "thing"), lexicon=lexicon,
-        k=parts, new_version=new_version,
+        k=parts, new_version=new_version, augment=tuple(augment or ()),
         with_corrections=with_corrections,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, yes=run.yes, speed=run.speed)
     if vocab:

@@ -39,8 +39,10 @@ def _inspect(data: InspectReport) -> None:
         say(f"generator: {g['model_id']} @ {g['revision']}, {g['scheduler']}, {g['steps']} steps, "
             f"guidance {g['guidance']}, {g['size'][0]}x{g['size'][1]}, {g['dtype']}")
         say(f"prompt: {g['prompt']!r}  negative: {g['negative_prompt']!r}  base seed {g['base_seed']}")
+    views = sum(i['source'] == 'view' for i in p['images'])
     say(f"images: {len(p['images'])} ({sum(i['source'] == 'exemplar' for i in p['images'])} exemplars, "
-        f"{sum(i['source'] == 'correction' for i in p['images'])} corrected), "
+        + (f"{views} views (--augment {' '.join(p['config'].get('augment') or [])}), " if views else "")
+        + f"{sum(i['source'] == 'correction' for i in p['images'])} corrected), "
         f"seeds {p['seeds'][:8]}{' …' if len(p['seeds']) > 8 else ''}")
     e = p["extractor"]
     say(f"extractor: {e['name']} ({e['kind']}, {e['dim']}-d, weights {str(e['weights_hash'])[:16]})")

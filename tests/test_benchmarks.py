@@ -184,6 +184,11 @@ def check_coco_dev(tmp, models, camvid):
     scaled = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db", "--scales", "1,1.5")
     assert scaled["settings"]["windows"]["scales"] == [1.0, 1.5]  # every window also at 1.5x: more calls
     assert scaled["extractor_calls"] > r["extractor_calls"] and scaled["cached_calls"] >= r["extractor_calls"]
+    aug = run_benchmark("bench_coco_dev", tmp, "--data", data, "--db", tmp / "db-views", "--augment", "zoom")
+    assert aug["build"]["augment"] == ["zoom"]
+    listed = json.loads(cli("ls", "--db", tmp / "db-views", "--json").stdout)  # photos + their zoom views
+    assert sorted(row["name"] for row in listed) == ["car", "person"]
+    assert all(row["versions"][0]["images"] > 2 for row in listed), listed
     bad = subprocess.run([sys.executable, "benchmarks/bench_coco_dev.py", "--smoke", "--data", data, "--scales", "9"],
                          cwd=ROOT, env=child_env(PROTODB_CACHE=tmp / "cache"), capture_output=True, text=True,
                          timeout=300, check=False)

@@ -24,7 +24,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("class_labels", "kind"): (THING, STUFF),
     ("class_labels", "source"): LABEL_SOURCES,
     ("masks", "role"): ("foreground", "background"),
-    ("support_images", "source"): ("generated", "exemplar", "correction"),
+    ("support_images", "source"): ("generated", "exemplar", "correction", "view"),
     ("prototype_sets", "status"): (SET_READY,),
 }
 

@@ -211,7 +211,7 @@ class SupportImageRow(_Stamped, Base):
     class_id: Mapped[str] = mapped_column(ForeignKey("classes.id"), index=True)
     run_id: Mapped[Optional[str]] = mapped_column(ForeignKey("generation_runs.id"))
     index_in_run: Mapped[Optional[int]] = mapped_column(Integer)
-    source: Mapped[str] = mapped_column(String(16))  # "generated" | "exemplar" | "correction"
+    source: Mapped[str] = mapped_column(String(16))  # "generated" | "exemplar" | "correction" | "view"
     artifact_sha256: Mapped[str] = mapped_column(String(64), index=True)
     attention_sha256: Mapped[Optional[str]] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)

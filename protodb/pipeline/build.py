@@ -48,6 +48,7 @@ from protodb.features.featurize import featurize
 from protodb.features.windows import support_plan
 from protodb.pipeline.prototypes import build_prototypes
 from protodb.pipeline.support import SupportImage, SupportStage
+from protodb.pipeline.views import check_views, with_views
 from protodb.pipeline.support_masks import GridMasks, for_extractor, masks_for, ncut_params, upsample
 from protodb.services.corrections import CorrectionService
 from protodb.services.labels import LabelService, label_record
@@ -108,6 +109,7 @@ class ClassBuilder:
         source = req.mask_extractor or (reg.default_mask_extractor if reg.default_mask_extractor in names else names[0])
         if source not in names:
             raise InvalidInput(f"--mask-extractor {source} is not one of this build's extractors ({', '.join(names)})")
+        augment = check_views(req.augment)
         files, mask_files, skipped = find_exemplars(req.exemplars, req.masks)
         carried = self._carried(req.support_from) if req.support_from else []
         corrected = self._corrections(name) if req.with_corrections else []
@@ -120,7 +122,7 @@ class ClassBuilder:
         if bg_value != req.bg_value:
             log.info("label value %s is the class itself: every other label is its background", req.mask_value)
         exemplars = load_exemplars(files, mask_files, req.mask_value, bg_value) if files else []
-        exemplars = carried + exemplars + corrected
+        exemplars = with_views(carried + exemplars, augment, req.seed) + corrected
         loaded = [reg.load_extractor(s, self.device, self.dtype) for s in specs]
         records = tuple(reg.extractor_record(s, e) for s, e in zip(specs, loaded))
         masks = MaskConfig(segmenter=plugin.name if plugin is not None else "ncut",
@@ -131,7 +133,8 @@ class ClassBuilder:
         config = BuildConfig(class_name=name, generation=generation, extractors=records, k=k, seed=req.seed,
                              short_side=req.short_side or reg.default_short_side, masks=masks, preset=reg.preset,
                              new_version=req.new_version, exemplars=tuple(e.digest() for e in exemplars),
-                             support_windows=support_plan(req.support_windows, getattr(loaded[0], "tile", None)))
+                             support_windows=support_plan(req.support_windows, getattr(loaded[0], "tile", None)),
+                             augment=augment)
         return Resolved(config, loaded, exemplars, plugin, tuple(skipped))
 
     def _corrections(self, name: str) -> list[ExemplarInput]:

@@ -103,6 +103,7 @@ class AddClassRequest:
     speed: str | None = None  # a speed preset (protodb.speed): support windows and dtype where not given
     with_corrections: bool = False  # add the class's stored corrections as exemplars (with their masks)
     support_from: str | None = None  # a set id: its exemplar images (and given masks) are exemplars again
+    augment: Sequence[str] = ()  # more views of each exemplar photo as support images (pipeline.views: zoom, light)
 
     def replace(self, **changes: Any) -> "AddClassRequest":
         return dataclasses.replace(self, **changes)
@@ -159,12 +160,15 @@ class ExemplarInput:
     image: Any  # PIL.Image.Image, RGB
     mask: Any = None  # (H, W) bool or None
     background: Any = None  # (H, W) bool or None: pixels known to be background
-    source: str = "exemplar"  # "exemplar" | "correction" (a stored correction: see protodb corrections ls)
+    source: str = "exemplar"  # "exemplar" | "correction" (a stored correction: see protodb corrections ls) | "view"
     corrections: tuple[str, ...] = ()  # the correction ids behind it (provenance, not identity)
+    view: str | None = None  # source "view": which view of its photo (pipeline.views, e.g. "zoom-1")
 
     def digest(self) -> dict[str, Any]:
         out = {"file": self.path.name, "mask": mask_digest(self.mask), "background": mask_digest(self.background)}
-        if self.source != "exemplar":  # absent for exemplars: sets built before keep their hash
+        if self.source == "view":
+            out.update(source=self.source, view=self.view)
+        elif self.source != "exemplar":  # absent for exemplars: sets built before keep their hash
             out.update(source=self.source, corrections=list(self.corrections))
         return out
 
@@ -186,6 +190,7 @@ class BuildConfig:
     protodb_version: str = __version__
     exemplars: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     support_windows: dict[str, Any] | None = None  # {"sizes", "stride", "whole"}; None: one pass per image
+    augment: tuple[str, ...] = ()  # views of each exemplar photo added as support images (pipeline.views)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"class": self.class_name, "pipeline_version": self.pipeline_version,
@@ -195,6 +200,8 @@ class BuildConfig:
                "k": self.k, "seed": self.seed, "short_side": self.short_side, "masks": self.masks.to_dict()}
         if self.support_windows is not None:  # absent for one pass: sets built before keep their hash
             out["support_windows"] = plain(self.support_windows)
+        if self.augment:  # absent without views: sets built before keep their hash
+            out["augment"] = list(self.augment)
         return out
 
     @property
@@ -331,6 +338,8 @@ def rebuild_request(name: str, config: dict[str, Any] | None, params: dict[str, 
         fields.update(mask_min_fraction=float(masks.get("min_fraction", 0.5)),
                       exemplar_background=bool(masks.get("exemplar_background", True)),
                       segmenter=masks.get("segmenter") or "auto")
+    if config.get("augment"):
+        fields["augment"] = tuple(config["augment"])  # the views are made again from the carried photos
     fields.update(changes)
     return AddClassRequest(**fields)
 
